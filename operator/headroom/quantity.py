@@ -1,0 +1,216 @@
+"""Kubernetes resource quantities as exact Decimals.
+
+Quotas are compared, hashed and shown to people, so a value must never drift
+through binary floating point: "0.1" cpu has to stay 0.1, and "1" and "1000m"
+have to be recognisably the same amount.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import ROUND_CEILING, Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
+from typing import Literal
+
+__all__ = [
+    "CONTEXT",
+    "GI",
+    "KI",
+    "MI",
+    "QuantityError",
+    "ResourceKind",
+    "canonical",
+    "format_quantity",
+    "parse_quantity",
+    "resource_kind",
+    "round_up",
+]
+
+ResourceKind = Literal["cpu", "memory", "count"]
+
+KI = Decimal(1024)
+MI = KI**2
+GI = KI**3
+
+# Parsed quantities have at most ~64 significant digits, so 200 digits of
+# precision keeps every product and quotient we form exact.  Should anything
+# ever have to round, it rounds upwards: for a quota, too much is the safe side.
+CONTEXT = Context(prec=200, rounding=ROUND_CEILING, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+_MILLI = Decimal("0.001")
+_NANO = Decimal("1e-9")
+
+_DECIMAL_SUFFIXES: dict[str, int] = {
+    "n": -9,
+    "u": -6,
+    "m": -3,
+    "": 0,
+    "k": 3,
+    "M": 6,
+    "G": 9,
+    "T": 12,
+    "P": 15,
+    "E": 18,
+}
+_BINARY_SUFFIXES: dict[str, int] = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+
+# [0-9] rather than \d: \d also matches non-ASCII digits, which Kubernetes rejects.
+_QUANTITY = re.compile(
+    r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(?P<binary>[KMGTPE]i)|[eE](?P<exponent>[+-]?[0-9]+)|(?P<decimal>[numkMGTPE]?))"
+)
+
+# Far beyond any real resource (Kubernetes itself tops out near 9.2e18), yet
+# small enough that text forms stay short and arithmetic stays exact.
+_MAX_TEXT_LENGTH = 64
+_MAX_ADJUSTED_EXPONENT = 30
+_MIN_ADJUSTED_EXPONENT = -30
+
+_CPU_RESOURCES = frozenset({"cpu", "requests.cpu", "limits.cpu"})
+_BYTE_RESOURCES = frozenset({"memory", "requests.memory", "limits.memory", "storage", "requests.storage"})
+
+_EXAMPLES = "like 500m, 2, 1.5Gi or 1e3"
+
+
+class QuantityError(ValueError):
+    """A value that is not a usable Kubernetes quantity; the message names the offending text."""
+
+    def __init__(self, message: str, text: object = None) -> None:
+        super().__init__(message)
+        self.text = text
+
+
+def _show(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def _tidy(value: Decimal) -> Decimal:
+    """Drop exponent noise so that parsed values look like what a person would write."""
+    if value == 0:
+        return Decimal(0)
+    with localcontext(CONTEXT):
+        if value == value.to_integral_value():
+            return Decimal(int(value))
+        return value.normalize()
+
+
+def _check_range(value: Decimal, shown: str) -> Decimal:
+    if value != 0 and not _MIN_ADJUSTED_EXPONENT <= value.adjusted() <= _MAX_ADJUSTED_EXPONENT:
+        raise QuantityError(f"quantity {shown} is out of range", shown)
+    return value
+
+
+def parse_quantity(text: str | int | Decimal) -> Decimal:
+    """Parse a Kubernetes quantity exactly ("500m" -> Decimal("0.5"), "1Ki" -> Decimal(1024)).
+
+    Negative values parse, as they do in Kubernetes; whether they make sense is
+    up to the caller.
+    """
+    # bool is an int subclass, but `cpu: true` in YAML is a mistake, not 1 core.
+    if isinstance(text, bool):
+        raise QuantityError(f"{text!r} is a boolean, not a quantity", text)
+    if isinstance(text, float):
+        raise QuantityError(
+            f'{text!r} is a floating-point number; write quantities as strings (e.g. "{text!r}") '
+            "so they stay exact",
+            text,
+        )
+    if isinstance(text, int):
+        return _check_range(Decimal(text), str(text))
+    if isinstance(text, Decimal):
+        if not text.is_finite():
+            raise QuantityError(f"{text} is not a finite quantity", text)
+        return _tidy(_check_range(text, str(text)))
+    if not isinstance(text, str):
+        raise QuantityError(f"{text!r} is not a quantity (expected text {_EXAMPLES})", text)
+
+    shown = _show(text)
+    if text == "":
+        raise QuantityError(f"an empty string is not a quantity (expected a number {_EXAMPLES})", text)
+    if len(text) > _MAX_TEXT_LENGTH:
+        raise QuantityError(f"quantity {_show(text[:20] + '...')} is too long to be a real quantity", text)
+    match = _QUANTITY.fullmatch(text)
+    if match is None:
+        raise QuantityError(f"{shown} is not a Kubernetes quantity (expected a number {_EXAMPLES})", text)
+
+    number = Decimal(match["number"])
+    with localcontext(CONTEXT):
+        if match["binary"] is not None:
+            value = number * KI ** _BINARY_SUFFIXES[match["binary"]]
+        elif match["exponent"] is not None:
+            exponent_digits = match["exponent"].lstrip("+-").lstrip("0")
+            # Refuse before int() and scaleb(): a huge exponent is slow or raises deep in decimal.
+            if len(exponent_digits) > 3:
+                raise QuantityError(f"quantity {shown} is out of range", text)
+            value = number.scaleb(int(match["exponent"]))
+        else:
+            value = number.scaleb(_DECIMAL_SUFFIXES[match["decimal"]])
+    return _tidy(_check_range(value, shown))
+
+
+def resource_kind(resource: str) -> ResourceKind:
+    """How a quota resource is measured: cores, bytes, or plain counts."""
+    if resource in _CPU_RESOURCES:
+        return "cpu"
+    # Per-storage-class quotas look like "<class>.storageclass.storage.k8s.io/requests.storage".
+    if (
+        resource in _BYTE_RESOURCES
+        or resource.endswith("/requests.storage")
+        or resource.endswith("ephemeral-storage")
+        or resource.removeprefix("requests.").removeprefix("limits.").startswith("hugepages-")
+    ):
+        return "memory"
+    return "count"
+
+
+def _require_finite(value: Decimal) -> None:
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise QuantityError(f"{value!r} is not a finite Decimal quantity", value)
+
+
+def round_up(value: Decimal, resource: str) -> Decimal:
+    """Round up to the unit a person would set: whole millicores, whole Mi, or whole items."""
+    _require_finite(value)
+    kind = resource_kind(resource)
+    with localcontext(CONTEXT):
+        if kind == "cpu":
+            rounded = (value / _MILLI).to_integral_value(rounding=ROUND_CEILING) * _MILLI
+        elif kind == "memory":
+            rounded = (value / MI).to_integral_value(rounding=ROUND_CEILING) * MI
+        else:
+            rounded = value.to_integral_value(rounding=ROUND_CEILING)
+    return _tidy(rounded)
+
+
+def _is_multiple(value: Decimal, unit: Decimal) -> bool:
+    with localcontext(CONTEXT):
+        return value % unit == 0
+
+
+def format_quantity(value: Decimal, resource: str) -> str:
+    """Render a value the way a person would write it; the text parses back to exactly `value`."""
+    _require_finite(value)
+    kind = resource_kind(resource)
+    with localcontext(CONTEXT):
+        if kind == "cpu":
+            if _is_multiple(value, 1):
+                return canonical(value)
+            if _is_multiple(value, _MILLI):
+                return f"{canonical(value / _MILLI)}m"
+            if _is_multiple(value, _NANO):
+                return f"{canonical(value / _NANO)}n"
+            return canonical(value)
+        if kind == "memory" and value != 0:
+            for unit, suffix in ((GI, "Gi"), (MI, "Mi"), (KI, "Ki")):
+                if _is_multiple(value, unit):
+                    return f"{canonical(value / unit)}{suffix}"
+    return canonical(value)
+
+
+def canonical(value: Decimal) -> str:
+    """A resource-independent text form for hashing: "1000m" and "1" both give "1"."""
+    _require_finite(value)
+    if value == 0:
+        # Avoids "-0" and "0.000", which would hash differently from "0".
+        return "0"
+    with localcontext(CONTEXT):
+        return format(value.normalize(), "f")

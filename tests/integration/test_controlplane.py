@@ -1,0 +1,152 @@
+"""The control plane behaves as production does where Headroom depends on it."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import kubernetes
+import pytest
+from kubernetes.client import ApiException
+
+from tests.harness.kube import Cluster, api_error_message, client_from_kubeconfig, wait_for
+
+pytestmark = pytest.mark.integration
+
+k8s = kubernetes.client
+
+
+def _pod(name: str, cpu: str = "200m") -> k8s.V1Pod:
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name=name),
+        spec=k8s.V1PodSpec(containers=[k8s.V1Container(
+            name="app", image="registry.invalid/app:1",
+            resources=k8s.V1ResourceRequirements(requests={"cpu": cpu}))]),
+    )
+
+
+def test_quota_admits_the_first_pod_and_rejects_the_second(admin: k8s.ApiClient, namespace: str) -> None:
+    core = k8s.CoreV1Api(admin)
+    core.create_namespaced_resource_quota(namespace, k8s.V1ResourceQuota(
+        metadata=k8s.V1ObjectMeta(name="q"), spec=k8s.V1ResourceQuotaSpec(hard={"pods": "1", "requests.cpu": "1"})))
+    wait_for(lambda: core.read_namespaced_resource_quota("q", namespace).status.hard, 30,
+             "the resourcequota controller to populate status.hard")
+
+    core.create_namespaced_pod(namespace, _pod("first"))
+    with pytest.raises(ApiException) as rejected:
+        core.create_namespaced_pod(namespace, _pod("second"))
+
+    assert rejected.value.status == 403
+    assert "exceeded quota" in api_error_message(rejected.value)
+    used = core.read_namespaced_resource_quota("q", namespace).status.used
+    assert used == {"pods": "1", "requests.cpu": "200m"}
+
+
+def test_namespace_deletion_completes(admin: k8s.ApiClient) -> None:
+    core = k8s.CoreV1Api(admin)
+    name = f"doomed-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    core.create_namespaced_config_map(name, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="data")))
+    core.delete_namespace(name)
+
+    def gone() -> bool:
+        try:
+            core.read_namespace(name)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for(gone, 60, f"namespace {name} to be finalized and removed")
+
+
+def test_dependent_of_a_deleted_owner_is_garbage_collected(admin: k8s.ApiClient, namespace: str) -> None:
+    core = k8s.CoreV1Api(admin)
+    owner = core.create_namespaced_config_map(namespace, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="owner")))
+    core.create_namespaced_config_map(namespace, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(
+        name="dependent",
+        owner_references=[k8s.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner",
+                                                uid=owner.metadata.uid)])))
+    core.delete_namespaced_config_map("owner", namespace)
+
+    def collected() -> bool:
+        names = {cm.metadata.name for cm in core.list_namespaced_config_map(namespace).items}
+        return "dependent" not in names
+
+    wait_for(collected, 60, "the garbage collector to delete the dependent ConfigMap")
+
+
+def test_admission_policy_rejects_a_user_but_allows_the_admin(
+        cluster: Cluster, admin: k8s.ApiClient, namespace: str) -> None:
+    reg = k8s.AdmissionregistrationV1Api(admin)
+    rbac = k8s.RbacAuthorizationV1Api(admin)
+    suffix = uuid.uuid4().hex[:6]
+    policy_name, user = f"frozen-{suffix}", f"dev-{suffix}"
+    reg.create_validating_admission_policy(k8s.V1ValidatingAdmissionPolicy(
+        metadata=k8s.V1ObjectMeta(name=policy_name),
+        spec=k8s.V1ValidatingAdmissionPolicySpec(
+            failure_policy="Fail",
+            match_constraints=k8s.V1MatchResources(resource_rules=[k8s.V1NamedRuleWithOperations(
+                api_groups=[""], api_versions=["v1"], operations=["UPDATE"], resources=["configmaps"])]),
+            validations=[k8s.V1Validation(
+                expression="request.userInfo.username == 'headroom-admin' || "
+                           "object.data == oldObject.data",
+                message="only the admin may change this ConfigMap's data")])))
+    reg.create_validating_admission_policy_binding(k8s.V1ValidatingAdmissionPolicyBinding(
+        metadata=k8s.V1ObjectMeta(name=policy_name),
+        spec=k8s.V1ValidatingAdmissionPolicyBindingSpec(
+            policy_name=policy_name, validation_actions=["Deny"],
+            match_resources=k8s.V1MatchResources(namespace_selector=k8s.V1LabelSelector(
+                match_labels={"kubernetes.io/metadata.name": namespace})))))
+    rbac.create_namespaced_role_binding(namespace, k8s.V1RoleBinding(
+        metadata=k8s.V1ObjectMeta(name="dev-edit"),
+        role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="edit"),
+        subjects=[k8s.RbacV1Subject(kind="User", name=user, api_group="rbac.authorization.k8s.io")]))
+    core = k8s.CoreV1Api(admin)
+    core.create_namespaced_config_map(namespace, k8s.V1ConfigMap(
+        metadata=k8s.V1ObjectMeta(name="settings"), data={"mode": "a"}))
+    as_user = k8s.CoreV1Api(cluster.impersonate(user, ["developers"]))
+    try:
+        def rejected_for_user() -> bool:
+            try:
+                as_user.patch_namespaced_config_map("settings", namespace, {"data": {"mode": "b"}})
+            except ApiException as exc:
+                # A policy's denial is 422 Invalid unless the validation names another reason.
+                return exc.status == 422 and "only the admin" in api_error_message(exc)
+            # The policy is enforced once the API server has loaded it; undo and retry until then.
+            core.patch_namespaced_config_map("settings", namespace, {"data": {"mode": "a"}})
+            return False
+
+        wait_for(rejected_for_user, 30, "the policy to reject the impersonated user")
+        core.patch_namespaced_config_map("settings", namespace, {"data": {"mode": "c"}})
+        assert core.read_namespaced_config_map("settings", namespace).data == {"mode": "c"}
+    finally:
+        reg.delete_validating_admission_policy_binding(policy_name)
+        reg.delete_validating_admission_policy(policy_name)
+
+
+def test_token_request_authenticates_as_the_service_account_and_rbac_limits_it(
+        cluster: Cluster, admin: k8s.ApiClient, namespace: str, tmp_path: Path) -> None:
+    core = k8s.CoreV1Api(admin)
+    rbac = k8s.RbacAuthorizationV1Api(admin)
+    core.create_namespaced_service_account(namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="bot")))
+    rbac.create_namespaced_role(namespace, k8s.V1Role(
+        metadata=k8s.V1ObjectMeta(name="read-configmaps"),
+        rules=[k8s.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "list"])]))
+    rbac.create_namespaced_role_binding(namespace, k8s.V1RoleBinding(
+        metadata=k8s.V1ObjectMeta(name="bot-reads"),
+        role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="read-configmaps"),
+        subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name="bot", namespace=namespace)]))
+
+    as_bot = client_from_kubeconfig(cluster.service_account_kubeconfig(namespace, "bot", tmp_path / "bot"))
+    review = k8s.AuthenticationV1Api(as_bot).create_self_subject_review(k8s.V1SelfSubjectReview())
+    assert review.status.user_info.username == f"system:serviceaccount:{namespace}:bot"
+
+    bot_core = k8s.CoreV1Api(as_bot)
+    names = [cm.metadata.name for cm in bot_core.list_namespaced_config_map(namespace).items]
+    assert "kube-root-ca.crt" in names  # published by the root-ca controller, readable by the Role
+    with pytest.raises(ApiException) as denied:
+        bot_core.list_namespaced_secret(namespace)
+    assert denied.value.status == 403
+    with pytest.raises(ApiException) as denied_write:
+        bot_core.create_namespaced_config_map(namespace, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="x")))
+    assert denied_write.value.status == 403
