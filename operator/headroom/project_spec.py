@@ -20,12 +20,14 @@ __all__ = [
     "API_VERSION",
     "APPROVED_BY_ANNOTATION",
     "APPROVED_CHANGE_ANNOTATION",
+    "DEFAULTABLE_RESOURCES",
     "DEFAULT_HEADROOM_PERCENT",
     "DEFAULT_HYSTERESIS",
     "DEFAULT_LOOKBACK",
     "DEFAULT_RESOURCES",
     "DEFAULT_THRESHOLDS",
     "ENFORCEMENT_MODES",
+    "GOVERNABLE_RESOURCES",
     "GROUP",
     "KIND",
     "VERSION",
@@ -37,6 +39,7 @@ __all__ = [
     "QuotaSettings",
     "SecretKeyRef",
     "SpecError",
+    "is_governable",
     "parse_duration",
     "parse_project",
 ]
@@ -63,6 +66,23 @@ DEFAULT_HYSTERESIS = 5
 DEFAULT_SECRET_KEY = "url"
 ENFORCEMENT_MODES: tuple[str, ...] = ("Enforce", "Observe")
 
+# These mirror the CRD schema (crds/projects.headroom.dev.yaml); keep the two in step.
+# Anything the API server accepts must parse here, or the operator could not reconcile it.
+GOVERNABLE_RESOURCES: tuple[str, ...] = (
+    *DEFAULT_RESOURCES,
+    "requests.ephemeral-storage",
+    "limits.ephemeral-storage",
+    "requests.storage",
+    "persistentvolumeclaims",
+    "services",
+    "configmaps",
+    "secrets",
+)
+DEFAULTABLE_RESOURCES: tuple[str, ...] = ("cpu", "memory", "ephemeral-storage")
+MAX_HEADROOM_PERCENT = 1000
+MAX_HYSTERESIS = 50
+MAX_THRESHOLDS = 10
+
 _DURATION = re.compile(
     r"(?:(?P<w>[0-9]+)w)?(?:(?P<d>[0-9]+)d)?(?:(?P<h>[0-9]+)h)?(?:(?P<m>[0-9]+)m)?(?:(?P<s>[0-9]+)s)?"
 )
@@ -70,6 +90,8 @@ _DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s":
 _MAX_DURATION_TEXT = 32
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_COUNT_RESOURCE = re.compile(r"count/[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?")
+_DNS_LABEL_HINT = "lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63"
 
 
 class SpecError(ValueError):
@@ -114,7 +136,9 @@ class LimitDefaults:
 @dataclass(frozen=True)
 class SecretKeyRef:
     name: str
-    namespace: str | None = None  # None: the operator's own namespace
+    # None: the operator's own namespace. The CRD has no such field yet, so objects from the API
+    # always give None; only CLI files can set it.
+    namespace: str | None = None
     key: str = DEFAULT_SECRET_KEY
 
 
@@ -150,6 +174,11 @@ class ProjectSpec:
 
 def _show(value: object) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def is_governable(resource: str) -> bool:
+    """Whether Headroom may put `resource` in a quota (the CRD's list, or count/<resource>)."""
+    return resource in GOVERNABLE_RESOURCES or _COUNT_RESOURCE.fullmatch(resource) is not None
 
 
 def parse_duration(text: str) -> timedelta:
@@ -226,13 +255,16 @@ def _boolean(value: Any, path: str, default: bool) -> bool:
     return value
 
 
-def _duration(value: Any, path: str) -> timedelta | None:
+def _positive_duration(value: Any, path: str) -> timedelta | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        duration = parse_duration(value)
     except ValueError as error:
         raise SpecError(path, str(error)) from None
+    if duration <= timedelta(0):
+        raise SpecError(path, f"{_show(value)} must be longer than zero")
+    return duration
 
 
 def _no_unknown_fields(section: Mapping[str, Any], path: str, known: Sequence[str]) -> None:
@@ -242,12 +274,17 @@ def _no_unknown_fields(section: Mapping[str, Any], path: str, known: Sequence[st
             raise SpecError(f"{path}.{key}", f"unknown field (expected one of: {', '.join(known)})")
 
 
-def _quantities(value: Any, path: str) -> dict[str, Decimal]:
+def _quantities(value: Any, path: str, allowed: Sequence[str] | None = None) -> dict[str, Decimal]:
+    """Resource -> non-negative quantity; keys are quota resources unless `allowed` names them."""
     result: dict[str, Decimal] = {}
     for resource, raw in _mapping(value, path).items():
         item_path = f"{path}.{resource}"
-        if not isinstance(resource, str) or not resource.strip():
+        if not isinstance(resource, str):
             raise SpecError(path, f"{_show(resource)} is not a resource name")
+        if allowed is not None and resource not in allowed:
+            raise SpecError(item_path, f"is not a resource here (expected one of: {', '.join(allowed)})")
+        if allowed is None and not is_governable(resource):
+            raise SpecError(item_path, _NOT_GOVERNABLE)
         try:
             amount = parse_quantity(raw)
         except QuantityError as error:
@@ -258,13 +295,17 @@ def _quantities(value: Any, path: str) -> dict[str, Decimal]:
     return result
 
 
-def _only_governed(values: Mapping[str, Decimal], path: str, resources: Sequence[str]) -> None:
-    for resource in values:
-        if resource not in resources:
-            raise SpecError(
-                f"{path}.{resource}",
-                f"is not one of spec.quota.resources ({', '.join(resources)})",
-            )
+_NOT_GOVERNABLE = (
+    f"is not a resource Headroom can govern (expected one of: {', '.join(GOVERNABLE_RESOURCES)}, "
+    "or count/<resource> such as count/jobs.batch)"
+)
+
+
+def _dns_label(value: Any, path: str) -> str:
+    name = _required_string(value, path)
+    if not _DNS_LABEL.fullmatch(name):
+        raise SpecError(path, f"{_show(name)} is not a DNS label ({_DNS_LABEL_HINT})")
+    return name
 
 
 # --- sections ---
@@ -274,7 +315,7 @@ def _owner(raw: Any) -> Owner:
     path = "spec.owner"
     section = _mapping(raw, path, required=True)
     _no_unknown_fields(section, path, ("team", "contacts", "businessHours", "holidays"))
-    team = _required_string(section.get("team"), f"{path}.team")
+    team = _dns_label(section.get("team"), f"{path}.team")
     contacts = tuple(
         _required_string(contact, f"{path}.contacts[{index}]")
         for index, contact in enumerate(_list(section.get("contacts"), f"{path}.contacts"))
@@ -313,28 +354,30 @@ def _quota(raw: Any) -> QuotaSettings:
         for index, resource in enumerate(listed):
             item_path = f"{path}.resources[{index}]"
             name = _required_string(resource, item_path)
-            if name != name.strip() or " " in name:
-                raise SpecError(item_path, f"{_show(name)} is not a resource name")
+            if not is_governable(name):
+                raise SpecError(item_path, f"{_show(name)} {_NOT_GOVERNABLE}")
             if name in names:
                 raise SpecError(item_path, f"{_show(name)} is listed twice")
             names.append(name)
         resources = tuple(names)
 
-    lookback = _duration(section.get("lookback"), f"{path}.lookback")
-    if lookback is not None and lookback <= timedelta(0):
-        raise SpecError(f"{path}.lookback", f"{_show(section['lookback'])} must be longer than zero")
+    lookback = _positive_duration(section.get("lookback"), f"{path}.lookback")
 
     enforcement = _string(section.get("enforcement"), f"{path}.enforcement")
     if enforcement is not None and enforcement not in ENFORCEMENT_MODES:
         raise SpecError(f"{path}.enforcement", f"{_show(enforcement)} must be Enforce or Observe")
 
+    # Keys outside spec.quota.resources are allowed, as in the CRD; they simply have no effect.
     minimum = _quantities(section.get("minimum"), f"{path}.minimum")
-    _only_governed(minimum, f"{path}.minimum", resources)
 
     return QuotaSettings(
         resources=resources,
         headroom_percent=_integer(
-            section.get("headroomPercent"), f"{path}.headroomPercent", DEFAULT_HEADROOM_PERCENT, 0
+            section.get("headroomPercent"),
+            f"{path}.headroomPercent",
+            DEFAULT_HEADROOM_PERCENT,
+            0,
+            MAX_HEADROOM_PERCENT,
         ),
         lookback=lookback if lookback is not None else DEFAULT_LOOKBACK,
         minimum=minimum,
@@ -342,7 +385,7 @@ def _quota(raw: Any) -> QuotaSettings:
     )
 
 
-def _namespaces(raw: Any, resources: Sequence[str]) -> tuple[NamespaceSpec, ...]:
+def _namespaces(raw: Any) -> tuple[NamespaceSpec, ...]:
     path = "spec.namespaces"
     if raw is None:
         raise SpecError(path, "is required: list at least one namespace")
@@ -355,17 +398,11 @@ def _namespaces(raw: Any, resources: Sequence[str]) -> tuple[NamespaceSpec, ...]
         entry_path = f"{path}[{index}]"
         section = _mapping(entry, entry_path, required=True)
         _no_unknown_fields(section, entry_path, ("name", "requested"))
-        name = _required_string(section.get("name"), f"{entry_path}.name")
-        if not _DNS_LABEL.fullmatch(name):
-            raise SpecError(
-                f"{entry_path}.name",
-                f"{_show(name)} is not a namespace name (lowercase letters, digits and '-', at most 63)",
-            )
+        name = _dns_label(section.get("name"), f"{entry_path}.name")
         if name in seen:
             raise SpecError(f"{entry_path}.name", f"{_show(name)} is listed twice")
         seen.add(name)
         requested = _quantities(section.get("requested"), f"{entry_path}.requested")
-        _only_governed(requested, f"{entry_path}.requested", resources)
         namespaces.append(NamespaceSpec(name=name, requested=requested))
     return tuple(namespaces)
 
@@ -374,8 +411,8 @@ def _defaults(raw: Any) -> LimitDefaults:
     path = "spec.defaults"
     section = _mapping(raw, path)
     _no_unknown_fields(section, path, ("requests", "limits"))
-    requests = _quantities(section.get("requests"), f"{path}.requests")
-    limits = _quantities(section.get("limits"), f"{path}.limits")
+    requests = _quantities(section.get("requests"), f"{path}.requests", DEFAULTABLE_RESOURCES)
+    limits = _quantities(section.get("limits"), f"{path}.limits", DEFAULTABLE_RESOURCES)
     # A LimitRange whose default request exceeds its default limit is refused by the API server.
     for resource, request in requests.items():
         limit = limits.get(resource)
@@ -411,17 +448,28 @@ def _alerts(raw: Any) -> AlertSettings:
         listed = _list(section["thresholds"], f"{path}.thresholds")
         if not listed:
             raise SpecError(f"{path}.thresholds", "must list at least one percentage")
+        if len(listed) > MAX_THRESHOLDS:
+            raise SpecError(
+                f"{path}.thresholds", f"lists {len(listed)} percentages; at most {MAX_THRESHOLDS}"
+            )
         values: list[int] = []
         for index, threshold in enumerate(listed):
             value = _integer(threshold, f"{path}.thresholds[{index}]", None, 1, 100)
-            if value in values:
-                raise SpecError(f"{path}.thresholds[{index}]", f"{value} is listed twice")
+            # Sorting silently would let a file pass here that the API server then refuses.
+            if values and value <= values[-1]:
+                raise SpecError(
+                    f"{path}.thresholds[{index}]",
+                    f"{value} does not follow {values[-1]}; thresholds must be strictly increasing, "
+                    "e.g. [80, 90, 100]",
+                )
             values.append(value)
-        thresholds = tuple(sorted(values))
+        thresholds = tuple(values)
     return AlertSettings(
         thresholds=thresholds,
-        hysteresis=_integer(section.get("hysteresis"), f"{path}.hysteresis", DEFAULT_HYSTERESIS, 0, 99),
-        cooldown=_duration(section.get("cooldown"), f"{path}.cooldown"),
+        hysteresis=_integer(
+            section.get("hysteresis"), f"{path}.hysteresis", DEFAULT_HYSTERESIS, 0, MAX_HYSTERESIS
+        ),
+        cooldown=_positive_duration(section.get("cooldown"), f"{path}.cooldown"),
         urgent_when_full=_boolean(section.get("urgentWhenFull"), f"{path}.urgentWhenFull", False),
         webhook_secret_ref=_secret_ref(section.get("webhookSecretRef"), f"{path}.webhookSecretRef"),
     )
@@ -439,7 +487,7 @@ def parse_project(obj: Mapping[str, Any]) -> ProjectSpec:
         raise SpecError("kind", f"{_show(kind)} is not {KIND}")
 
     metadata = _mapping(obj.get("metadata"), "metadata", required=True)
-    name = _required_string(metadata.get("name"), "metadata.name")
+    name = _dns_label(metadata.get("name"), "metadata.name")
     annotations = _mapping(metadata.get("annotations"), "metadata.annotations")
     approved_change = _string(
         annotations.get(APPROVED_CHANGE_ANNOTATION), f"metadata.annotations[{APPROVED_CHANGE_ANNOTATION}]"
@@ -455,7 +503,7 @@ def parse_project(obj: Mapping[str, Any]) -> ProjectSpec:
     return ProjectSpec(
         name=name,
         owner=owner,
-        namespaces=_namespaces(spec.get("namespaces"), quota.resources),
+        namespaces=_namespaces(spec.get("namespaces")),
         quota=quota,
         defaults=_defaults(spec.get("defaults")),
         alerts=_alerts(spec.get("alerts")),

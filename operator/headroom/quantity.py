@@ -192,7 +192,7 @@ def format_quantity(value: Decimal, resource: str) -> str:
     kind = resource_kind(resource)
     with localcontext(CONTEXT):
         if kind == "cpu":
-            if _is_multiple(value, 1):
+            if _is_multiple(value, Decimal(1)):
                 return canonical(value)
             if _is_multiple(value, _MILLI):
                 return f"{canonical(value / _MILLI)}m"

@@ -9,6 +9,7 @@ from headroom.project_spec import (
     APPROVED_BY_ANNOTATION,
     APPROVED_CHANGE_ANNOTATION,
     DEFAULT_RESOURCES,
+    GOVERNABLE_RESOURCES,
     AlertSettings,
     LimitDefaults,
     NamespaceSpec,
@@ -17,6 +18,7 @@ from headroom.project_spec import (
     QuotaSettings,
     SecretKeyRef,
     SpecError,
+    is_governable,
     parse_duration,
     parse_project,
 )
@@ -52,7 +54,7 @@ spec:
     requests: {cpu: 100m, memory: 128Mi}
     limits: {cpu: "1", memory: 512Mi}
   alerts:
-    thresholds: [90, 80, 100]
+    thresholds: [80, 90, 100]
     hysteresis: 3
     cooldown: 12h
     urgentWhenFull: true
@@ -175,19 +177,47 @@ def test_webhook_secret_ref_defaults() -> None:
     assert project.alerts.webhook_secret_ref == SecretKeyRef(name="hook", namespace=None, key="url")
 
 
-def test_zero_cooldown_and_zero_headroom_are_allowed() -> None:
-    obj = with_field("spec.alerts.cooldown", "0s")
-    obj["spec"]["quota"] = {"headroomPercent": 0}
-    project = parse_project(obj)
-    assert project.alerts.cooldown == timedelta(0)
-    assert project.quota.headroom_percent == 0
+def test_zero_headroom_is_allowed() -> None:
+    assert parse_project(with_field("spec.quota.headroomPercent", 0)).quota.headroom_percent == 0
 
 
-def test_requested_resources_must_be_governed() -> None:
-    obj = with_field("spec.quota.resources", ["requests.cpu", "count/secrets"])
-    obj["spec"]["namespaces"][0]["requested"] = {"count/secrets": "50", "requests.cpu": "500m"}
+def test_largest_settings_the_crd_allows() -> None:
+    obj = with_field("spec.quota.headroomPercent", 1000)
+    obj["spec"]["alerts"] = {"hysteresis": 50, "thresholds": list(range(10, 101, 10))}
     project = parse_project(obj)
-    assert project.namespaces[0].requested == {"count/secrets": D(50), "requests.cpu": D("0.5")}
+    assert project.quota.headroom_percent == 1000
+    assert project.alerts.hysteresis == 50
+    assert project.alerts.thresholds == (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+
+
+@pytest.mark.parametrize(
+    "resource", [*GOVERNABLE_RESOURCES, "count/jobs.batch", "count/deployments.apps", "count/pods"]
+)
+def test_every_governable_resource_is_accepted(resource: str) -> None:
+    obj = with_field("spec.quota.resources", [resource])
+    obj["spec"]["quota"]["minimum"] = {resource: "1"}
+    obj["spec"]["namespaces"][0]["requested"] = {resource: "2"}
+    project = parse_project(obj)
+    assert project.quota.resources == (resource,)
+    assert project.quota.minimum == {resource: D(1)}
+    assert project.namespaces[0].requested == {resource: D(2)}
+
+
+@pytest.mark.parametrize(
+    "resource", ["requests.nvidia.com/gpu", "cpu", "count/", "count/Pods", "count/-x", "requests.cpus", ""]
+)
+def test_is_governable_rejects(resource: str) -> None:
+    assert not is_governable(resource)
+
+
+def test_minimum_and_requested_may_name_resources_outside_quota_resources() -> None:
+    # The CRD accepts this, so the operator must be able to read it.
+    obj = with_field("spec.quota.minimum", {"services": "5"})
+    obj["spec"]["namespaces"][0]["requested"] = {"secrets": "50", "requests.cpu": "500m"}
+    project = parse_project(obj)
+    assert project.quota.resources == DEFAULT_RESOURCES
+    assert project.quota.minimum == {"services": D(5)}
+    assert project.namespaces[0].requested == {"secrets": D(50), "requests.cpu": D("0.5")}
 
 
 def test_parsed_project_does_not_alias_input() -> None:
@@ -197,37 +227,42 @@ def test_parsed_project_does_not_alias_input() -> None:
     assert obj == before
 
 
+NOT_GOVERNABLE = "is not a resource Headroom can govern"
+
+
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
         ("spec.quota.lookback", "30x", 'spec.quota.lookback: "30x" is not a duration like 30d or 12h'),
         ("spec.quota.lookback", "0d", 'spec.quota.lookback: "0d" must be longer than zero'),
         ("spec.quota.lookback", 30, "spec.quota.lookback: 30 is not a duration"),
-        ("spec.quota.headroomPercent", -5, "spec.quota.headroomPercent: -5 must be at least 0"),
+        ("spec.quota.headroomPercent", -5, "spec.quota.headroomPercent: -5 must be between 0 and 1000"),
+        ("spec.quota.headroomPercent", 1001, "spec.quota.headroomPercent: 1001 must be between 0 and 1000"),
         ("spec.quota.headroomPercent", "20", 'spec.quota.headroomPercent: "20" is not a whole number'),
         ("spec.quota.headroomPercent", 12.5, "spec.quota.headroomPercent: 12.5 is not a whole number"),
         ("spec.quota.headroomPercent", True, "spec.quota.headroomPercent: True is not a whole number"),
         ("spec.quota.enforcement", "enforce", 'spec.quota.enforcement: "enforce" must be Enforce or Observe'),
         ("spec.quota.resources", [], "spec.quota.resources: must name at least one resource"),
         ("spec.quota.resources", "pods", 'spec.quota.resources: must be a list, not "pods"'),
-        ("spec.quota.resources", ["pods", "pods"], 'spec.quota.resources\\[1\\]: "pods" is listed twice'),
-        ("spec.quota.resources", ["pods", 3], "spec.quota.resources\\[1\\]: must be text, not 3"),
+        ("spec.quota.resources", ["pods", "pods"], r'spec.quota.resources\[1\]: "pods" is listed twice'),
+        ("spec.quota.resources", ["pods", 3], r"spec.quota.resources\[1\]: must be text, not 3"),
         (
             "spec.quota.resources",
             ["requests cpu"],
-            'spec.quota.resources\\[0\\]: "requests cpu" is not a resource',
+            rf'spec.quota.resources\[0\]: "requests cpu" {NOT_GOVERNABLE}',
+        ),
+        (
+            "spec.quota.resources",
+            ["limits.nvidia.com/gpu"],
+            rf'spec.quota.resources\[0\]: ".*" {NOT_GOVERNABLE}',
         ),
         ("spec.quota.minimum", {"requests.cpu": "-1"}, 'spec.quota.minimum.requests.cpu: "-1" is negative'),
         (
             "spec.quota.minimum",
             {"requests.cpu": "lots"},
-            'spec.quota.minimum.requests.cpu: "lots" is not a Kubernetes quantity',
+            'spec.quota.minimum.requests.cpu: "lots" is not a Kub',
         ),
-        (
-            "spec.quota.minimum",
-            {"requests.cpus": "1"},
-            "spec.quota.minimum.requests.cpus: is not one of spec.quota.resources",
-        ),
+        ("spec.quota.minimum", {"requests.cpus": "1"}, f"spec.quota.minimum.requests.cpus: {NOT_GOVERNABLE}"),
         ("spec.quota.minimum", {"pods": 1.5}, "spec.quota.minimum.pods: 1.5 is a floating-point number"),
         ("spec.quota.headroomPercnt", 30, "spec.quota.headroomPercnt: unknown field"),
         ("spec.quota", "big", 'spec.quota: must be a mapping, not "big"'),
@@ -235,62 +270,76 @@ def test_parsed_project_does_not_alias_input() -> None:
         ("spec.owner.team", None, "spec.owner.team: is required"),
         ("spec.owner.team", "", "spec.owner.team: is required"),
         ("spec.owner.team", 7, "spec.owner.team: must be text, not 7"),
+        ("spec.owner.team", "Payments Team", 'spec.owner.team: "Payments Team" is not a DNS label'),
         ("spec.owner.contacts", "#alerts", 'spec.owner.contacts: must be a list, not "#alerts"'),
-        ("spec.owner.contacts", ["ok", None], "spec.owner.contacts\\[1\\]: is required"),
-        ("spec.owner.holidays", ["2026-02-30"], 'spec.owner.holidays\\[0\\]: "2026-02-30" is not a date'),
-        ("spec.owner.holidays", ["Christmas"], 'spec.owner.holidays\\[0\\]: "Christmas" is not a date'),
-        ("spec.owner.holidays", ["20261225"], 'spec.owner.holidays\\[0\\]: "20261225" is not a date'),
+        ("spec.owner.contacts", ["ok", None], r"spec.owner.contacts\[1\]: is required"),
+        ("spec.owner.holidays", ["2026-02-30"], r'spec.owner.holidays\[0\]: "2026-02-30" is not a date'),
+        ("spec.owner.holidays", ["Christmas"], r'spec.owner.holidays\[0\]: "Christmas" is not a date'),
+        ("spec.owner.holidays", ["20261225"], r'spec.owner.holidays\[0\]: "20261225" is not a date'),
         ("spec.owner.businessHours", ["Mon"], "spec.owner.businessHours: must be text"),
         ("spec.owner.email", "x", "spec.owner.email: unknown field"),
         ("spec.namespaces", None, "spec.namespaces: is required"),
         ("spec.namespaces", [], "spec.namespaces: must list at least one namespace"),
-        ("spec.namespaces", ["payments"], 'spec.namespaces\\[0\\]: must be a mapping, not "payments"'),
-        ("spec.namespaces.0.name", None, "spec.namespaces\\[0\\].name: is required"),
-        (
-            "spec.namespaces.0.name",
-            "Payments",
-            'spec.namespaces\\[0\\].name: "Payments" is not a namespace name',
-        ),
-        ("spec.namespaces.0.name", "a" * 64, "spec.namespaces\\[0\\].name: .* is not a namespace name"),
-        ("spec.namespaces.0.name", "-x", 'spec.namespaces\\[0\\].name: "-x" is not a namespace name'),
+        ("spec.namespaces", ["payments"], r'spec.namespaces\[0\]: must be a mapping, not "payments"'),
+        ("spec.namespaces.0.name", None, r"spec.namespaces\[0\].name: is required"),
+        ("spec.namespaces.0.name", "Payments", r'spec.namespaces\[0\].name: "Payments" is not a DNS label'),
+        ("spec.namespaces.0.name", "a" * 64, r"spec.namespaces\[0\].name: .* is not a DNS label"),
+        ("spec.namespaces.0.name", "-x", r'spec.namespaces\[0\].name: "-x" is not a DNS label'),
         (
             "spec.namespaces",
             [{"name": "a"}, {"name": "a"}],
-            'spec.namespaces\\[1\\].name: "a" is listed twice',
+            r'spec.namespaces\[1\].name: "a" is listed twice',
         ),
         (
             "spec.namespaces.0.requested",
             {"requests.cpu": "5 cores"},
-            'spec.namespaces\\[0\\].requested.requests.cpu: "5 cores" is not a Kubernetes quantity',
+            r'spec.namespaces\[0\].requested.requests.cpu: "5 cores" is not a Kubernetes quantity',
         ),
         (
             "spec.namespaces.0.requested",
             {"requests.cpu": "-40"},
-            'spec.namespaces\\[0\\].requested.requests.cpu: "-40" is negative',
+            r'spec.namespaces\[0\].requested.requests.cpu: "-40" is negative',
         ),
         (
             "spec.namespaces.0.requested",
-            {"count/secrets": "5"},
-            "spec.namespaces\\[0\\].requested.count/secrets: is not one of spec.quota.resources",
+            {"limits.nvidia.com/gpu": "5"},
+            rf"spec.namespaces\[0\].requested.limits.nvidia.com/gpu: {NOT_GOVERNABLE}",
         ),
-        ("spec.namespaces.0.requested", ["cpu"], "spec.namespaces\\[0\\].requested: must be a mapping"),
-        ("spec.namespaces.0.quota", {}, "spec.namespaces\\[0\\].quota: unknown field"),
+        ("spec.namespaces.0.requested", ["cpu"], r"spec.namespaces\[0\].requested: must be a mapping"),
+        ("spec.namespaces.0.quota", {}, r"spec.namespaces\[0\].quota: unknown field"),
         (
             "spec.defaults",
             {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}},
-            "spec.defaults.requests.cpu: 2 is above spec.defaults.limits.cpu \\(1\\)",
+            r"spec.defaults.requests.cpu: 2 is above spec.defaults.limits.cpu \(1\)",
+        ),
+        (
+            "spec.defaults.requests",
+            {"requests.cpu": "1"},
+            r"spec.defaults.requests.requests.cpu: is not a resource here \(expected one of: cpu, memory, ",
         ),
         ("spec.defaults.requests", {"memory": "lots"}, 'spec.defaults.requests.memory: "lots" is not'),
         ("spec.defaults.limits", {"cpu": True}, "spec.defaults.limits.cpu: True is a boolean"),
         ("spec.defaults.default", {}, "spec.defaults.default: unknown field"),
         ("spec.alerts.thresholds", [], "spec.alerts.thresholds: must list at least one percentage"),
-        ("spec.alerts.thresholds", [80, 0], "spec.alerts.thresholds\\[1\\]: 0 must be between 1 and 100"),
-        ("spec.alerts.thresholds", [80, 101], "spec.alerts.thresholds\\[1\\]: 101 must be between 1 and 100"),
-        ("spec.alerts.thresholds", [80, 80], "spec.alerts.thresholds\\[1\\]: 80 is listed twice"),
-        ("spec.alerts.thresholds", [None], "spec.alerts.thresholds\\[0\\]: is required"),
-        ("spec.alerts.thresholds", ["80%"], 'spec.alerts.thresholds\\[0\\]: "80%" is not a whole number'),
-        ("spec.alerts.hysteresis", -1, "spec.alerts.hysteresis: -1 must be between 0 and 99"),
+        (
+            "spec.alerts.thresholds",
+            list(range(1, 12)),
+            "spec.alerts.thresholds: lists 11 percentages; at most 10",
+        ),
+        ("spec.alerts.thresholds", [80, 0], r"spec.alerts.thresholds\[1\]: 0 must be between 1 and 100"),
+        ("spec.alerts.thresholds", [80, 101], r"spec.alerts.thresholds\[1\]: 101 must be between 1 and 100"),
+        (
+            "spec.alerts.thresholds",
+            [80, 80],
+            r"spec.alerts.thresholds\[1\]: 80 does not follow 80; thresholds must be strictly increasing",
+        ),
+        ("spec.alerts.thresholds", [90, 80, 100], r"spec.alerts.thresholds\[1\]: 80 does not follow 90"),
+        ("spec.alerts.thresholds", [None], r"spec.alerts.thresholds\[0\]: is required"),
+        ("spec.alerts.thresholds", ["80%"], r'spec.alerts.thresholds\[0\]: "80%" is not a whole number'),
+        ("spec.alerts.hysteresis", -1, "spec.alerts.hysteresis: -1 must be between 0 and 50"),
+        ("spec.alerts.hysteresis", 51, "spec.alerts.hysteresis: 51 must be between 0 and 50"),
         ("spec.alerts.cooldown", "1 day", 'spec.alerts.cooldown: "1 day" is not a duration'),
+        ("spec.alerts.cooldown", "0s", 'spec.alerts.cooldown: "0s" must be longer than zero'),
         ("spec.alerts.urgentWhenFull", "yes", 'spec.alerts.urgentWhenFull: "yes" is not true or false'),
         ("spec.alerts.webhookSecretRef", {"key": "url"}, "spec.alerts.webhookSecretRef.name: is required"),
         ("spec.alerts.webhookSecretRef", "slack", "spec.alerts.webhookSecretRef: must be a mapping"),
@@ -304,11 +353,12 @@ def test_parsed_project_does_not_alias_input() -> None:
         ("spec", [], "spec: must be a mapping"),
         ("metadata", None, "metadata: is required"),
         ("metadata.name", None, "metadata.name: is required"),
+        ("metadata.name", "pay.ments", 'metadata.name: "pay.ments" is not a DNS label'),
         ("metadata.annotations", ["x"], "metadata.annotations: must be a mapping"),
         (
             "metadata.annotations",
             {APPROVED_CHANGE_ANNOTATION: 5},
-            "metadata.annotations\\[headroom.dev/approved-change\\]: must be text",
+            r"metadata.annotations\[headroom.dev/approved-change\]: must be text",
         ),
         ("apiVersion", "headroom.dev/v1", 'apiVersion: "headroom.dev/v1" is not headroom.dev/v1alpha1'),
         ("kind", "Namespace", 'kind: "Namespace" is not Project'),
@@ -339,9 +389,17 @@ def test_yaml_date_holiday_is_accepted() -> None:
     assert project.owner.holidays == ("2026-12-25",)
 
 
-def test_thresholds_are_sorted() -> None:
-    project = parse_project(with_field("spec.alerts.thresholds", [100, 50, 75]))
+def test_custom_thresholds() -> None:
+    project = parse_project(with_field("spec.alerts.thresholds", [50, 75, 100]))
     assert project.alerts.thresholds == (50, 75, 100)
+
+
+def test_ephemeral_storage_defaults() -> None:
+    limits = {"requests": {"ephemeral-storage": "1Gi"}, "limits": {"ephemeral-storage": "2Gi"}}
+    project = parse_project(with_field("spec.defaults", limits))
+    assert project.defaults == LimitDefaults(
+        requests={"ephemeral-storage": GI}, limits={"ephemeral-storage": 2 * GI}
+    )
 
 
 @pytest.mark.parametrize(

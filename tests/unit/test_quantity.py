@@ -142,7 +142,7 @@ def test_empty_string_message_is_understandable() -> None:
 
 def test_float_message_suggests_quoting() -> None:
     with pytest.raises(QuantityError, match=r'floating-point.*"0.5"'):
-        parse_quantity(0.5)
+        parse_quantity(0.5)  # type: ignore[arg-type]
 
 
 def test_boolean_message() -> None:

@@ -1,0 +1,626 @@
+"""Quota alerts: hysteresis, one notification per crossing, business-hours deferral, two-phase delivery.
+
+The model, per alert key ``(namespace, resource, threshold)``:
+
+* **Hysteresis.** A key starts *firing* when utilization >= threshold and stops (*resolved*) only when
+  utilization < threshold - hysteresis; in between it keeps its previous state, so 79/80/81 % does not
+  flap. A key missing from the input (namespace no longer governed, resource or threshold gone, hard
+  limit 0) counts as resolved.
+* **What the receivers were told.** ``AlertRecord.announced`` is the state of the last notification
+  handed out for delivery. A notification is owed whenever the hysteresis state differs from it, plus
+  a reminder while firing once the cooldown since the last delivered firing notification has passed.
+  If the state flips back before an owed notification went out, nothing is owed any more: a firing
+  that resolves before business hours open sends nothing at all, and a resolved that re-fires before
+  opening leaves the receivers' (still correct) "firing" alone. So "resolved" is only ever sent after
+  a firing notification was handed out. Handed out counts as sent even before every sink confirmed
+  it: the caller may have delivered it and crashed before confirming, and a spurious "resolved" is
+  harmless where a missing one would leave a team believing a quota is still full.
+* **Business hours.** An owed notification goes out only while ``hours`` are open; otherwise the record
+  holds ``not_before`` (the next opening) and it is re-checked on every evaluation. Alerts at a
+  threshold >= 100 bypass business hours (both firing and resolved) when ``urgent_when_full`` is set.
+* **Two-phase delivery.** Handing out means putting the notification into the record's ``outbox``.
+  :func:`evaluate` returns every undelivered outbox notification each time it runs, unchanged and with
+  the same ``id``, until :func:`mark_delivered` has recorded an acknowledgement from every configured
+  sink. The caller persists the state (see :func:`state_to_status`) *before* delivering, delivers,
+  then marks and persists again: a crash in between re-delivers the same ``id`` (receivers can
+  de-duplicate on it) but never loses or invents a notification. A newer notification for the same
+  key replaces an undelivered one, as the newer state is what receivers need to learn.
+
+Everything here is pure: ``now`` is always passed in and the state is an immutable value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple, TypeVar
+
+from headroom.business_hours import BusinessHours, add_business_days, next_opening
+
+__all__ = [
+    "DEFAULT_HYSTERESIS",
+    "DEFAULT_THRESHOLDS",
+    "FIRING",
+    "FULL",
+    "RESOLVED",
+    "AlertKey",
+    "AlertPolicy",
+    "AlertRecord",
+    "AlertState",
+    "Notification",
+    "NotificationState",
+    "Usage",
+    "UtilizationInput",
+    "evaluate",
+    "firing_alerts",
+    "highest_utilization",
+    "mark_delivered",
+    "next_wakeup",
+    "pending_notifications",
+    "state_from_status",
+    "state_to_status",
+    "undelivered_sinks",
+    "utilization_percent",
+]
+
+_T = TypeVar("_T")
+
+NotificationState = Literal["firing", "resolved"]
+FIRING: NotificationState = "firing"
+RESOLVED: NotificationState = "resolved"
+
+DEFAULT_THRESHOLDS = (80, 90, 100)
+DEFAULT_HYSTERESIS = Decimal(5)
+#: Thresholds at or above this are "full" and may bypass business hours.
+FULL = 100
+
+
+class AlertKey(NamedTuple):
+    namespace: str
+    resource: str
+    threshold: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Raw quota figures for one (namespace, resource); lets notifications carry used/hard."""
+
+    used: Decimal
+    hard: Decimal
+
+    @property
+    def utilization(self) -> Decimal | None:
+        return utilization_percent(self.used, self.hard)
+
+
+def utilization_percent(used: Decimal | int, hard: Decimal | int) -> Decimal | None:
+    """``used / hard * 100`` as an exact-as-possible Decimal; ``None`` when there is no positive limit."""
+    used_d, hard_d = _decimal(used, "used"), _decimal(hard, "hard")
+    if hard_d <= 0:
+        return None
+    # Multiply first so whole-number percentages stay exact (8/10*100 would round through 0.8).
+    percent = (used_d * 100 / hard_d).normalize()
+    # normalize() strips trailing zeros ("85.0" -> "85") but writes 100 as "1E+2"; undo the latter so
+    # status and messages read naturally.
+    exponent = percent.as_tuple().exponent
+    return percent.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else percent
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """Per-Project alerting knobs.
+
+    ``cooldown`` is how long after a firing notification was delivered a still-firing alert is
+    repeated; ``None`` means one business day (:func:`headroom.business_hours.add_business_days`).
+    """
+
+    thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
+    hysteresis: Decimal = DEFAULT_HYSTERESIS
+    cooldown: timedelta | None = None
+    urgent_when_full: bool = False
+
+    def __post_init__(self) -> None:
+        for threshold in self.thresholds:
+            if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold <= 0:
+                raise ValueError(f"alert thresholds must be positive whole percents, got {threshold!r}")
+        # Normalized so equal policies compare equal and keys come out in a stable order.
+        object.__setattr__(self, "thresholds", tuple(sorted(set(self.thresholds))))
+        hysteresis = _decimal(self.hysteresis, "hysteresis")
+        if hysteresis < 0:
+            raise ValueError(f"hysteresis must be >= 0, got {hysteresis}")
+        object.__setattr__(self, "hysteresis", hysteresis)
+        if self.cooldown is not None and self.cooldown <= timedelta(0):
+            raise ValueError(f"cooldown must be positive, got {self.cooldown}")
+
+    def is_urgent(self, threshold: int) -> bool:
+        return self.urgent_when_full and threshold >= FULL
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message to deliver. ``id`` is deterministic and unique per notification, for idempotency.
+
+    ``since`` is when the alert entered ``state``; ``repeat`` is 0 for the crossing itself and n for
+    the n-th reminder of a still-firing alert. ``utilization``/``used``/``hard`` are as observed when
+    the notification was handed out (``None`` when the key disappeared from the input).
+    """
+
+    id: str
+    key: AlertKey
+    state: NotificationState
+    since: datetime
+    utilization: Decimal | None
+    used: Decimal | None = None
+    hard: Decimal | None = None
+    repeat: int = 0
+    urgent: bool = False
+
+    @property
+    def namespace(self) -> str:
+        return self.key.namespace
+
+    @property
+    def resource(self) -> str:
+        return self.key.resource
+
+    @property
+    def threshold(self) -> int:
+        return self.key.threshold
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """Everything remembered about one alert key between evaluations.
+
+    * ``firing``/``since``: hysteresis state and when it was entered.
+    * ``utilization``/``used``/``hard``: latest observation (``None``: key absent).
+    * ``announced``: the last notification handed out said "firing".
+    * ``last_sent``: when the last firing notification was acknowledged by all sinks (cooldown base).
+    * ``repeats``: reminders handed out since ``since``.
+    * ``not_before``: a notification is owed but held back until then (business hours or cooldown).
+    * ``outbox``: the notification awaiting delivery, if any; ``sinks`` must all acknowledge it and
+      ``delivered_sinks`` have.
+    """
+
+    key: AlertKey
+    firing: bool
+    since: datetime
+    utilization: Decimal | None = None
+    used: Decimal | None = None
+    hard: Decimal | None = None
+    announced: bool = False
+    last_sent: datetime | None = None
+    repeats: int = 0
+    not_before: datetime | None = None
+    outbox: Notification | None = None
+    sinks: frozenset[str] = frozenset()
+    delivered_sinks: frozenset[str] = frozenset()
+
+    @property
+    def state(self) -> NotificationState:
+        return FIRING if self.firing else RESOLVED
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to remember: the default for any key without a record."""
+        return not self.firing and not self.announced and self.outbox is None
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """All records of one Project, ordered by key; keys without a record are idle."""
+
+    records: tuple[AlertRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "records", tuple(sorted(self.records, key=lambda r: r.key)))
+
+    def by_key(self) -> dict[AlertKey, AlertRecord]:
+        return {r.key: r for r in self.records}
+
+    def get(self, key: AlertKey | tuple[str, str, int]) -> AlertRecord | None:
+        return self.by_key().get(AlertKey(*key))
+
+
+UtilizationInput = Mapping[tuple[str, str], Decimal | int | Usage]
+
+
+@dataclass(frozen=True)
+class _Observation:
+    utilization: Decimal
+    used: Decimal | None
+    hard: Decimal | None
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate(
+    state: AlertState,
+    utilization: UtilizationInput,
+    policy: AlertPolicy,
+    hours: BusinessHours,
+    now: datetime,
+    sinks: AbstractSet[str],
+) -> tuple[AlertState, list[Notification]]:
+    """Advance every alert to ``now``; return the new state and all notifications awaiting delivery.
+
+    ``utilization`` maps (namespace, resource) to a percent (Decimal/int) or a :class:`Usage`; usages
+    without a positive hard limit are ignored. The returned list holds every undelivered outbox entry,
+    including ones returned by earlier calls (retry them; their ``id`` is unchanged). With no ``sinks``
+    configured, notifications are considered delivered the moment they are handed out.
+    Raises ``BusinessHoursError`` if an owed notification would wait for hours that never open.
+    """
+    now = _utc(now, "now")
+    required = frozenset(sinks)
+    observations = _observe(utilization)
+    previous = state.by_key()
+    keys = set(previous)
+    for (namespace, resource), seen in observations.items():
+        keys.update(
+            AlertKey(namespace, resource, threshold)
+            for threshold in policy.thresholds
+            if seen.utilization >= threshold
+        )
+    records = []
+    for key in sorted(keys):
+        # A threshold dropped from the policy is observed as nothing, which resolves its alert.
+        observation = None
+        if key.threshold in policy.thresholds:
+            observation = observations.get((key.namespace, key.resource))
+        record = previous.get(key) or AlertRecord(key=key, firing=False, since=now)
+        advanced = _advance(record, observation, policy, hours, now, required)
+        if not advanced.idle:
+            records.append(advanced)
+    new_state = AlertState(tuple(records))
+    return new_state, pending_notifications(new_state)
+
+
+def _advance(
+    record: AlertRecord,
+    observation: _Observation | None,
+    policy: AlertPolicy,
+    hours: BusinessHours,
+    now: datetime,
+    sinks: frozenset[str],
+) -> AlertRecord:
+    key = record.key
+    value = observation.utilization if observation is not None else None
+    firing = _hysteresis(record.firing, value, key.threshold, policy.hysteresis)
+    if firing != record.firing:
+        record = replace(record, firing=firing, since=now, repeats=0)
+    record = replace(
+        record,
+        utilization=value,
+        used=observation.used if observation is not None else None,
+        hard=observation.hard if observation is not None else None,
+        sinks=sinks,
+    )
+    # A sink removed from the configuration must not keep an outbox pending forever.
+    record = _settle(record, now)
+
+    owed: NotificationState | None = None
+    earliest = now
+    is_repeat = False
+    if firing != record.announced:
+        owed = FIRING if firing else RESOLVED
+    elif firing and record.outbox is None and record.last_sent is not None:
+        owed, is_repeat = FIRING, True
+        if policy.cooldown is not None:
+            earliest = record.last_sent + policy.cooldown
+        else:
+            earliest = add_business_days(hours, record.last_sent)
+
+    if owed is None:
+        return replace(record, not_before=None)
+    urgent = policy.is_urgent(key.threshold)
+    moment = max(earliest, now)
+    # Recomputed on every call rather than trusting a stored not_before: if the operator was down
+    # through a whole opening, the notification waits for the next one instead of going out at night.
+    due = moment if urgent else next_opening(hours, moment)
+    if due > now:
+        return replace(record, not_before=due)
+    return _hand_out(record, owed, now, urgent=urgent, is_repeat=is_repeat)
+
+
+def _hysteresis(firing: bool, value: Decimal | None, threshold: int, hysteresis: Decimal) -> bool:
+    if value is None:
+        return False
+    if value >= threshold:
+        return True
+    if value < threshold - hysteresis:
+        return False
+    return firing
+
+
+def _hand_out(
+    record: AlertRecord, state: NotificationState, now: datetime, *, urgent: bool, is_repeat: bool
+) -> AlertRecord:
+    key = record.key
+    repeats = record.repeats + 1 if is_repeat else record.repeats
+    notification_id = f"{key.namespace}/{key.resource}/{key.threshold}/{state}/{_iso(record.since)}"
+    if is_repeat:
+        notification_id += f"/repeat-{repeats}"
+    notification = Notification(
+        id=notification_id,
+        key=key,
+        state=state,
+        since=record.since,
+        utilization=record.utilization,
+        used=record.used,
+        hard=record.hard,
+        repeat=repeats if is_repeat else 0,
+        urgent=urgent,
+    )
+    record = replace(
+        record,
+        announced=state == FIRING,
+        repeats=repeats,
+        not_before=None,
+        outbox=notification,
+        delivered_sinks=frozenset(),
+    )
+    return _settle(record, now)
+
+
+def _settle(record: AlertRecord, now: datetime) -> AlertRecord:
+    """Retire the outbox once every required sink acknowledged it."""
+    outbox = record.outbox
+    if outbox is None or not record.sinks <= record.delivered_sinks:
+        return record
+    last_sent = now if outbox.state == FIRING else record.last_sent
+    return replace(record, outbox=None, delivered_sinks=frozenset(), last_sent=last_sent)
+
+
+def _observe(utilization: UtilizationInput) -> dict[tuple[str, str], _Observation]:
+    observations = {}
+    for (namespace, resource), value in utilization.items():
+        if isinstance(value, Usage):
+            percent = value.utilization
+            if percent is None:
+                continue  # no positive hard limit: nothing can be "near" it
+            observations[namespace, resource] = _Observation(
+                percent, _decimal(value.used, "used"), _decimal(value.hard, "hard")
+            )
+        else:
+            observations[namespace, resource] = _Observation(_decimal(value, "utilization"), None, None)
+    return observations
+
+
+# -------------------------------------------------------------------------------------------- delivery
+
+
+def mark_delivered(state: AlertState, notification_id: str, sink: str, now: datetime) -> AlertState:
+    """Record that ``sink`` acknowledged ``notification_id``; retire it once all sinks have.
+
+    Idempotent, and a no-op for ids no longer in any outbox (e.g. superseded by a newer one).
+    """
+    now = _utc(now, "now")
+    records = []
+    changed = False
+    for record in state.records:
+        if record.outbox is not None and record.outbox.id == notification_id:
+            changed = True
+            record = _settle(replace(record, delivered_sinks=record.delivered_sinks | {sink}), now)
+            if record.idle:
+                continue
+        records.append(record)
+    return AlertState(tuple(records)) if changed else state
+
+
+def pending_notifications(state: AlertState) -> list[Notification]:
+    """Every notification handed out but not yet acknowledged by all its sinks."""
+    return [r.outbox for r in state.records if r.outbox is not None]
+
+
+def undelivered_sinks(state: AlertState, notification_id: str) -> frozenset[str]:
+    """The sinks still owing an acknowledgement for ``notification_id`` (empty if unknown or done)."""
+    for record in state.records:
+        if record.outbox is not None and record.outbox.id == notification_id:
+            return record.sinks - record.delivered_sinks
+    return frozenset()
+
+
+def next_wakeup(state: AlertState) -> datetime | None:
+    """The earliest ``not_before``: when evaluating again could hand out a held-back notification."""
+    return min((r.not_before for r in state.records if r.not_before is not None), default=None)
+
+
+# ------------------------------------------------------------------------------------------- summaries
+
+
+def firing_alerts(state: AlertState) -> list[AlertRecord]:
+    """Records currently firing (hysteresis state, regardless of notification), by key."""
+    return [r for r in state.records if r.firing]
+
+
+def highest_utilization(utilization: UtilizationInput) -> tuple[str, str, Decimal] | None:
+    """The (namespace, resource, percent) closest to its limit; ties go to the smallest key."""
+    best: tuple[str, str, Decimal] | None = None
+    for (namespace, resource), observation in sorted(_observe(utilization).items()):
+        if best is None or observation.utilization > best[2]:
+            best = (namespace, resource, observation.utilization)
+    return best
+
+
+# ------------------------------------------------------------------------------------------------ status
+
+
+def state_to_status(state: AlertState) -> list[dict[str, Any]]:
+    """JSON-friendly form for the Project status: UTC ``...Z`` timestamps, decimals as strings.
+
+    Absent optional values are omitted rather than null, so the CRD schema needs no nullable fields.
+    """
+    return [_record_to_status(r) for r in state.records]
+
+
+def state_from_status(items: Sequence[Any] | None) -> AlertState:
+    """Inverse of :func:`state_to_status`; skips malformed entries (and later duplicates of a key)."""
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+        return AlertState()
+    records: dict[AlertKey, AlertRecord] = {}
+    for item in items:
+        try:
+            record = _record_from_status(item)
+        except (KeyError, TypeError, ValueError, ArithmeticError):
+            continue
+        records.setdefault(record.key, record)
+    return AlertState(tuple(records.values()))
+
+
+def _record_to_status(record: AlertRecord) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "namespace": record.key.namespace,
+        "resource": record.key.resource,
+        "threshold": record.key.threshold,
+        "state": record.state,
+        "since": _iso(record.since),
+        "utilization": _dec_str(record.utilization),
+        "used": _dec_str(record.used),
+        "hard": _dec_str(record.hard),
+        "announced": record.announced,
+        "lastSent": _iso(record.last_sent) if record.last_sent else None,
+        "repeats": record.repeats,
+        "notBefore": _iso(record.not_before) if record.not_before else None,
+        "outbox": _notification_to_status(record.outbox) if record.outbox else None,
+        "sinks": sorted(record.sinks),
+        "deliveredSinks": sorted(record.delivered_sinks),
+    }
+    return {k: v for k, v in item.items() if v is not None}
+
+
+def _notification_to_status(notification: Notification) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": notification.id,
+        "state": notification.state,
+        "since": _iso(notification.since),
+        "utilization": _dec_str(notification.utilization),
+        "used": _dec_str(notification.used),
+        "hard": _dec_str(notification.hard),
+        "repeat": notification.repeat,
+        "urgent": notification.urgent,
+    }
+    return {k: v for k, v in item.items() if v is not None}
+
+
+def _record_from_status(item: Any) -> AlertRecord:
+    if not isinstance(item, Mapping):
+        raise TypeError("status entry is not an object")
+    key = AlertKey(_text(item["namespace"]), _text(item["resource"]), _count(item["threshold"], minimum=1))
+    outbox_item = item.get("outbox")
+    return AlertRecord(
+        key=key,
+        firing=_state(item["state"]) == FIRING,
+        since=_parse_time(item["since"]),
+        utilization=_optional(item, "utilization", _parse_decimal),
+        used=_optional(item, "used", _parse_decimal),
+        hard=_optional(item, "hard", _parse_decimal),
+        announced=_flag(item.get("announced", False)),
+        last_sent=_optional(item, "lastSent", _parse_time),
+        repeats=_count(item.get("repeats", 0), minimum=0),
+        not_before=_optional(item, "notBefore", _parse_time),
+        outbox=_notification_from_status(key, outbox_item) if outbox_item is not None else None,
+        sinks=_names(item.get("sinks", [])),
+        delivered_sinks=_names(item.get("deliveredSinks", [])),
+    )
+
+
+def _notification_from_status(key: AlertKey, item: Any) -> Notification:
+    if not isinstance(item, Mapping):
+        raise TypeError("outbox is not an object")
+    return Notification(
+        id=_text(item["id"]),
+        key=key,
+        state=_state(item["state"]),
+        since=_parse_time(item["since"]),
+        utilization=_optional(item, "utilization", _parse_decimal),
+        used=_optional(item, "used", _parse_decimal),
+        hard=_optional(item, "hard", _parse_decimal),
+        repeat=_count(item.get("repeat", 0), minimum=0),
+        urgent=_flag(item.get("urgent", False)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _utc(moment: datetime, name: str) -> datetime:
+    if not isinstance(moment, datetime) or moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {moment!r}")
+    return moment.astimezone(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _decimal(value: object, name: str) -> Decimal:
+    # Floats are refused rather than converted: they would smuggle binary rounding into exact math.
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise TypeError(f"{name} must be a Decimal or int, got {type(value).__name__}")
+    result = Decimal(value)
+    if not result.is_finite():
+        raise ValueError(f"{name} must be finite, got {result}")
+    return result
+
+
+def _dec_str(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _parse_decimal(value: Any) -> Decimal:
+    if not isinstance(value, str):
+        raise TypeError("decimals are stored as strings")
+    result = Decimal(value)  # InvalidOperation is an ArithmeticError, caught by the caller
+    if not result.is_finite():
+        raise ValueError(f"not a finite decimal: {value!r}")
+    return result
+
+
+def _parse_time(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError("timestamps are stored as strings")
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp without zone: {value!r}")
+    return moment.astimezone(UTC)
+
+
+def _optional(item: Mapping[str, Any], name: str, parse: Callable[[Any], _T]) -> _T | None:
+    value = item.get(name)
+    return None if value is None else parse(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _count(value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a boolean, got {value!r}")
+    return value
+
+
+def _state(value: Any) -> NotificationState:
+    if value == FIRING:
+        return FIRING
+    if value == RESOLVED:
+        return RESOLVED
+    raise ValueError(f"expected 'firing' or 'resolved', got {value!r}")
+
+
+def _names(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expected a list of names, got {value!r}")
+    return frozenset(value)

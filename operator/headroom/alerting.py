@@ -1,0 +1,288 @@
+"""Alert delivery: the shell around `alert_policy`, with the sinks (Event, webhook, Alertmanager).
+
+Delivery is an outbox: a notification is first written to the Project's status, then delivered,
+then marked delivered per sink and written again. A restart therefore neither loses a notification
+(it is still in the outbox) nor repeats one that was acknowledged (it is marked). The one window
+left, a crash between a receiver's acknowledgement and the status write, is closed on the
+receiver's side by the notification's stable `id`, which every sink receives.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+import aiohttp
+import kubernetes
+
+from headroom.alert_policy import (
+    AlertPolicy,
+    AlertState,
+    Notification,
+    Usage,
+    evaluate,
+    firing_alerts,
+    mark_delivered,
+    next_wakeup,
+    state_from_status,
+    state_to_status,
+)
+from headroom.business_hours import BusinessHoursError, parse_business_hours
+from headroom.config import OperatorConfig
+from headroom.kube_io import KubeWriter, backoff_delays
+from headroom.metrics import Metrics
+from headroom.planning import Event, Plan
+from headroom.project_spec import ProjectSpec
+from headroom.quantity import format_quantity
+
+log = logging.getLogger("headroom.alerts")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What every sink needs to know about one notification."""
+
+    notification: Notification
+    project: str
+    team: str
+    contacts: tuple[str, ...]
+    now: datetime
+
+    @property
+    def severity(self) -> str:
+        return "critical" if self.notification.threshold >= 100 else "warning"
+
+    def text(self) -> str:
+        n = self.notification
+        used = format_quantity(n.used, n.resource) if n.used is not None else "?"
+        hard = format_quantity(n.hard, n.resource) if n.hard is not None else "?"
+        if n.state == "firing":
+            return (f":warning: Project {self.project} (team {self.team}): {n.namespace} {n.resource} is at "
+                    f"{n.utilization}% of its quota ({used} of {hard}), past {n.threshold}%. Plan capacity "
+                    f"and request a change on the Project before it is full.")
+        return (f":white_check_mark: Project {self.project} (team {self.team}): {n.namespace} {n.resource} "
+                f"is back below {n.threshold}% of its quota ({used} of {hard}).")
+
+    def payload(self) -> dict[str, Any]:
+        n = self.notification
+        return {
+            "id": n.id, "project": self.project, "team": self.team, "contacts": list(self.contacts),
+            "namespace": n.namespace, "resource": n.resource,
+            "used": format_quantity(n.used, n.resource) if n.used is not None else None,
+            "hard": format_quantity(n.hard, n.resource) if n.hard is not None else None,
+            "utilization": str(n.utilization) if n.utilization is not None else None,
+            "threshold": n.threshold, "state": n.state, "severity": self.severity,
+            "since": n.since.strftime("%Y-%m-%dT%H:%M:%SZ"), "repeat": n.repeat, "text": self.text(),
+        }
+
+
+class Sink(Protocol):
+    name: str
+
+    async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None: ...
+
+
+class DeliveryError(RuntimeError):
+    pass
+
+
+@dataclass
+class WebhookSink:
+    url: str | None
+    secret_reader: Callable[[str, str], str | None] | None = None
+    namespace: str = "headroom-system"
+    timeout: float = 10.0
+    name: str = "webhook"
+
+    async def _url_for(self, spec: ProjectSpec) -> str | None:
+        ref = spec.alerts.webhook_secret_ref
+        if ref is not None and self.secret_reader is not None:
+            import asyncio
+
+            url = await asyncio.to_thread(self.secret_reader, ref.name, ref.key)
+            if url:
+                return url
+        return self.url
+
+    async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
+        url = await self._url_for(spec)
+        if not url:
+            return
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session, \
+                    session.post(url, json=delivery.payload(),
+                                 headers={"Idempotency-Key": delivery.notification.id}) as resp:
+                if resp.status >= 300:
+                    raise DeliveryError(f"webhook answered HTTP {resp.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DeliveryError(f"webhook unreachable: {exc}") from exc
+
+
+@dataclass
+class AlertmanagerSink:
+    url: str
+    timeout: float = 10.0
+    name: str = "alertmanager"
+
+    def alert(self, delivery: Delivery) -> dict[str, Any]:
+        n = delivery.notification
+        starts = n.since if n.state == "firing" else delivery.now - timedelta(seconds=1)
+        # Alertmanager resolves an alert that is not re-sent once endsAt passes; the cooldown repeat
+        # re-sends a still-firing alert well before that. A resolved alert ends now.
+        ends = delivery.now + timedelta(days=2) if n.state == "firing" else delivery.now
+        return {
+            "labels": {"alertname": "HeadroomQuotaNearLimit", "project": delivery.project,
+                       "team": delivery.team, "namespace": n.namespace, "resource": n.resource,
+                       "threshold": str(n.threshold), "severity": delivery.severity},
+            "annotations": {"summary": delivery.text(), "contacts": ", ".join(delivery.contacts),
+                            "utilization": str(n.utilization), "notification_id": n.id},
+            "startsAt": starts.strftime("%Y-%m-%dT%H:%M:%SZ") if n.state == "firing"
+            else _alert_start(n).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "endsAt": ends.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "generatorURL": f"headroom://projects/{delivery.project}",
+        }
+
+    async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session, \
+                    session.post(f"{self.url.rstrip('/')}/api/v2/alerts", json=[self.alert(delivery)]) as resp:
+                if resp.status >= 300:
+                    raise DeliveryError(f"Alertmanager answered HTTP {resp.status}: {await resp.text()}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DeliveryError(f"Alertmanager unreachable: {exc}") from exc
+
+
+def _alert_start(n: Notification) -> datetime:
+    # For a resolved notification, `since` is when it resolved; startsAt must not be after endsAt.
+    return n.since - timedelta(seconds=1)
+
+
+@dataclass
+class EventSink:
+    writer: KubeWriter
+    body_of: Callable[[str], Mapping[str, Any] | None]
+    name: str = "event"
+
+    async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
+        body = self.body_of(delivery.project)
+        if body is None:
+            return
+        n = delivery.notification
+        kind = "Warning" if n.state == "firing" else "Normal"
+        reason = "QuotaNearLimit" if n.state == "firing" else "QuotaBelowLimit"
+        await self.writer.post_event(body, Event(kind, reason, delivery.text()))
+
+
+def build_sinks(config: OperatorConfig, client: kubernetes.client.ApiClient) -> list[Sink]:
+    core = kubernetes.client.CoreV1Api(client)
+
+    def read_secret(name: str, key: str) -> str | None:
+        try:
+            secret = core.read_namespaced_secret(name, config.namespace)
+        except kubernetes.client.ApiException:
+            return None
+        value = (secret.data or {}).get(key)
+        return base64.b64decode(value).decode().strip() if value else None
+
+    sinks: list[Sink] = [WebhookSink(config.webhook_url, read_secret, config.namespace)]
+    if config.alertmanager_url:
+        sinks.append(AlertmanagerSink(config.alertmanager_url))
+    return sinks
+
+
+class Alerting:
+    """Evaluates a Project's alerts after each reconcile and delivers what is owed."""
+
+    def __init__(self, sinks: Sequence[Sink], writer: KubeWriter, metrics: Metrics,
+                 wake_at: Callable[[str, datetime], None],
+                 body_of: Callable[[str], Mapping[str, Any] | None]) -> None:
+        self.writer, self.metrics, self.wake_at = writer, metrics, wake_at
+        # The Event on the Project is a sink like the others: delivered once, through the outbox.
+        self.sinks: list[Sink] = [*sinks, EventSink(writer, body_of)]
+        self._retry: dict[str, Any] = {}
+
+    def _active_sinks(self, spec: ProjectSpec) -> list[Sink]:
+        active: list[Sink] = []
+        for sink in self.sinks:
+            if isinstance(sink, WebhookSink) and not (sink.url or spec.alerts.webhook_secret_ref):
+                continue
+            active.append(sink)
+        return active
+
+    async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan,
+                       now: datetime) -> list[dict[str, Any]] | None:
+        try:
+            hours = parse_business_hours(spec.owner.business_hours, spec.owner.holidays)
+        except BusinessHoursError as exc:
+            log.warning("Project %s: %s; using the default business hours", spec.name, exc)
+            hours = parse_business_hours(None, spec.owner.holidays)
+        policy = AlertPolicy(thresholds=tuple(spec.alerts.thresholds),
+                             hysteresis=Decimal(spec.alerts.hysteresis),
+                             cooldown=spec.alerts.cooldown, urgent_when_full=spec.alerts.urgent_when_full)
+        usage = {(ns, r): Usage(plan.used[ns][r], hard)
+                 for ns, values in plan.governed.items() for r, hard in values.items()
+                 if r in plan.used.get(ns, {}) and hard > 0}
+        sinks = self._active_sinks(spec)
+        before = state_from_status((body.get("status") or {}).get("alerts"))
+        state, owed = evaluate(before, usage, policy, hours, now, {s.name for s in sinks})
+        deferred_before = {r.key for r in before.records if r.not_before}
+        deferred_now = [r for r in state.records if r.not_before and r.key not in deferred_before]
+        if deferred_now:
+            self.metrics.alerts_deferred.inc(len(deferred_now))
+        if owed and state_to_status(state) != state_to_status(before):
+            # Outbox first: what is owed is on record before anything leaves.
+            await self.writer.patch_status(spec.name, {"alerts": state_to_status(state)})
+        failed = False
+        for notification in owed:
+            delivery = Delivery(notification, spec.name, spec.owner.team, tuple(spec.owner.contacts), now)
+            record = state.get(notification.key)
+            done = record.delivered_sinks if record else frozenset()
+            for sink in sinks:
+                if sink.name in done:
+                    continue
+                try:
+                    await sink.deliver(delivery, spec)
+                except Exception as exc:
+                    failed = True
+                    self.metrics.alerts_failed.labels(sink.name).inc()
+                    log.warning("Project %s: delivery of %s to %s failed: %s", spec.name, notification.id,
+                                sink.name, exc)
+                    continue
+                state = mark_delivered(state, notification.id, sink.name, now)
+                self.metrics.alerts_sent.labels(sink.name, notification.state).inc()
+        if failed:
+            delays = self._retry.setdefault(spec.name, backoff_delays(base=2.0, cap=300.0))
+            self.wake_at(spec.name, now + timedelta(seconds=next(delays)))
+        else:
+            self._retry.pop(spec.name, None)
+            wake = next_wakeup(state)
+            if wake is not None:
+                self.wake_at(spec.name, wake)
+        self._condition(plan, state, now, body)
+        return state_to_status(state)
+
+    @staticmethod
+    def _condition(plan: Plan, state: AlertState, now: datetime, body: Mapping[str, Any]) -> None:
+        firing = firing_alerts(state)
+        conditions = plan.status.setdefault("conditions", [])
+        previous = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
+        if firing:
+            top = max(firing, key=lambda r: (r.key.threshold, r.utilization or 0))
+            message = "; ".join(f"{r.key.namespace} {r.key.resource} at {r.utilization}% (>= {r.key.threshold}%)"
+                                for r in firing)[:1024]
+            status, reason = "True", f"Above{top.key.threshold}Percent"
+        else:
+            message, status, reason = "every quota is below its alert thresholds", "False", "BelowThresholds"
+        old = previous.get("QuotaNearLimit")
+        if old is not None and old.get("status") != status:
+            old = None  # the transition time moves only when the status flips
+        conditions[:] = [c for c in conditions if c.get("type") != "QuotaNearLimit"]
+        conditions.append({"type": "QuotaNearLimit", "status": status, "reason": reason, "message": message,
+                           "observedGeneration": plan.status.get("observedGeneration"),
+                           "lastTransitionTime": (old or {}).get("lastTransitionTime")
+                           or now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})

@@ -1,0 +1,182 @@
+"""The operator's configuration: command-line flags, each with a HEADROOM_* environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlparse
+
+from headroom.project_spec import SpecError, parse_duration
+
+
+class ConfigError(ValueError):
+    """Invalid operator configuration: start-up stops with this message."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    history_source: str = "sampler"
+    prometheus_url: str | None = None
+    prometheus_step: str = "5m"
+    prometheus_timeout: float = 30.0
+    prometheus_queries: Mapping[str, str] = field(default_factory=dict)
+    history_file: Path | None = None
+    mode: str = "enforce"
+    metrics_port: int = 8080
+    health_port: int = 8081
+    resync_interval: timedelta = timedelta(minutes=5)
+    webhook_url: str | None = None
+    alertmanager_url: str | None = None
+    auto_approve_within_recommendation: bool = False
+    namespace: str = "headroom-system"
+    api_qps: float = 20.0
+    api_burst: int = 40
+    peering: str | None = None
+    priority: int | None = None
+    verbose: bool = False
+
+    @property
+    def enforcement_default(self) -> str:
+        return "Enforce" if self.mode == "enforce" else "Observe"
+
+
+# (flag, env var, help). Types and choices are in _add_arguments.
+_ENV = "HEADROOM_"
+
+
+def _env_name(flag: str) -> str:
+    return _ENV + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    def add(flag: str, help_text: str, **kwargs: object) -> None:
+        env = _env_name(flag)
+        parser.add_argument(flag, help=f"{help_text} [env {env}]", **kwargs)  # type: ignore[arg-type]
+
+    add("--history-source", "where peak usage comes from", choices=["prometheus", "sampler", "file"])
+    add("--prometheus-url", "Prometheus base URL, e.g. http://prometheus.monitoring:9090")
+    add("--prometheus-step", "subquery resolution of the peak (PromQL duration)")
+    add("--prometheus-timeout", "seconds one Prometheus query may take", type=float)
+    add("--prometheus-query", "replace the PromQL for a resource: RESOURCE=TEMPLATE ({namespaces} is "
+        "replaced by the namespace regex); may repeat", action="append")
+    add("--history-file", "CSV or JSON file of samples (time,namespace,resource,value)", type=Path)
+    add("--mode", "enforce quotas, or observe only (publish, enforce nothing)", choices=["enforce", "observe"])
+    add("--metrics-port", "port of the Prometheus /metrics endpoint (0: off)", type=int)
+    add("--health-port", "port of the /healthz liveness endpoint (0: off)", type=int)
+    add("--resync-interval", "how often peaks are re-derived, e.g. 5m")
+    add("--webhook-url", "URL that alert notifications are POSTed to (JSON, Slack-compatible text)")
+    add("--alertmanager-url", "Alertmanager base URL; alerts are POSTed to /api/v2/alerts")
+    add("--auto-approve-within-recommendation", "approve raises up to the current recommendation "
+        "(peak plus headroom) without a reviewer", action="store_const", const="true")
+    add("--namespace", "the operator's own namespace (webhook Secrets are read there)")
+    add("--api-qps", "sustained writes per second to the API server", type=float)
+    add("--api-burst", "burst of writes above --api-qps", type=int)
+    add("--peering", "Kopf peering object name, for several replicas (default: standalone)")
+    add("--priority", "Kopf peering priority of this replica (distinct per replica)", type=int)
+    add("--verbose", "debug logging", action="store_const", const="true")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="headroom run")
+    _add_arguments(parser)
+    return parser
+
+
+def _truthy(text: str) -> bool:
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _url(value: str | None, what: str) -> str | None:
+    if not value:
+        return None
+    parsed = urlparse(value)
+    if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+        raise ConfigError(f"{what} must be an http(s) URL, got {value!r}")
+    return value
+
+
+def config_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+    """Flags win over environment variables, which win over defaults. Raises ConfigError."""
+    env = os.environ if environ is None else environ
+    defaults = OperatorConfig()
+
+    def pick(name: str) -> object:
+        value = getattr(args, name, None)
+        if value is None:
+            value = env.get(_ENV + name.upper())
+        return value
+
+    def number(name: str, kind: type, default: object) -> object:
+        value = pick(name)
+        if value is None or value == "":
+            return default
+        try:
+            return kind(value)
+        except ValueError as exc:
+            raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not a number") from exc
+
+    source = str(pick("history_source") or defaults.history_source)
+    if source not in {"prometheus", "sampler", "file"}:
+        raise ConfigError(f"--history-source must be prometheus, sampler or file, got {source!r}")
+    mode = str(pick("mode") or defaults.mode).lower()
+    if mode not in {"enforce", "observe"}:
+        raise ConfigError(f"--mode must be enforce or observe, got {mode!r}")
+    prometheus_url = _url(pick("prometheus_url"), "--prometheus-url")  # type: ignore[arg-type]
+    if source == "prometheus" and not prometheus_url:
+        raise ConfigError("--history-source=prometheus needs --prometheus-url (or HEADROOM_PROMETHEUS_URL)")
+    history_file = pick("history_file")
+    history_path = Path(str(history_file)) if history_file else None
+    if source == "file":
+        if history_path is None:
+            raise ConfigError("--history-source=file needs --history-file (or HEADROOM_HISTORY_FILE)")
+        if not history_path.is_file():
+            raise ConfigError(f"--history-file {history_path} does not exist or is not a file")
+    try:
+        resync = parse_duration(str(pick("resync_interval") or "5m"))
+    except SpecError as exc:
+        raise ConfigError(f"--resync-interval: {exc}") from exc
+    if resync < timedelta(seconds=5):
+        raise ConfigError("--resync-interval must be at least 5s")
+    queries: dict[str, str] = {}
+    for item in pick("prometheus_query") or []:  # type: ignore[attr-defined]
+        resource, sep, template = str(item).partition("=")
+        if not sep or "{namespaces}" not in template:
+            raise ConfigError(f"--prometheus-query {item!r}: expected RESOURCE=TEMPLATE with {{namespaces}}")
+        queries[resource.strip()] = template
+    priority = pick("priority")
+    config = OperatorConfig(
+        history_source=source,
+        prometheus_url=prometheus_url,
+        prometheus_step=str(pick("prometheus_step") or defaults.prometheus_step),
+        prometheus_timeout=float(number("prometheus_timeout", float, defaults.prometheus_timeout)),  # type: ignore[arg-type]
+        prometheus_queries=queries,
+        history_file=history_path,
+        mode=mode,
+        metrics_port=int(number("metrics_port", int, defaults.metrics_port)),  # type: ignore[call-overload]
+        health_port=int(number("health_port", int, defaults.health_port)),  # type: ignore[call-overload]
+        resync_interval=resync,
+        webhook_url=_url(pick("webhook_url"), "--webhook-url"),  # type: ignore[arg-type]
+        alertmanager_url=_url(pick("alertmanager_url"), "--alertmanager-url"),  # type: ignore[arg-type]
+        auto_approve_within_recommendation=_truthy(str(pick("auto_approve_within_recommendation") or "")),
+        namespace=str(pick("namespace") or defaults.namespace),
+        api_qps=float(number("api_qps", float, defaults.api_qps)),  # type: ignore[arg-type]
+        api_burst=int(number("api_burst", int, defaults.api_burst)),  # type: ignore[call-overload]
+        peering=str(pick("peering")) if pick("peering") else None,
+        priority=int(number("priority", int, 0)) if priority is not None else None,  # type: ignore[call-overload]
+        verbose=_truthy(str(pick("verbose") or "")),
+    )
+    for port_name in ("metrics_port", "health_port"):
+        port = getattr(config, port_name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"--{port_name.replace('_', '-')} must be between 0 and 65535, got {port}")
+    if config.api_qps <= 0 or config.api_burst < 1:
+        raise ConfigError("--api-qps must be > 0 and --api-burst >= 1")
+    return config
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> OperatorConfig:
+    return config_from(build_parser().parse_args(list(argv)), environ)

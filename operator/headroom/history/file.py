@@ -1,0 +1,87 @@
+"""History from a CSV or JSON file of samples: time, namespace, resource, value.
+
+For platforms whose metrics live elsewhere (export them to a file) and for the demo.
+CSV has a header row `time,namespace,resource,value`; JSON is a list of objects with those keys.
+`time` is ISO-8601 (a zone is required) or Unix seconds; `value` a Kubernetes quantity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from headroom.history.base import HistoryResult, PeakQuery
+from headroom.quantity import QuantityError, parse_quantity
+
+
+class HistoryFileError(ValueError):
+    pass
+
+
+def _parse_time(text: str, where: str) -> datetime:
+    text = text.strip()
+    try:
+        return datetime.fromtimestamp(float(text), UTC)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise HistoryFileError(f"{where}: time {text!r} is neither ISO-8601 nor Unix seconds") from exc
+    if moment.tzinfo is None:
+        raise HistoryFileError(f"{where}: time {text!r} has no time zone")
+    return moment
+
+
+def _rows(path: Path) -> Iterable[tuple[str, Mapping[str, str]]]:
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise HistoryFileError(f"{path}: expected a JSON list of samples")
+        for i, row in enumerate(data):
+            yield f"{path}[{i}]", {k: str(v) for k, v in row.items()}
+    else:
+        for i, row in enumerate(csv.DictReader(text.splitlines()), start=2):
+            yield f"{path}:{i}", row
+
+
+def load_samples(path: Path) -> list[tuple[datetime, str, str, Decimal]]:
+    samples = []
+    for where, row in _rows(path):
+        try:
+            samples.append((_parse_time(row["time"], where), row["namespace"].strip(),
+                            row["resource"].strip(), parse_quantity(row["value"].strip())))
+        except KeyError as exc:
+            raise HistoryFileError(f"{where}: missing column {exc}") from exc
+        except QuantityError as exc:
+            raise HistoryFileError(f"{where}: {exc}") from exc
+    return samples
+
+
+class FileHistory:
+    name = "file"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self, query: PeakQuery) -> HistoryResult:
+        try:
+            samples = load_samples(self.path)
+        except (OSError, ValueError) as exc:
+            return HistoryResult(error=f"cannot read history file {self.path}: {exc}", queries=1)
+        start = query.now - query.lookback
+        peaks: dict[tuple[str, str], Decimal] = {}
+        for at, namespace, resource, value in samples:
+            if start <= at <= query.now and namespace in query.namespaces and resource in query.resources:
+                key = (namespace, resource)
+                peaks[key] = max(peaks.get(key, value), value)
+        return HistoryResult(peaks=peaks, queries=1)
+
+    async def peaks(self, query: PeakQuery) -> HistoryResult:
+        return await asyncio.to_thread(self._read, query)

@@ -1,0 +1,190 @@
+"""Writes to the Kubernetes API: server-side apply of owned objects, status patches, Events.
+
+Reads never happen here: the operator learns the cluster's state from watch streams only. Every
+write waits for a token from a client-side rate limiter (QPS and burst), so that a burst of
+reconciles cannot become a burst of API requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client import ApiClient, ApiException
+
+from headroom.planning import (
+    LIMITRANGE_NAME,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    PROJECT_LABEL,
+    QUOTA_NAME,
+    DesiredLimitRange,
+    DesiredQuota,
+    Event,
+)
+from headroom.project_spec import API_VERSION, GROUP, KIND, VERSION
+
+FIELD_MANAGER = "headroom"
+PLURAL = "projects"
+_APPLY = "application/apply-patch+yaml"
+_MERGE = "application/merge-patch+json"
+# Worth another try later; everything else (4xx) is a bug or a refusal that retrying won't fix.
+RETRYABLE_STATUSES = frozenset({0, 409, 429, 500, 502, 503, 504})
+
+T = TypeVar("T")
+
+
+class TokenBucket:
+    """Client-side rate limit for writes: `rate` per second sustained, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+        self._lock = asyncio.Lock()
+
+    async def take(self) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+
+
+def backoff_delays(base: float = 0.5, cap: float = 60.0) -> Any:
+    """Exponential backoff with full jitter (never the same delay twice across replicas)."""
+    attempt = 0
+    while True:
+        yield random.uniform(0, min(cap, base * 2**attempt))
+        attempt += 1
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ApiException):
+        return exc.status in RETRYABLE_STATUSES or exc.status is None
+    return isinstance(exc, OSError | TimeoutError | kubernetes.client.exceptions.OpenApiException) or \
+        exc.__class__.__module__.startswith("urllib3")
+
+
+def owner_reference(project: Mapping[str, Any]) -> dict[str, Any]:
+    meta = project["metadata"]
+    # blockOwnerDeletion stays off: it would need delete rights on Projects, which Headroom lacks.
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
+            "controller": True, "blockOwnerDeletion": False}
+
+
+def _labels(project: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGED_BY, PROJECT_LABEL: project}
+
+
+def quota_manifest(project: Mapping[str, Any], desired: DesiredQuota) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": QUOTA_NAME, "namespace": desired.namespace,
+                     "labels": _labels(project["metadata"]["name"]),
+                     "annotations": dict(desired.annotations),
+                     "ownerReferences": [owner_reference(project)]},
+        "spec": {"hard": dict(desired.hard)},
+    }
+
+
+def limitrange_manifest(project: Mapping[str, Any], desired: DesiredLimitRange) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "LimitRange",
+        "metadata": {"name": LIMITRANGE_NAME, "namespace": desired.namespace,
+                     "labels": _labels(project["metadata"]["name"]),
+                     "ownerReferences": [owner_reference(project)]},
+        "spec": {"limits": [{"type": "Container", "default": dict(desired.default),
+                             "defaultRequest": dict(desired.default_request)}]},
+    }
+
+
+@dataclass
+class WriteCounter:
+    """Counts the writes Headroom makes, by kind; the benchmark and the metrics read it."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+
+class KubeWriter:
+    def __init__(self, client: ApiClient, qps: float = 20.0, burst: int = 40,
+                 component: str = "headroom") -> None:
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.limiter = TokenBucket(qps, burst)
+        self.component = component
+        self.instance = uuid.uuid4().hex[:8]
+        self.writes = WriteCounter()
+
+    async def _call(self, kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        await self.limiter.take()
+        self.writes.add(kind)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def apply_quota(self, project: Mapping[str, Any], desired: DesiredQuota) -> None:
+        await self._call("apply-resourcequota", self.core.patch_namespaced_resource_quota,
+                         QUOTA_NAME, desired.namespace, quota_manifest(project, desired),
+                         field_manager=FIELD_MANAGER, force=True, _content_type=_APPLY)
+
+    async def apply_limitrange(self, project: Mapping[str, Any], desired: DesiredLimitRange) -> None:
+        await self._call("apply-limitrange", self.core.patch_namespaced_limit_range,
+                         LIMITRANGE_NAME, desired.namespace, limitrange_manifest(project, desired),
+                         field_manager=FIELD_MANAGER, force=True, _content_type=_APPLY)
+
+    async def delete_owned(self, namespace: str) -> None:
+        for kind, fn, name in (("delete-resourcequota", self.core.delete_namespaced_resource_quota, QUOTA_NAME),
+                               ("delete-limitrange", self.core.delete_namespaced_limit_range,
+                                LIMITRANGE_NAME)):
+            try:
+                await self._call(kind, fn, name, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+    async def patch_status(self, name: str, patch: Mapping[str, Any]) -> None:
+        await self._call("patch-project-status", self.custom.patch_cluster_custom_object_status,
+                         GROUP, VERSION, PLURAL, name, {"status": dict(patch)}, _content_type=_MERGE)
+
+    async def post_event(self, project: Mapping[str, Any], event: Event) -> None:
+        """Events are best effort: losing one must never fail a reconcile."""
+        meta = project["metadata"]
+        now = datetime.now(UTC)
+        body = kubernetes.client.CoreV1Event(
+            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace="default"),
+            involved_object=kubernetes.client.V1ObjectReference(
+                api_version=API_VERSION, kind=KIND, name=meta["name"], uid=meta.get("uid")),
+            reason=event.reason, message=event.message[:1024], type=event.type,
+            source=kubernetes.client.V1EventSource(component=self.component),
+            reporting_component=self.component, reporting_instance=self.instance,
+            first_timestamp=now, last_timestamp=now, count=1, action=event.reason,
+        )
+        with contextlib.suppress(ApiException, OSError):
+            await self._call("create-event", self.core.create_namespaced_event, "default", body)
+
+
+async def retrying(action: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """Retry transient API failures (409, 429, 5xx, connection errors) with jittered backoff."""
+    delays = backoff_delays()
+    for attempt in range(attempts):
+        try:
+            return await action()
+        except Exception as exc:
+            if attempt + 1 >= attempts or not is_retryable(exc):
+                raise
+            await asyncio.sleep(next(delays))
+    raise AssertionError("unreachable")

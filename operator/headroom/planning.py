@@ -1,0 +1,478 @@
+"""What a Project's quotas, LimitRanges and status should be: one pure function, `plan_project`.
+
+The reconciler gathers what it has seen (through watches) and what history says, calls
+`plan_project`, and writes only the differences. Everything that decides lives here or below:
+derivation (`derivation.py`), change ids and approvals (`changes.py`).
+
+Life of a namespace's quota:
+1. *counting*: the first ResourceQuota has hard values far above any real use. The API server's
+   quota controller then reports the namespace's current use in `status.used` without blocking
+   anything, so Headroom never lists pods to learn it.
+2. *governed*: once use is known (and history has answered), the derived values (peak plus
+   headroom, floors, never below use) become the governed hard values. They are kept in the
+   annotation `headroom.dev/governed-hard` of the quota, and enforced in `spec.hard` in Enforce
+   mode. After this bootstrap they change only through a change request (`requested`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from headroom.changes import append_history, decide, pending_change
+from headroom.derivation import Derivation, derive_namespace
+from headroom.project_spec import ProjectSpec
+from headroom.quantity import canonical, format_quantity, parse_quantity, resource_kind
+
+QUOTA_NAME = "headroom"
+LIMITRANGE_NAME = "headroom-defaults"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "headroom"
+PROJECT_LABEL = "headroom.dev/project"
+STATE_ANNOTATION = "headroom.dev/state"
+GOVERNED_ANNOTATION = "headroom.dev/governed-hard"
+APPLIED_CHANGE_ANNOTATION = "headroom.dev/applied-change"
+
+COUNTING = "counting"
+GOVERNED = "governed"
+
+# Far above any real namespace, and valid quantities for the API server.
+UNBOUNDED: Mapping[str, Decimal] = {"cpu": Decimal(10**6), "memory": Decimal(2**60), "count": Decimal(10**6)}
+
+BUILTIN_DEFAULT_REQUESTS: Mapping[str, Decimal] = {"cpu": Decimal("0.1"), "memory": Decimal(128 * 2**20)}
+BUILTIN_DEFAULT_LIMITS: Mapping[str, Decimal] = {"cpu": Decimal(1), "memory": Decimal(512 * 2**20)}
+
+Values = dict[str, Decimal]
+
+
+def unbounded(resource: str) -> Decimal:
+    return UNBOUNDED[resource_kind(resource)]
+
+
+# --------------------------------------------------------------------------------------------- observed
+
+
+@dataclass(frozen=True)
+class ObservedQuota:
+    """Headroom's ResourceQuota in a namespace, as last seen through the watch."""
+
+    project: str | None
+    state: str | None
+    spec_hard: Values
+    governed: Values
+    used: Values | None  # None until the quota controller has reported every resource
+    applied_change: Mapping[str, Any] | None
+    annotations: Mapping[str, str]
+    labels: Mapping[str, str]
+    owner_uids: frozenset[str]
+
+
+def _values(raw: Mapping[str, Any] | None) -> Values:
+    out: Values = {}
+    for resource, text in (raw or {}).items():
+        try:
+            out[str(resource)] = parse_quantity(str(text))
+        except ValueError:
+            continue
+    return out
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def observe_quota(obj: Mapping[str, Any]) -> ObservedQuota:
+    meta = obj.get("metadata", {})
+    annotations = dict(meta.get("annotations") or {})
+    labels = dict(meta.get("labels") or {})
+    spec_hard = _values((obj.get("spec") or {}).get("hard"))
+    status = obj.get("status") or {}
+    status_hard = _values(status.get("hard"))
+    used_raw = _values(status.get("used"))
+    # Until the quota controller has counted every resource of spec.hard, use is unknown.
+    used = used_raw if status_hard and all(r in used_raw for r in spec_hard) else None
+    governed = _values(_json_object(annotations.get(GOVERNED_ANNOTATION)))
+    return ObservedQuota(
+        project=labels.get(PROJECT_LABEL),
+        state=annotations.get(STATE_ANNOTATION),
+        spec_hard=spec_hard,
+        governed=governed,
+        used=used,
+        applied_change=_json_object(annotations.get(APPLIED_CHANGE_ANNOTATION)),
+        annotations=annotations,
+        labels=labels,
+        owner_uids=frozenset(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
+    )
+
+
+@dataclass(frozen=True)
+class ObservedLimitRange:
+    default: Values
+    default_request: Values
+    owner_uids: frozenset[str]
+    labels: Mapping[str, str]
+
+
+def observe_limitrange(obj: Mapping[str, Any]) -> ObservedLimitRange:
+    meta = obj.get("metadata", {})
+    limits = (obj.get("spec") or {}).get("limits") or []
+    container = next((item for item in limits if item.get("type") == "Container"), {})
+    return ObservedLimitRange(
+        default=_values(container.get("default")),
+        default_request=_values(container.get("defaultRequest")),
+        owner_uids=frozenset(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
+        labels=dict(meta.get("labels") or {}),
+    )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the planner needs to know about the cluster, for one Project."""
+
+    project_uid: str
+    namespaces_present: frozenset[str]
+    quotas: Mapping[str, ObservedQuota]  # namespace -> Headroom's quota there (any project)
+    limitranges: Mapping[str, ObservedLimitRange]
+    claimed_by_others: Mapping[str, str]  # namespace -> earlier Project that governs it
+    peaks: Mapping[tuple[str, str], Decimal]
+    history_error: str | None
+    history_partial: bool = False
+    extra_annotations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # e.g. sampler peaks
+
+
+@dataclass(frozen=True)
+class Settings:
+    default_enforcement: str = "Enforce"
+    auto_approve_within_recommendation: bool = False
+
+
+# --------------------------------------------------------------------------------------------- desired
+
+
+@dataclass(frozen=True)
+class DesiredQuota:
+    namespace: str
+    hard: Mapping[str, str]
+    annotations: Mapping[str, str]
+
+    def matches(self, seen: ObservedQuota | None, project: str, project_uid: str) -> bool:
+        if seen is None or seen.project != project or project_uid not in seen.owner_uids:
+            return False
+        if _values(self.hard) != seen.spec_hard:
+            return False
+        return all(seen.annotations.get(k) == v for k, v in self.annotations.items())
+
+
+@dataclass(frozen=True)
+class DesiredLimitRange:
+    namespace: str
+    default: Mapping[str, str]
+    default_request: Mapping[str, str]
+
+    def matches(self, seen: ObservedLimitRange | None, project: str, project_uid: str) -> bool:
+        return (seen is not None and project_uid in seen.owner_uids
+                and seen.labels.get(PROJECT_LABEL) == project
+                and _values(self.default) == seen.default
+                and _values(self.default_request) == seen.default_request)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    quotas: tuple[DesiredQuota, ...]
+    limitranges: tuple[DesiredLimitRange, ...]
+    delete_in: tuple[str, ...]  # namespaces whose Headroom objects of this Project must go
+    status: dict[str, Any]
+    events: tuple[Event, ...]
+    utilization: Mapping[tuple[str, str], Decimal]  # percent of the governed hard value
+    used: Mapping[str, Values]
+    governed: Mapping[str, Values]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _text(values: Mapping[str, Decimal]) -> dict[str, str]:
+    return {r: format_quantity(v, r) for r, v in sorted(values.items())}
+
+
+def _json(values: Mapping[str, Decimal]) -> str:
+    return json.dumps({r: canonical(v) for r, v in sorted(values.items())}, separators=(",", ":"))
+
+
+def _condition(kind: str, ok: bool, reason: str, message: str, generation: int | None,
+               previous: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    before = next((c for c in previous if c.get("type") == kind), None)
+    # The transition time moves only when the status flips, as Kubernetes conventions want.
+    since = before.get("lastTransitionTime") if before and before.get("status") == status else None
+    return {"type": kind, "status": status, "reason": reason, "message": message[:1024],
+            "observedGeneration": generation, "lastTransitionTime": since or _iso(now)}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def percent(used: Decimal, hard: Decimal) -> Decimal | None:
+    if hard <= 0:
+        return None
+    try:
+        return (used * 100 / hard).quantize(Decimal("0.1"))
+    except InvalidOperation:
+        return None
+
+
+# --------------------------------------------------------------------------------------------- planner
+
+
+def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed, settings: Settings,
+                 now: datetime) -> Plan:
+    """Decide the desired objects and status of one Project. Pure: no I/O, `now` is given."""
+    meta = body.get("metadata", {})
+    generation = meta.get("generation")
+    old_status = dict(body.get("status") or {})
+    old_conditions = old_status.get("conditions") or []
+    enforcement = spec.quota.enforcement or settings.default_enforcement
+    enforced = enforcement == "Enforce"
+    resources = tuple(spec.quota.resources)
+    history_failed = observed.history_error is not None
+
+    quotas: list[DesiredQuota] = []
+    limitranges: list[DesiredLimitRange] = []
+    events: list[Event] = []
+    ns_status: list[dict[str, Any]] = []
+    waiting: list[str] = []
+    governed_all: dict[str, Values] = {}
+    used_all: dict[str, Values] = {}
+    recommended_all: dict[str, Values] = {}
+    ready_namespaces: list[str] = []
+    no_history: list[str] = []
+
+    # Pass 1: per namespace, what is governed now (before any change request).
+    for ns in spec.namespaces:
+        name = ns.name
+        entry: dict[str, Any] = {"name": name}
+        if name in observed.claimed_by_others:
+            entry["state"] = "Conflict"
+            entry["message"] = (f"namespace {name} is already governed by Project "
+                                f"{observed.claimed_by_others[name]}; remove it from one of the two")
+            waiting.append(entry["message"])
+            ns_status.append(entry)
+            continue
+        if name not in observed.namespaces_present:
+            entry["state"] = "Missing"
+            entry["message"] = f"namespace {name} does not exist yet; its quota is applied when it appears"
+            waiting.append(entry["message"])
+            ns_status.append(entry)
+            continue
+        seen = observed.quotas.get(name)
+        if seen is not None and seen.project not in (None, spec.name):
+            entry["state"] = "Conflict"
+            entry["message"] = f"namespace {name} holds a Headroom quota of Project {seen.project}"
+            waiting.append(entry["message"])
+            ns_status.append(entry)
+            continue
+        used = seen.used if seen is not None else None
+        peaks = {r: observed.peaks.get((name, r)) for r in resources}
+        if not any(v is not None for v in peaks.values()):
+            no_history.append(name)
+        derivations = derive_namespace(resources, peaks, used or {}, spec.quota.headroom_percent,
+                                       spec.quota.minimum)
+        recommended = {r: d.recommended for r, d in derivations.items()}
+        recommended_all[name] = recommended
+        entry["peak"] = _text({r: p for r, p in peaks.items() if p is not None})
+        entry["recommended"] = _text(recommended)
+        entry["reasons"] = {r: d.reason for r, d in sorted(derivations.items())}
+        if used is not None:
+            used_all[name] = used
+            entry["used"] = _text(used)
+
+        governed: Values = {}
+        if seen is not None and seen.state == GOVERNED:
+            # Resources that left spec.quota.resources leave the quota; new ones are bootstrapped.
+            governed = {r: v for r, v in seen.governed.items()
+                        if r in resources or r in ns.requested}
+            missing = [r for r in resources if r not in governed]
+            if missing and used is not None and not history_failed:
+                governed.update({r: _bootstrap_value(derivations[r], used) for r in missing})
+        elif used is not None and not history_failed:
+            governed = {r: _bootstrap_value(derivations[r], used) for r in resources}
+        if governed:
+            governed_all[name] = governed
+            ready_namespaces.append(name)
+        ns_status.append(entry)
+
+    # Pass 2: the change request, as one unit over all namespaces.
+    requested = {ns: values for ns, values in spec.requested.items() if ns in governed_all}
+    blocked = sorted(set(spec.requested) - set(requested))
+    pending = pending_change(spec.name, requested, governed_all)
+    decision = decide(pending, spec.approved_change, used_all, recommended_all,
+                      settings.auto_approve_within_recommendation)
+    applied_record: dict[str, Any] | None = None
+    if decision.action == "apply" and pending is not None:
+        changed = {ns: targets for ns, targets in decision.targets.items()
+                   if any(governed_all[ns].get(r) != v for r, v in targets.items())}
+        if changed:
+            if spec.approved_change and spec.approved_change.strip() == pending.id:
+                approved_by = spec.approved_by or "unknown"
+            elif pending.raises:
+                approved_by = "auto-approval"
+            else:
+                approved_by = "no sign-off needed (decrease)"
+            applied_record = {"id": pending.id, "approvedBy": approved_by, "appliedAt": _iso(now),
+                              "diff": [c.to_status() for c in pending.changes]}
+            for ns, targets in changed.items():
+                governed_all[ns] = {**governed_all[ns], **targets}
+            described = "; ".join(c.describe() for c in pending.changes)
+            events.append(Event("Normal", "ChangeApplied",
+                                f"applied change {pending.id} (approved by {approved_by}): {described}"))
+        if changed:
+            events.extend(Event("Warning", "DecreaseClamped", clamp.message) for clamp in decision.clamped)
+
+    # Pass 3: desired objects.
+    for ns in spec.namespaces:
+        name = ns.name
+        entry = next(e for e in ns_status if e["name"] == name)
+        if entry.get("state") in ("Conflict", "Missing"):
+            continue
+        seen = observed.quotas.get(name)
+        governed = governed_all.get(name)
+        annotations = dict(observed.extra_annotations.get(name, {}))
+        if governed is None:
+            entry["state"] = "Counting"
+            hard = {r: unbounded(r) for r in resources}
+            annotations[STATE_ANNOTATION] = COUNTING
+            if seen is not None and seen.state == COUNTING:
+                hard = seen.spec_hard or hard  # keep what is there: no write while we wait
+        else:
+            entry["state"] = "Governed"
+            entry["hard"] = _text(governed)
+            entry["enforced"] = enforced
+            hard = dict(governed) if enforced else {r: unbounded(r) for r in governed}
+            annotations[STATE_ANNOTATION] = GOVERNED
+            annotations[GOVERNED_ANNOTATION] = _json(governed)
+            record = applied_record if applied_record and name in {
+                c["namespace"] for c in applied_record["diff"]} else (seen.applied_change if seen else None)
+            if record:
+                annotations[APPLIED_CHANGE_ANNOTATION] = json.dumps(record, sort_keys=True,
+                                                                    separators=(",", ":"))
+        quotas.append(DesiredQuota(name, _text(hard), annotations))
+        limitranges.append(DesiredLimitRange(
+            name,
+            _text(spec.defaults.limits or BUILTIN_DEFAULT_LIMITS),
+            _text(spec.defaults.requests or BUILTIN_DEFAULT_REQUESTS)))
+
+    delete_in = tuple(sorted(ns for ns, q in observed.quotas.items()
+                             if q.project == spec.name and ns not in spec.namespace_names))
+
+    # Utilization against the governed values (what would be enforced, also in Observe mode).
+    utilization: dict[tuple[str, str], Decimal] = {}
+    for name, governed in governed_all.items():
+        for resource, hard_value in governed.items():
+            value = used_all.get(name, {}).get(resource)
+            pct = percent(value, hard_value) if value is not None else None
+            if pct is not None:
+                utilization[(name, resource)] = pct
+
+    status = _status(spec, observed, old_status, old_conditions, generation, now, enforced, ns_status,
+                     waiting, pending, decision, applied_record, history_failed, no_history, utilization,
+                     blocked, events)
+    return Plan(tuple(quotas), tuple(limitranges), delete_in, status, tuple(events), utilization,
+                used_all, governed_all)
+
+
+def _bootstrap_value(derivation: Derivation, used: Values) -> Decimal:
+    return max(derivation.recommended, used.get(derivation.resource, Decimal(0)))
+
+
+def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any],
+            old_conditions: Sequence[Mapping[str, Any]], generation: int | None, now: datetime,
+            enforced: bool, ns_status: list[dict[str, Any]], waiting: list[str], pending: Any,
+            decision: Any, applied_record: dict[str, Any] | None, history_failed: bool,
+            no_history: list[str], utilization: Mapping[tuple[str, str], Decimal], blocked: list[str],
+            events: list[Event]) -> dict[str, Any]:
+    status: dict[str, Any] = {"observedGeneration": generation, "namespaces": ns_status}
+    history = list(old_status.get("history") or [])
+    last_applied = old_status.get("lastAppliedChange")
+    # The applied record on the quotas is the source of truth: a status write lost to a crash is
+    # recovered from it, and append_history ignores an id it already holds.
+    records = [applied_record] if applied_record else [
+        q.applied_change for q in observed.quotas.values()
+        if q.project == spec.name and q.applied_change and "id" in q.applied_change]
+    for record in sorted(records, key=lambda r: str(r.get("appliedAt", ""))):
+        if not any(h.get("id") == record["id"] for h in history):
+            history = append_history(history, dict(record))
+        last_applied = {k: record[k] for k in ("id", "approvedBy", "appliedAt") if k in record}
+    if history:
+        status["history"] = history
+    if last_applied:
+        status["lastAppliedChange"] = last_applied
+
+    # A decrease held at current use stays visible as pending (reason: clamped) until use allows it.
+    still_pending = pending is not None and applied_record is None
+    if still_pending:
+        before = old_status.get("pendingChange") or {}
+        since = before.get("since") if before.get("id") == pending.id else None
+        status["pendingChange"] = {"id": pending.id, "since": since or _iso(now),
+                                   "diff": [c.to_status() for c in pending.changes],
+                                   "reason": decision.reason}
+        if not since and decision.action == "wait":
+            events.append(Event("Normal", "ChangePending", decision.reason))
+    conditions = []
+    governed_count = sum(1 for e in ns_status if e.get("state") == "Governed")
+    all_governed = governed_count == len(spec.namespaces)
+    ready_message = ("all namespaces are governed" if all_governed
+                     else "; ".join(waiting) or "waiting for the quota controller to report current use")
+    conditions.append(_condition("Ready", all_governed, "Governed" if all_governed else "Waiting",
+                                 ready_message, generation, old_conditions, now))
+    if history_failed:
+        history_message = (f"history is unavailable ({observed.history_error}); quotas are left as they "
+                           "are and no quota is lowered until it answers")
+        conditions.append(_condition("HistoryAvailable", False, "HistoryUnavailable", history_message,
+                                     generation, old_conditions, now))
+    elif no_history:
+        conditions.append(_condition("HistoryAvailable", False, "NoHistory",
+                                     "no usage history for " + ", ".join(no_history)
+                                     + ": the minimum (or current use, if higher) applies",
+                                     generation, old_conditions, now))
+    else:
+        conditions.append(_condition("HistoryAvailable", True, "HistoryFound",
+                                     "peaks known for every namespace", generation, old_conditions, now))
+    if still_pending:
+        conditions.append(_condition("ChangePending", True, "AwaitingSignOff" if decision.action == "wait"
+                                     else "Clamped", decision.reason, generation, old_conditions, now))
+    else:
+        conditions.append(_condition("ChangePending", False, "NoChange", "no change is pending",
+                                     generation, old_conditions, now))
+    if blocked:
+        message = f"requested values for {', '.join(blocked)} wait until the namespace is governed"
+        conditions.append(_condition("ChangeBlocked", True, "NamespaceNotGoverned", message, generation,
+                                     old_conditions, now))
+    status["conditions"] = conditions
+    status["phase"] = ("Observing" if not enforced and all_governed else
+                       "Pending" if still_pending and all_governed else
+                       "Ready" if all_governed else "Waiting")
+    top = max(utilization.items(), key=lambda kv: kv[1], default=None)
+    status["summary"] = {
+        "namespaces": ",".join(spec.namespace_names)[:256],
+        "highestUtilization": f"{top[1]:.0f}% {top[0][0]}/{top[0][1]}" if top else "",
+        "enforcement": "Enforce" if enforced else "Observe",
+    }
+    return status

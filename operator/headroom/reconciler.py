@@ -1,0 +1,344 @@
+"""The imperative shell around `plan_project`: what the watches saw in, writes of the differences out.
+
+Watch events only mark a Project dirty; one worker per Project reconciles it, so a burst of events
+becomes one reconcile (coalescing), and one reconcile makes only the writes whose desired state
+differs from what was seen. Failures are retried with jittered exponential backoff; nothing here
+ever lowers a quota on missing data, because `plan_project` never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from headroom.history.base import HistoryResult, HistorySource, PeakQuery
+from headroom.history.sampler import ANNOTATION as SAMPLER_ANNOTATION
+from headroom.history.sampler import decode, encode, record
+from headroom.kube_io import KubeWriter, backoff_delays, is_retryable
+from headroom.metrics import Metrics
+from headroom.planning import (
+    LIMITRANGE_NAME,
+    QUOTA_NAME,
+    Event,
+    Observed,
+    Plan,
+    Settings,
+    observe_limitrange,
+    observe_quota,
+    plan_project,
+)
+from headroom.project_spec import ProjectSpec, SpecError, parse_project
+
+log = logging.getLogger("headroom")
+
+# Keys of status that belong to Kopf or to nobody: never compared, never removed.
+_FOREIGN_STATUS_KEYS = frozenset({"kopf"})
+
+
+class AlertHook(Protocol):
+    async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan,
+                       now: datetime) -> list[dict[str, Any]] | None: ...
+
+
+@dataclass
+class Store:
+    """What the watch streams have shown: the operator's whole view of the cluster."""
+
+    projects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    quotas: dict[str, dict[str, Any]] = field(default_factory=dict)  # namespace -> Headroom's quota
+    limitranges: dict[str, dict[str, Any]] = field(default_factory=dict)
+    namespaces: set[str] = field(default_factory=set)
+
+    def projects_claiming(self, namespace: str) -> list[str]:
+        return [name for name, body in self.projects.items()
+                if any(ns.get("name") == namespace for ns in (body.get("spec") or {}).get("namespaces") or [])]
+
+    def claimed_by_others(self, project: str) -> dict[str, str]:
+        """Namespaces of `project` that an older Project already claims (oldest wins, then name)."""
+        body = self.projects.get(project) or {}
+
+        def age(name: str) -> tuple[str, str]:
+            meta = self.projects[name].get("metadata", {})
+            return (str(meta.get("creationTimestamp") or "9999"), name)
+
+        mine = age(project) if project in self.projects else ("", project)
+        result: dict[str, str] = {}
+        for ns in (body.get("spec") or {}).get("namespaces") or []:
+            name = ns.get("name")
+            rivals = [p for p in self.projects_claiming(name) if p != project and age(p) < mine]
+            if rivals:
+                result[name] = min(rivals, key=age)
+        return result
+
+
+class HistoryCache:
+    """Peaks from the history source, refreshed once per cycle for every namespace at once.
+
+    A Project seen between cycles waits for a short batch window, so that a burst of new Projects
+    costs one query per resource, not one per Project.
+    """
+
+    def __init__(self, source: HistorySource, max_age: timedelta, metrics: Metrics,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), batch_window: float = 0.5) -> None:
+        self.source, self.max_age, self.metrics, self.clock = source, max_age, metrics, clock
+        self.batch_window = batch_window
+        self._results: dict[tuple[str, str, timedelta], tuple[datetime, Decimal | None]] = {}
+        self._errors: dict[timedelta, tuple[datetime, str | None, bool]] = {}
+        self._wanted: dict[timedelta, set[tuple[str, str]]] = {}
+        self._batch: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()
+
+    def _fresh(self, keys: set[tuple[str, str]], lookback: timedelta, now: datetime) -> bool:
+        return all((ns, r, lookback) in self._results
+                   and now - self._results[(ns, r, lookback)][0] < self.max_age for ns, r in keys)
+
+    async def get(self, namespaces: set[str], resources: set[str], lookback: timedelta) -> HistoryResult:
+        keys = {(ns, r) for ns in namespaces for r in resources}
+        if not self._fresh(keys, lookback, self.clock()):
+            self._wanted.setdefault(lookback, set()).update(keys)
+            if self._batch is None or self._batch.done():
+                self._done = asyncio.Event()
+                self._batch = asyncio.create_task(self._fetch_batch())
+            done = self._done
+            await done.wait()
+        peaks = {(ns, r): value for ns, r in keys
+                 if (value := self._results.get((ns, r, lookback), (None, None))[1]) is not None}
+        _, error, partial = self._errors.get(lookback, (self.clock(), None, False))
+        return HistoryResult(peaks=peaks, error=error, partial=partial)
+
+    async def refresh_all(self, wanted: Mapping[timedelta, set[tuple[str, str]]]) -> None:
+        for lookback, keys in wanted.items():
+            self._wanted.setdefault(lookback, set()).update(keys)
+        await self._fetch(delay=0)
+
+    async def _fetch_batch(self) -> None:
+        await self._fetch(delay=self.batch_window)
+
+    async def _fetch(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        wanted, self._wanted = self._wanted, {}
+        done = self._done
+        try:
+            for lookback, keys in wanted.items():
+                now = self.clock()
+                query = PeakQuery(frozenset(ns for ns, _ in keys), frozenset(r for _, r in keys), lookback, now)
+                started = time.monotonic()
+                try:
+                    result = await self.source.peaks(query)
+                except Exception as exc:  # a source bug must not stop reconciling
+                    log.exception("history source %s failed", self.source.name)
+                    result = HistoryResult(error=f"{type(exc).__name__}: {exc}")
+                self.metrics.history_queries.labels(self.source.name).inc(result.queries)
+                self.metrics.history_duration.observe(time.monotonic() - started)
+                if result.error is None:
+                    for key in keys:
+                        self._results[(*key, lookback)] = (now, result.peaks.get(key))
+                # On error the previous answers stay: unknown is never zero.
+                self._errors[lookback] = (now, result.error, result.partial)
+        finally:
+            done.set()
+
+
+@dataclass
+class Reconciler:
+    store: Store
+    writer: KubeWriter
+    history: HistoryCache
+    settings: Settings
+    metrics: Metrics
+    sampler: bool = False
+    alerts: AlertHook | None = None
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    min_interval: float = 1.0  # seconds between two reconciles of one Project (coalescing)
+    _dirty: set[str] = field(default_factory=set)
+    _workers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _later: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+
+    # --- scheduling
+
+    def schedule(self, name: str) -> None:
+        self._dirty.add(name)
+        worker = self._workers.get(name)
+        if worker is None or worker.done():
+            self._workers[name] = asyncio.create_task(self._work(name), name=f"reconcile:{name}")
+
+    def schedule_at(self, name: str, when: datetime) -> None:
+        """Wake a Project at a moment (a deferred alert's opening hour, a retry)."""
+        delay = max(0.0, (when - self.clock()).total_seconds())
+        previous = self._later.pop(name, None)
+        if previous is not None:
+            previous.cancel()
+        self._later[name] = asyncio.get_running_loop().call_later(delay, self.schedule, name)
+
+    async def _work(self, name: str) -> None:
+        delays = backoff_delays(base=1.0, cap=120.0)
+        while name in self._dirty:
+            self._dirty.discard(name)
+            started = time.monotonic()
+            try:
+                await self.reconcile(name)
+                delays = backoff_delays(base=1.0, cap=120.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = next(delays)
+                level = logging.WARNING if is_retryable(exc) else logging.ERROR
+                log.log(level, "reconcile of Project %s failed (%s: %s); retrying in %.1fs",
+                        name, type(exc).__name__, exc, delay)
+                self.metrics.reconcile_errors.labels(type(exc).__name__).inc()
+                await asyncio.sleep(delay)
+                self._dirty.add(name)
+            finally:
+                self.metrics.reconcile_duration.observe(time.monotonic() - started)
+            # Coalesce: events that arrive during this pause are handled by one more pass.
+            await asyncio.sleep(self.min_interval)
+        self._workers.pop(name, None)
+
+    async def shutdown(self) -> None:
+        for handle in self._later.values():
+            handle.cancel()
+        for task in list(self._workers.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # --- one reconcile
+
+    async def reconcile(self, name: str) -> None:
+        body = self.store.projects.get(name)
+        if body is None:
+            return  # deleted: garbage collection removes the quotas it owned
+        now = self.clock()
+        try:
+            spec = parse_project(body)
+        except SpecError as exc:
+            await self._write_status(body, self._invalid_status(body, exc, now))
+            return
+        history = await self.history.get(set(spec.namespace_names), set(spec.quota.resources),
+                                          spec.quota.lookback)
+        observed = self._observe(spec, body, history, now)
+        plan = plan_project(spec, body, observed, self.settings, now)
+        await self._apply(body, plan)
+        status = dict(plan.status)
+        if self.alerts is not None:
+            alerts = await self.alerts(spec, body, plan, now)
+            if alerts is not None:
+                status["alerts"] = alerts
+        await self._write_status(body, status)
+        for event in plan.events:
+            await self.writer.post_event(body, event)
+        self.metrics.observe_plan(spec, plan)
+
+    def _observe(self, spec: ProjectSpec, body: Mapping[str, Any], history: HistoryResult,
+                 now: datetime) -> Observed:
+        quotas = {ns: observe_quota(obj) for ns, obj in self.store.quotas.items()
+                  if ns in spec.namespace_names or (obj.get("metadata", {}).get("labels") or {}).get(
+                      "headroom.dev/project") == spec.name}
+        extra: dict[str, dict[str, str]] = {}
+        if self.sampler:
+            for ns, seen in quotas.items():
+                before = seen.annotations.get(SAMPLER_ANNOTATION)
+                daily = decode(before)
+                if seen.used is not None:
+                    daily = record(daily, seen.used, now.date())
+                text = encode(daily) if daily else None
+                if text and decode(text) == decode(before):
+                    text = before  # unchanged peaks: keep the exact text, so nothing is written
+                if text:
+                    extra[ns] = {SAMPLER_ANNOTATION: text}
+        return Observed(
+            project_uid=body["metadata"].get("uid", ""),
+            namespaces_present=frozenset(self.store.namespaces),
+            quotas=quotas,
+            limitranges={ns: observe_limitrange(obj) for ns, obj in self.store.limitranges.items()
+                         if ns in spec.namespace_names},
+            claimed_by_others=self.store.claimed_by_others(spec.name),
+            peaks=history.peaks,
+            history_error=history.error,
+            history_partial=history.partial,
+            extra_annotations=extra,
+        )
+
+    async def _apply(self, body: Mapping[str, Any], plan: Plan) -> None:
+        name = body["metadata"]["name"]
+        uid = body["metadata"].get("uid", "")
+        for desired in plan.quotas:
+            seen_obj = self.store.quotas.get(desired.namespace)
+            seen = observe_quota(seen_obj) if seen_obj else None
+            if not desired.matches(seen, name, uid):
+                if seen is not None and seen.project == name and seen.state is not None:
+                    self._note_drift(body, desired.namespace, seen_obj, desired)
+                await self.writer.apply_quota(body, desired)
+                self.metrics.writes.labels("resourcequota").inc()
+        for desired_lr in plan.limitranges:
+            seen_lr_obj = self.store.limitranges.get(desired_lr.namespace)
+            seen_lr = observe_limitrange(seen_lr_obj) if seen_lr_obj else None
+            if not desired_lr.matches(seen_lr, name, uid):
+                await self.writer.apply_limitrange(body, desired_lr)
+                self.metrics.writes.labels("limitrange").inc()
+        for namespace in plan.delete_in:
+            await self.writer.delete_owned(namespace)
+            self.metrics.writes.labels("delete").inc()
+
+    def _note_drift(self, body: Mapping[str, Any], namespace: str, seen_obj: Mapping[str, Any] | None,
+                    desired: Any) -> None:
+        """Someone else changed Headroom's quota: say so on the Project when restoring it."""
+        managers = {m.get("manager") for m in (seen_obj or {}).get("metadata", {}).get("managedFields") or []}
+        foreign = sorted(m for m in managers if m and m != "headroom")
+        if foreign:
+            message = (f"ResourceQuota {QUOTA_NAME} in {namespace} was changed by {', '.join(foreign)}; "
+                       "restored to the governed values (change quotas through the Project instead)")
+            asyncio.get_running_loop().create_task(
+                self.writer.post_event(body, Event("Warning", "QuotaRestored", message)))
+
+    def _invalid_status(self, body: Mapping[str, Any], exc: SpecError, now: datetime) -> dict[str, Any]:
+        generation = body.get("metadata", {}).get("generation")
+        old = (body.get("status") or {}).get("conditions") or []
+        before = next((c for c in old if c.get("type") == "Ready"), {})
+        since = before.get("lastTransitionTime") if before.get("reason") == "InvalidSpec" else None
+        return {**{k: v for k, v in (body.get("status") or {}).items() if k != "conditions"},
+                "phase": "Invalid", "observedGeneration": generation,
+                "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
+                                "message": str(exc)[:1024], "observedGeneration": generation,
+                                "lastTransitionTime": since or now.strftime("%Y-%m-%dT%H:%M:%SZ")}]}
+
+    async def _write_status(self, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        old = {k: v for k, v in (body.get("status") or {}).items() if k not in _FOREIGN_STATUS_KEYS}
+        new = {k: v for k, v in status.items() if v is not None}
+        if _normalized(old) == _normalized(new):
+            return
+        patch: dict[str, Any] = dict(new)
+        for key in old:
+            if key not in new:
+                patch[key] = None  # merge patch: remove what no longer applies (a pending change)
+        await self.writer.patch_status(body["metadata"]["name"], patch)
+        self.metrics.writes.labels("status").inc()
+        # Remember what we wrote, so the echo of our own write through the watch is a no-op.
+        stored = self.store.projects.get(body["metadata"]["name"])
+        if stored is not None and stored.get("metadata", {}).get("uid") == body["metadata"].get("uid"):
+            stored["status"] = {**{k: v for k, v in (stored.get("status") or {}).items()
+                                   if k in _FOREIGN_STATUS_KEYS}, **new}
+
+
+def _normalized(value: Any) -> Any:
+    """Status as the API server returns it: no None values, no empty maps from our side."""
+    if isinstance(value, Mapping):
+        return {k: _normalized(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    return value
+
+
+def quota_project(obj: Mapping[str, Any]) -> str | None:
+    meta = obj.get("metadata", {})
+    if meta.get("name") not in (QUOTA_NAME, LIMITRANGE_NAME):
+        return None
+    return (meta.get("labels") or {}).get("headroom.dev/project")

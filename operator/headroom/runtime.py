@@ -1,0 +1,280 @@
+"""`headroom run`: Kopf's watch streams feed the Store; the Reconciler does the rest.
+
+Only low-level Kopf handlers are used (`on.event`): Kopf then stores nothing on the Projects (no
+finalizer, no annotations, no progress in status), which keeps them free of drift for Argo CD and
+Flux, and the reconciler is level-based rather than edge-based.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import kopf
+import kubernetes
+
+from headroom.alerting import Alerting, build_sinks
+from headroom.config import OperatorConfig
+from headroom.history.base import HistorySource
+from headroom.history.file import FileHistory
+from headroom.history.prometheus import DEFAULT_QUERIES, PrometheusHistory
+from headroom.history.sampler import SamplerHistory, decode
+from headroom.kube_io import KubeWriter
+from headroom.metrics import Metrics
+from headroom.planning import LIMITRANGE_NAME, MANAGED_BY, MANAGED_BY_LABEL, QUOTA_NAME, Settings
+from headroom.project_spec import GROUP, VERSION, SpecError, parse_duration
+from headroom.reconciler import HistoryCache, Reconciler, Store
+
+log = logging.getLogger("headroom")
+SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+
+def load_kube_config() -> kubernetes.client.ApiClient:
+    config = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=config)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=config)
+    return kubernetes.client.ApiClient(config)
+
+
+def history_source(config: OperatorConfig, store: Store) -> HistorySource:
+    if config.history_source == "prometheus":
+        assert config.prometheus_url
+        queries = {**DEFAULT_QUERIES, **config.prometheus_queries}
+        return PrometheusHistory(config.prometheus_url, step=config.prometheus_step,
+                                 timeout=config.prometheus_timeout, queries=queries)
+    if config.history_source == "file":
+        assert config.history_file
+        return FileHistory(config.history_file)
+
+    def peaks_of(namespace: str) -> Any:
+        quota = store.quotas.get(namespace) or {}
+        return decode((quota.get("metadata", {}).get("annotations") or {}).get("headroom.dev/daily-peaks"))
+
+    return SamplerHistory(peaks_of)
+
+
+def _essence(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a Project can change the plan; its status is Headroom's own output."""
+    meta = body.get("metadata", {})
+    return (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
+            tuple(sorted((meta.get("annotations") or {}).items())), repr(body.get("spec")))
+
+
+def _owned(body: Mapping[str, Any], name: str) -> bool:
+    meta = body.get("metadata", {})
+    return meta.get("name") == name and (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+
+
+@dataclass
+class Runtime:
+    config: OperatorConfig
+    store: Store
+    reconciler: Reconciler
+    metrics: Metrics
+    primed: asyncio.Event
+
+    async def prime(self) -> None:
+        """Load quotas, LimitRanges and namespaces before the first reconcile.
+
+        A Project event could otherwise arrive before its namespace's quota has been seen, and a
+        governed quota would be mistaken for a missing one. Three LIST calls at start-up, then
+        watches only.
+        """
+        core = self.reconciler.writer.core
+        quotas = await asyncio.to_thread(core.list_resource_quota_for_all_namespaces, label_selector=SELECTOR)
+        limitranges = await asyncio.to_thread(core.list_limit_range_for_all_namespaces, label_selector=SELECTOR)
+        namespaces = await asyncio.to_thread(core.list_namespace)
+        serialize = self.reconciler.writer.core.api_client.sanitize_for_serialization
+        for item in quotas.items:
+            if item.metadata.name == QUOTA_NAME:
+                self.store.quotas[item.metadata.namespace] = serialize(item)
+        for item in limitranges.items:
+            if item.metadata.name == LIMITRANGE_NAME:
+                self.store.limitranges[item.metadata.namespace] = serialize(item)
+        self.store.namespaces.update(item.metadata.name for item in namespaces.items
+                                     if not item.metadata.deletion_timestamp)
+        self.primed.set()
+        for name in list(self.store.projects):
+            self.reconciler.schedule(name)
+
+    def schedule(self, name: str) -> None:
+        if self.primed.is_set():
+            self.reconciler.schedule(name)
+
+    async def derivation_cycle(self) -> None:
+        """Re-derive every Project's peaks on an interval: one history query per resource for all."""
+        interval = self.config.resync_interval.total_seconds()
+        while True:
+            # Jitter keeps replicas and restarts from querying in lockstep.
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            wanted: dict[timedelta, set[tuple[str, str]]] = {}
+            for body in list(self.store.projects.values()):
+                spec = body.get("spec") or {}
+                quota = spec.get("quota") or {}
+                try:
+                    lookback = parse_duration(str(quota.get("lookback") or "30d"))
+                except SpecError:
+                    continue
+                resources = quota.get("resources") or ["requests.cpu", "requests.memory", "limits.cpu",
+                                                       "limits.memory", "pods"]
+                for ns in spec.get("namespaces") or []:
+                    wanted.setdefault(lookback, set()).update((ns.get("name"), r) for r in resources)
+            with contextlib.suppress(Exception):
+                await self.reconciler.history.refresh_all(wanted)
+            for name in list(self.store.projects):
+                self.schedule(name)
+
+
+def build_runtime(config: OperatorConfig, client: kubernetes.client.ApiClient,
+                  metrics: Metrics | None = None) -> Runtime:
+    metrics = metrics or Metrics()
+    store = Store()
+    writer = KubeWriter(client, qps=config.api_qps, burst=config.api_burst)
+    source = history_source(config, store)
+    cache = HistoryCache(source, max_age=config.resync_interval, metrics=metrics)
+    settings = Settings(default_enforcement=config.enforcement_default,
+                        auto_approve_within_recommendation=config.auto_approve_within_recommendation)
+    reconciler = Reconciler(store=store, writer=writer, history=cache, settings=settings, metrics=metrics,
+                            sampler=config.history_source == "sampler")
+    reconciler.alerts = Alerting(build_sinks(config, client), writer, metrics, reconciler.schedule_at,
+                                 store.projects.get)
+    return Runtime(config, store, reconciler, metrics, asyncio.Event())
+
+
+def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
+    config, store = runtime.config, runtime.store
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # Headroom posts its own, meaningful Events
+        settings.scanning.disabled = True
+        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+            field="status.kopf.last-handled-configuration")
+        settings.watching.label_selectors["v1", "resourcequotas"] = SELECTOR
+        settings.watching.label_selectors["v1", "limitranges"] = SELECTOR
+        settings.watching.connect_timeout = 10
+        settings.watching.server_timeout = 600
+        settings.networking.request_timeout = 30
+        settings.networking.error_backoffs = [0.5, 1, 2, 4, 8, 16, 30]
+        if config.peering:
+            settings.peering.name = config.peering
+            settings.peering.standalone = False
+            settings.peering.clusterwide = False
+            settings.peering.priority = config.priority if config.priority is not None else \
+                random.randint(1, 32767)
+        else:
+            settings.peering.standalone = True
+        runtime.metrics.serve(config.metrics_port)
+        tasks.append(asyncio.create_task(_prime_with_retry(runtime)))
+        tasks.append(asyncio.create_task(runtime.derivation_cycle()))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        await runtime.reconciler.shutdown()
+
+    @kopf.on.event(GROUP, VERSION, "projects", registry=registry)
+    async def project_event(event: Mapping[str, Any], body: kopf.Body, name: str, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            store.projects.pop(name, None)
+            for other in {p for ns in _namespaces(body) for p in store.projects_claiming(ns)}:
+                runtime.schedule(other)  # a Project waiting on a claimed namespace may go ahead now
+            return
+        before = store.projects.get(name)
+        store.projects[name] = dict(_plain(body))
+        if before is None or _essence(before) != _essence(store.projects[name]):
+            runtime.schedule(name)
+
+    @kopf.on.event("v1", "resourcequotas", registry=registry)
+    async def quota_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+        if not _owned(body, QUOTA_NAME):
+            return
+        if event.get("type") == "DELETED":
+            store.quotas.pop(namespace, None)
+        else:
+            store.quotas[namespace] = dict(_plain(body))
+        project = (body.get("metadata", {}).get("labels") or {}).get("headroom.dev/project")
+        if project in store.projects:
+            runtime.schedule(project)
+
+    @kopf.on.event("v1", "limitranges", registry=registry)
+    async def limitrange_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+        if not _owned(body, LIMITRANGE_NAME):
+            return
+        if event.get("type") == "DELETED":
+            store.limitranges.pop(namespace, None)
+        else:
+            store.limitranges[namespace] = dict(_plain(body))
+        project = (body.get("metadata", {}).get("labels") or {}).get("headroom.dev/project")
+        if project in store.projects:
+            runtime.schedule(project)
+
+    @kopf.on.event("v1", "namespaces", registry=registry)
+    async def namespace_event(event: Mapping[str, Any], name: str, body: kopf.Body, **_: Any) -> None:
+        gone = event.get("type") == "DELETED" or bool(body.get("metadata", {}).get("deletionTimestamp"))
+        if gone:
+            if name not in store.namespaces:
+                return
+            store.namespaces.discard(name)
+        else:
+            if name in store.namespaces:
+                return
+            store.namespaces.add(name)
+        for project in store.projects_claiming(name):
+            runtime.schedule(project)
+
+
+def _namespaces(body: Mapping[str, Any]) -> list[str]:
+    return [ns.get("name") for ns in (body.get("spec") or {}).get("namespaces") or []]
+
+
+def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep plain-dict copy: Kopf's bodies are live views that change under our feet."""
+    def copy(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: copy(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [copy(v) for v in value]
+        return value
+    return copy(body)
+
+
+async def _prime_with_retry(runtime: Runtime) -> None:
+    delay = 1.0
+    while True:
+        try:
+            await runtime.prime()
+            return
+        except Exception as exc:
+            log.warning("cannot load quotas and namespaces yet (%s); retrying in %.0fs", exc, delay)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 60)
+
+
+def run(config: OperatorConfig) -> None:
+    logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry = kopf.OperatorRegistry()
+    client = load_kube_config()
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    runtime = build_runtime(config, client)
+    register(registry, runtime)
+    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    kopf.run(loop=loop, registry=registry, clusterwide=True, liveness_endpoint=liveness,
+             standalone=not config.peering, peering_name=config.peering, priority=config.priority or 0)
