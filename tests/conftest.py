@@ -10,7 +10,7 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import kubernetes
@@ -18,6 +18,7 @@ import pytest
 
 from tests.harness.controlplane import ControlPlane
 from tests.harness.kube import Cluster, apply_yaml, wait_for
+from tests.harness.operator import OperatorProcess, install_rbac
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,30 @@ def crds_installed(cluster: Cluster, admin: kubernetes.client.ApiClient) -> None
                 return any(c.type == "Established" and c.status == "True" for c in conditions)
 
             wait_for(established, 30, f"CRD {name} established")
+
+
+@pytest.fixture(scope="session")
+def rbac_installed(cluster: Cluster, crds_installed: None) -> None:
+    install_rbac(cluster)
+
+
+@pytest.fixture
+def start_operator(cluster: Cluster, rbac_installed: None, tmp_path: Path,
+                   request: pytest.FixtureRequest) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start Headroom as its ServiceAccount: start_operator("--history-source=file", ...)."""
+    started: list[OperatorProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> OperatorProcess:
+        operator = OperatorProcess(cluster, tmp_path / f"operator-{len(started)}", args=args, env=env or {})
+        started.append(operator.start())
+        return operator
+
+    yield start
+    call_report = getattr(request.node, "rep_call", None)
+    for operator in started:
+        operator.stop()
+        if call_report is not None and call_report.failed:
+            _failure_reports.append(f"{request.node.name}:\n{operator.logs(80)}")
 
 
 @pytest.fixture

@@ -269,6 +269,8 @@ async def _prime_with_retry(runtime: Runtime) -> None:
 def run(config: OperatorConfig) -> None:
     logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Kopf logs every handled watch event at INFO; Headroom's own log says what matters.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
     client = load_kube_config()
     loop = asyncio.new_event_loop()
