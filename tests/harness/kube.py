@@ -30,7 +30,7 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 30, what: str = "co
             result = probe()
             if result:
                 return result
-        except kubernetes.client.ApiException as exc:
+        except (kubernetes.client.ApiException, OSError) as exc:  # OSError: a server still starting
             last_error = exc
         if time.monotonic() > deadline:
             suffix = f" (last error: {last_error})" if last_error else ""

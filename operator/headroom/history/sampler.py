@@ -72,6 +72,7 @@ class SamplerHistory:
     """Reads the daily peaks that the reconciler keeps on each namespace's quota."""
 
     name = "sampler"
+    remote = False
 
     def __init__(self, peaks_of: Callable[[str], DailyPeaks]) -> None:
         self._peaks_of = peaks_of
