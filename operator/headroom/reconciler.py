@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from headroom.failpoints import failpoint
 from headroom.history.base import HistoryResult, HistorySource, PeakQuery
 from headroom.history.sampler import ANNOTATION as SAMPLER_ANNOTATION
 from headroom.history.sampler import decode, encode, record
@@ -230,6 +231,8 @@ class Reconciler:
                                           spec.quota.lookback)
         observed = self._observe(spec, body, history, now)
         plan = plan_project(spec, body, observed, self.settings, now)
+        if any(event.reason == "ChangeApplied" for event in plan.events):
+            failpoint("approved-change-before-write")
         await self._apply(body, plan)
         status = dict(plan.status)
         if self.alerts is not None:
