@@ -22,7 +22,7 @@ cluster-down: ## stop the local control plane
 	$(PYTHON) -m tests.harness.controlplane down --state-dir $(CLUSTER_DIR)
 
 demo: install ## control plane + sample Projects + file history + the operator: shows derived quotas
-	$(PYTHON) -m tests.harness.demo
+	$(PYTHON) -m hack.demo
 
 test: install ## the whole suite (unit and integration, on the local control plane)
 	$(PYTHON) -m pytest -q -p no:cacheprovider
