@@ -27,7 +27,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "projects.headroom.dev.yaml"
 POLICY_FILE = REPO / "manifests" / "approval" / "policy.yaml"
-PARAMS_FILE = REPO / "manifests" / "approval" / "params.yaml"
 SAMPLES = REPO / "manifests" / "samples"
 
 GROUP, VERSION, PLURAL = "headroom.dev", "v1alpha1", "projects"
@@ -214,6 +213,8 @@ def test_crd_mirrors_the_operator_parser() -> None:
     assert tuple(alerts["thresholds"]["default"]) == project_spec.DEFAULT_THRESHOLDS
     assert alerts["hysteresis"]["default"] == project_spec.DEFAULT_HYSTERESIS
     assert quota["enforcement"]["enum"] == list(project_spec.ENFORCEMENT_MODES)
+    defaults_rule = spec["defaults"]["properties"]["requests"]["x-kubernetes-validations"][0]["rule"]
+    assert defaults_rule == f"self.all(k, k in {list(project_spec.DEFAULTABLE_RESOURCES)})"
 
 
 # ------------------------------------------------------------------------------------------- valid Projects
@@ -493,16 +494,20 @@ def test_samples_are_valid_projects(projects: Projects) -> None:
 # ------------------------------------------------------------------------------------------ sign-off policy
 
 APPROVERS = "headroom:approvers"
+PLATFORM = "platform:quota-approvers"
 GITOPS = "system:serviceaccount:argocd:argocd-application-controller"
 
 
 class SignOff:
-    """The shipped approval policy, bound under a private name to objects with this test's label."""
+    """The shipped approval policy, installed under a private name and bound only to Projects that
+    carry this instance's label, so that it never affects other tests. `settings` replaces the values
+    of the policy's settings variables (approversGroup, gitopsUsers) as a kustomize patch would."""
 
-    def __init__(self, cluster: Cluster, admin: kubernetes.client.ApiClient, namespace: str) -> None:
+    def __init__(self, cluster: Cluster, admin: kubernetes.client.ApiClient,
+                 settings: dict[str, str] | None = None) -> None:
         self.cluster = cluster
         self.admin = admin
-        self.namespace = namespace
+        self.settings = settings or {}
         suffix = uuid.uuid4().hex[:6]
         self.policy = f"headroom-approvals-{suffix}"
         self.label = {"headroom.dev/test-policy": suffix}
@@ -511,15 +516,13 @@ class SignOff:
 
     def install(self) -> None:
         admission = kubernetes.client.AdmissionregistrationV1Api(self.admin)
-        params = yaml.safe_load(PARAMS_FILE.read_text())
-        params["metadata"]["namespace"] = self.namespace
-        kubernetes.client.CoreV1Api(self.admin).create_namespaced_config_map(self.namespace, params)
         policy, binding = (d for d in yaml.safe_load_all(POLICY_FILE.read_text()) if d)
         policy["metadata"]["name"] = self.policy
+        for variable in policy["spec"]["variables"]:
+            variable["expression"] = self.settings.get(variable["name"], variable["expression"])
         admission.create_validating_admission_policy(policy)
         binding["metadata"]["name"] = self.policy
         binding["spec"]["policyName"] = self.policy
-        binding["spec"]["paramRef"]["namespace"] = self.namespace
         binding["spec"]["matchResources"] = {"objectSelector": {"matchLabels": self.label}}
         admission.create_validating_admission_policy_binding(binding)
         rbac = kubernetes.client.RbacAuthorizationV1Api(self.admin)
@@ -530,7 +533,7 @@ class SignOff:
             "metadata": {"name": self.rbac},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": self.rbac},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}
-                         for group in ("developers", APPROVERS)]
+                         for group in ("developers", APPROVERS, PLATFORM)]
                         + [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": GITOPS}]})
         # Policies take effect asynchronously: wait until a self-approval is refused.
         probe = self.body("probe", {APPROVED_CHANGE: "c-probe"})
@@ -568,7 +571,7 @@ class SignOff:
 
     def api(self, user: str) -> kubernetes.client.CustomObjectsApi:
         groups = {"alice": ["developers"], "bob": ["developers", APPROVERS], "carol": [APPROVERS],
-                  GITOPS: ["system:serviceaccounts"]}[user]
+                  "dave": [PLATFORM], GITOPS: ["system:serviceaccounts"]}[user]
         return kubernetes.client.CustomObjectsApi(self.cluster.impersonate(user, groups))
 
     def create(self, user: str, body: Body) -> Body:
@@ -578,15 +581,20 @@ class SignOff:
         return self.api(user).patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, patch)
 
 
-@pytest.fixture
-def sign_off(cluster: Cluster, admin_client: kubernetes.client.ApiClient, crds_installed: None,
-             namespace: str) -> Iterator[SignOff]:
-    policy = SignOff(cluster, admin_client, namespace)
+@contextlib.contextmanager
+def _installed(policy: SignOff) -> Iterator[SignOff]:
     try:
         policy.install()
         yield policy
     finally:
         policy.uninstall()
+
+
+@pytest.fixture
+def sign_off(cluster: Cluster, admin_client: kubernetes.client.ApiClient,
+             crds_installed: None) -> Iterator[SignOff]:
+    with _installed(SignOff(cluster, admin_client)) as policy:
+        yield policy
 
 
 def _annotate(annotations: dict[str, str | None]) -> Body:
@@ -691,3 +699,30 @@ def test_sign_off_policy_on_create(sign_off: SignOff, user: str, annotations: di
     assert caught.value.status == 403, message
     for fragment in denied:
         assert fragment in message, f"{fragment!r} not in: {message}"
+
+
+def test_policy_settings_come_first_for_the_documented_patch() -> None:
+    """docs/install.md changes the settings with a JSON patch on /spec/variables/0 and /1."""
+    policy = next(d for d in yaml.safe_load_all(POLICY_FILE.read_text()) if d)
+    variables = policy["spec"]["variables"]
+    assert [v["name"] for v in variables[:2]] == ["approversGroup", "gitopsUsers"]
+    assert variables[0]["expression"] == f"'{APPROVERS}'"
+    assert GITOPS in variables[1]["expression"]
+    assert "paramKind" not in policy["spec"]
+
+
+def test_sign_off_policy_with_other_settings(cluster: Cluster, admin_client: kubernetes.client.ApiClient,
+                                             crds_installed: None) -> None:
+    admission = kubernetes.client.AdmissionregistrationV1Api(admin_client)
+    if any(b.spec.policy_name == "headroom-approvals"
+           for b in admission.list_validating_admission_policy_binding().items):
+        pytest.skip("the shipped headroom-approvals policy is bound cluster-wide here and would refuse dave")
+    settings = {"approversGroup": f"'{PLATFORM}'", "gitopsUsers": "[]"}
+    with _installed(SignOff(cluster, admin_client, settings)) as policy:
+        name = policy.create("alice", policy.body("cfg", requested={"requests.cpu": "4"}))["metadata"]["name"]
+
+        policy.patch("dave", name, _annotate({APPROVED_CHANGE: "c-1", APPROVED_BY: "dave"}))
+        for user in ("bob", GITOPS):
+            with pytest.raises(ApiException) as caught:
+                policy.patch(user, name, _annotate({APPROVED_CHANGE: f"c-{user[:3]}"}))
+            assert f"only members of group {PLATFORM} may sign off" in api_error_message(caught.value)
