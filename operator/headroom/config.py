@@ -35,8 +35,8 @@ class OperatorConfig:
     namespace: str = "headroom-system"
     api_qps: float = 20.0
     api_burst: int = 40
-    peering: str | None = None
-    priority: int | None = None
+    leader_elect: bool = False
+    lease_name: str = "headroom"
     verbose: bool = False
 
     @property
@@ -75,8 +75,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--namespace", "the operator's own namespace (webhook Secrets are read there)")
     add("--api-qps", "sustained writes per second to the API server", type=float)
     add("--api-burst", "burst of writes above --api-qps", type=int)
-    add("--peering", "Kopf peering object name, for several replicas (default: standalone)")
-    add("--priority", "Kopf peering priority of this replica (distinct per replica)", type=int)
+    add("--leader-elect", "run several replicas with one active, elected on a Lease",
+        action="store_const", const="true")
+    add("--lease-name", "name of the Lease in --namespace used for leader election")
     add("--verbose", "debug logging", action="store_const", const="true")
 
 
@@ -147,7 +148,6 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         if not sep or "{namespaces}" not in template:
             raise ConfigError(f"--prometheus-query {item!r}: expected RESOURCE=TEMPLATE with {{namespaces}}")
         queries[resource.strip()] = template
-    priority = pick("priority")
     config = OperatorConfig(
         history_source=source,
         prometheus_url=prometheus_url,
@@ -165,8 +165,8 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         namespace=str(pick("namespace") or defaults.namespace),
         api_qps=float(number("api_qps", float, defaults.api_qps)),  # type: ignore[arg-type]
         api_burst=int(number("api_burst", int, defaults.api_burst)),  # type: ignore[call-overload]
-        peering=str(pick("peering")) if pick("peering") else None,
-        priority=int(number("priority", int, 0)) if priority is not None else None,  # type: ignore[call-overload]
+        leader_elect=_truthy(str(pick("leader_elect") or "")),
+        lease_name=str(pick("lease_name") or defaults.lease_name),
         verbose=_truthy(str(pick("verbose") or "")),
     )
     for port_name in ("metrics_port", "health_port"):

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +20,7 @@ from typing import Any
 
 import kopf
 import kubernetes
+from aiohttp import web
 
 from headroom.alerting import Alerting, build_sinks
 from headroom.config import OperatorConfig
@@ -26,6 +29,7 @@ from headroom.history.file import FileHistory
 from headroom.history.prometheus import DEFAULT_QUERIES, PrometheusHistory
 from headroom.history.sampler import SamplerHistory, decode
 from headroom.kube_io import KubeWriter
+from headroom.leader import LeaderElector
 from headroom.metrics import Metrics
 from headroom.planning import LIMITRANGE_NAME, MANAGED_BY, MANAGED_BY_LABEL, QUOTA_NAME, Settings
 from headroom.project_spec import GROUP, VERSION, SpecError, parse_duration
@@ -150,7 +154,7 @@ def build_runtime(config: OperatorConfig, client: kubernetes.client.ApiClient,
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
-    config, store = runtime.config, runtime.store
+    store = runtime.store
     tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.login(registry=registry)
@@ -170,15 +174,8 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         settings.watching.server_timeout = 600
         settings.networking.request_timeout = 30
         settings.networking.error_backoffs = [0.5, 1, 2, 4, 8, 16, 30]
-        if config.peering:
-            settings.peering.name = config.peering
-            settings.peering.standalone = False
-            settings.peering.clusterwide = False
-            settings.peering.priority = config.priority if config.priority is not None else \
-                random.randint(1, 32767)
-        else:
-            settings.peering.standalone = True
-        runtime.metrics.serve(config.metrics_port)
+        # One active replica is ensured by the Lease (leader.py), not by Kopf's peering.
+        settings.peering.standalone = True
         tasks.append(asyncio.create_task(_prime_with_retry(runtime)))
         tasks.append(asyncio.create_task(runtime.derivation_cycle()))
 
@@ -271,12 +268,64 @@ def run(config: OperatorConfig) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Kopf logs every handled watch event at INFO; Headroom's own log says what matters.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    registry = kopf.OperatorRegistry()
+    code = asyncio.run(_main(config))
+    if code:
+        raise SystemExit(code)
+
+
+async def _serve_health(port: int, role: dict[str, str]) -> web.AppRunner | None:
+    """/healthz answers while the event loop runs, for the leader and for a standby alike."""
+    if not port:
+        return None
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "role": role["role"]})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
+
+
+async def _main(config: OperatorConfig) -> int:
     client = load_kube_config()
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    runtime = build_runtime(config, client)
+    role = {"role": "starting"}
+    health = await _serve_health(config.health_port, role)
+    metrics = Metrics()
+    metrics.serve(config.metrics_port)
+    elector: LeaderElector | None = None
+    if config.leader_elect:
+        identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        elector = LeaderElector(kubernetes.client.CoordinationV1Api(client), config.namespace, config.lease_name,
+                                identity)
+        role["role"] = "standby"
+        await elector.acquire()
+    role["role"] = "leader" if elector else "active"
+
+    registry = kopf.OperatorRegistry()
+    runtime = build_runtime(config, client, metrics)
     register(registry, runtime)
-    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
-    kopf.run(loop=loop, registry=registry, clusterwide=True, liveness_endpoint=liveness,
-             standalone=not config.peering, peering_name=config.peering, priority=config.priority or 0)
+    stop = asyncio.Event()
+    operator = asyncio.create_task(kopf.operator(registry=registry, clusterwide=True, standalone=True,
+                                                 stop_flag=stop))
+    waiting: set[asyncio.Task[Any]] = {operator}
+    holder = asyncio.create_task(elector.hold()) if elector else None
+    if holder is not None:
+        waiting.add(holder)
+    lost = False
+    try:
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if holder is not None and holder in done:
+            lost = True  # stop acting at once; the Deployment restarts this pod as a standby
+            stop.set()
+            await operator
+    finally:
+        if holder is not None:
+            holder.cancel()
+        if elector is not None and not lost:
+            await asyncio.to_thread(elector.release)
+        if health is not None:
+            await health.cleanup()
+    return 1 if lost else 0

@@ -1,0 +1,137 @@
+"""Leader election on a coordination.k8s.io Lease, so that several replicas run with exactly one active.
+
+Why a Lease and not Kopf's peering: peering is priority-based and freezes every replica when two
+share a priority, and it needs Kopf's own peering CRD. A Lease is the mechanism the Kubernetes
+control plane itself uses, needs only a namespaced Role, and has a bounded take-over time.
+
+The algorithm follows client-go's: a replica holds the lease while it renews it; the others watch
+the record and take it over only when it has not changed for a whole lease duration, measured on
+their own monotonic clock, so clock skew between machines does not matter. Writes carry the
+resourceVersion they read, so two candidates cannot both win (the loser gets a 409).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiException
+
+log = logging.getLogger("headroom.leader")
+
+
+@dataclass
+class LeaderElector:
+    coordination: kubernetes.client.CoordinationV1Api
+    namespace: str
+    name: str
+    identity: str
+    lease_seconds: int = 30
+    renew_seconds: float = 10.0
+    retry_seconds: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    _observed: tuple[Any, ...] | None = field(default=None, init=False)
+    _observed_at: float = field(default=0.0, init=False)
+    _resource_version: str | None = field(default=None, init=False)
+
+    def _now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def _spec(self, acquire_time: datetime | None, transitions: int) -> kubernetes.client.V1LeaseSpec:
+        now = self._now()
+        return kubernetes.client.V1LeaseSpec(
+            holder_identity=self.identity, lease_duration_seconds=self.lease_seconds,
+            acquire_time=acquire_time or now, renew_time=now, lease_transitions=transitions)
+
+    def try_acquire_or_renew(self) -> bool:
+        """One attempt (blocking I/O). True when this replica holds the lease afterwards."""
+        try:
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            body = kubernetes.client.V1Lease(metadata=kubernetes.client.V1ObjectMeta(name=self.name),
+                                             spec=self._spec(None, 0))
+            try:
+                created = self.coordination.create_namespaced_lease(self.namespace, body)
+            except ApiException as create_exc:
+                if create_exc.status == 409:
+                    return False
+                raise
+            self._remember(created)
+            return True
+        spec = lease.spec or kubernetes.client.V1LeaseSpec()
+        record = (spec.holder_identity, spec.renew_time, spec.acquire_time, spec.lease_transitions)
+        if record != self._observed:
+            self._observed, self._observed_at = record, self.clock()
+        holder = spec.holder_identity
+        expired = self.clock() - self._observed_at >= (spec.lease_duration_seconds or self.lease_seconds)
+        if holder and holder != self.identity and not expired:
+            return False
+        mine = holder == self.identity
+        lease.spec = self._spec(spec.acquire_time if mine else None,
+                                (spec.lease_transitions or 0) + (0 if mine else 1))
+        try:
+            # replace carries metadata.resourceVersion: a concurrent winner makes this a 409.
+            updated = self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        if not mine:
+            log.info("acquired lease %s/%s (previous holder: %s)", self.namespace, self.name, holder or "none")
+        self._remember(updated)
+        return True
+
+    def _remember(self, lease: kubernetes.client.V1Lease) -> None:
+        spec = lease.spec
+        self._observed = (spec.holder_identity, spec.renew_time, spec.acquire_time, spec.lease_transitions)
+        self._observed_at = self.clock()
+        self._resource_version = lease.metadata.resource_version
+
+    def release(self) -> None:
+        """On a clean shutdown, hand over at once instead of after a lease duration."""
+        try:
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            if lease.spec and lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = None
+                lease.spec.lease_duration_seconds = 1
+                self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+        except (ApiException, OSError) as exc:
+            log.warning("could not release the lease: %s", exc)
+
+    async def acquire(self) -> None:
+        """Wait until this replica leads."""
+        log.info("waiting for lease %s/%s as %s", self.namespace, self.name, self.identity)
+        while True:
+            try:
+                if await asyncio.to_thread(self.try_acquire_or_renew):
+                    return
+            except (ApiException, OSError) as exc:
+                log.warning("lease check failed: %s", exc)
+            await asyncio.sleep(self.retry_seconds * random.uniform(0.8, 1.2))
+
+    async def hold(self) -> None:
+        """Renew until renewing fails for a whole lease duration; then return (leadership is lost)."""
+        last_renewed = self.clock()
+        while True:
+            await asyncio.sleep(self.renew_seconds * random.uniform(0.9, 1.1))
+            try:
+                if await asyncio.to_thread(self.try_acquire_or_renew):
+                    last_renewed = self.clock()
+                    continue
+                log.error("lease %s/%s was taken over by another replica", self.namespace, self.name)
+                return
+            except (ApiException, OSError) as exc:
+                log.warning("lease renewal failed: %s", exc)
+            # Stop acting before another replica may take over: a little before the lease ends.
+            if self.clock() - last_renewed > self.lease_seconds - self.renew_seconds:
+                log.error("could not renew lease %s/%s in time; stepping down", self.namespace, self.name)
+                return
