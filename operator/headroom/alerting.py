@@ -22,7 +22,6 @@ import kubernetes
 
 from headroom.alert_policy import (
     AlertPolicy,
-    AlertState,
     Notification,
     Usage,
     evaluate,
@@ -32,7 +31,7 @@ from headroom.alert_policy import (
     state_from_status,
     state_to_status,
 )
-from headroom.business_hours import BusinessHoursError, parse_business_hours
+from headroom.business_hours import DEFAULT_BUSINESS_HOURS, BusinessHoursError, parse_business_hours
 from headroom.config import OperatorConfig
 from headroom.kube_io import KubeWriter, backoff_delays
 from headroom.metrics import Metrics
@@ -216,11 +215,13 @@ class Alerting:
 
     async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan,
                        now: datetime) -> list[dict[str, Any]] | None:
+        hours_problem = None
         try:
             hours = parse_business_hours(spec.owner.business_hours, spec.owner.holidays)
         except BusinessHoursError as exc:
-            log.warning("Project %s: %s; using the default business hours", spec.name, exc)
-            hours = parse_business_hours(None, spec.owner.holidays)
+            # The CRD's pattern catches malformed text; an unknown zone or a bad holiday gets here.
+            hours_problem = f"spec.owner.businessHours: {exc}; alerts use {DEFAULT_BUSINESS_HOURS} until it is fixed"
+            hours = parse_business_hours(None)
         policy = AlertPolicy(thresholds=tuple(spec.alerts.thresholds),
                              hysteresis=Decimal(spec.alerts.hysteresis),
                              cooldown=spec.alerts.cooldown, urgent_when_full=spec.alerts.urgent_when_full)
@@ -263,26 +264,30 @@ class Alerting:
             wake = next_wakeup(state)
             if wake is not None:
                 self.wake_at(spec.name, wake)
-        self._condition(plan, state, now, body)
-        return state_to_status(state)
-
-    @staticmethod
-    def _condition(plan: Plan, state: AlertState, now: datetime, body: Mapping[str, Any]) -> None:
         firing = firing_alerts(state)
-        conditions = plan.status.setdefault("conditions", [])
-        previous = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []}
         if firing:
             top = max(firing, key=lambda r: (r.key.threshold, r.utilization or 0))
             message = "; ".join(f"{r.key.namespace} {r.key.resource} at {r.utilization}% (>= {r.key.threshold}%)"
-                                for r in firing)[:1024]
-            status, reason = "True", f"Above{top.key.threshold}Percent"
+                                for r in firing)
+            _set_condition(plan, body, now, "QuotaNearLimit", True, f"Above{top.key.threshold}Percent", message)
         else:
-            message, status, reason = "every quota is below its alert thresholds", "False", "BelowThresholds"
-        old = previous.get("QuotaNearLimit")
-        if old is not None and old.get("status") != status:
-            old = None  # the transition time moves only when the status flips
-        conditions[:] = [c for c in conditions if c.get("type") != "QuotaNearLimit"]
-        conditions.append({"type": "QuotaNearLimit", "status": status, "reason": reason, "message": message,
-                           "observedGeneration": plan.status.get("observedGeneration"),
-                           "lastTransitionTime": (old or {}).get("lastTransitionTime")
-                           or now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+            _set_condition(plan, body, now, "QuotaNearLimit", False, "BelowThresholds",
+                           "every quota is below its alert thresholds")
+        if hours_problem:
+            _set_condition(plan, body, now, "BusinessHoursValid", False, "InvalidBusinessHours", hours_problem)
+        else:
+            _set_condition(plan, body, now, "BusinessHoursValid", True, "Parsed", f"alerts are sent during {hours}")
+        return state_to_status(state)
+
+
+def _set_condition(plan: Plan, body: Mapping[str, Any], now: datetime, kind: str, ok: bool, reason: str,
+                   message: str) -> None:
+    status = "True" if ok else "False"
+    old = next((c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
+    # The transition time moves only when the status flips.
+    since = old.get("lastTransitionTime") if old is not None and old.get("status") == status else None
+    conditions = plan.status.setdefault("conditions", [])
+    conditions[:] = [c for c in conditions if c.get("type") != kind]
+    conditions.append({"type": kind, "status": status, "reason": reason, "message": message[:1024],
+                       "observedGeneration": plan.status.get("observedGeneration"),
+                       "lastTransitionTime": since or now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})

@@ -217,3 +217,17 @@ def test_a_restarted_operator_converges_without_writing(
     time.sleep(5)
     assert versions() == before
     assert restarted.metric("headroom_api_writes_total") == 0
+
+
+def test_business_hours_in_an_unknown_zone_are_reported_in_a_condition(
+        admin: k8s.ApiClient, namespace: str, project_name: str,
+        start_operator: Callable[..., OperatorProcess]) -> None:
+    start_operator()
+    body = project_manifest(project_name, [namespace])
+    body["spec"]["owner"]["businessHours"] = "Mon-Fri 09:00-17:00 Mars/Olympus_Mons"  # type: ignore[index]
+    create_project(admin, body)  # the schema checks the shape; the zone database is the operator's
+    governed_quota(admin, namespace)
+    found = wait_for(lambda: condition(get_project(admin, project_name), "BusinessHoursValid"), 20,
+                     "the BusinessHoursValid condition")
+    assert found["status"] == "False" and found["reason"] == "InvalidBusinessHours"
+    assert "Mars/Olympus_Mons" in found["message"] and "Mon-Fri 09:00-17:00 UTC" in found["message"]
