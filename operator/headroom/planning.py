@@ -252,7 +252,8 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     enforcement = spec.quota.enforcement or settings.default_enforcement
     enforced = enforcement == "Enforce"
     resources = tuple(spec.quota.resources)
-    history_failed = observed.history_error is not None
+    # A partial answer is as good as none for a first quota: a guess could be far too small.
+    history_failed = observed.history_error is not None or observed.history_partial
 
     quotas: list[DesiredQuota] = []
     limitranges: list[DesiredLimitRange] = []
@@ -442,10 +443,15 @@ def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any]
                      else "; ".join(waiting) or "waiting for the quota controller to report current use")
     conditions.append(_condition("Ready", all_governed, "Governed" if all_governed else "Waiting",
                                  ready_message, generation, old_conditions, now))
-    if history_failed:
+    if observed.history_error is not None:
         history_message = (f"history is unavailable ({observed.history_error}); quotas are left as they "
                            "are and no quota is lowered until it answers")
         conditions.append(_condition("HistoryAvailable", False, "HistoryUnavailable", history_message,
+                                     generation, old_conditions, now))
+    elif history_failed:
+        conditions.append(_condition("HistoryAvailable", False, "HistoryPartial",
+                                     "history answered only in part (missing or unusable series); quotas are "
+                                     "left as they are and new ones wait for a complete answer",
                                      generation, old_conditions, now))
     elif no_history:
         conditions.append(_condition("HistoryAvailable", False, "NoHistory",

@@ -18,7 +18,7 @@ from headroom.changes import change_id
 from headroom.project_spec import parse_project
 from kubernetes.client import ApiException
 
-from tests.harness.kube import Cluster, api_error_message, apply_yaml, wait_for
+from tests.harness.kube import Cluster, api_error_message, wait_for
 from tests.harness.operator import OperatorProcess, custom, project_manifest
 
 pytestmark = pytest.mark.integration
@@ -26,41 +26,6 @@ k8s = kubernetes.client
 GROUP, VERSION, PLURAL = "headroom.dev", "v1alpha1", "projects"
 REPO = Path(__file__).resolve().parents[2]
 APPROVERS = ["headroom:approvers"]
-
-
-@pytest.fixture(scope="module")
-def approval_policy(cluster: Cluster, admin: k8s.ApiClient, crds_installed: None) -> Iterator[None]:
-    """The ValidatingAdmissionPolicy from manifests/, and RBAC letting test users edit Projects."""
-    apply_yaml(admin, REPO / "manifests" / "approval" / "policy.yaml")
-    rbac = k8s.RbacAuthorizationV1Api(admin)
-    with contextlib.suppress(ApiException):
-        rbac.create_cluster_role(k8s.V1ClusterRole(
-            metadata=k8s.V1ObjectMeta(name="test-project-editor"),
-            rules=[k8s.V1PolicyRule(api_groups=[GROUP], resources=[PLURAL], verbs=["get", "list", "update", "patch"])]))
-        rbac.create_cluster_role_binding(k8s.V1ClusterRoleBinding(
-            metadata=k8s.V1ObjectMeta(name="test-project-editor"),
-            role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                   name="test-project-editor"),
-            subjects=[k8s.RbacV1Subject(kind="Group", name="system:authenticated",
-                                        api_group="rbac.authorization.k8s.io")]))
-    # The policy is enforced once the API server has compiled it: probe with a write it must deny.
-    probe = f"probe-{uuid.uuid4().hex[:6]}"
-    custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, project_manifest(probe, ["probe-ns"]))
-    as_owner = custom(cluster.impersonate("probe-owner"))
-
-    def denied() -> bool:
-        try:
-            as_owner.patch_cluster_custom_object(GROUP, VERSION, PLURAL, probe, {"metadata": {"annotations": {
-                "headroom.dev/approved-change": "sha256:probe"}}})
-        except ApiException as exc:
-            return exc.status == 403
-        custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, probe, {"metadata": {"annotations": {
-            "headroom.dev/approved-change": None}}})
-        return False
-
-    wait_for(denied, 30, "the approval policy to be enforced")
-    custom(admin).delete_cluster_custom_object(GROUP, VERSION, PLURAL, probe)
-    yield
 
 
 def get_project(admin: k8s.ApiClient, name: str) -> dict[str, Any]:

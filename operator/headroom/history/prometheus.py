@@ -12,12 +12,23 @@ import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 import aiohttp
 
 from headroom.history.base import HistoryResult, PeakQuery
+from headroom.quantity import CONTEXT, resource_kind
+
+# Prometheus adds in float64 (1.1 + 1.1 + 1.1 is 3.3000000000000003), and the derivation rounds every
+# excess up to a whole millicore or Mi. Requests and limits are whole millicores and bytes, so the
+# noise below those is dropped before anything is derived from it.
+_RESOLUTION = {"cpu": Decimal("0.000001"), "memory": Decimal(1), "count": Decimal(1)}
+
+
+def _denoise(value: Decimal, resource: str) -> Decimal:
+    with localcontext(CONTEXT):
+        return value.quantize(_RESOLUTION[resource_kind(resource)], rounding=ROUND_HALF_EVEN)
 
 # Only pods that hold their requests count: Pending and Running.
 _LIVE_PODS = (
@@ -128,11 +139,11 @@ class PrometheusHistory:
                     try:
                         namespace = sample["metric"]["namespace"]
                         value = Decimal(sample["value"][1])
+                        if not value.is_finite() or value < 0:
+                            raise InvalidOperation  # NaN, Inf or negative: garbage, treat as unknown
+                        value = _denoise(value, resource)
                     except (KeyError, IndexError, TypeError, InvalidOperation):
                         partial = True
-                        continue
-                    if not value.is_finite() or value < 0:
-                        partial = True  # NaN, Inf or negative: garbage, treat as unknown
                         continue
                     if namespace in query.namespaces:
                         peaks[(namespace, resource)] = value
