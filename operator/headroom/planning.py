@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from headroom.changes import append_history, decide, pending_change
+from headroom.changes import ChangeDecision, append_history, decide, pending_change
 from headroom.derivation import Derivation, derive_namespace
 from headroom.project_spec import ProjectSpec
 from headroom.quantity import canonical, format_quantity, parse_quantity, resource_kind
@@ -321,11 +321,15 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
         ns_status.append(entry)
 
     # Pass 2: the change request, as one unit over all namespaces.
-    requested = {ns: values for ns, values in spec.requested.items() if ns in governed_all}
-    blocked = sorted(set(spec.requested) - set(requested))
-    pending = pending_change(spec.name, requested, governed_all)
-    decision = decide(pending, spec.approved_change, used_all, recommended_all,
-                      settings.auto_approve_within_recommendation)
+    # The id always covers the whole request, so it equals what `headroom change-id` computes offline.
+    blocked = sorted(ns for ns in spec.requested if ns not in governed_all)
+    pending = pending_change(spec.name, spec.requested, governed_all)
+    if pending is not None and blocked:
+        decision = ChangeDecision("wait", f"change {pending.id} waits until {', '.join(blocked)} "
+                                  "is governed (its first quota is not in place yet)", {})
+    else:
+        decision = decide(pending, spec.approved_change, used_all, recommended_all,
+                          settings.auto_approve_within_recommendation)
     applied_record: dict[str, Any] | None = None
     if decision.action == "apply" and pending is not None:
         changed = {ns: targets for ns, targets in decision.targets.items()
