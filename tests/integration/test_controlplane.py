@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -150,3 +155,86 @@ def test_token_request_authenticates_as_the_service_account_and_rbac_limits_it(
     with pytest.raises(ApiException) as denied_write:
         bot_core.create_namespaced_config_map(namespace, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="x")))
     assert denied_write.value.status == 403
+
+
+# --------------------------------------------------------------------------------------------- the launcher
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _start_foreground_launcher() -> tuple[subprocess.Popen[str], Path]:
+    launcher = subprocess.Popen([sys.executable, "-m", "tests.harness.controlplane", "run"], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert launcher.stdout is not None
+    line = launcher.stdout.readline()
+    assert line.startswith("export KUBECONFIG="), line
+    return launcher, Path(line.strip().split("=", 1)[1])
+
+
+def _ports(kubeconfig: Path) -> list[int]:
+    server = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    return [int(server.rsplit(":", 1)[1])]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_the_launcher_leaves_no_process_and_no_port_behind(stop_signal: signal.Signals) -> None:
+    if os.environ.get("HEADROOM_TEST_KUBECONFIG"):
+        pytest.skip("the launcher is only used for the local control plane")
+    launcher, kubeconfig = _start_foreground_launcher()
+    components = _children(launcher.pid)
+    ports = _ports(kubeconfig)
+    assert len(components) == 3 and all(_alive(p) for p in components)
+    assert all(_port_open(p) for p in ports)
+
+    launcher.send_signal(stop_signal)
+    launcher.wait(60)
+    wait_for(lambda: not any(_alive(p) for p in components), 30, "every component process to exit")
+    wait_for(lambda: not any(_port_open(p) for p in ports), 30, "the API server port to be released")
+    if stop_signal == signal.SIGINT:
+        assert not kubeconfig.parent.exists()  # a clean stop also removes the working directory
+
+
+def test_make_cluster_up_and_down(tmp_path: Path) -> None:
+    if os.environ.get("HEADROOM_TEST_KUBECONFIG"):
+        pytest.skip("the launcher is only used for the local control plane")
+    state = tmp_path / "cluster"
+    up = subprocess.run(["make", "-s", "cluster-up", f"CLUSTER_DIR={state}"], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert f"export KUBECONFIG={state / 'kubeconfig'}" in up.stdout
+        version = k8s.VersionApi(client_from_kubeconfig(state / "kubeconfig")).get_code()
+        assert version.git_version.startswith("v1.")
+        supervisor = int((state / "pid").read_text())
+        components = _children(supervisor)
+        assert len(components) == 3
+    finally:
+        down = subprocess.run(["make", "-s", "cluster-down", f"CLUSTER_DIR={state}"], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert not _alive(supervisor) and not any(_alive(p) for p in components)
+    assert not (state / "kubeconfig").exists()
