@@ -31,7 +31,13 @@ from headroom.alert_policy import (
     state_from_status,
     state_to_status,
 )
-from headroom.business_hours import DEFAULT_BUSINESS_HOURS, BusinessHoursError, parse_business_hours
+from headroom.business_hours import (
+    DEFAULT_BUSINESS_HOURS,
+    BusinessHoursError,
+    add_business_days,
+    next_opening,
+    parse_business_hours,
+)
 from headroom.config import OperatorConfig
 from headroom.kube_io import KubeWriter, backoff_delays
 from headroom.metrics import Metrics
@@ -51,6 +57,9 @@ class Delivery:
     team: str
     contacts: tuple[str, ...]
     now: datetime
+    # Until when Alertmanager should hold a firing alert without hearing from us again: past the
+    # next reminder, so that it never resolves an alert that still fires.
+    firing_until: datetime | None = None
 
     @property
     def severity(self) -> str:
@@ -111,6 +120,11 @@ class WebhookSink:
     async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
         url = await self._url_for(spec)
         if not url:
+            ref = spec.alerts.webhook_secret_ref
+            if ref is not None:
+                # Counting this as delivered would lose the alert: it is retried until the URL exists.
+                raise DeliveryError(f"no webhook URL: Secret {ref.name} (key {ref.key}) in {self.namespace} is "
+                                    "missing or empty, and --webhook-url is not set")
             return
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session, \
@@ -133,7 +147,7 @@ class AlertmanagerSink:
         starts = n.since if n.state == "firing" else delivery.now - timedelta(seconds=1)
         # Alertmanager resolves an alert that is not re-sent once endsAt passes; the cooldown repeat
         # re-sends a still-firing alert well before that. A resolved alert ends now.
-        ends = delivery.now + timedelta(days=2) if n.state == "firing" else delivery.now
+        ends = (delivery.firing_until or delivery.now + timedelta(days=2)) if n.state == "firing" else delivery.now
         return {
             "labels": {"alertname": "HeadroomQuotaNearLimit", "project": delivery.project,
                        "team": delivery.team, "namespace": n.namespace, "resource": n.resource,
@@ -183,8 +197,10 @@ def build_sinks(config: OperatorConfig, client: kubernetes.client.ApiClient) -> 
     def read_secret(name: str, key: str) -> str | None:
         try:
             secret = core.read_namespaced_secret(name, config.namespace)
-        except kubernetes.client.ApiException:
-            return None
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise DeliveryError(f"cannot read Secret {name} in {config.namespace}: HTTP {exc.status}") from exc
         value = (secret.data or {}).get(key)
         return base64.b64decode(value).decode().strip() if value else None
 
@@ -229,6 +245,8 @@ class Alerting:
                  for ns, values in plan.governed.items() for r, hard in values.items()
                  if r in plan.used.get(ns, {}) and hard > 0}
         sinks = self._active_sinks(spec)
+        reminder = now + policy.cooldown if policy.cooldown else add_business_days(hours, now)
+        firing_until = next_opening(hours, reminder) + timedelta(days=1)
         before = state_from_status((body.get("status") or {}).get("alerts"))
         state, owed = evaluate(before, usage, policy, hours, now, {s.name for s in sinks})
         deferred_before = {r.key for r in before.records if r.not_before}
@@ -240,7 +258,8 @@ class Alerting:
             await self.writer.patch_status(spec.name, {"alerts": state_to_status(state)})
         failed = False
         for notification in owed:
-            delivery = Delivery(notification, spec.name, spec.owner.team, tuple(spec.owner.contacts), now)
+            delivery = Delivery(notification, spec.name, spec.owner.team, tuple(spec.owner.contacts), now,
+                                firing_until)
             record = state.get(notification.key)
             done = record.delivered_sinks if record else frozenset()
             for sink in sinks:

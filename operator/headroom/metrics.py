@@ -39,22 +39,38 @@ class Metrics:
         self.writes = Counter("headroom_api_writes_total", "Writes to the Kubernetes API", ["kind"], registry=r)
         self.history_queries = Counter("headroom_history_queries_total", "Queries to the history source",
                                        ["source"], registry=r)
+        self._series: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}
         self.history_duration = Histogram("headroom_history_fetch_seconds",
                                           "Time to fetch peaks for one lookback", registry=r)
 
     def observe_plan(self, spec: ProjectSpec, plan: Plan) -> None:
+        series: set[tuple[Gauge, tuple[str, ...]]] = set()
+
+        def put(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+            gauge.labels(*labels).set(value)
+            series.add((gauge, labels))
+
         for (namespace, resource), pct in plan.utilization.items():
-            self.utilization.labels(spec.name, namespace, resource).set(float(pct))
+            put(self.utilization, (spec.name, namespace, resource), float(pct))
         for namespace, values in plan.governed.items():
             for resource, value in values.items():
-                self.hard.labels(spec.name, namespace, resource).set(float(value))
+                put(self.hard, (spec.name, namespace, resource), float(value))
         for namespace, values in plan.used.items():
             for resource, value in values.items():
-                self.used.labels(spec.name, namespace, resource).set(float(value))
-        self.pending_changes.labels(spec.name).set(1 if plan.status.get("pendingChange") else 0)
+                put(self.used, (spec.name, namespace, resource), float(value))
+        put(self.pending_changes, (spec.name,), 1 if plan.status.get("pendingChange") else 0)
+        # A namespace that left the Project must not keep its last utilization (and alerts) forever.
+        for gauge, labels in self._series.get(spec.name, set()) - series:
+            gauge.remove(*labels)
+        self._series[spec.name] = series
         for event in plan.events:
             if event.reason == "ChangeApplied":
                 self.changes_applied.labels(spec.name).inc()
+
+    def forget(self, project: str) -> None:
+        """Remove every series of a deleted Project."""
+        for gauge, labels in self._series.pop(project, set()):
+            gauge.remove(*labels)
 
     def serve(self, port: int) -> None:
         if port:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from headroom.failpoints import failpoint
+from headroom.failpoints import async_failpoint
 from headroom.history.base import HistoryResult, HistorySource, PeakQuery
 from headroom.history.sampler import ANNOTATION as SAMPLER_ANNOTATION
 from headroom.history.sampler import decode, encode, record
-from headroom.kube_io import KubeWriter, backoff_delays, is_retryable
+from headroom.kube_io import KubeWriter, backoff_delays, is_retryable, is_unreachable
 from headroom.metrics import Metrics
 from headroom.planning import (
     LIMITRANGE_NAME,
@@ -84,12 +85,20 @@ class HistoryCache:
 
     A Project seen between cycles waits for a short batch window, so that a burst of new Projects
     costs one query per resource, not one per Project.
+
+    A slow source must not hold up reconciles that already have answers (an approved change, a quota
+    to restore): when every wanted peak has been answered before, `get` waits at most `stale_wait`
+    for a refresh, then returns what is known and calls `on_refresh` once the refresh is done.
+    A partial answer (the source's warnings, values that are not numbers) is treated as a failure:
+    the last good answers stay, and the condition says why.
     """
 
     def __init__(self, source: HistorySource, max_age: timedelta, metrics: Metrics,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), batch_window: float = 0.5) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), batch_window: float = 0.5,
+                 stale_wait: float = 2.0) -> None:
         self.source, self.max_age, self.metrics, self.clock = source, max_age, metrics, clock
         self.batch_window = batch_window
+        self.stale_wait = stale_wait
         self._results: dict[tuple[str, str, timedelta], tuple[datetime, Decimal | None]] = {}
         self._errors: dict[timedelta, tuple[datetime, str | None, bool]] = {}
         self._wanted: dict[timedelta, set[tuple[str, str]]] = {}
@@ -100,7 +109,8 @@ class HistoryCache:
         return all((ns, r, lookback) in self._results
                    and now - self._results[(ns, r, lookback)][0] < self.max_age for ns, r in keys)
 
-    async def get(self, namespaces: set[str], resources: set[str], lookback: timedelta) -> HistoryResult:
+    async def get(self, namespaces: set[str], resources: set[str], lookback: timedelta,
+                  on_refresh: Callable[[], None] | None = None) -> HistoryResult:
         keys = {(ns, r) for ns in namespaces for r in resources}
         if not getattr(self.source, "remote", True):
             # A local source (the sampler) costs nothing to ask and is always current.
@@ -112,7 +122,20 @@ class HistoryCache:
                 self._done = asyncio.Event()
                 self._batch = asyncio.create_task(self._fetch_batch())
             done = self._done
-            await done.wait()
+            if not all((ns, r, lookback) in self._results for ns, r in keys):
+                await done.wait()  # nothing known yet: a quota is never bootstrapped on a guess
+            else:
+                refreshed = asyncio.ensure_future(done.wait())
+                await asyncio.wait({refreshed}, timeout=self.stale_wait)
+                if not refreshed.done():
+                    # Answer with what is known; come back when the refresh tells something new.
+                    seen = self._answer(keys, lookback)
+                    if on_refresh is not None:
+                        refreshed.add_done_callback(
+                            lambda _: on_refresh() if self._answer(keys, lookback) != seen else None)
+        return self._answer(keys, lookback)
+
+    def _answer(self, keys: set[tuple[str, str]], lookback: timedelta) -> HistoryResult:
         peaks = {(ns, r): value for ns, r in keys
                  if (value := self._results.get((ns, r, lookback), (None, None))[1]) is not None}
         _, error, partial = self._errors.get(lookback, (self.clock(), None, False))
@@ -143,6 +166,12 @@ class HistoryCache:
                     result = HistoryResult(error=f"{type(exc).__name__}: {exc}")
                 self.metrics.history_queries.labels(self.source.name).inc(result.queries)
                 self.metrics.history_duration.observe(time.monotonic() - started)
+                if result.error is None and result.partial:
+                    # Some series were missing or garbage: what is missing is unknown, not zero, and
+                    # an incomplete answer must not bootstrap a quota. Keep the last good answers.
+                    result = HistoryResult(error=f"{self.source.name} gave a partial answer (warnings, or "
+                                           "values that are not numbers); the last complete answer is kept",
+                                           partial=True, queries=result.queries)
                 if result.error is None:
                     for key in keys:
                         self._results[(*key, lookback)] = (now, result.peaks.get(key))
@@ -166,6 +195,7 @@ class Reconciler:
     _dirty: set[str] = field(default_factory=set)
     _workers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _later: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    _unreachable: dict[str, asyncio.Event] = field(default_factory=dict)  # waiting out an unreachable API
 
     # --- scheduling
 
@@ -183,26 +213,48 @@ class Reconciler:
             previous.cancel()
         self._later[name] = asyncio.get_running_loop().call_later(delay, self.schedule, name)
 
+    def api_reachable(self) -> None:
+        """The API server answered (a watch event arrived): Projects whose last reconcile could not
+        reach it retry now, each after a short random pause, instead of waiting out a long backoff."""
+        for wake in self._unreachable.values():
+            wake.set()
+
+    async def _backoff(self, name: str, delay: float, exc: Exception) -> None:
+        if not is_unreachable(exc):
+            await asyncio.sleep(delay)  # a refusal (409, 429, 5xx): the full backoff
+            return
+        wake = self._unreachable[name] = asyncio.Event()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+        finally:
+            self._unreachable.pop(name, None)
+        if wake.is_set():
+            await asyncio.sleep(random.uniform(0, 1.0))  # jitter: not every Project at once
+
     async def _work(self, name: str) -> None:
         delays = backoff_delays(base=1.0, cap=120.0)
         while name in self._dirty:
             self._dirty.discard(name)
             started = time.monotonic()
+            failed: Exception | None = None
             try:
                 await self.reconcile(name)
                 delays = backoff_delays(base=1.0, cap=120.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = next(delays)
+                failed = exc
                 level = logging.WARNING if is_retryable(exc) else logging.ERROR
+                delay = next(delays)
                 log.log(level, "reconcile of Project %s failed (%s: %s); retrying in %.1fs",
                         name, type(exc).__name__, exc, delay)
                 self.metrics.reconcile_errors.labels(type(exc).__name__).inc()
-                await asyncio.sleep(delay)
-                self._dirty.add(name)
             finally:
                 self.metrics.reconcile_duration.observe(time.monotonic() - started)
+            if failed is not None:
+                await self._backoff(name, delay, failed)
+                self._dirty.add(name)
             # Coalesce: events that arrive during this pause are handled by one more pass.
             await asyncio.sleep(self.min_interval)
         self._workers.pop(name, None)
@@ -220,6 +272,7 @@ class Reconciler:
     async def reconcile(self, name: str) -> None:
         body = self.store.projects.get(name)
         if body is None:
+            self.metrics.forget(name)
             return  # deleted: garbage collection removes the quotas it owned
         now = self.clock()
         try:
@@ -228,18 +281,23 @@ class Reconciler:
             await self._write_status(body, self._invalid_status(body, exc, now))
             return
         history = await self.history.get(set(spec.namespace_names), set(spec.quota.resources),
-                                          spec.quota.lookback)
+                                          spec.quota.lookback, on_refresh=lambda: self.schedule(name))
         observed = self._observe(spec, body, history, now)
         plan = plan_project(spec, body, observed, self.settings, now)
-        if any(event.reason == "ChangeApplied" for event in plan.events):
-            failpoint("approved-change-before-write")
+        applying = any(event.reason == "ChangeApplied" for event in plan.events)
+        if applying:
+            await async_failpoint("approved-change-before-write")
         await self._apply(body, plan)
+        if applying:
+            await async_failpoint("approved-change-after-quota-write")
         status = dict(plan.status)
         if self.alerts is not None:
             alerts = await self.alerts(spec, body, plan, now)
             if alerts is not None:
                 status["alerts"] = alerts
         await self._write_status(body, status)
+        if applying:
+            await async_failpoint("approved-change-after-status-write")
         for event in plan.events:
             await self.writer.post_event(body, event)
         self.metrics.observe_plan(spec, plan)
@@ -298,7 +356,9 @@ class Reconciler:
     def _note_drift(self, body: Mapping[str, Any], namespace: str, seen_obj: Mapping[str, Any] | None,
                     desired: Any) -> None:
         """Someone else changed Headroom's quota: say so on the Project when restoring it."""
-        managers = {m.get("manager") for m in (seen_obj or {}).get("metadata", {}).get("managedFields") or []}
+        # Who wrote the spec: the quota controller's status updates are not edits.
+        managers = {m.get("manager") for m in (seen_obj or {}).get("metadata", {}).get("managedFields") or []
+                    if m.get("subresource") != "status" and "f:spec" in (m.get("fieldsV1") or {})}
         foreign = sorted(m for m in managers if m and m != "headroom")
         if foreign:
             message = (f"ResourceQuota {QUOTA_NAME} in {namespace} was changed by {', '.join(foreign)}; "

@@ -13,7 +13,7 @@ import logging
 import random
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,7 +28,7 @@ from headroom.history.base import HistorySource
 from headroom.history.file import FileHistory
 from headroom.history.prometheus import DEFAULT_QUERIES, PrometheusHistory
 from headroom.history.sampler import SamplerHistory, decode
-from headroom.kube_io import KubeWriter
+from headroom.kube_io import REQUEST_TIMEOUT, KubeWriter
 from headroom.leader import LeaderElector
 from headroom.metrics import Metrics
 from headroom.planning import LIMITRANGE_NAME, MANAGED_BY, MANAGED_BY_LABEL, QUOTA_NAME, Settings
@@ -72,6 +72,27 @@ def _essence(body: Mapping[str, Any]) -> tuple[Any, ...]:
             tuple(sorted((meta.get("annotations") or {}).items())), repr(body.get("spec")))
 
 
+class JitteredBackoffs:
+    """Kopf's retry delays for its own API requests (lists, watch connections): exponential from
+    0.5 s, capped at 10 s, each jittered, so that watches come back within seconds of an API server
+    that was down, and replicas or restarts do not retry in step. Iterable again for every request."""
+
+    def __init__(self, attempts: int = 12, first: float = 0.5, cap: float = 10.0) -> None:
+        self.attempts, self.first, self.cap = attempts, first, cap
+
+    def __iter__(self) -> Iterator[float]:
+        delay = self.first
+        for _ in range(self.attempts):
+            yield random.uniform(delay / 2, delay)
+            delay = min(delay * 2, self.cap)
+
+
+def _unchanged(before: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
+    """The same version of an object seen again (a re-list after a watch expired): nothing to do."""
+    version = body.get("metadata", {}).get("resourceVersion")
+    return before is not None and version is not None and before.get("metadata", {}).get("resourceVersion") == version
+
+
 def _owned(body: Mapping[str, Any], name: str) -> bool:
     meta = body.get("metadata", {})
     return meta.get("name") == name and (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
@@ -93,9 +114,11 @@ class Runtime:
         watches only.
         """
         core = self.reconciler.writer.core
-        quotas = await asyncio.to_thread(core.list_resource_quota_for_all_namespaces, label_selector=SELECTOR)
-        limitranges = await asyncio.to_thread(core.list_limit_range_for_all_namespaces, label_selector=SELECTOR)
-        namespaces = await asyncio.to_thread(core.list_namespace)
+        quotas = await asyncio.to_thread(core.list_resource_quota_for_all_namespaces, label_selector=SELECTOR,
+                                         _request_timeout=REQUEST_TIMEOUT)
+        limitranges = await asyncio.to_thread(core.list_limit_range_for_all_namespaces, label_selector=SELECTOR,
+                                              _request_timeout=REQUEST_TIMEOUT)
+        namespaces = await asyncio.to_thread(core.list_namespace, _request_timeout=REQUEST_TIMEOUT)
         serialize = self.reconciler.writer.core.api_client.sanitize_for_serialization
         for item in quotas.items:
             if item.metadata.name == QUOTA_NAME:
@@ -171,9 +194,14 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         settings.watching.label_selectors["v1", "resourcequotas"] = SELECTOR
         settings.watching.label_selectors["v1", "limitranges"] = SELECTOR
         settings.watching.connect_timeout = 10
-        settings.watching.server_timeout = 600
+        # A watch that goes silent without closing (a dead NAT entry, a stuck proxy) is noticed by
+        # the inactivity timeout. The API server sends a bookmark at least every minute and about 2 s
+        # before a watch's own timeout, so with 40 s watches a healthy stream is never quiet for 50 s.
+        # Each renewal resumes from the last bookmark: a watch request, no re-list.
+        settings.watching.server_timeout = 40
+        settings.watching.inactivity_timeout = 50
         settings.networking.request_timeout = 30
-        settings.networking.error_backoffs = [0.5, 1, 2, 4, 8, 16, 30]
+        settings.networking.error_backoffs = JitteredBackoffs()
         # One active replica is ensured by the Lease (leader.py), not by Kopf's peering.
         settings.peering.standalone = True
         tasks.append(asyncio.create_task(_prime_with_retry(runtime)))
@@ -187,8 +215,10 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
 
     @kopf.on.event(GROUP, VERSION, "projects", registry=registry)
     async def project_event(event: Mapping[str, Any], body: kopf.Body, name: str, **_: Any) -> None:
+        runtime.reconciler.api_reachable()
         if event.get("type") == "DELETED":
             store.projects.pop(name, None)
+            runtime.schedule(name)  # forgets its metrics
             for other in {p for ns in _namespaces(body) for p in store.projects_claiming(ns)}:
                 runtime.schedule(other)  # a Project waiting on a claimed namespace may go ahead now
             return
@@ -199,10 +229,13 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
 
     @kopf.on.event("v1", "resourcequotas", registry=registry)
     async def quota_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+        runtime.reconciler.api_reachable()
         if not _owned(body, QUOTA_NAME):
             return
         if event.get("type") == "DELETED":
             store.quotas.pop(namespace, None)
+        elif _unchanged(store.quotas.get(namespace), body):
+            return
         else:
             store.quotas[namespace] = dict(_plain(body))
         project = (body.get("metadata", {}).get("labels") or {}).get("headroom.dev/project")
@@ -211,10 +244,13 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
 
     @kopf.on.event("v1", "limitranges", registry=registry)
     async def limitrange_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+        runtime.reconciler.api_reachable()
         if not _owned(body, LIMITRANGE_NAME):
             return
         if event.get("type") == "DELETED":
             store.limitranges.pop(namespace, None)
+        elif _unchanged(store.limitranges.get(namespace), body):
+            return
         else:
             store.limitranges[namespace] = dict(_plain(body))
         project = (body.get("metadata", {}).get("labels") or {}).get("headroom.dev/project")
@@ -223,6 +259,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
 
     @kopf.on.event("v1", "namespaces", registry=registry)
     async def namespace_event(event: Mapping[str, Any], name: str, body: kopf.Body, **_: Any) -> None:
+        runtime.reconciler.api_reachable()
         gone = event.get("type") == "DELETED" or bool(body.get("metadata", {}).get("deletionTimestamp"))
         if gone:
             if name not in store.namespaces:
