@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
-from headroom.project_spec import SpecError, parse_duration
+from headroom.project_spec import parse_duration
 
 
 class ConfigError(ValueError):
@@ -138,12 +138,16 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str] | None = No
             raise ConfigError(f"--history-file {history_path} does not exist or is not a file")
     try:
         resync = parse_duration(str(pick("resync_interval") or "5m"))
-    except SpecError as exc:
+    except ValueError as exc:  # SpecError is a ValueError, and so is what parse_duration raises itself
         raise ConfigError(f"--resync-interval: {exc}") from exc
     if resync < timedelta(seconds=5):
         raise ConfigError("--resync-interval must be at least 5s")
     queries: dict[str, str] = {}
-    for item in pick("prometheus_query") or []:  # type: ignore[attr-defined]
+    raw_queries = pick("prometheus_query") or []
+    # From the environment: one RESOURCE=TEMPLATE per line.
+    items = [line for line in raw_queries.splitlines() if line.strip()] if isinstance(raw_queries, str) \
+        else list(raw_queries)  # type: ignore[call-overload]
+    for item in items:
         resource, sep, template = str(item).partition("=")
         if not sep or "{namespaces}" not in template:
             raise ConfigError(f"--prometheus-query {item!r}: expected RESOURCE=TEMPLATE with {{namespaces}}")

@@ -310,10 +310,11 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
             # Resources that left spec.quota.resources leave the quota; new ones are bootstrapped.
             governed = {r: v for r, v in seen.governed.items()
                         if r in resources or r in ns.requested}
-            missing = [r for r in resources if r not in governed]
+            # Only once the quota controller has counted it: never below what runs now.
+            missing = [r for r in resources if r not in governed and used is not None and r in used]
             if missing and used is not None and not history_failed:
                 governed.update({r: _bootstrap_value(derivations[r], used) for r in missing})
-        elif used is not None and not history_failed:
+        elif used is not None and not history_failed and all(r in used for r in resources):
             governed = {r: _bootstrap_value(derivations[r], used) for r in resources}
         if governed:
             governed_all[name] = governed
@@ -351,7 +352,12 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
         if changed:
             events.extend(Event("Warning", "DecreaseClamped", clamp.message) for clamp in decision.clamped)
 
-    # Pass 3: desired objects.
+    # Pass 3: desired objects. A built-in default must never contradict one the Project sets: the
+    # API server refuses a LimitRange whose default request is above its default limit.
+    default_limits = dict(spec.defaults.limits) or {
+        r: max(v, spec.defaults.requests.get(r, v)) for r, v in BUILTIN_DEFAULT_LIMITS.items()}
+    default_requests = dict(spec.defaults.requests) or {
+        r: min(v, default_limits.get(r, v)) for r, v in BUILTIN_DEFAULT_REQUESTS.items()}
     for ns in spec.namespaces:
         name = ns.name
         entry = next(e for e in ns_status if e["name"] == name)
@@ -365,12 +371,15 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
             hard = {r: unbounded(r) for r in resources}
             annotations[STATE_ANNOTATION] = COUNTING
             if seen is not None and seen.state == COUNTING:
-                hard = seen.spec_hard or hard  # keep what is there: no write while we wait
+                # Keep what is there (no write while we wait), counting any resource added meanwhile.
+                hard = {r: seen.spec_hard.get(r, unbounded(r)) for r in resources}
         else:
             entry["state"] = "Governed"
             entry["hard"] = _text(governed)
             entry["enforced"] = enforced
             hard = dict(governed) if enforced else {r: unbounded(r) for r in governed}
+            # A resource new to the Project is counted first, then bootstrapped from its real use.
+            hard.update({r: unbounded(r) for r in resources if r not in governed})
             annotations[STATE_ANNOTATION] = GOVERNED
             annotations[GOVERNED_ANNOTATION] = _json(governed)
             record = applied_record if applied_record and name in {
@@ -379,10 +388,7 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
                 annotations[APPLIED_CHANGE_ANNOTATION] = json.dumps(record, sort_keys=True,
                                                                     separators=(",", ":"))
         quotas.append(DesiredQuota(name, _text(hard), annotations))
-        limitranges.append(DesiredLimitRange(
-            name,
-            _text(spec.defaults.limits or BUILTIN_DEFAULT_LIMITS),
-            _text(spec.defaults.requests or BUILTIN_DEFAULT_REQUESTS)))
+        limitranges.append(DesiredLimitRange(name, _text(default_limits), _text(default_requests)))
 
     delete_in = tuple(sorted(ns for ns, q in observed.quotas.items()
                              if q.project == spec.name and ns not in spec.namespace_names))

@@ -27,6 +27,8 @@ def _parse_time(text: str, where: str) -> datetime:
     text = text.strip()
     try:
         return datetime.fromtimestamp(float(text), UTC)
+    except (OverflowError, OSError) as exc:
+        raise HistoryFileError(f"{where}: time {text!r} is out of range") from exc
     except ValueError:
         pass
     try:
@@ -45,6 +47,8 @@ def _rows(path: Path) -> Iterable[tuple[str, Mapping[str, str]]]:
         if not isinstance(data, list):
             raise HistoryFileError(f"{path}: expected a JSON list of samples")
         for i, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise HistoryFileError(f"{path}[{i}]: expected an object with time, namespace, resource, value")
             yield f"{path}[{i}]", {k: str(v) for k, v in row.items()}
     else:
         for i, row in enumerate(csv.DictReader(text.splitlines()), start=2):
@@ -54,13 +58,16 @@ def _rows(path: Path) -> Iterable[tuple[str, Mapping[str, str]]]:
 def load_samples(path: Path) -> list[tuple[datetime, str, str, Decimal]]:
     samples = []
     for where, row in _rows(path):
+        missing = [c for c in ("time", "namespace", "resource", "value") if row.get(c) is None]
+        if missing:
+            raise HistoryFileError(f"{where}: missing column {', '.join(missing)}")
         try:
-            samples.append((_parse_time(row["time"], where), row["namespace"].strip(),
-                            row["resource"].strip(), parse_quantity(row["value"].strip())))
-        except KeyError as exc:
-            raise HistoryFileError(f"{where}: missing column {exc}") from exc
+            value = parse_quantity(row["value"].strip())
         except QuantityError as exc:
             raise HistoryFileError(f"{where}: {exc}") from exc
+        if value < 0:
+            raise HistoryFileError(f"{where}: value {row['value']!r} is negative")
+        samples.append((_parse_time(row["time"], where), row["namespace"].strip(), row["resource"].strip(), value))
     return samples
 
 

@@ -39,9 +39,10 @@ def decode(text: str | None) -> DailyPeaks:
             continue
         try:
             date.fromisoformat(day)
-            peaks[day] = {str(r): Decimal(str(v)) for r, v in values.items()}
+            parsed = {str(r): Decimal(str(v)) for r, v in values.items()}
         except (ValueError, InvalidOperation):
             continue
+        peaks[day] = {r: v for r, v in parsed.items() if v.is_finite() and v >= 0}
     return peaks
 
 

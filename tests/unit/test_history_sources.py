@@ -1,0 +1,347 @@
+"""History sources: the file reader, the sampler's daily peaks, and the pure parts of the Prometheus source."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from headroom.history.base import HistoryResult, PeakQuery
+from headroom.history.file import FileHistory
+from headroom.history.prometheus import DEFAULT_QUERIES, _denoise, peak_query
+from headroom.history.sampler import SamplerHistory, decode, encode, peak_within, record
+from headroom.quantity import GI, MI, round_up
+
+D = Decimal
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+def query(namespaces: set[str] | None = None, resources: set[str] | None = None,
+          lookback: timedelta = timedelta(days=7), now: datetime = NOW) -> PeakQuery:
+    return PeakQuery(frozenset(namespaces or {"ns"}), frozenset(resources or {"requests.cpu", "requests.memory"}),
+                     lookback, now)
+
+
+def read(path: Path, q: PeakQuery | None = None) -> HistoryResult:
+    return asyncio.run(FileHistory(path).peaks(q or query()))
+
+
+def csv_file(tmp_path: Path, *rows: str, header: str = "time,namespace,resource,value") -> Path:
+    path = tmp_path / "history.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------- file
+
+
+def test_csv_peak_is_the_maximum_per_namespace_and_resource(tmp_path: Path) -> None:
+    path = csv_file(
+        tmp_path,
+        "2026-03-09T10:00:00Z,ns,requests.cpu,1500m",
+        "2026-03-09T11:00:00Z,ns,requests.cpu,2",
+        "2026-03-09T12:00:00Z,ns,requests.cpu,1800m",
+        "2026-03-09T12:00:00Z,ns,requests.memory,1Gi",
+        "2026-03-09T13:00:00Z,ns,requests.memory,512Mi",
+        "2026-03-09T13:00:00Z,other,requests.cpu,64",
+    )
+    result = read(path, query({"ns", "other"}))
+    assert result.error is None
+    assert result.complete
+    assert result.peaks == {("ns", "requests.cpu"): D(2), ("ns", "requests.memory"): GI,
+                            ("other", "requests.cpu"): D(64)}
+
+
+def test_namespaces_and_resources_outside_the_query_are_ignored(tmp_path: Path) -> None:
+    path = csv_file(
+        tmp_path,
+        "2026-03-09T10:00:00Z,ns,requests.cpu,1",
+        "2026-03-09T10:00:00Z,elsewhere,requests.cpu,100",
+        "2026-03-09T10:00:00Z,ns,limits.cpu,100",
+    )
+    result = read(path)
+    assert result.peaks == {("ns", "requests.cpu"): D(1)}
+    # No sample for requests.memory: unknown (absent), never zero.
+    assert result.peak("ns", "requests.memory") is None
+
+
+def test_times_with_zones_and_unix_seconds(tmp_path: Path) -> None:
+    # All three are 2026-03-09T10:00Z, one day and two hours before NOW; with a 1-day lookback
+    # (window from 2026-03-09T12:00Z) none of them counts, and the sample at 12:00Z exactly does.
+    path = csv_file(
+        tmp_path,
+        "2026-03-09T10:00:00Z,ns,requests.cpu,5",
+        "2026-03-09T12:00:00+02:00,ns,requests.cpu,6",
+        f"{1773050400},ns,requests.cpu,7",
+        "2026-03-09T07:00:00-05:00,ns,requests.cpu,3",
+    )
+    # 1773050400 = 2026-03-09T10:00:00Z: 20521 days since 1970 (56 years, 14 leap days, 67 days of 2026)
+    # x 86400 + 10 x 3600.
+    assert (20454 + 31 + 28 + 8) * 86400 + 10 * 3600 == 1773050400
+    assert read(path, query(lookback=timedelta(days=1))).peaks == {("ns", "requests.cpu"): D(3)}
+    assert read(path, query(lookback=timedelta(days=2))).peaks == {("ns", "requests.cpu"): D(7)}
+
+
+def test_fractional_unix_seconds(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, f"{NOW.timestamp() - 0.5},ns,requests.cpu,250m")
+    assert read(path, query(lookback=timedelta(seconds=1))).peaks == {("ns", "requests.cpu"): D("0.25")}
+
+
+def test_lookback_window_bounds(tmp_path: Path) -> None:
+    week_ago = NOW - timedelta(days=7)
+    path = csv_file(
+        tmp_path,
+        f"{(week_ago - timedelta(seconds=1)).isoformat()},ns,requests.cpu,100",  # just outside
+        f"{week_ago.isoformat()},ns,requests.cpu,9",  # start of the window: in
+        f"{NOW.isoformat()},ns,requests.cpu,4",  # now: in
+        f"{(NOW + timedelta(seconds=1)).isoformat()},ns,requests.cpu,50",  # future: out
+    )
+    assert read(path).peaks == {("ns", "requests.cpu"): D(9)}
+
+
+def test_json_file(tmp_path: Path) -> None:
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps([
+        {"time": "2026-03-08T00:00:00Z", "namespace": "ns", "resource": "requests.memory", "value": "1500Mi"},
+        {"time": 1773050400, "namespace": "ns", "resource": "requests.memory", "value": "2Gi"},
+        {"time": "2026-03-09T00:00:00+01:00", "namespace": "ns", "resource": "requests.cpu", "value": 3},
+    ]))
+    assert read(path).peaks == {("ns", "requests.memory"): 2 * GI, ("ns", "requests.cpu"): D(3)}
+
+
+@pytest.mark.parametrize(("row", "expected"), [
+    ("yesterday,ns,requests.cpu,1", "yesterday"),
+    ("2026-03-09T10:00:00,ns,requests.cpu,1", "no time zone"),
+    ("2026-03-09T10:00:00Z,ns,requests.cpu,lots", "lots"),
+])
+def test_bad_rows_give_a_clear_error_naming_the_line(tmp_path: Path, row: str, expected: str) -> None:
+    path = csv_file(tmp_path, "2026-03-09T09:00:00Z,ns,requests.cpu,1", row)
+    result = read(path)
+    assert result.error is not None
+    assert expected in result.error
+    assert f"{path}:3" in result.error  # the header is line 1
+    assert result.peaks == {}
+
+
+def test_missing_column_gives_a_clear_error(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "2026-03-09T09:00:00Z,ns,requests.cpu", header="time,namespace,resource")
+    result = read(path)
+    assert result.error is not None
+    assert "missing column" in result.error
+    assert "value" in result.error
+
+
+def test_short_csv_row_gives_a_clear_error(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "2026-03-09T09:00:00Z,ns,requests.cpu")
+    result = read(path)
+    assert result.error is not None
+    assert f"{path}:2" in result.error
+
+
+def test_json_sample_that_is_not_an_object_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "history.json"
+    path.write_text('[["2026-03-09T09:00:00Z", "ns", "requests.cpu", "1"]]')
+    result = read(path)
+    assert result.error is not None
+
+
+def test_out_of_range_unix_time_gives_a_clear_error(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "1e20,ns,requests.cpu,1")
+    result = read(path)
+    assert result.error is not None
+    assert "1e20" in result.error
+
+
+def test_negative_value_is_refused(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "2026-03-09T09:00:00Z,ns,requests.cpu,-2")
+    result = read(path)
+    assert result.error is not None
+    assert "-2" in result.error
+
+
+def test_json_that_is_not_a_list(tmp_path: Path) -> None:
+    path = tmp_path / "history.json"
+    path.write_text('{"time": "2026-03-09T09:00:00Z"}')
+    result = read(path)
+    assert result.error is not None
+    assert "list" in result.error
+
+
+def test_json_that_does_not_parse(tmp_path: Path) -> None:
+    path = tmp_path / "history.json"
+    path.write_text("[{")
+    assert read(path).error is not None
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = read(tmp_path / "nope.csv")
+    assert result.error is not None
+    assert "nope.csv" in result.error
+    assert not result.complete
+
+
+def test_file_is_reread_on_every_query(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "2026-03-09T09:00:00Z,ns,requests.cpu,1")
+    assert read(path).peaks == {("ns", "requests.cpu"): D(1)}
+    csv_file(tmp_path, "2026-03-09T09:00:00Z,ns,requests.cpu,2")
+    assert read(path).peaks == {("ns", "requests.cpu"): D(2)}
+
+
+# --------------------------------------------------------------------------------------------- sampler
+
+TODAY = date(2026, 3, 10)
+
+
+def test_record_starts_today() -> None:
+    assert record({}, {"pods": D(3)}, TODAY) == {"2026-03-10": {"pods": D(3)}}
+
+
+def test_record_raises_todays_peaks_only_upward() -> None:
+    peaks = {"2026-03-10": {"requests.cpu": D(2), "pods": D(5)}}
+    updated = record(peaks, {"requests.cpu": D("1.5"), "pods": D(8), "requests.memory": 512 * MI}, TODAY)
+    assert updated == {"2026-03-10": {"requests.cpu": D(2), "pods": D(8), "requests.memory": 512 * MI}}
+    # The input is not modified.
+    assert peaks == {"2026-03-10": {"requests.cpu": D(2), "pods": D(5)}}
+
+
+def test_record_leaves_earlier_days_alone() -> None:
+    peaks = {"2026-03-09": {"pods": D(1)}}
+    assert record(peaks, {"pods": D(9)}, TODAY) == {"2026-03-09": {"pods": D(1)}, "2026-03-10": {"pods": D(9)}}
+
+
+def test_record_drops_days_older_than_keep_days() -> None:
+    peaks = {"2026-03-02": {"pods": D(1)}, "2026-03-03": {"pods": D(2)}, "2026-03-09": {"pods": D(3)}}
+    # keep_days=7 from 2026-03-10: 2026-03-03 is the oldest day kept.
+    updated = record(peaks, {"pods": D(4)}, TODAY, keep_days=7)
+    assert sorted(updated) == ["2026-03-03", "2026-03-09", "2026-03-10"]
+
+
+def test_encode_decode_round_trip() -> None:
+    peaks = {"2026-03-09": {"requests.cpu": D("1.5"), "requests.memory": GI},
+             "2026-03-10": {"pods": D(12), "requests.cpu": D("0.25")}}
+    text = encode(peaks)
+    assert decode(text) == peaks
+    # Compact and in a stable order, so an unchanged mapping never causes a write.
+    assert text == ('{"2026-03-09":{"requests.cpu":"1.5","requests.memory":"1073741824"},'
+                    '"2026-03-10":{"pods":"12","requests.cpu":"0.25"}}')
+    assert encode(decode(text)) == text
+
+
+@pytest.mark.parametrize("text", [None, "", "not json", "[1, 2]", '"text"', "42", "{"])
+def test_decode_tolerates_garbage(text: str | None) -> None:
+    assert decode(text) == {}
+
+
+def test_decode_keeps_what_is_intact() -> None:
+    text = json.dumps({
+        "2026-03-08": {"pods": "3"},
+        "2026-13-45": {"pods": "4"},  # not a date
+        "yesterday": {"pods": "5"},
+        "2026-03-09": "broken",
+        "2026-03-10": {"pods": "many"},
+    })
+    assert decode(text) == {"2026-03-08": {"pods": D(3)}}
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-1"])
+def test_decode_drops_values_that_cannot_be_usage(bad: str) -> None:
+    peaks = decode(json.dumps({"2026-03-10": {"pods": bad, "requests.cpu": "2"}}))
+    assert all(v.is_finite() and v >= 0 for day in peaks.values() for v in day.values()), peaks
+    # And recording today's use over it keeps working.
+    record(peaks, {"pods": D(3)}, TODAY)
+
+
+def test_peak_within_honours_the_lookback() -> None:
+    peaks = {"2026-03-06": {"pods": D(50)}, "2026-03-07": {"pods": D(20)}, "2026-03-10": {"pods": D(8)},
+             "2026-03-09": {"requests.cpu": D(4)}}
+    # 3 days back from 2026-03-10 12:00 is 2026-03-07 12:00: that whole day counts, the 6th does not.
+    assert peak_within(peaks, "pods", NOW, timedelta(days=3)) == D(20)
+    assert peak_within(peaks, "pods", NOW, timedelta(days=4)) == D(50)
+    assert peak_within(peaks, "pods", NOW, timedelta(hours=1)) == D(8)
+    assert peak_within(peaks, "requests.memory", NOW, timedelta(days=30)) is None
+
+
+def test_sampler_history_reads_each_namespace() -> None:
+    daily = {
+        "a": {"2026-03-09": {"pods": D(4), "requests.cpu": D(2)}, "2026-03-10": {"pods": D(6)}},
+        "b": {"2026-01-01": {"pods": D(99)}},  # older than the lookback
+    }
+    asked: list[str] = []
+
+    def peaks_of(namespace: str) -> dict[str, dict[str, Decimal]]:
+        asked.append(namespace)
+        return daily.get(namespace, {})
+
+    result = asyncio.run(SamplerHistory(peaks_of).peaks(
+        query({"a", "b", "c"}, {"pods", "requests.cpu", "requests.memory"}, timedelta(days=30))))
+    assert result.peaks == {("a", "pods"): D(6), ("a", "requests.cpu"): D(2)}
+    assert result.error is None
+    assert sorted(asked) == ["a", "b", "c"]
+
+
+# --------------------------------------------------------------------------------------------- Prometheus
+
+
+def test_peak_query_wraps_the_template_in_a_max_over_time_subquery() -> None:
+    template = 'sum by (namespace) (my_metric{{namespace=~"{namespaces}"}})'
+    promql = peak_query(template, frozenset({"web", "api"}), 7 * 86400, "5m")
+    # Namespaces sorted, so the same set always gives the same query; 7 days = 604800 s.
+    assert promql == 'max_over_time((sum by (namespace) (my_metric{namespace=~"api|web"}))[604800s:5m])'
+
+
+def test_default_requests_cpu_query() -> None:
+    promql = peak_query(DEFAULT_QUERIES["requests.cpu"], frozenset({"ns"}), 3600, "1m")
+    assert promql == (
+        'max_over_time((sum by (namespace) (kube_pod_container_resource_requests'
+        '{resource="cpu", unit="core", namespace=~"ns"} * on (namespace, pod) group_left () '
+        'max by (namespace, pod) (kube_pod_status_phase{phase=~"Pending|Running", namespace=~"ns"} == 1)))'
+        '[3600s:1m])'
+    )
+
+
+def test_default_pods_query_counts_live_pods() -> None:
+    promql = peak_query(DEFAULT_QUERIES["pods"], frozenset({"ns"}), 60, "30s")
+    assert promql == ('max_over_time((count by (namespace) (max by (namespace, pod) (kube_pod_status_phase'
+                      '{phase=~"Pending|Running", namespace=~"ns"} == 1)))[60s:30s])')
+
+
+def test_default_memory_and_limits_queries_use_their_series() -> None:
+    memory = peak_query(DEFAULT_QUERIES["requests.memory"], frozenset({"ns"}), 60, "1m")
+    limits = peak_query(DEFAULT_QUERIES["limits.cpu"], frozenset({"ns"}), 60, "1m")
+    assert 'kube_pod_container_resource_requests{resource="memory", unit="byte"' in memory
+    assert 'kube_pod_container_resource_limits{resource="cpu", unit="core"' in limits
+
+
+@pytest.mark.parametrize("bad", ["Payments", "a.b", "a_b", 'x"} or vector(1) #', "-lead", "trail-", "",
+                                 "a" * 64, "ns|.*"])
+def test_peak_query_refuses_what_is_not_a_namespace_name(bad: str) -> None:
+    with pytest.raises(ValueError, match="not namespace names"):
+        peak_query(DEFAULT_QUERIES["pods"], frozenset({"good", bad}), 60, "1m")
+
+
+def test_peak_query_accepts_the_longest_dns_label() -> None:
+    name = "a" + "-" * 61 + "z"
+    assert f'namespace=~"{name}"' in peak_query(DEFAULT_QUERIES["pods"], frozenset({name}), 60, "1m")
+
+
+@pytest.mark.parametrize(("raw", "resource", "expected"), [
+    ("3.3000000000000003", "requests.cpu", "3.3"),  # 1.1 + 1.1 + 1.1 in float64
+    ("0.30000000000000004", "limits.cpu", "0.3"),
+    ("1073741824.0000002", "requests.memory", "1073741824"),
+    ("6.999999999999999", "pods", "7"),
+    ("0.0000004", "requests.cpu", "0"),  # below a millionth of a core: noise
+    ("0.1234565", "requests.cpu", "0.123456"),  # halves go to even
+    ("0.1234575", "requests.cpu", "0.123458"),
+])
+def test_denoise_drops_float_noise(raw: str, resource: str, expected: str) -> None:
+    assert _denoise(D(raw), resource) == D(expected)
+
+
+def test_denoised_peak_does_not_gain_a_millicore() -> None:
+    noisy = D("3.3000000000000003")
+    # Without denoising, 3.3000000000000003 x 1.2 = 3.96000000000000036 rounds up to 3961m.
+    assert round_up(noisy * D("1.2"), "requests.cpu") == D("3.961")
+    assert round_up(_denoise(noisy, "requests.cpu") * D("1.2"), "requests.cpu") == D("3.96")
