@@ -2,13 +2,16 @@
 
 Reads never happen here: the operator learns the cluster's state from watch streams only. Every
 write waits for a token from a client-side rate limiter (QPS and burst), so that a burst of
-reconciles cannot become a burst of API requests.
+reconciles cannot become a burst of API requests. Every request has a timeout (a connection that
+went silent without closing must not hold a write forever), and a 429 from an overloaded API server
+is retried here, after its Retry-After plus jitter, before the reconcile is failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 import uuid
@@ -18,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kubernetes
+import urllib3
 from kubernetes.client import ApiClient, ApiException
 
 from headroom.planning import (
@@ -32,12 +36,24 @@ from headroom.planning import (
 )
 from headroom.project_spec import API_VERSION, GROUP, KIND, VERSION
 
+log = logging.getLogger("headroom")
+
 FIELD_MANAGER = "headroom"
 PLURAL = "projects"
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
 # Worth another try later; everything else (4xx) is a bug or a refusal that retrying won't fix.
 RETRYABLE_STATUSES = frozenset({0, 409, 429, 500, 502, 503, 504})
+# The API server did not answer at all (or said it is not serving yet): worth retrying as soon as it
+# shows signs of life again, rather than after a long backoff.
+UNREACHABLE_STATUSES = frozenset({0, 502, 503, 504})
+# (connect, read) seconds for one request. Writes take milliseconds; the read timeout leaves room for
+# an API server that queues requests under load (API Priority and Fairness) before answering.
+REQUEST_TIMEOUT = (10.0, 20.0)
+THROTTLED_ATTEMPTS = 6  # tries of one write that keeps getting 429, before the reconcile fails
+# A kept-alive connection idle for longer may have died without a word (a NAT entry, a proxy); the
+# first write after a quiet spell opens a new one rather than wait out REQUEST_TIMEOUT on a dead one.
+IDLE_CONNECTION_SECONDS = 30.0
 
 T = TypeVar("T")
 
@@ -76,6 +92,22 @@ def is_retryable(exc: BaseException) -> bool:
         return exc.status in RETRYABLE_STATUSES or exc.status is None
     return isinstance(exc, OSError | TimeoutError | kubernetes.client.exceptions.OpenApiException) or \
         exc.__class__.__module__.startswith("urllib3")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """A failure to reach the API server (refused, reset, timed out, not serving), not a refusal."""
+    if isinstance(exc, ApiException):
+        return exc.status is None or exc.status in UNREACHABLE_STATUSES
+    return isinstance(exc, OSError | TimeoutError) or exc.__class__.__module__.startswith("urllib3")
+
+
+def retry_after(exc: ApiException) -> float:
+    """The server's Retry-After in seconds (1 if absent or unreadable), at most a minute."""
+    headers = exc.headers or {}
+    try:
+        return min(60.0, max(0.0, float(headers.get("Retry-After") or 1)))
+    except (TypeError, ValueError):
+        return 1.0
 
 
 def owner_reference(project: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,11 +162,32 @@ class KubeWriter:
         self.component = component
         self.instance = uuid.uuid4().hex[:8]
         self.writes = WriteCounter()
+        self._last_request = time.monotonic()
+
+    def _fresh_connections_after_idle(self) -> None:
+        now = time.monotonic()
+        if now - self._last_request > IDLE_CONNECTION_SECONDS:
+            with contextlib.suppress(AttributeError):
+                self.core.api_client.rest_client.pool_manager.clear()
+        self._last_request = now
 
     async def _call(self, kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        await self.limiter.take()
-        self.writes.add(kind)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        delays = backoff_delays(base=1.0, cap=10.0)
+        for attempt in range(1, THROTTLED_ATTEMPTS + 1):
+            await self.limiter.take()
+            self.writes.add(kind)
+            self._fresh_connections_after_idle()
+            try:
+                return await asyncio.to_thread(fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            except ApiException as exc:
+                if exc.status != 429 or attempt == THROTTLED_ATTEMPTS:
+                    raise
+                # Throttled: wait at least what the server asks, plus jitter so that the writes
+                # refused together do not come back together.
+                delay = retry_after(exc) + next(delays)
+                log.info("%s throttled by the API server (429); retrying in %.1fs", kind, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     async def apply_quota(self, project: Mapping[str, Any], desired: DesiredQuota) -> None:
         await self._call("apply-resourcequota", self.core.patch_namespaced_resource_quota,
@@ -173,7 +226,8 @@ class KubeWriter:
             reporting_component=self.component, reporting_instance=self.instance,
             first_timestamp=now, last_timestamp=now, count=1, action=event.reason,
         )
-        with contextlib.suppress(ApiException, OSError):
+        # urllib3's errors (timeouts, refused connections) are not OSErrors.
+        with contextlib.suppress(ApiException, OSError, urllib3.exceptions.HTTPError):
             await self._call("create-event", self.core.create_namespaced_event, "default", body)
 
 

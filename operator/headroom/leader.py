@@ -7,7 +7,10 @@ control plane itself uses, needs only a namespaced Role, and has a bounded take-
 The algorithm follows client-go's: a replica holds the lease while it renews it; the others watch
 the record and take it over only when it has not changed for a whole lease duration, measured on
 their own monotonic clock, so clock skew between machines does not matter. Writes carry the
-resourceVersion they read, so two candidates cannot both win (the loser gets a 409).
+resourceVersion they read, so two candidates cannot both win (the loser gets a 409). A 409 while
+renewing its own lease (someone else touched the object) is not a loss: the holder reads it again and
+retries until its deadline. Every call has a timeout, so a connection that hangs cannot keep a
+holder from stepping down in time.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from typing import Any
 
 import kubernetes
 from kubernetes.client import ApiException
+
+from headroom.failpoints import failpoint
+from headroom.kube_io import REQUEST_TIMEOUT
 
 log = logging.getLogger("headroom.leader")
 
@@ -53,14 +59,16 @@ class LeaderElector:
     def try_acquire_or_renew(self) -> bool:
         """One attempt (blocking I/O). True when this replica holds the lease afterwards."""
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace,
+                                                            _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status != 404:
                 raise
             body = kubernetes.client.V1Lease(metadata=kubernetes.client.V1ObjectMeta(name=self.name),
                                              spec=self._spec(None, 0))
             try:
-                created = self.coordination.create_namespaced_lease(self.namespace, body)
+                created = self.coordination.create_namespaced_lease(self.namespace, body,
+                                                                    _request_timeout=REQUEST_TIMEOUT)
             except ApiException as create_exc:
                 if create_exc.status == 409:
                     return False
@@ -76,14 +84,19 @@ class LeaderElector:
         if holder and holder != self.identity and not expired:
             return False
         mine = holder == self.identity
+        if mine:
+            failpoint("lease-renew-before-write")
         lease.spec = self._spec(spec.acquire_time if mine else None,
                                 (spec.lease_transitions or 0) + (0 if mine else 1))
         try:
             # replace carries metadata.resourceVersion: a concurrent winner makes this a 409.
-            updated = self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
+            updated = self.coordination.replace_namespaced_lease(self.name, self.namespace, lease,
+                                                                 _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
-            if exc.status == 409:
-                return False
+            if exc.status == 409 and not mine:
+                return False  # another candidate won the race
+            # Renewing: the Lease changed since it was read (a label, an annotation, a racing
+            # standby that lost anyway). The caller reads it again; only another holder is a loss.
             raise
         if not mine:
             log.info("acquired lease %s/%s (previous holder: %s)", self.namespace, self.name, holder or "none")
@@ -99,12 +112,15 @@ class LeaderElector:
     def release(self) -> None:
         """On a clean shutdown, hand over at once instead of after a lease duration."""
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace)
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace,
+                                                            _request_timeout=REQUEST_TIMEOUT)
             if lease.spec and lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 lease.spec.lease_duration_seconds = 1
-                self.coordination.replace_namespaced_lease(self.name, self.namespace, lease)
-        except (ApiException, OSError) as exc:
+                self.coordination.replace_namespaced_lease(self.name, self.namespace, lease,
+                                                           _request_timeout=REQUEST_TIMEOUT)
+                log.info("released lease %s/%s", self.namespace, self.name)
+        except Exception as exc:  # ApiException, OSError, urllib3's errors: a release is best effort
             log.warning("could not release the lease: %s", exc)
 
     async def acquire(self) -> None:
@@ -114,24 +130,36 @@ class LeaderElector:
             try:
                 if await asyncio.to_thread(self.try_acquire_or_renew):
                     return
-            except (ApiException, OSError) as exc:
+            except Exception as exc:  # ApiException, OSError, urllib3's errors: try again later
                 log.warning("lease check failed: %s", exc)
             await asyncio.sleep(self.retry_seconds * random.uniform(0.8, 1.2))
 
     async def hold(self) -> None:
         """Renew until renewing fails for a whole lease duration; then return (leadership is lost)."""
         last_renewed = self.clock()
+        deadline = self.lease_seconds - self.renew_seconds  # stop acting a little before the lease ends
+        pause = self.renew_seconds
         while True:
-            await asyncio.sleep(self.renew_seconds * random.uniform(0.9, 1.1))
+            await asyncio.sleep(pause * random.uniform(0.9, 1.1))
+            pause = self.renew_seconds
+            left = deadline - (self.clock() - last_renewed)
             try:
-                if await asyncio.to_thread(self.try_acquire_or_renew):
+                # Bounded: a renewal stuck on a silent connection must not outlive the deadline.
+                if await asyncio.wait_for(asyncio.to_thread(self.try_acquire_or_renew), max(1.0, left)):
                     last_renewed = self.clock()
                     continue
                 log.error("lease %s/%s was taken over by another replica", self.namespace, self.name)
                 return
-            except (ApiException, OSError) as exc:
-                log.warning("lease renewal failed: %s", exc)
-            # Stop acting before another replica may take over: a little before the lease ends.
-            if self.clock() - last_renewed > self.lease_seconds - self.renew_seconds:
+            except ApiException as exc:
+                if exc.status == 409:
+                    log.info("lease %s/%s changed while renewing it (409); reading it again",
+                             self.namespace, self.name)
+                else:
+                    log.warning("lease renewal failed: %s", exc)
+                pause = min(self.retry_seconds, self.renew_seconds) / 2  # retry soon, within the deadline
+            except Exception as exc:  # OSError, urllib3's errors, the timeout above
+                log.warning("lease renewal failed: %s", exc or type(exc).__name__)
+                pause = min(self.retry_seconds, self.renew_seconds) / 2
+            if self.clock() - last_renewed > deadline:
                 log.error("could not renew lease %s/%s in time; stepping down", self.namespace, self.name)
                 return

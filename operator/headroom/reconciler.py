@@ -216,7 +216,10 @@ class Reconciler:
     def api_reachable(self) -> None:
         """The API server answered (a watch event arrived): Projects whose last reconcile could not
         reach it retry now, each after a short random pause, instead of waiting out a long backoff."""
-        for wake in self._unreachable.values():
+        waiting = [wake for wake in self._unreachable.values() if not wake.is_set()]
+        if waiting:
+            log.info("the API server answers again: %d Project(s) retry now", len(waiting))
+        for wake in waiting:
             wake.set()
 
     async def _backoff(self, name: str, delay: float, exc: Exception) -> None:

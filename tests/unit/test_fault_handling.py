@@ -1,0 +1,336 @@
+"""The shell's fault handling, without a cluster: throttled writes, waking after an outage, history
+that is partial or slow, Lease conflicts, failpoints. The same faults on a real API server are in
+tests/integration/test_faults.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import kubernetes
+import pytest
+import urllib3
+from headroom import failpoints
+from headroom.history.base import HistoryResult, PeakQuery
+from headroom.kube_io import KubeWriter, is_retryable, is_unreachable, retry_after
+from headroom.leader import LeaderElector
+from headroom.metrics import Metrics
+from headroom.reconciler import HistoryCache, Reconciler, Store
+from headroom.runtime import JitteredBackoffs, _unchanged
+from kubernetes.client import ApiException
+from urllib3._collections import HTTPHeaderDict
+
+
+def api_error(status: int, retry: str | None = None) -> ApiException:
+    exc = ApiException(status=status, reason="test")
+    exc.headers = HTTPHeaderDict({"Retry-After": retry} if retry else {})
+    return exc
+
+
+# ------------------------------------------------------------------------------------- kube_io
+
+
+def test_unreachable_is_a_failure_to_reach_not_a_refusal() -> None:
+    refused = urllib3.exceptions.MaxRetryError(None, "/", urllib3.exceptions.NewConnectionError(None, "refused"))
+    assert is_unreachable(refused) and is_retryable(refused)
+    assert is_unreachable(urllib3.exceptions.ReadTimeoutError(None, "/", "timed out"))
+    assert is_unreachable(ConnectionResetError()) and is_unreachable(api_error(503))
+    assert not is_unreachable(api_error(429)) and is_retryable(api_error(429))
+    assert not is_unreachable(api_error(409)) and not is_unreachable(api_error(422))
+
+
+def test_retry_after_is_read_bounded_and_defaults_to_a_second() -> None:
+    assert retry_after(api_error(429, "3")) == 3
+    assert retry_after(api_error(429)) == 1
+    assert retry_after(api_error(429, "soon")) == 1
+    assert retry_after(api_error(429, "86400")) == 60
+
+
+def _writer(monkeypatch: pytest.MonkeyPatch) -> tuple[KubeWriter, list[float]]:
+    writer = KubeWriter(kubernetes.client.ApiClient(), qps=1000, burst=1000)
+    slept: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr("headroom.kube_io.asyncio.sleep", no_sleep)
+    return writer, slept
+
+
+def test_a_throttled_write_is_retried_after_retry_after_plus_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    writer, slept = _writer(monkeypatch)
+    answers: list[Any] = [api_error(429, "2"), api_error(429, "2"), "done"]
+    seen: list[Any] = []
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("_request_timeout"))
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert asyncio.run(writer._call("patch", call)) == "done"
+    assert len(slept) == 2 and all(s >= 2 for s in slept)
+    assert all(timeout is not None for timeout in seen)  # every request has a timeout
+    assert writer.writes.counts["patch"] == 3
+
+
+def test_a_refused_write_is_not_retried_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    writer, slept = _writer(monkeypatch)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        raise api_error(422)
+
+    with pytest.raises(ApiException):
+        asyncio.run(writer._call("patch", call))
+    assert slept == []
+
+
+def test_a_write_that_stays_throttled_fails_the_reconcile_in_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    writer, slept = _writer(monkeypatch)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        raise api_error(429)
+
+    with pytest.raises(ApiException):
+        asyncio.run(writer._call("patch", call))
+    assert len(slept) == 5
+
+
+# ------------------------------------------------------------------------------------- runtime
+
+
+def test_kopf_backoffs_are_jittered_capped_and_iterable_again() -> None:
+    backoffs = JitteredBackoffs()
+    first, second = list(backoffs), list(backoffs)
+    assert len(first) == len(second) == 12
+    assert first != second  # jittered
+    assert all(0 < d <= 10 for d in first)
+    assert first[0] <= 0.5
+
+
+def test_an_object_seen_again_at_the_same_version_is_unchanged() -> None:
+    body = {"metadata": {"resourceVersion": "7"}}
+    assert _unchanged({"metadata": {"resourceVersion": "7"}}, body)
+    assert not _unchanged({"metadata": {"resourceVersion": "6"}}, body)
+    assert not _unchanged(None, body)
+    assert not _unchanged({"metadata": {}}, {"metadata": {}})
+
+
+# ------------------------------------------------------------------------------------- history
+
+
+class Source:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.answers: list[HistoryResult] = []
+        self.delay = 0.0
+        self.calls = 0
+
+    async def peaks(self, query: PeakQuery) -> HistoryResult:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+LOOKBACK = timedelta(days=30)
+
+
+def test_a_partial_answer_keeps_the_last_good_peaks_and_reports_an_error() -> None:
+    source = Source()
+    good = HistoryResult(peaks={("a", "pods"): Decimal(5), ("b", "pods"): Decimal(3)}, queries=1)
+    partial = HistoryResult(peaks={("a", "pods"): Decimal(1)}, partial=True, queries=1)
+    source.answers = [good, partial]
+    cache = HistoryCache(source, max_age=timedelta(0), metrics=Metrics(), batch_window=0)
+
+    async def run() -> tuple[HistoryResult, HistoryResult]:
+        first = await cache.get({"a", "b"}, {"pods"}, LOOKBACK)
+        await cache.refresh_all({LOOKBACK: {("a", "pods"), ("b", "pods")}})
+        return first, cache._answer({("a", "pods"), ("b", "pods")}, LOOKBACK)
+
+    first, after = asyncio.run(run())
+    assert first.error is None and first.peaks[("b", "pods")] == 3
+    assert after.peaks == good.peaks  # nothing forgotten, nothing replaced by the partial answer
+    assert after.error is not None and "partial" in after.error
+
+
+def test_a_slow_source_does_not_hold_up_a_reconcile_that_has_answers() -> None:
+    source = Source()
+    source.answers = [HistoryResult(peaks={("a", "pods"): Decimal(5)}, queries=1)]
+    cache = HistoryCache(source, max_age=timedelta(0), metrics=Metrics(), batch_window=0, stale_wait=0.05)
+    refreshed: list[str] = []
+
+    async def run() -> tuple[HistoryResult, float]:
+        await cache.get({"a"}, {"pods"}, LOOKBACK)  # the first answer: waited for
+        source.delay = 0.5
+        source.answers = [HistoryResult(error="timed out", queries=1)]
+        started = time.monotonic()
+        stale = await cache.get({"a"}, {"pods"}, LOOKBACK, on_refresh=lambda: refreshed.append("again"))
+        waited = time.monotonic() - started
+        await asyncio.sleep(0.7)
+        return stale, waited
+
+    stale, waited = asyncio.run(run())
+    assert waited < 0.4
+    assert stale.peaks == {("a", "pods"): Decimal(5)} and stale.error is None
+    assert refreshed == ["again"]  # the refresh had news (an error): reconcile again
+
+
+def test_without_any_answer_the_first_reconcile_waits_for_history() -> None:
+    source = Source()
+    source.delay = 0.2
+    source.answers = [HistoryResult(peaks={("a", "pods"): Decimal(5)}, queries=1)]
+    cache = HistoryCache(source, max_age=timedelta(0), metrics=Metrics(), batch_window=0, stale_wait=0.01)
+    result = asyncio.run(cache.get({"a"}, {"pods"}, LOOKBACK))
+    assert result.peaks == {("a", "pods"): Decimal(5)}
+
+
+# ------------------------------------------------------------------------------------- reconciler
+
+
+def _reconciler() -> Reconciler:
+    writer = KubeWriter(kubernetes.client.ApiClient())
+    cache = HistoryCache(Source(), max_age=timedelta(minutes=5), metrics=Metrics())
+    from headroom.planning import Settings
+
+    return Reconciler(store=Store(), writer=writer, history=cache, settings=Settings(), metrics=Metrics())
+
+
+def test_a_retry_after_an_unreachable_api_server_wakes_when_it_answers_again() -> None:
+    reconciler = _reconciler()
+
+    async def run() -> float:
+        started = time.monotonic()
+        backoff = asyncio.create_task(reconciler._backoff("p", 30.0, ConnectionRefusedError()))
+        await asyncio.sleep(0.05)
+        reconciler.api_reachable()
+        await backoff
+        return time.monotonic() - started
+
+    assert asyncio.run(run()) < 2.0
+
+
+def test_a_refusal_waits_out_its_backoff() -> None:
+    reconciler = _reconciler()
+
+    async def run() -> bool:
+        backoff = asyncio.create_task(reconciler._backoff("p", 0.5, api_error(429)))
+        await asyncio.sleep(0.05)
+        reconciler.api_reachable()
+        await asyncio.sleep(0.1)
+        return backoff.done()
+
+    assert asyncio.run(run()) is False
+
+
+# ------------------------------------------------------------------------------------- leader
+
+
+class Coordination:
+    """A Lease API that answers like the API server, optimistic concurrency included."""
+
+    def __init__(self) -> None:
+        self.lease: kubernetes.client.V1Lease | None = None
+        self.version = 0
+        self.conflict_next = False
+        self.timeouts: list[Any] = []
+
+    def _copy(self) -> kubernetes.client.V1Lease:
+        assert self.lease is not None
+        client = kubernetes.client.ApiClient()
+        data = client.sanitize_for_serialization(self.lease)
+        return client._ApiClient__deserialize(data, "V1Lease")  # type: ignore[attr-defined]
+
+    def read_namespaced_lease(self, name: str, namespace: str, **kwargs: Any) -> kubernetes.client.V1Lease:
+        self.timeouts.append(kwargs.get("_request_timeout"))
+        if self.lease is None:
+            raise ApiException(status=404)
+        return self._copy()
+
+    def create_namespaced_lease(self, namespace: str, body: Any, **kwargs: Any) -> kubernetes.client.V1Lease:
+        self.version += 1
+        body.metadata.resource_version = str(self.version)
+        self.lease = body
+        return self._copy()
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: Any, **kwargs: Any) -> Any:
+        self.timeouts.append(kwargs.get("_request_timeout"))
+        if self.conflict_next or body.metadata.resource_version != str(self.version):
+            self.conflict_next = False
+            raise ApiException(status=409, reason="Conflict")
+        self.version += 1
+        body.metadata.resource_version = str(self.version)
+        self.lease = body
+        return self._copy()
+
+
+def test_a_conflict_while_renewing_is_not_a_lost_lease() -> None:
+    api = Coordination()
+    elector = LeaderElector(api, "ns", "headroom", "me")  # type: ignore[arg-type]
+    assert elector.try_acquire_or_renew()
+    api.conflict_next = True
+    with pytest.raises(ApiException) as raised:
+        elector.try_acquire_or_renew()  # the holder reads again and retries, it does not step down
+    assert raised.value.status == 409
+    assert elector.try_acquire_or_renew()
+    assert all(timeout is not None for timeout in api.timeouts)
+
+
+def test_a_conflict_while_acquiring_means_another_candidate_won() -> None:
+    api = Coordination()
+    holder = LeaderElector(api, "ns", "headroom", "first")  # type: ignore[arg-type]
+    assert holder.try_acquire_or_renew()
+    clock = [0.0]
+    other = LeaderElector(api, "ns", "headroom", "second", clock=lambda: clock[0])  # type: ignore[arg-type]
+    assert not other.try_acquire_or_renew()  # held, not expired
+    clock[0] = 31.0
+    api.conflict_next = True
+    assert not other.try_acquire_or_renew()  # expired, but the race is lost: no exception
+
+
+def test_hold_retries_a_conflict_and_keeps_the_lease() -> None:
+    api = Coordination()
+    elector = LeaderElector(api, "ns", "headroom", "me", renew_seconds=0.05, retry_seconds=0.05,  # type: ignore[arg-type]
+                            lease_seconds=2)
+    assert elector.try_acquire_or_renew()
+    api.conflict_next = True
+
+    async def run() -> bool:
+        holding = asyncio.create_task(elector.hold())
+        await asyncio.sleep(0.5)
+        lost = holding.done()
+        holding.cancel()
+        return lost
+
+    assert asyncio.run(run()) is False
+    assert api.lease is not None and api.lease.spec.holder_identity == "me"
+
+
+# ------------------------------------------------------------------------------------- failpoints
+
+
+def test_failpoint_actions_are_parsed() -> None:
+    assert failpoints._parse("a, b=pause:2.5 ,c=kill,") == {"a": "kill", "b": "pause:2.5", "c": "kill"}
+    assert failpoints._parse("") == {}
+
+
+def test_a_pause_point_pauses_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(failpoints, "_ARMED", {"here": "pause:0.2"})
+    monkeypatch.setattr(failpoints, "_FIRED", set())
+
+    async def run() -> tuple[float, float]:
+        started = time.monotonic()
+        await failpoints.async_failpoint("here")
+        first = time.monotonic() - started
+        started = time.monotonic()
+        await failpoints.async_failpoint("here")
+        await failpoints.async_failpoint("elsewhere")
+        return first, time.monotonic() - started
+
+    first, second = asyncio.run(run())
+    assert first >= 0.2 and second < 0.1
+
