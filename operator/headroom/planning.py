@@ -69,6 +69,16 @@ class ObservedQuota:
     annotations: Mapping[str, str]
     labels: Mapping[str, str]
     owner_uids: frozenset[str]
+    governed_edited_by: tuple[str, ...] = ()  # field managers other than Headroom that wrote the governed values
+
+
+def _edited_by_others(meta: Mapping[str, Any], annotation: str) -> tuple[str, ...]:
+    """Who, besides Headroom, owns an annotation of ours (server-side apply's field ownership)."""
+    key = f"f:{annotation}"
+    return tuple(sorted({
+        str(entry.get("manager")) for entry in meta.get("managedFields") or []
+        if entry.get("manager") != "headroom"
+        and key in (((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {})}))
 
 
 def _values(raw: Mapping[str, Any] | None) -> Values:
@@ -112,6 +122,7 @@ def observe_quota(obj: Mapping[str, Any]) -> ObservedQuota:
         annotations=annotations,
         labels=labels,
         owner_uids=frozenset(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
+        governed_edited_by=_edited_by_others(meta, GOVERNED_ANNOTATION),
     )
 
 
@@ -307,9 +318,19 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
 
         governed: Values = {}
         if seen is not None and seen.state == GOVERNED:
+            base = seen.governed
+            published = _values(next((e.get("hard") for e in old_status.get("namespaces") or []
+                                      if e.get("name") == name), None))
+            if seen.governed_edited_by and published:
+                # The governed values changed by hand, not through a signed-off change: what this
+                # Project last published is restored.
+                base = published
+                events.append(Event("Warning", "GovernedValuesRestored",
+                                    f"annotation {GOVERNED_ANNOTATION} of ResourceQuota {QUOTA_NAME} in {name} was "
+                                    f"changed by {', '.join(seen.governed_edited_by)}; restored (change quotas "
+                                    "through the Project's requested values instead)"))
             # Resources that left spec.quota.resources leave the quota; new ones are bootstrapped.
-            governed = {r: v for r, v in seen.governed.items()
-                        if r in resources or r in ns.requested}
+            governed = {r: v for r, v in base.items() if r in resources or r in ns.requested}
             # Only once the quota controller has counted it: never below what runs now.
             missing = [r for r in resources if r not in governed and used is not None and r in used]
             if missing and used is not None and not history_failed:

@@ -299,11 +299,6 @@ def test_garbage_in_status_and_in_its_own_annotations_is_repaired(
     wait_for(lambda: quota().spec.hard.get("pods") == "8", 30, "the decrease")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "planning.py takes the governed values from the quota's headroom.dev/governed-hard annotation "
-    "without a cross-check: a hand edit of that annotation lowers the enforced quota (even below "
-    "status.namespaces[].hard, what the Project says is governed). The decision belongs to the pure "
-    "planner; see the fault-injection report"))
 def test_a_hand_edited_governed_annotation_does_not_lower_the_quota(
         admin: k8s.ApiClient, namespace: str, tmp_path: Path, created: list[str],
         start_operator: Callable[..., OperatorProcess]) -> None:

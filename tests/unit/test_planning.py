@@ -880,3 +880,32 @@ def test_desired_quota_does_not_match_when_something_differs(change: str) -> Non
 
 def test_desired_quota_does_not_match_nothing() -> None:
     assert not DESIRED.matches(None, NAME, UID)
+
+
+def _edited_by(obj: dict[str, Any], manager: str) -> dict[str, Any]:
+    obj["metadata"]["managedFields"] = [
+        {"manager": "headroom", "operation": "Apply", "fieldsV1": {"f:spec": {"f:hard": {}}}},
+        {"manager": manager, "operation": "Update",
+         "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{GOVERNED_HARD}": {}}}}}]
+    return obj
+
+
+def test_governed_values_edited_by_hand_are_restored_from_what_the_project_published() -> None:
+    spec, body = governed_project()
+    body["status"] = {"namespaces": [{"name": "ns", "hard": {"requests.cpu": "4", "pods": "20"}}]}
+    tampered = _edited_by(governed_rq(governed={"requests.cpu": "100m", "pods": "1"},
+                                      used={"requests.cpu": "0", "pods": "0"}), "kubectl-edit")
+    result = plan(spec, body, observed({"ns": tampered}))
+    assert values(quota_in(result).hard) == {"requests.cpu": Decimal(4), "pods": Decimal(20)}
+    assert governed_annotation(quota_in(result)) == {"requests.cpu": Decimal(4), "pods": Decimal(20)}
+    assert "GovernedValuesRestored" in reasons(result)
+
+
+def test_governed_values_written_by_headroom_itself_are_trusted() -> None:
+    spec, body = governed_project()
+    body["status"] = {"namespaces": [{"name": "ns", "hard": {"requests.cpu": "4", "pods": "20"}}]}
+    # A decrease applied just before a crash: the quota is ahead of the status, and that is fine.
+    quota = governed_rq(governed={"requests.cpu": "3", "pods": "20"}, used={"requests.cpu": "0", "pods": "0"})
+    result = plan(spec, body, observed({"ns": quota}))
+    assert values(quota_in(result).hard)["requests.cpu"] == Decimal(3)
+    assert "GovernedValuesRestored" not in reasons(result)
