@@ -26,8 +26,10 @@ from headroom.history.sampler import decode, encode, record
 from headroom.kube_io import KubeWriter, backoff_delays, is_retryable, is_unreachable
 from headroom.metrics import Metrics
 from headroom.planning import (
+    COUNTING,
     LIMITRANGE_NAME,
     QUOTA_NAME,
+    STATE_ANNOTATION,
     Event,
     Observed,
     Plan,
@@ -290,9 +292,15 @@ class Reconciler:
         applying = any(event.reason == "ChangeApplied" for event in plan.events)
         if applying:
             await async_failpoint("approved-change-before-write")
-        await self._apply(body, plan)
+        created_counting = await self._apply(body, plan)
         if applying:
             await async_failpoint("approved-change-after-quota-write")
+        if created_counting:
+            # The quota controller reports the new quota's use within moments, and the watch event of
+            # that report reconciles this Project again: one status write then, not two.
+            for event in plan.events:
+                await self.writer.post_event(body, event)
+            return
         status = dict(plan.status)
         if self.alerts is not None:
             alerts = await self.alerts(spec, body, plan, now)
@@ -335,9 +343,11 @@ class Reconciler:
             extra_annotations=extra,
         )
 
-    async def _apply(self, body: Mapping[str, Any], plan: Plan) -> None:
+    async def _apply(self, body: Mapping[str, Any], plan: Plan) -> bool:
+        """Write what differs; True when a namespace's first (counting) quota was just created."""
         name = body["metadata"]["name"]
         uid = body["metadata"].get("uid", "")
+        created_counting = False
         for desired in plan.quotas:
             seen_obj = self.store.quotas.get(desired.namespace)
             seen = observe_quota(seen_obj) if seen_obj else None
@@ -346,6 +356,7 @@ class Reconciler:
                     self._note_drift(body, desired.namespace, seen_obj, desired)
                 await self.writer.apply_quota(body, desired)
                 self.metrics.writes.labels("resourcequota").inc()
+                created_counting |= seen is None and desired.annotations.get(STATE_ANNOTATION) == COUNTING
         for desired_lr in plan.limitranges:
             seen_lr_obj = self.store.limitranges.get(desired_lr.namespace)
             seen_lr = observe_limitrange(seen_lr_obj) if seen_lr_obj else None
@@ -355,6 +366,7 @@ class Reconciler:
         for namespace in plan.delete_in:
             await self.writer.delete_owned(namespace)
             self.metrics.writes.labels("delete").inc()
+        return created_counting
 
     def _note_drift(self, body: Mapping[str, Any], namespace: str, seen_obj: Mapping[str, Any] | None,
                     desired: Any) -> None:

@@ -227,7 +227,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
                 runtime.schedule(other)  # a Project waiting on a claimed namespace may go ahead now
             return
         before = store.projects.get(name)
-        store.projects[name] = dict(_plain(body))
+        store.projects[name] = _plain(body, keep_managed_fields=False)
         if before is None or _essence(before) != _essence(store.projects[name]):
             runtime.schedule(name)
 
@@ -256,7 +256,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         elif _unchanged(store.limitranges.get(namespace), body):
             return
         else:
-            store.limitranges[namespace] = dict(_plain(body))
+            store.limitranges[namespace] = _plain(body, keep_managed_fields=False)
         project = (body.get("metadata", {}).get("labels") or {}).get("headroom.dev/project")
         if project in store.projects:
             runtime.schedule(project)
@@ -281,11 +281,15 @@ def _namespaces(body: Mapping[str, Any]) -> list[str]:
     return [ns.get("name") for ns in (body.get("spec") or {}).get("namespaces") or []]
 
 
-def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep plain-dict copy: Kopf's bodies are live views that change under our feet."""
+def _plain(body: Mapping[str, Any], keep_managed_fields: bool = True) -> dict[str, Any]:
+    """A deep plain-dict copy: Kopf's bodies are live views that change under our feet.
+
+    managedFields are kept only where drift detection reads them (quotas): on Projects they would
+    be most of the memory the store holds.
+    """
     def copy(value: Any) -> Any:
         if isinstance(value, Mapping):
-            return {k: copy(v) for k, v in value.items()}
+            return {k: copy(v) for k, v in value.items() if keep_managed_fields or k != "managedFields"}
         if isinstance(value, list):
             return [copy(v) for v in value]
         return value
