@@ -451,6 +451,10 @@ def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any]
     for record in sorted(records, key=lambda r: str(r.get("appliedAt", ""))):
         if not any(h.get("id") == record["id"] for h in history):
             history = append_history(history, dict(record))
+            if record is not applied_record:
+                # The Event is posted after the status write; a crash before it lost the Event too.
+                events.append(Event("Normal", "ChangeApplied", f"applied change {record['id']} (approved by "
+                                    f"{record.get('approvedBy', 'unknown')}), recorded after a restart"))
         last_applied = {k: record[k] for k in ("id", "approvedBy", "appliedAt") if k in record}
     if history:
         status["history"] = history
