@@ -21,7 +21,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from tests.harness.kube import api_error_message, wait_for
+from tests.harness.kube import Cluster, api_error_message, wait_for
 from tests.harness.operator import OperatorProcess, custom, project_manifest
 
 pytestmark = pytest.mark.integration
@@ -172,12 +172,31 @@ def _empty_history(path: Path) -> list[str]:
     return ["--history-source=file", f"--history-file={path}"]
 
 
+GITOPS_USER = "system:serviceaccount:flux-system:kustomize-controller"
+
+
+def _gitops_writer(cluster: Cluster, admin: k8s.ApiClient) -> kubernetes.client.CustomObjectsApi:
+    """Garbage sign-off annotations can only come from Git: the sign-off policy refuses them from anyone else."""
+    rbac = k8s.RbacAuthorizationV1Api(admin)
+    with contextlib.suppress(ApiException):
+        rbac.create_cluster_role(k8s.V1ClusterRole(
+            metadata=k8s.V1ObjectMeta(name="test-gitops-projects"),
+            rules=[k8s.V1PolicyRule(api_groups=[GROUP], resources=[PLURAL], verbs=["create", "get", "patch"])]))
+        rbac.create_cluster_role_binding(k8s.V1ClusterRoleBinding(
+            metadata=k8s.V1ObjectMeta(name="test-gitops-projects"),
+            role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                   name="test-gitops-projects"),
+            subjects=[k8s.RbacV1Subject(kind="User", name=GITOPS_USER, api_group="rbac.authorization.k8s.io")]))
+    return custom(cluster.impersonate(GITOPS_USER))
+
+
 def test_a_corpus_of_malformed_projects_is_refused_or_reported_and_the_operator_survives(
-        admin: k8s.ApiClient, namespace: str, tmp_path: Path, created: list[str],
-        start_operator: Callable[..., OperatorProcess]) -> None:
+        cluster: Cluster, admin: k8s.ApiClient, namespace: str, tmp_path: Path, created: list[str],
+        approval_policy: None, start_operator: Callable[..., OperatorProcess]) -> None:
     assert len(CASES) >= 30
     operator = start_operator(*_empty_history(tmp_path / "h.csv"))
     api = custom(admin)
+    gitops = _gitops_writer(cluster, admin)
     problems: list[str] = []
     stored: dict[str, Case] = {}
 
@@ -188,8 +207,9 @@ def test_a_corpus_of_malformed_projects_is_refused_or_reported_and_the_operator_
             body["spec"]["namespaces"] = [{"name": namespace}]  # type: ignore[index]  # one that gets governed
         case.spoil(body)
         try:
-            api.create_cluster_custom_object(GROUP, VERSION, PLURAL, body,
-                                             **({"field_validation": "Strict"} if case.strict else {}))
+            writer = gitops if case.id == "annotations-garbage" else api
+            writer.create_cluster_custom_object(GROUP, VERSION, PLURAL, body,
+                                                **({"field_validation": "Strict"} if case.strict else {}))
         except ApiException as exc:
             message = api_error_message(exc)
             print(f"{case.id}: HTTP {exc.status}: {message[:160]}")
