@@ -25,7 +25,7 @@ demo: install ## control plane + sample Projects + file history + the operator: 
 	$(PYTHON) -m hack.demo
 
 test: install ## the whole suite (unit and integration, on the local control plane)
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	$(PYTHON) -m pytest -q -rs -p no:cacheprovider
 
 test-unit: ## the fast unit tests only
 	$(PYTHON) -m pytest -q tests/unit

@@ -231,35 +231,30 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         if before is None or _essence(before) != _essence(store.projects[name]):
             runtime.schedule(name)
 
-    @kopf.on.event("v1", "resourcequotas", registry=registry)
-    async def quota_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+    def owned_object_event(kept: dict[str, dict[str, Any]], name: str, keep_managed_fields: bool,
+                           event: Mapping[str, Any], body: kopf.Body, namespace: str) -> None:
+        """A watch event of one of Headroom's own objects: remember it, and wake its Project."""
         runtime.reconciler.api_reachable()
-        if not _owned(body, QUOTA_NAME):
+        if not _owned(body, name):
             return
         if event.get("type") == "DELETED":
-            store.quotas.pop(namespace, None)
-        elif _unchanged(store.quotas.get(namespace), body):
+            kept.pop(namespace, None)
+        elif _unchanged(kept.get(namespace), body):
             return
         else:
-            store.quotas[namespace] = dict(_plain(body))
+            kept[namespace] = _plain(body, keep_managed_fields=keep_managed_fields)
         project = (body.get("metadata", {}).get("labels") or {}).get("headroom.dev/project")
         if project in store.projects:
             runtime.schedule(project)
 
+    @kopf.on.event("v1", "resourcequotas", registry=registry)
+    async def quota_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+        # Drift detection reads who wrote a quota, so its managedFields are kept.
+        owned_object_event(store.quotas, QUOTA_NAME, True, event, body, namespace)
+
     @kopf.on.event("v1", "limitranges", registry=registry)
     async def limitrange_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
-        runtime.reconciler.api_reachable()
-        if not _owned(body, LIMITRANGE_NAME):
-            return
-        if event.get("type") == "DELETED":
-            store.limitranges.pop(namespace, None)
-        elif _unchanged(store.limitranges.get(namespace), body):
-            return
-        else:
-            store.limitranges[namespace] = _plain(body, keep_managed_fields=False)
-        project = (body.get("metadata", {}).get("labels") or {}).get("headroom.dev/project")
-        if project in store.projects:
-            runtime.schedule(project)
+        owned_object_event(store.limitranges, LIMITRANGE_NAME, False, event, body, namespace)
 
     @kopf.on.event("v1", "namespaces", registry=registry)
     async def namespace_event(event: Mapping[str, Any], name: str, body: kopf.Body, **_: Any) -> None:

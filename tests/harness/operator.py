@@ -13,7 +13,7 @@ from pathlib import Path
 import kubernetes
 import yaml
 
-from tests.harness.controlplane import _die_with_parent, free_port
+from tests.harness.controlplane import _die_with_parent, free_port, stop_process
 from tests.harness.kube import Cluster, apply_yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,15 +64,7 @@ class OperatorProcess:
         return self
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 20, signal.SIGKILL if kill else signal.SIGTERM)
         self.process = None
 
     def running(self) -> bool:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -41,7 +40,7 @@ from typing import Any
 
 from headroom.quantity import parse_quantity
 
-from tests.harness.controlplane import _die_with_parent, free_port
+from tests.harness.controlplane import _die_with_parent, free_port, stop_process
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
 REQUESTS_METRIC = "kube_pod_container_resource_requests"
@@ -255,15 +254,7 @@ class Prometheus:
             return False
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, timeout)
         self.process = None
 
     def running(self) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness.controlplane import _die_with_parent, free_port
+from tests.harness.controlplane import _die_with_parent, free_port, stop_process
 
 ALERTMANAGER_BINARIES = ("/usr/bin/prometheus-alertmanager", "prometheus-alertmanager", "alertmanager")
 
@@ -275,14 +274,7 @@ class Alertmanager:
 
     def stop(self, timeout: float = 15) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process, timeout)
 
     def __enter__(self) -> Alertmanager:
         return self.start()
