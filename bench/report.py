@@ -113,6 +113,7 @@ def render_size(size: dict[str, Any]) -> list[str]:
     lines.append(f"{size.get('pods_per_namespace')} Pending pods per namespace; steady state "
                  f"{size.get('steady_seconds'):.0f} s; Headroom `--resync-interval={h.get('resync_interval')}`; "
                  f"baseline every {b.get('interval_s', 0):.0f} s; Kubernetes {size.get('kubernetes')}; "
+                 f"Headroom revision {size.get('revision', '?')}; "
                  f"load average {size.get('loadavg_start')} → {size.get('loadavg_end')}.")
     lines += ["", "| | Headroom | baseline | Headroom ÷ baseline |", "|---|---:|---:|---:|"]
     ratios = size.get("ratios") or {}
@@ -213,8 +214,12 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
         merged["runs"].append({"file": path.name, "started": data.get("started"), "args": data.get("args")})
         merged["finished"] = data.get("finished")
         for size in data.get("sizes") or []:
+            size.setdefault("revision", data.get("revision"))
+            size.setdefault("run", path.name)
             by_n[int(size["n"])] = size
     merged["sizes"] = [by_n[n] for n in sorted(by_n)]
+    merged["revision"] = ", ".join(dict.fromkeys(str(s.get("revision")) for s in merged["sizes"]))
+    merged["started"] = min((str(r["started"]) for r in merged["runs"] if r.get("started")), default=None)
     return merged
 
 

@@ -157,8 +157,8 @@ class Bench:
         workdir.mkdir(parents=True, exist_ok=True)
         audit = AuditLog(workdir / "audit")
         plane = ControlPlane(workdir / "cluster", apiserver_flags=audit.apiserver_flags(), keep_workdir=args.keep)
-        result: dict[str, Any] = {"n": n, "pods_per_namespace": args.pods, "steady_seconds": args.steady,
-                                  "loadavg_start": loadavg()}
+        result: dict[str, Any] = {"n": n, "revision": git_revision(), "pods_per_namespace": args.pods,
+                                  "steady_seconds": args.steady, "loadavg_start": loadavg()}
         log(f"N={n}: starting the control plane (audit: {audit.log_path})")
         plane.start()
         audit.start()
@@ -243,6 +243,7 @@ class Bench:
             convergence["events_by_reason"] = events_by_reason(admin)
             convergence["process"] = {"start": _d(before), "end": _d(after), "cpu_s": cpu_between(before, after)}
             convergence["operator_writes_metric"] = op.counters("headroom_api_writes_total")
+            convergence["operator_history_metric"] = op.counters("headroom_history_")
             out["convergence"] = convergence
             log(f"N={n}: Headroom converged: p50 {convergence['p50_s']}s p99 {convergence['p99_s']}s, "
                 f"{convergence['requests']['writes']} writes; steady state for {args.steady:.0f}s")
