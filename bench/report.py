@@ -30,6 +30,8 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("convergence p95", "convergence.p95_s", "convergence.p95_s", "s"),
     ("convergence p99", "convergence.p99_s", "convergence.p99_s", "s"),
     ("all N converged after", "convergence.all_s", "convergence.all_s", "s"),
+    ("Project status Ready p50", "convergence.status_ready.p50_s", "", "s"),
+    ("Project status Ready p99", "convergence.status_ready.p99_s", "", "s"),
     ("requests during convergence", "convergence.requests.total", "convergence.requests.total", ""),
     ("  of which writes", "convergence.requests.writes", "convergence.requests.writes", ""),
     ("  writes per project", "convergence.requests.writes_per_project",
@@ -168,6 +170,7 @@ def render_size(size: dict[str, Any]) -> list[str]:
         if ticks:
             notes.append(f"Baseline: {b.get('ticks')} runs, {min(ticks):.1f} to {max(ticks):.1f} s each, "
                          f"{b.get('tick_errors')} errors.")
+    notes += [str(note) for note in size.get("notes") or []]  # added after a run, from its kept logs
     lines += [f"- {note}" for note in notes]
     breakdown = _breakdown(size)
     if breakdown:

@@ -41,7 +41,7 @@ from bench.audit import BASELINE_NAMESPACE, AuditLog, tally, writes_per_project
 from bench.fakeprom import FakePrometheus, cycles
 from bench.procstats import Sample, cpu_between, sample
 from bench.report import add_ratios, render
-from bench.watcher import QuotaWatcher, governed
+from bench.watcher import governed, project_watcher, quota_watcher, ready
 from tests.harness.controlplane import ControlPlane, _die_with_parent
 from tests.harness.kube import Cluster, apply_yaml
 from tests.harness.operator import OPERATOR_NAMESPACE, OperatorProcess, install_rbac
@@ -116,6 +116,9 @@ class Bench:
         self.workdir = workdir
 
     # --- waiting
+
+    def quiet(self, n: int) -> float:
+        return float(self.args.quiet or max(10.0, n / 100))
 
     def wait_ready(self, op: BenchOperator, audit: AuditLog, since: float, timeout: float = 120) -> float:
         """Until the operator has opened its four watches (the audit log shows them)."""
@@ -211,7 +214,8 @@ class Bench:
         flags = ["--history-source=file", f"--history-file={history}", "--mode=enforce",
                  f"--resync-interval={args.resync}", *args.operator_arg]
         out: dict[str, Any] = {"resync_interval": args.resync, "flags": flags}
-        watcher = QuotaWatcher(admin, "app.kubernetes.io/managed-by=headroom", governed).start()
+        watcher = quota_watcher(admin, "app.kubernetes.io/managed-by=headroom", governed).start()
+        statuses = project_watcher(admin, ready).start()
         op = BenchOperator(cluster, workdir / "operator", args=flags)
         try:
             # Start-up: the operator's initial LISTs and watches, before any Project exists.
@@ -226,13 +230,19 @@ class Bench:
             before = sample(op.pid)
             sent = workload.create_projects(admin, n, args.workers)
             log(f"N={n}: {n} Projects created in {time.time() - t_create:.1f}s; waiting for governed quotas")
-            converged = watcher.wait_for(names, args.converge_timeout or 300 + 1.0 * n, log)
+            deadline = time.monotonic() + (args.converge_timeout or 300 + 1.0 * n)
+            converged = watcher.wait_for(names, deadline - time.monotonic(), log)
             t_governed = time.time()
-            t_quiet, quiet = self.wait_quiet(audit, "headroom", t_create, args.quiet, 120 + 0.2 * n)
+            # Then every Project's status must say so (its status write may trail its quota), and
+            # Headroom must have gone quiet.
+            statuses_ready = statuses.wait_for(names, max(60.0, deadline - time.monotonic()), log)
+            t_quiet, quiet = self.wait_quiet(audit, "headroom", t_create, self.quiet(n), 120 + 0.2 * n)
             audit.sync()
             after = sample(op.pid)
             convergence = latency_summary(sent, watcher.first)
             convergence["all_converged"] = converged
+            # Until `kubectl get project` shows it: the Ready condition of its status.
+            convergence["status_ready"] = {**latency_summary(sent, statuses.first), "all_ready": statuses_ready}
             convergence["quiet_reached"] = quiet
             convergence["quiet_after_governed_s"] = round(t_quiet - t_governed, 1)
             convergence["wrong_values"] = self.check_values(watcher.first)
@@ -257,7 +267,7 @@ class Bench:
             op.start()
             self.wait_ready(op, audit, t_restart)
             reconciled = self.wait_reconciled(op, n, 120 + 0.5 * n)
-            t_done, quiet = self.wait_quiet(audit, "headroom", t_restart, args.quiet, 120 + 0.2 * n)
+            t_done, quiet = self.wait_quiet(audit, "headroom", t_restart, self.quiet(n), 120 + 0.2 * n)
             audit.sync()
             out["restart"] = {"reconciled_all": reconciled, "quiet_reached": quiet,
                               "requests": tally(audit.select("headroom", t_restart, t_done), n, t_done - t_restart),
@@ -272,7 +282,8 @@ class Bench:
         finally:
             op.stop()
             watcher.stop()
-            out["watch_errors"] = watcher.errors[:10]
+            statuses.stop()
+            out["watch_errors"] = (watcher.errors + statuses.errors)[:10]
             out["operator_log_issues"] = log_issues(op.workdir)
         return out
 
@@ -380,7 +391,7 @@ class Bench:
         kubeconfig = cluster.service_account_kubeconfig(BASELINE_NAMESPACE, "baseline",
                                                         workdir / "baseline.kubeconfig",
                                                         expiration_seconds=TOKEN_SECONDS)
-        watcher = QuotaWatcher(admin, "app.kubernetes.io/managed-by=baseline-cron", lambda _: True).start()
+        watcher = quota_watcher(admin, "app.kubernetes.io/managed-by=baseline-cron", lambda _: True).start()
         log_path = workdir / "baseline.log"
         out: dict[str, Any] = {"interval_s": args.baseline_interval}
         with open(log_path, "ab") as handle:
@@ -500,8 +511,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--history-cycles", type=int, default=3, help="derivation cycles to count")
     parser.add_argument("--baseline-interval", type=float, default=60, help="seconds between baseline runs")
     parser.add_argument("--workers", type=int, default=16, help="threads creating objects")
-    parser.add_argument("--quiet", type=float, default=10,
-                        help="seconds without a request that end convergence and restart")
+    parser.add_argument("--quiet", type=float, default=0,
+                        help="seconds without a request that end convergence and restart (0: 10 s, or N/100 s "
+                             "if more: a derivation cycle over thousands of Projects pauses writes that long)")
     parser.add_argument("--converge-timeout", type=float, default=0, help="0: 300 s + 1 s per Project")
     parser.add_argument("--operator-arg", action="append", default=[], help="extra flag for headroom run")
     parser.add_argument("--only", choices=["both", "headroom", "baseline"], default="both")
