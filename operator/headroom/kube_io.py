@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import heapq
+import itertools
 import logging
+import math
 import random
 import time
 import uuid
@@ -58,25 +62,81 @@ IDLE_CONNECTION_SECONDS = 30.0
 T = TypeVar("T")
 
 
+# Which write goes first when writes queue at the rate limiter: lower first. A reconcile sets the
+# priority of its Project; writes without one (Events posted on the side) queue behind them in order.
+WRITE_PRIORITY: contextvars.ContextVar[float] = contextvars.ContextVar("headroom_write_priority",
+                                                                      default=math.inf)
+
+
+@dataclass(order=True)
+class _Ticket:
+    priority: float
+    sequence: int
+    granted: bool = field(default=False, compare=False)
+    cancelled: bool = field(default=False, compare=False)
+    wake: asyncio.Event = field(default_factory=lambda: asyncio.Event(), compare=False)
+
+
 class TokenBucket:
-    """Client-side rate limit for writes: `rate` per second sustained, `burst` at once."""
+    """Client-side rate limit for writes: `rate` per second sustained, `burst` at once.
+
+    Waiting writes are served by priority, then in arrival order. With thousands of new Projects at
+    once, first-come-first-served per *write* would interleave everyone's writes, so that every
+    Project finished only near the end; served per *Project*, the first ones are done in seconds.
+    One waiter at a time holds the lock and hands out tokens (to whoever is first in line, itself
+    or not); the others sleep until they are served or handed the lock.
+    """
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst, self._clock = rate, burst, clock
         self._tokens = float(burst)
         self._stamp = clock()
         self._lock = asyncio.Lock()
+        self._queue: list[_Ticket] = []
+        self._sequence = itertools.count()
 
-    async def take(self) -> None:
-        async with self._lock:
-            while True:
-                now = self._clock()
-                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-                self._stamp = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def _serve(self) -> None:
+        while self._queue and self._tokens >= 1:
+            head = heapq.heappop(self._queue)
+            if head.cancelled:
+                continue
+            self._tokens -= 1
+            head.granted = True
+            head.wake.set()
+
+    def _hand_over(self) -> None:
+        while self._queue and self._queue[0].cancelled:
+            heapq.heappop(self._queue)
+        if self._queue:
+            self._queue[0].wake.set()
+
+    async def take(self, priority: float = math.inf) -> None:
+        ticket = _Ticket(priority, next(self._sequence))
+        heapq.heappush(self._queue, ticket)
+        try:
+            while not ticket.granted:
+                if self._lock.locked():
+                    ticket.wake.clear()
+                    await ticket.wake.wait()  # served, or handed the lock
+                    continue
+                async with self._lock:
+                    while not ticket.granted:
+                        self._refill()
+                        self._serve()
+                        if not ticket.granted:
+                            await asyncio.sleep((1 - self._tokens) / self.rate)
+                self._hand_over()
+        except BaseException:
+            if ticket.granted:
+                self._tokens = min(self.burst, self._tokens + 1)  # cancelled after all: give it back
+            ticket.cancelled = True
+            self._hand_over()
+            raise
 
 
 def backoff_delays(base: float = 0.5, cap: float = 60.0) -> Any:
@@ -174,7 +234,7 @@ class KubeWriter:
     async def _call(self, kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         delays = backoff_delays(base=1.0, cap=10.0)
         for attempt in range(1, THROTTLED_ATTEMPTS + 1):
-            await self.limiter.take()
+            await self.limiter.take(WRITE_PRIORITY.get())
             self.writes.add(kind)
             self._fresh_connections_after_idle()
             try:

@@ -36,7 +36,8 @@ _real_sleep = asyncio.sleep
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     time = FakeTime()
     # Only kube_io's view of asyncio changes; the event loop itself keeps the real one.
-    monkeypatch.setattr(kube_io, "asyncio", types.SimpleNamespace(Lock=asyncio.Lock, sleep=time.sleep))
+    monkeypatch.setattr(kube_io, "asyncio", types.SimpleNamespace(Lock=asyncio.Lock, Event=asyncio.Event,
+                                                                  sleep=time.sleep))
     return time
 
 
@@ -143,3 +144,50 @@ def test_backoff_delays_are_jittered_within_bounds() -> None:
 def test_backoff_never_ends() -> None:
     delays = backoff_delays(base=0.01, cap=0.02)
     assert len(list(itertools.islice(delays, 1000))) == 1000
+
+
+# --------------------------------------------------------------------------------------------- priority
+
+
+def grant_order(bucket: TokenBucket, priorities: list[float], cancel: set[int] = frozenset()) -> list[int]:
+    """The order (indexes into `priorities`) in which concurrent takers were served."""
+
+    async def run() -> list[int]:
+        await bucket.take()  # the bucket is now empty: everyone below has to queue
+        served: list[int] = []
+
+        async def one(index: int, priority: float) -> None:
+            await bucket.take(priority)
+            served.append(index)
+
+        tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(priorities)]
+        await _real_sleep(0)
+        for index in cancel:
+            tasks[index].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return served
+
+    return asyncio.run(run())
+
+
+def test_queued_writes_are_served_by_priority_then_arrival(fake: FakeTime) -> None:
+    bucket = TokenBucket(rate=1.0, burst=1, clock=fake.clock)
+    # The first Project seen (priority 1) gets both of its writes through before the later ones;
+    # writes without a Project (infinite priority) come last, in arrival order.
+    order = grant_order(bucket, [5, 1, float("inf"), 1, 3, float("inf")])
+    assert order == [1, 3, 4, 0, 2, 5]
+
+
+def test_priority_does_not_change_the_rate(fake: FakeTime) -> None:
+    bucket = TokenBucket(rate=2.0, burst=1, clock=fake.clock)
+    start = fake.now
+    grant_order(bucket, [3, 2, 1, 0])
+    assert fake.now - start == pytest.approx(2.0, abs=1e-3)  # 4 tokens at 2 per second
+
+
+def test_a_cancelled_waiter_does_not_hold_up_the_line(fake: FakeTime) -> None:
+    bucket = TokenBucket(rate=1.0, burst=1, clock=fake.clock)
+    start = fake.now
+    order = grant_order(bucket, [0, 1, 2, 3], cancel={0, 2})
+    assert order == [1, 3]
+    assert fake.now - start == pytest.approx(2.0, abs=1e-3)  # no token spent on the cancelled ones
