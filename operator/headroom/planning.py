@@ -510,7 +510,9 @@ def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any]
     status["phase"] = ("Observing" if not enforced and all_governed else
                        "Pending" if still_pending and all_governed else
                        "Ready" if all_governed else "Waiting")
-    top = max(utilization.items(), key=lambda kv: kv[1], default=None)
+    # Ties go to the first (namespace, resource) by name: the order in which the quota listed its
+    # resources must not change the status, or every reconcile would rewrite it.
+    top = max(sorted(utilization.items()), key=lambda kv: kv[1], default=None)
     status["summary"] = {
         "namespaces": ",".join(spec.namespace_names)[:256],
         "highestUtilization": f"{top[1]:.0f}% {top[0][0]}/{top[0][1]}" if top else "",

@@ -766,6 +766,22 @@ def test_utilization_is_used_over_governed() -> None:
     assert result.status["summary"]["highestUtilization"] == "92% ns/pods"
 
 
+def test_the_status_written_at_bootstrap_is_the_one_the_next_reconcile_computes() -> None:
+    # requests.cpu and limits.cpu at the same utilization. The first plan governs from the counting
+    # quota (resources in the Project's order), the next one from the governed annotation (sorted):
+    # had the tie followed that order, every new namespace would cost a second status write.
+    spec, body = project()
+    used = {"requests.cpu": "1", "limits.cpu": "2", "requests.memory": "1Gi", "limits.memory": "2Gi", "pods": "1"}
+    peaks = {("ns", "requests.cpu"): D(1), ("ns", "limits.cpu"): D(2), ("ns", "requests.memory"): D(GI),
+             ("ns", "limits.memory"): D(2 * GI), ("ns", "pods"): D(1)}
+    first = plan(spec, body, observed({"ns": counting(used=used)}, peaks=peaks))
+    written = json.loads(quota_in(first).annotations[GOVERNED_HARD])
+    body["status"] = first.status
+    second = plan(spec, body, observed({"ns": governed_rq(governed=written, used=used)}, peaks=peaks))
+    assert first.status["summary"]["highestUtilization"].startswith("83% ns/")
+    assert second.status == first.status
+
+
 def test_utilization_is_empty_before_use_is_known() -> None:
     spec, body = project(quota={"resources": CPU_PODS})
     result = plan(spec, body, observed({"ns": governed_rq(used=None)}))
