@@ -257,6 +257,7 @@ class Alerting:
             # Outbox first: what is owed is on record before anything leaves.
             await self.writer.patch_status(spec.name, {"alerts": state_to_status(state)})
         failed = False
+        delivered_from = state
         for notification in owed:
             delivery = Delivery(notification, spec.name, spec.owner.team, tuple(spec.owner.contacts), now,
                                 firing_until)
@@ -275,6 +276,10 @@ class Alerting:
                     continue
                 state = mark_delivered(state, notification.id, sink.name, now)
                 self.metrics.alerts_sent.labels(sink.name, notification.state).inc()
+        if state is not delivered_from:
+            # Deliveries retired outboxes: evaluating once more now schedules the reminders, so the
+            # status written below is already what the next reconcile computes (one write, not two).
+            state, _ = evaluate(state, usage, policy, hours, now, {s.name for s in sinks})
         if failed:
             delays = self._retry.setdefault(spec.name, backoff_delays(base=2.0, cap=300.0))
             self.wake_at(spec.name, now + timedelta(seconds=next(delays)))

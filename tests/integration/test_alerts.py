@@ -215,10 +215,16 @@ def test_crossing_80_percent_alerts_every_sink_exactly_once(
     assert operator.metric("headroom_alerts_sent_total", {"sink": "alertmanager", "state": "firing"}) >= 1
 
     # The outbox is settled: nothing is owed, nothing is re-sent while usage stays put.
-    record = next(r for r in alert_records(admin, name) if r["threshold"] == 80)
+    record = wait_for(lambda: next((r for r in alert_records(admin, name)
+                                    if r["threshold"] == 80 and "outbox" not in r), None), 30,
+                      "the delivered notification to leave the outbox")
     assert record["state"] == "firing" and record["announced"] is True
-    assert "outbox" not in record and "notBefore" not in record
+    # The reminder is scheduled with the delivery, in the same status write: a business day later.
+    sent = datetime.fromisoformat(record["lastSent"])
+    assert datetime.fromisoformat(record["notBefore"]) >= sent + timedelta(hours=16), record
+    version = project(admin, name)["metadata"]["resourceVersion"]
     settle(5)
+    assert project(admin, name)["metadata"]["resourceVersion"] == version, "the status was written again"
     assert len(webhook.requests({"project": name})) == 1
     assert len(am_alerts(manager, name)) == 1
     assert len(events(admin, name, "QuotaNearLimit")) == 1

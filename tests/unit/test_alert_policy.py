@@ -479,6 +479,21 @@ def test_mark_delivered_per_sink() -> None:
     assert sent == []
 
 
+def test_evaluating_again_right_after_delivery_reaches_a_fixed_point() -> None:
+    # The operator re-evaluates right after delivering, so that what it writes to the Project's
+    # status is what every later evaluation computes until something changes: no second write.
+    state, sent = run(AlertState(), {CPU: D(85)}, MON_10, hours=OFFICE)
+    state = deliver(state, sent, MON_10)
+    settled, owed = run(state, {CPU: D(85)}, MON_10, hours=OFFICE)
+    assert owed == []
+    record = settled.get((*CPU, 80))
+    assert record is not None and record.not_before == utc(2026, 3, 3, 10)  # the reminder, a business day on
+    for later in (MON_10 + timedelta(minutes=1), MON_10 + timedelta(hours=5), utc(2026, 3, 3, 9, 59)):
+        again, owed = run(settled, {CPU: D(85)}, later, hours=OFFICE)
+        assert owed == []
+        assert state_to_status(again) == state_to_status(settled), later
+
+
 def test_mark_delivered_for_unknown_id_is_a_no_op() -> None:
     state, _ = run(AlertState(), {CPU: D(85)}, MON_10)
     assert mark_delivered(state, "nope", "webhook", MON_10) is state
