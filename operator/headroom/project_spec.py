@@ -135,10 +135,8 @@ class LimitDefaults:
 
 @dataclass(frozen=True)
 class SecretKeyRef:
+    # Always in the operator's namespace: it may read Secrets there and nowhere else.
     name: str
-    # None: the operator's own namespace. The CRD has no such field yet, so objects from the API
-    # always give None; only CLI files can set it.
-    namespace: str | None = None
     key: str = DEFAULT_SECRET_KEY
 
 
@@ -429,10 +427,10 @@ def _secret_ref(raw: Any, path: str) -> SecretKeyRef | None:
     if raw is None:
         return None
     section = _mapping(raw, path)
-    _no_unknown_fields(section, path, ("name", "namespace", "key"))
+    # No namespace, as in the CRD: a file the CLI accepts must be one the API server accepts.
+    _no_unknown_fields(section, path, ("name", "key"))
     return SecretKeyRef(
         name=_required_string(section.get("name"), f"{path}.name"),
-        namespace=_string(section.get("namespace"), f"{path}.namespace"),
         key=_string(section.get("key"), f"{path}.key") or DEFAULT_SECRET_KEY,
     )
 

@@ -58,7 +58,7 @@ spec:
     hysteresis: 3
     cooldown: 12h
     urgentWhenFull: true
-    webhookSecretRef: {name: slack, namespace: headroom-system, key: webhook}
+    webhookSecretRef: {name: slack, key: webhook}
 """
 
 
@@ -116,7 +116,7 @@ def test_full_project_from_yaml() -> None:
             hysteresis=3,
             cooldown=timedelta(hours=12),
             urgent_when_full=True,
-            webhook_secret_ref=SecretKeyRef(name="slack", namespace="headroom-system", key="webhook"),
+            webhook_secret_ref=SecretKeyRef(name="slack", key="webhook"),
         ),
         approved_change="sha256:abc",
         approved_by="alice",
@@ -174,7 +174,7 @@ def test_empty_approval_annotation_means_none() -> None:
 
 def test_webhook_secret_ref_defaults() -> None:
     project = parse_project(with_field("spec.alerts.webhookSecretRef", {"name": "hook"}))
-    assert project.alerts.webhook_secret_ref == SecretKeyRef(name="hook", namespace=None, key="url")
+    assert project.alerts.webhook_secret_ref == SecretKeyRef(name="hook", key="url")
 
 
 def test_zero_headroom_is_allowed() -> None:
@@ -347,6 +347,12 @@ NOT_GOVERNABLE = "is not a resource Headroom can govern"
             "spec.alerts.webhookSecretRef",
             {"name": "s", "ns": "x"},
             "spec.alerts.webhookSecretRef.ns: unknown",
+        ),
+        (
+            # Secrets are read in the operator's namespace only; the CRD has no such field either.
+            "spec.alerts.webhookSecretRef",
+            {"name": "s", "namespace": "other-team"},
+            "spec.alerts.webhookSecretRef.namespace: unknown",
         ),
         ("spec.alert", {}, "spec.alert: unknown field"),
         ("spec", None, "spec: is required"),
