@@ -37,6 +37,14 @@ from headroom.reconciler import HistoryCache, Reconciler, Store
 
 log = logging.getLogger("headroom")
 SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+# A watch request lasts this long on the server, then is renewed from its last bookmark: one
+# request per watch (four in all), no re-list. Long watches are what keep the steady state cheap.
+WATCH_SECONDS = 300
+# A watch that goes silent without closing (a dead NAT entry, a stuck proxy) is noticed by this
+# inactivity timeout. The API server's watch cache sends every watch a bookmark about every minute
+# (k8s.io/apiserver cacher: defaultBookmarkFrequency), so a healthy stream is never silent this long;
+# a false alarm would cost one more watch request, nothing else.
+WATCH_INACTIVITY_SECONDS = 75
 
 
 def load_kube_config() -> kubernetes.client.ApiClient:
@@ -194,12 +202,8 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         settings.watching.label_selectors["v1", "resourcequotas"] = SELECTOR
         settings.watching.label_selectors["v1", "limitranges"] = SELECTOR
         settings.watching.connect_timeout = 10
-        # A watch that goes silent without closing (a dead NAT entry, a stuck proxy) is noticed by
-        # the inactivity timeout. The API server sends a bookmark at least every minute and about 2 s
-        # before a watch's own timeout, so with 40 s watches a healthy stream is never quiet for 50 s.
-        # Each renewal resumes from the last bookmark: a watch request, no re-list.
-        settings.watching.server_timeout = 40
-        settings.watching.inactivity_timeout = 50
+        settings.watching.server_timeout = WATCH_SECONDS
+        settings.watching.inactivity_timeout = WATCH_INACTIVITY_SECONDS
         settings.networking.request_timeout = 30
         settings.networking.error_backoffs = JitteredBackoffs()
         # One active replica is ensured by the Lease (leader.py), not by Kopf's peering.
