@@ -513,7 +513,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=16, help="threads creating objects")
     parser.add_argument("--quiet", type=float, default=0,
                         help="seconds without a request that end convergence and restart (0: 10 s, or N/100 s "
-                             "if more: a derivation cycle over thousands of Projects pauses writes that long)")
+                             "if more: a pause in the writes, such as a derivation cycle over thousands of Projects, "
+                             "must not pass for the end)")
     parser.add_argument("--converge-timeout", type=float, default=0, help="0: 300 s + 1 s per Project")
     parser.add_argument("--operator-arg", action="append", default=[], help="extra flag for headroom run")
     parser.add_argument("--only", choices=["both", "headroom", "baseline"], default="both")
