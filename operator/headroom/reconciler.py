@@ -179,13 +179,20 @@ class HistoryCache:
             return await self.source.peaks(PeakQuery(frozenset(namespaces), frozenset(resources), lookback,
                                                      self.clock()))
         if not self._fresh(keys, lookback, self.clock()):
-            self._wanted.setdefault(lookback, set()).update(keys)
-            if self._batch is None or self._batch.done():
-                self._done = asyncio.Event()
-                self._batch = asyncio.create_task(self._fetch_batch())
-            done = self._done
+            done = self._want(keys, lookback)
             if not all((ns, r, lookback) in self._results for ns, r in keys):
-                await done.wait()  # nothing known yet: a quota is never bootstrapped on a guess
+                # Nothing known yet: a quota is never bootstrapped on a guess, and a status never
+                # says "no history" for a namespace the source was not even asked about.
+                asked = self.clock()
+                while True:
+                    await done.wait()
+                    if all((ns, r, lookback) in self._results for ns, r in keys):
+                        break
+                    failed_at, error, _ = self._errors.get(lookback, (asked, None, False))
+                    if error is not None and failed_at >= asked:
+                        break  # the source failed: the answer says so
+                    # These keys came while a batch was already being fetched: the next batch.
+                    done = self._want(keys, lookback)
             else:
                 refreshed = asyncio.ensure_future(done.wait())
                 await asyncio.wait({refreshed}, timeout=self.stale_wait)
@@ -196,6 +203,14 @@ class HistoryCache:
                         refreshed.add_done_callback(
                             lambda _: on_refresh() if self._answer(keys, lookback) != seen else None)
         return self._answer(keys, lookback)
+
+    def _want(self, keys: set[tuple[str, str]], lookback: timedelta) -> asyncio.Event:
+        """Add keys to the next batch (starting one if none is open); its completion event."""
+        self._wanted.setdefault(lookback, set()).update(keys)
+        if self._batch is None or self._batch.done():
+            self._done = asyncio.Event()
+            self._batch = asyncio.create_task(self._fetch_batch())
+        return self._done
 
     def _answer(self, keys: set[tuple[str, str]], lookback: timedelta) -> HistoryResult:
         peaks = {(ns, r): value for ns, r in keys

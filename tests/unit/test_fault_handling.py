@@ -189,6 +189,45 @@ def test_without_any_answer_the_first_reconcile_waits_for_history() -> None:
     assert result.peaks == {("a", "pods"): Decimal(5)}
 
 
+def test_a_namespace_wanted_while_a_batch_is_being_fetched_gets_its_own_answer() -> None:
+    # Projects keep arriving while the first batch is fetched (1000 at once after a restart): the
+    # late ones must get their peaks from a next batch, not the first batch's answer without them.
+    class Echo:
+        name = "echo"
+
+        def __init__(self) -> None:
+            self.queries: list[frozenset[str]] = []
+
+        async def peaks(self, query: PeakQuery) -> HistoryResult:
+            self.queries.append(query.namespaces)
+            await asyncio.sleep(0.2)
+            return HistoryResult(peaks={(ns, r): Decimal(7) for ns in query.namespaces for r in query.resources},
+                                 queries=1)
+
+    source = Echo()
+    cache = HistoryCache(source, max_age=timedelta(minutes=5), metrics=Metrics(), batch_window=0.05)
+
+    async def run() -> tuple[HistoryResult, HistoryResult]:
+        first = asyncio.ensure_future(cache.get({"a"}, {"pods"}, LOOKBACK))
+        await asyncio.sleep(0.1)  # the first batch is being fetched now
+        late = await cache.get({"b"}, {"pods"}, LOOKBACK)
+        return await first, late
+
+    first, late = asyncio.run(run())
+    assert first.peaks == {("a", "pods"): Decimal(7)}
+    assert late.peaks == {("b", "pods"): Decimal(7)} and late.error is None
+    assert source.queries == [frozenset({"a"}), frozenset({"b"})]
+
+
+def test_a_failing_source_answers_the_waiters_with_its_error() -> None:
+    source = Source()
+    source.answers = [HistoryResult(error="connection refused", queries=1)]
+    cache = HistoryCache(source, max_age=timedelta(0), metrics=Metrics(), batch_window=0)
+    result = asyncio.run(asyncio.wait_for(cache.get({"a"}, {"pods"}, LOOKBACK), 5))
+    assert result.peaks == {} and result.error == "connection refused"
+    assert source.calls == 1
+
+
 # ------------------------------------------------------------------------------------- reconciler
 
 
