@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import socket
@@ -122,20 +123,17 @@ class Runtime:
         watches only.
         """
         core = self.reconciler.writer.core
-        quotas = await asyncio.to_thread(core.list_resource_quota_for_all_namespaces, label_selector=SELECTOR,
-                                         _request_timeout=REQUEST_TIMEOUT)
-        limitranges = await asyncio.to_thread(core.list_limit_range_for_all_namespaces, label_selector=SELECTOR,
-                                              _request_timeout=REQUEST_TIMEOUT)
-        namespaces = await asyncio.to_thread(core.list_namespace, _request_timeout=REQUEST_TIMEOUT)
-        serialize = self.reconciler.writer.core.api_client.sanitize_for_serialization
-        for item in quotas.items:
-            if item.metadata.name == QUOTA_NAME:
-                self.store.quotas[item.metadata.namespace] = serialize(item)
-        for item in limitranges.items:
-            if item.metadata.name == LIMITRANGE_NAME:
-                self.store.limitranges[item.metadata.namespace] = serialize(item)
-        self.store.namespaces.update(item.metadata.name for item in namespaces.items
-                                     if not item.metadata.deletion_timestamp)
+        quotas = await _list_plain(core.list_resource_quota_for_all_namespaces, label_selector=SELECTOR)
+        limitranges = await _list_plain(core.list_limit_range_for_all_namespaces, label_selector=SELECTOR)
+        namespaces = await _list_plain(core.list_namespace)
+        for item in quotas:
+            if item["metadata"].get("name") == QUOTA_NAME:
+                self.store.quotas[item["metadata"]["namespace"]] = item
+        for item in limitranges:
+            if item["metadata"].get("name") == LIMITRANGE_NAME:
+                self.store.limitranges[item["metadata"]["namespace"]] = _plain(item, keep_managed_fields=False)
+        self.store.namespaces.update(item["metadata"]["name"] for item in namespaces
+                                     if not item["metadata"].get("deletionTimestamp"))
         self.primed.set()
         for name in list(self.store.projects):
             self.reconciler.schedule(name)
@@ -274,6 +272,16 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
             store.namespaces.add(name)
         for project in store.projects_claiming(name):
             runtime.schedule(project)
+
+
+async def _list_plain(fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """A LIST's items as plain dicts, parsed straight from the JSON: the client's model objects for
+    thousands of items would cost several times the memory, and the store keeps dicts anyway."""
+    response = await asyncio.to_thread(fn, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+    try:
+        return list(json.loads(response.data).get("items") or [])
+    finally:
+        response.release_conn()
 
 
 def _namespaces(body: Mapping[str, Any]) -> list[str]:
