@@ -458,7 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_down(args.state_dir)
         if args.command == "_supervise":
             return _supervise(args.state_dir)
-        # run: in the foreground until Ctrl-C, handy for debugging.
+        # run: in the foreground until Ctrl-C, handy for debugging. A process started in the
+        # background by a non-interactive shell inherits SIGINT *ignored*, and Python then never
+        # raises KeyboardInterrupt: Ctrl-C (or a SIGINT from a test) must stop it all the same.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with ControlPlane(Path(tempfile.mkdtemp(prefix="headroom-cp-"))) as plane:
             print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
