@@ -4,7 +4,7 @@ CLUSTER_DIR ?= .cluster
 KIND_CLUSTER ?= headroom
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install controlplane cluster-up cluster-down demo test test-unit lint bench kind-up kind-down image
+.PHONY: help install controlplane cluster-up cluster-down demo test test-unit lint bench bench-reconcile kind-up kind-down image
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: ## ruff
 
 bench: install ## API cost benchmark against the naive baseline (writes bench/results/)
 	$(PYTHON) -m bench.run
+
+bench-reconcile: install ## CPU per reconcile at 100, 1000 and 3000 Projects (no cluster; seconds)
+	$(PYTHON) -m bench.reconcile_cost
 
 image: ## build the operator image (needs Docker)
 	docker build -f operator/Dockerfile -t headroom:dev .
