@@ -179,7 +179,7 @@ def render_size(size: dict[str, Any]) -> list[str]:
 
 
 def render(results: dict[str, Any]) -> str:
-    sizes = results.get("sizes") or []
+    sizes = sorted(results.get("sizes") or [], key=lambda s: int(s.get("n") or 0))  # in any run order
     lines = ["# Headroom vs. a naive quota script: API cost", "",
              f"Run {results.get('started')} to {results.get('finished', '?')}, revision {results.get('revision')}, "
              f"{_get(results, 'machine.cpus')} CPUs, {_get(results, 'machine.memory_gib')} GiB. "
