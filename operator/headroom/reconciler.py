@@ -207,7 +207,9 @@ class HistoryCache:
     def _want(self, keys: set[tuple[str, str]], lookback: timedelta) -> asyncio.Event:
         """Add keys to the next batch (starting one if none is open); its completion event."""
         self._wanted.setdefault(lookback, set()).update(keys)
-        if self._batch is None or self._batch.done():
+        # A set event (a refresh of every namespace completed it) is over: waiting on it again would
+        # spin without ever yielding to the event loop.
+        if self._batch is None or self._batch.done() or self._done.is_set():
             self._done = asyncio.Event()
             self._batch = asyncio.create_task(self._fetch_batch())
         return self._done

@@ -5,6 +5,7 @@ tests/integration/test_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -217,6 +218,37 @@ def test_a_namespace_wanted_while_a_batch_is_being_fetched_gets_its_own_answer()
     assert first.peaks == {("a", "pods"): Decimal(7)}
     assert late.peaks == {("b", "pods"): Decimal(7)} and late.error is None
     assert source.queries == [frozenset({"a"}), frozenset({"b"})]
+
+
+def test_a_refresh_that_completes_an_open_batch_early_does_not_stall_a_waiter() -> None:
+    # A derivation cycle's refresh completes the event of a batch still in its window; a namespace
+    # asked for during that refresh must get a batch of its own, not spin on the completed event
+    # (which froze the whole operator: Prometheus back up, quota never governed).
+    class Slow:
+        name = "slow"
+
+        async def peaks(self, query: PeakQuery) -> HistoryResult:
+            await asyncio.sleep(0.2)
+            return HistoryResult(peaks={(ns, r): Decimal(3) for ns in query.namespaces for r in query.resources},
+                                 queries=1)
+
+    cache = HistoryCache(Slow(), max_age=timedelta(minutes=5), metrics=Metrics(), batch_window=1.0)
+    outcome: list[HistoryResult] = []
+
+    async def run() -> None:
+        first = asyncio.ensure_future(cache.get({"x"}, {"pods"}, LOOKBACK))  # opens a batch (1 s window)
+        await asyncio.sleep(0)
+        refresh = asyncio.ensure_future(cache.refresh_all({LOOKBACK: {("y", "pods")}}))
+        await asyncio.sleep(0.1)
+        outcome.append(await cache.get({"r"}, {"pods"}, LOOKBACK))
+        await asyncio.gather(first, refresh)
+
+    # A spinning loop cannot be timed out from inside it: run it in a thread and give up on it.
+    worker = threading.Thread(target=lambda: asyncio.run(run()), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the history cache spun on a completed event"
+    assert outcome[0].peaks == {("r", "pods"): Decimal(3)}
 
 
 def test_a_failing_source_answers_the_waiters_with_its_error() -> None:
