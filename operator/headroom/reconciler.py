@@ -207,9 +207,7 @@ class HistoryCache:
     def _want(self, keys: set[tuple[str, str]], lookback: timedelta) -> asyncio.Event:
         """Add keys to the next batch (starting one if none is open); its completion event."""
         self._wanted.setdefault(lookback, set()).update(keys)
-        # A set event (a refresh of every namespace completed it) is over: waiting on it again would
-        # spin without ever yielding to the event loop.
-        if self._batch is None or self._batch.done() or self._done.is_set():
+        if self._batch is None or self._batch.done():
             self._done = asyncio.Event()
             self._batch = asyncio.create_task(self._fetch_batch())
         return self._done
@@ -231,8 +229,13 @@ class HistoryCache:
     async def _fetch(self, delay: float) -> None:
         if delay:
             await asyncio.sleep(delay)
+        # The keys and the event that their waiters hold are taken together: keys wanted from now on
+        # belong to a fresh event and a new batch. (Sharing one event across snapshots let a refresh
+        # complete it early, and a waiter then spun on an event that was already set.)
         wanted, self._wanted = self._wanted, {}
-        done = self._done
+        done, self._done = self._done, asyncio.Event()
+        if self._batch is asyncio.current_task():
+            self._batch = None
         try:
             for lookback, keys in wanted.items():
                 now = self.clock()
