@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -87,8 +89,33 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def _truthy(text: str) -> bool:
-    return text.strip().lower() in {"1", "true", "yes", "on"}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+# A PromQL duration: one or more number-unit pairs, e.g. 5m, 1h30m, 500ms.
+_PROMQL_DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
+# Kubernetes names: a namespace is a DNS-1123 label, a Lease name a DNS-1123 subdomain.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _boolean(value: object, flag: str) -> bool:
+    """A switch from the environment: an unknown word is refused, not read as false
+    (HEADROOM_LEADER_ELECT=maybe silently meant two active replicas)."""
+    text = str(value or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{flag} (env {_env_name(flag)}) must be true or false, got {value!r}")
+
+
+def _kubernetes_name(value: str, flag: str, label: bool) -> str:
+    pattern, limit, kind = (_DNS_LABEL, 63, "a namespace name") if label else \
+        (_DNS_SUBDOMAIN, 253, "a Kubernetes object name")
+    if len(value) > limit or not pattern.match(value):
+        raise ConfigError(f"{flag} must be {kind} (lower-case letters, digits and '-', at most {limit} "
+                          f"characters), got {value!r}")
+    return value
 
 
 def _url(value: str | None, what: str) -> str | None:
@@ -116,9 +143,13 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         if value is None or value == "":
             return default
         try:
-            return kind(value)
+            parsed = kind(value)
         except ValueError as exc:
             raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not a number") from exc
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            # float() accepts "nan" and "inf": a rate or timeout of NaN compares false with everything.
+            raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not a finite number")
+        return parsed
 
     source = str(pick("history_source") or defaults.history_source)
     if source not in {"prometheus", "sampler", "file"}:
@@ -155,7 +186,7 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     config = OperatorConfig(
         history_source=source,
         prometheus_url=prometheus_url,
-        prometheus_step=str(pick("prometheus_step") or defaults.prometheus_step),
+        prometheus_step=_promql_duration(str(pick("prometheus_step") or defaults.prometheus_step)),
         prometheus_timeout=float(number("prometheus_timeout", float, defaults.prometheus_timeout)),  # type: ignore[arg-type]
         prometheus_queries=queries,
         history_file=history_path,
@@ -165,13 +196,14 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         resync_interval=resync,
         webhook_url=_url(pick("webhook_url"), "--webhook-url"),  # type: ignore[arg-type]
         alertmanager_url=_url(pick("alertmanager_url"), "--alertmanager-url"),  # type: ignore[arg-type]
-        auto_approve_within_recommendation=_truthy(str(pick("auto_approve_within_recommendation") or "")),
-        namespace=str(pick("namespace") or defaults.namespace),
+        auto_approve_within_recommendation=_boolean(pick("auto_approve_within_recommendation"),
+                                                    "--auto-approve-within-recommendation"),
+        namespace=_kubernetes_name(str(pick("namespace") or defaults.namespace), "--namespace", label=True),
         api_qps=float(number("api_qps", float, defaults.api_qps)),  # type: ignore[arg-type]
         api_burst=int(number("api_burst", int, defaults.api_burst)),  # type: ignore[call-overload]
-        leader_elect=_truthy(str(pick("leader_elect") or "")),
-        lease_name=str(pick("lease_name") or defaults.lease_name),
-        verbose=_truthy(str(pick("verbose") or "")),
+        leader_elect=_boolean(pick("leader_elect"), "--leader-elect"),
+        lease_name=_kubernetes_name(str(pick("lease_name") or defaults.lease_name), "--lease-name", label=False),
+        verbose=_boolean(pick("verbose"), "--verbose"),
     )
     for port_name in ("metrics_port", "health_port"):
         port = getattr(config, port_name)
@@ -179,7 +211,16 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str] | None = No
             raise ConfigError(f"--{port_name.replace('_', '-')} must be between 0 and 65535, got {port}")
     if config.api_qps <= 0 or config.api_burst < 1:
         raise ConfigError("--api-qps must be > 0 and --api-burst >= 1")
+    if config.prometheus_timeout <= 0:
+        raise ConfigError(f"--prometheus-timeout must be a number of seconds > 0, got {config.prometheus_timeout:g}")
     return config
+
+
+def _promql_duration(text: str) -> str:
+    """Refused here rather than by Prometheus at the first query, as a 400 every derivation cycle."""
+    if not _PROMQL_DURATION.match(text.strip()) or not any(ch in "123456789" for ch in text):
+        raise ConfigError(f"--prometheus-step must be a PromQL duration such as 30s, 5m or 1h, got {text!r}")
+    return text.strip()
 
 
 def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> OperatorConfig:

@@ -71,7 +71,7 @@ def test_environment_variables(history_file: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [("true", True), ("1", True), ("ON", True), ("false", False),
-                                                ("0", False), ("", False), ("no", False)])
+                                                ("0", False), ("", False), ("no", False), ("Off", False)])
 def test_boolean_environment_values(text: str, expected: bool) -> None:
     config = parse_config([], {"HEADROOM_AUTO_APPROVE_WITHIN_RECOMMENDATION": text})
     assert config.auto_approve_within_recommendation is expected
@@ -146,6 +146,22 @@ def test_file_source_with_a_file(history_file: Path) -> None:
     ([], {"HEADROOM_API_QPS": "fast"}, "--api-qps"),
     (["--api-qps=0"], {}, "--api-qps"),
     (["--api-burst=0"], {}, "--api-burst"),
+    (["--prometheus-step=banana"], {}, "--prometheus-step"),
+    (["--prometheus-step=5"], {}, "--prometheus-step"),  # PromQL needs a unit
+    (["--prometheus-step=0m"], {}, "--prometheus-step"),
+    ([], {"HEADROOM_PROMETHEUS_STEP": "5 minutes"}, "--prometheus-step"),
+    (["--prometheus-timeout=-1"], {}, "--prometheus-timeout"),
+    (["--prometheus-timeout=0"], {}, "--prometheus-timeout"),
+    ([], {"HEADROOM_PROMETHEUS_TIMEOUT": "nan"}, "--prometheus-timeout"),
+    (["--namespace=Not A Namespace!"], {}, "--namespace"),
+    ([], {"HEADROOM_NAMESPACE": "a" * 64}, "--namespace"),
+    (["--lease-name=my lease"], {}, "--lease-name"),
+    ([], {"HEADROOM_LEASE_NAME": "Headroom"}, "--lease-name"),
+    ([], {"HEADROOM_API_QPS": "nan"}, "--api-qps"),
+    ([], {"HEADROOM_API_QPS": "inf"}, "--api-qps"),
+    ([], {"HEADROOM_LEADER_ELECT": "maybe"}, "--leader-elect"),
+    ([], {"HEADROOM_AUTO_APPROVE_WITHIN_RECOMMENDATION": "sometimes"}, "--auto-approve-within-recommendation"),
+    ([], {"HEADROOM_VERBOSE": "loud"}, "--verbose"),
 ])
 def test_invalid_configuration_names_the_flag(argv: list[str], environ: dict[str, str], flag: str) -> None:
     with pytest.raises(ConfigError, match=flag):
@@ -190,3 +206,19 @@ def test_flag_values_argparse_refuses_name_the_flag(argv: list[str], flag: str,
         parse_config(argv, {})
     assert info.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+def test_refused_switch_says_what_it_accepts() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config([], {"HEADROOM_LEADER_ELECT": "maybe"})
+    assert str(info.value) == "--leader-elect (env HEADROOM_LEADER_ELECT) must be true or false, got 'maybe'"
+
+
+@pytest.mark.parametrize("step", ["30s", "5m", "1h30m", "500ms"])
+def test_promql_durations_are_accepted(step: str) -> None:
+    assert parse_config([f"--prometheus-step={step}"], {}).prometheus_step == step
+
+
+def test_kubernetes_names_are_accepted() -> None:
+    config = parse_config(["--namespace=platform-1", "--lease-name=headroom.leader-a"], {})
+    assert (config.namespace, config.lease_name) == ("platform-1", "headroom.leader-a")
