@@ -1,32 +1,49 @@
-"""Change ids, pending changes, and the decision whether a change may be applied.
+"""Change ids, pending changes, and the one place that decides whether an approval is valid.
 
-Raising a quota hands a team more of the shared cluster, so a raise needs
-sign-off: the Project's approved-change annotation must name exactly the
-change that is pending. Lowering a quota needs no sign-off, but it is never
-taken below what is already running.
+What a Project may have is bounded by its *terms*: the values it requests, the namespaces it
+governs, the resources it limits, whether it is enforced, and the inputs of its recommendations
+(headroom, lookback, minimum). Any edit that loosens them, through whichever field, hands the team
+more of the shared cluster, so it is a raise and waits for sign-off: the Project's approved-change
+annotation must name exactly the change that is pending, must come from someone other than the
+person who asked for it, and is used once. Tightening needs no sign-off and applies at once;
+lowering a quota is never taken below what is already running.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from headroom.project_spec import APPROVED_CHANGE_ANNOTATION
+from headroom.derivation import default_minimum
+from headroom.project_spec import (
+    APPROVED_CHANGE_ANNOTATION,
+    DEFAULT_HEADROOM_PERCENT,
+    DEFAULT_LOOKBACK,
+    ProjectSpec,
+    format_duration,
+    parse_duration,
+)
 from headroom.quantity import canonical, format_quantity, parse_quantity
 
 __all__ = [
+    "Approval",
     "ChangeDecision",
     "ClampedTarget",
     "PendingChange",
     "ResourceChange",
+    "SettingChange",
+    "Terms",
     "append_history",
+    "approval_problem",
     "change_id",
     "decide",
     "pending_change",
+    "tighter_terms",
 ]
 
 ID_PREFIX = "sha256:"
@@ -34,23 +51,129 @@ ID_PREFIX = "sha256:"
 Targets = dict[str, dict[str, Decimal]]
 
 
-def change_id(project_name: str, requested: Mapping[str, Mapping[str, Decimal | str]]) -> str | None:
-    """A stable id for a whole change request, or None when nothing is requested.
+def change_id(spec: ProjectSpec) -> str:
+    """The id of everything in a Project that bounds what it may have: its terms and its request.
 
-    Quantities are compared by value, so "1" and "1000m" give the same id; the
-    project name is included so one approval cannot be replayed on another project.
+    Computable offline from the Project file alone (`headroom change-id`), so a reviewed commit can
+    carry its own approval. Quantities are compared by value ("1" and "1000m" give the same id) and
+    the project name is included, so an approval cannot be replayed on another Project. Fields that
+    bound nothing (owner, alerts, LimitRange defaults) are left out: editing them voids no approval.
     """
     body = {
-        namespace: {resource: canonical(parse_quantity(value)) for resource, value in resources.items()}
-        for namespace, resources in requested.items()
-        if resources
+        "project": spec.name,
+        "namespaces": {ns.name: {r: canonical(v) for r, v in ns.requested.items()} for ns in spec.namespaces},
+        "resources": sorted(spec.quota.resources),
+        "headroomPercent": spec.quota.headroom_percent,
+        "lookback": int(spec.quota.lookback.total_seconds()),
+        "minimum": {r: canonical(v) for r, v in spec.quota.minimum.items()},
+        "enforcement": spec.quota.enforcement or "",
+        "reason": spec.reason or "",
     }
-    if not body:
-        return None
-    text = json.dumps(
-        {"project": project_name, "requested": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    )
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return ID_PREFIX + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- terms
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The settings of a Project that bound what it may get without a person deciding.
+
+    `minimum` holds every floor explicitly (the built-in one where the Project names none), so
+    two terms compare resource by resource.
+    """
+
+    resources: tuple[str, ...]
+    headroom_percent: int
+    lookback: timedelta
+    minimum: Mapping[str, Decimal]
+    enforcement: str | None  # None: follow the operator's --mode
+
+    @classmethod
+    def of(cls, spec: ProjectSpec) -> Terms:
+        quota = spec.quota
+        floors = {r: quota.minimum.get(r, default_minimum(r)) for r in (*quota.resources, *quota.minimum)}
+        return cls(tuple(quota.resources), quota.headroom_percent, quota.lookback, floors, quota.enforcement)
+
+    def to_status(self) -> dict[str, Any]:
+        return {"resources": list(self.resources), "headroomPercent": self.headroom_percent,
+                "lookback": format_duration(self.lookback),
+                "minimum": {r: format_quantity(v, r) for r, v in sorted(self.minimum.items())},
+                "enforcement": self.enforcement}
+
+    @classmethod
+    def from_status(cls, raw: Any) -> Terms | None:
+        """The terms Headroom recorded as approved, or None when there are none (or they are damaged)."""
+        if not isinstance(raw, Mapping):
+            return None
+        try:
+            resources = tuple(str(r) for r in raw.get("resources") or ())
+            percent = int(raw.get("headroomPercent", DEFAULT_HEADROOM_PERCENT))
+            lookback = parse_duration(str(raw.get("lookback") or format_duration(DEFAULT_LOOKBACK)))
+            minimum = {str(r): parse_quantity(str(v)) for r, v in (raw.get("minimum") or {}).items()}
+        except (TypeError, ValueError):
+            return None
+        enforcement = raw.get("enforcement")
+        return cls(resources, percent, lookback, minimum,
+                   enforcement if enforcement in ("Enforce", "Observe") else None)
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    """One way an edit loosens a Project's terms: a namespace claimed, a floor raised, a limit dropped."""
+
+    subject: str
+    from_text: str
+    to_text: str
+
+    def describe(self) -> str:
+        return f"{self.subject} from {self.from_text} to {self.to_text}"
+
+    def to_status(self) -> dict[str, str]:
+        return {"field": self.subject, "from": self.from_text, "to": self.to_text}
+
+
+def tighter_terms(asked: Terms, approved: Terms, default_enforcement: str
+                  ) -> tuple[Terms, tuple[SettingChange, ...]]:
+    """The terms in force while nothing is signed off, and what `asked` loosens beyond `approved`.
+
+    Field by field, the tighter of the two holds: what the Project asks where it tightens (that
+    needs nobody), what was approved where it loosens (that waits for sign-off).
+    """
+    loosened: list[SettingChange] = []
+    dropped = [r for r in approved.resources if r not in asked.resources]
+    resources = (*asked.resources, *dropped)
+    loosened.extend(SettingChange("spec.quota.resources", f"limits {r}", f"does not limit {r}") for r in dropped)
+
+    percent = asked.headroom_percent
+    if asked.headroom_percent > approved.headroom_percent:
+        loosened.append(SettingChange("spec.quota.headroomPercent", str(approved.headroom_percent),
+                                      str(asked.headroom_percent)))
+        percent = approved.headroom_percent
+    lookback = asked.lookback
+    if asked.lookback > approved.lookback:
+        # A longer window can only find a higher peak.
+        loosened.append(SettingChange("spec.quota.lookback", format_duration(approved.lookback),
+                                      format_duration(asked.lookback)))
+        lookback = approved.lookback
+    minimum: dict[str, Decimal] = {}
+    for r in sorted({*asked.minimum, *approved.minimum}):
+        want = asked.minimum.get(r, default_minimum(r))
+        had = approved.minimum.get(r, default_minimum(r))
+        if want > had:
+            loosened.append(SettingChange(f"spec.quota.minimum[{r}]", format_quantity(had, r),
+                                          format_quantity(want, r)))
+        minimum[r] = min(want, had)
+    enforcement = asked.enforcement
+    if (asked.enforcement or default_enforcement) == "Observe" and \
+            (approved.enforcement or default_enforcement) == "Enforce":
+        loosened.append(SettingChange("spec.quota.enforcement", "Enforce", "Observe (quotas not enforced)"))
+        enforcement = approved.enforcement
+    return Terms(resources, percent, lookback, minimum, enforcement), tuple(loosened)
+
+
+# --------------------------------------------------------------------------------------------- changes
 
 
 @dataclass(frozen=True)
@@ -92,6 +215,7 @@ class ResourceChange:
 class PendingChange:
     id: str
     changes: tuple[ResourceChange, ...]
+    loosened: tuple[SettingChange, ...] = ()  # claims and settings that loosen the terms
 
     @property
     def raises(self) -> tuple[ResourceChange, ...]:
@@ -103,27 +227,68 @@ class PendingChange:
 
     @property
     def is_pure_decrease(self) -> bool:
-        return bool(self.changes) and all(change.is_decrease for change in self.changes)
+        return not self.loosened and bool(self.changes) and all(c.is_decrease for c in self.changes)
+
+    def describe_raises(self) -> str:
+        return "; ".join([*(c.describe() for c in self.raises), *(s.describe() for s in self.loosened)])
+
+    def to_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"diff": [c.to_status() for c in self.changes]}
+        if self.loosened:
+            status["loosens"] = [s.to_status() for s in self.loosened]
+        return status
 
 
 def pending_change(
-    project_name: str,
+    identifier: str,
     requested: Mapping[str, Mapping[str, Decimal]],
     applied: Mapping[str, Mapping[str, Decimal]],
+    loosened: Iterable[SettingChange] = (),
 ) -> PendingChange | None:
-    """What the request would change in the applied quotas, or None if they already agree."""
+    """What the request would change in the applied quotas and terms, or None if they already agree."""
     changes = tuple(
         ResourceChange(namespace, resource, applied.get(namespace, {}).get(resource), to_value)
         for namespace in sorted(requested)
         for resource, to_value in sorted(requested[namespace].items())
         if applied.get(namespace, {}).get(resource) != to_value
     )
-    if not changes:
+    loosened = tuple(loosened)
+    if not changes and not loosened:
         return None
-    identifier = change_id(project_name, requested)
-    if identifier is None:  # unreachable: a change implies something was requested
-        return None
-    return PendingChange(id=identifier, changes=changes)
+    return PendingChange(id=identifier, changes=changes, loosened=loosened)
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A sign-off as the Project carries it, and what Headroom remembers of earlier ones."""
+
+    change_id: str | None  # the approved-change annotation
+    approved_by: str | None = None
+    requested_by: str | None = None
+    used: frozenset[str] = field(default_factory=frozenset)  # ids of changes already applied
+
+
+def approval_problem(identifier: str, approval: Approval) -> str | None:
+    """Why the approval does not sign off the change `identifier`, or None when it does.
+
+    The one rule for a valid sign-off: it names exactly this change, the change was not applied
+    before (an approval is used once), and the person who signed it off is not the one who asked
+    for it (four eyes means two people). The admission policy makes both names the writers' own.
+    """
+    how = f"set annotation {APPROVED_CHANGE_ANNOTATION}={identifier} on the Project to approve it"
+    approved = approval.change_id.strip() if approval.change_id else None
+    if not approved:
+        return f"no approval yet ({how})"
+    if approved != identifier:
+        return f"the approval annotation names a different change ({approved}), so it approves nothing ({how})"
+    if identifier in approval.used:
+        return (f"the approval names change {identifier}, which was already applied once: an approval is used "
+                "once. To ask for these terms again, make it a new change (for example a new spec.reason) "
+                "and have it signed off")
+    if approval.approved_by and approval.requested_by and approval.approved_by == approval.requested_by:
+        return (f"the change was requested and signed off by the same person ({approval.approved_by}); four "
+                "eyes means two people: another approver must sign it off")
+    return None
 
 
 @dataclass(frozen=True)
@@ -212,15 +377,15 @@ def _within_recommendation(
 
 def decide(
     pending: PendingChange | None,
-    approved_id: str | None,
+    approval: Approval,
     used: Mapping[str, Mapping[str, Decimal]],
     recommended: Mapping[str, Mapping[str, Decimal]],
     auto_approve_within_recommendation: bool,
 ) -> ChangeDecision:
     """Decide whether a pending change may be applied now, and with which values.
 
-    A change is one unit: if any part of it raises a quota, all of it waits for
-    sign-off, so an approval always covers exactly what will happen.
+    A change is one unit: if any part of it raises a quota or loosens the terms, all of it waits
+    for sign-off, so an approval always covers exactly what will happen.
     """
     if pending is None:
         return ChangeDecision("none", "no change requested: the applied quotas match the request", {})
@@ -228,27 +393,21 @@ def decide(
     if pending.is_pure_decrease:
         return _apply(pending, used, f"change {pending.id} only lowers quotas, which needs no sign-off")
 
-    approved_id = approved_id.strip() if approved_id else None
-    if approved_id == pending.id:
+    problem = approval_problem(pending.id, approval)
+    if problem is None:
         return _apply(pending, used, f"change {pending.id} is approved")
 
     beyond: list[str] = []
     if auto_approve_within_recommendation:
-        beyond = _within_recommendation(pending, recommended)
+        # Only values: a claim or a loosened setting always needs a person.
+        beyond = [f"{s.subject} needs sign-off" for s in pending.loosened]
+        beyond += _within_recommendation(pending, recommended)
         if not beyond:
             return _apply(
                 pending, used, f"change {pending.id} raises quotas only up to the current recommendation"
             )
 
-    raised = "; ".join(change.describe() for change in pending.raises)
-    how = f"set annotation {APPROVED_CHANGE_ANNOTATION}={pending.id} on the Project to approve it"
-    if approved_id is None:
-        reason = f"change {pending.id} raises {raised} and needs sign-off: no approval yet ({how})"
-    else:
-        reason = (
-            f"the approval annotation names a different change ({approved_id}), so it approves nothing; "
-            f"current pending change is {pending.id}, which raises {raised} ({how})"
-        )
+    reason = f"change {pending.id} raises {pending.describe_raises()} and needs sign-off: {problem}"
     if beyond:
         reason += "; not auto-approved because " + "; ".join(beyond)
     return ChangeDecision("wait", reason, {})

@@ -23,7 +23,18 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from headroom.changes import ChangeDecision, append_history, decide, pending_change
+from headroom.changes import (
+    Approval,
+    ChangeDecision,
+    Terms,
+    append_history,
+    approval_problem,
+    change_id,
+    decide,
+    pending_change,
+    tighter_terms,
+)
+from headroom.claims import PROJECT_LABEL, Claim, judge_claim
 from headroom.derivation import Derivation, derive_namespace
 from headroom.project_spec import ProjectSpec
 from headroom.quantity import canonical, format_quantity, parse_quantity, resource_kind
@@ -32,7 +43,6 @@ QUOTA_NAME = "headroom"
 LIMITRANGE_NAME = "headroom-defaults"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "headroom"
-PROJECT_LABEL = "headroom.dev/project"
 STATE_ANNOTATION = "headroom.dev/state"
 GOVERNED_ANNOTATION = "headroom.dev/governed-hard"
 APPLIED_CHANGE_ANNOTATION = "headroom.dev/applied-change"
@@ -47,6 +57,8 @@ BUILTIN_DEFAULT_REQUESTS: Mapping[str, Decimal] = {"cpu": Decimal("0.1"), "memor
 BUILTIN_DEFAULT_LIMITS: Mapping[str, Decimal] = {"cpu": Decimal(1), "memory": Decimal(512 * 2**20)}
 
 Values = dict[str, Decimal]
+
+DEFAULT_PROTECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "default"})
 
 
 def unbounded(resource: str) -> Decimal:
@@ -159,12 +171,18 @@ class Observed:
     history_error: str | None
     history_partial: bool = False
     extra_annotations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # e.g. sampler peaks
+    # namespace -> the Project its headroom.dev/project label names (set by the platform only)
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    # namespaces whose Headroom quota belongs to a Project that no longer lists them (or is gone)
+    released_by_others: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class Settings:
     default_enforcement: str = "Enforce"
     auto_approve_within_recommendation: bool = False
+    # Never governed unless the platform labels the Namespace for a Project (see claims.py).
+    protected_namespaces: frozenset[str] = DEFAULT_PROTECTED_NAMESPACES
 
 
 # --------------------------------------------------------------------------------------------- desired
@@ -208,12 +226,13 @@ class Event:
 class Plan:
     quotas: tuple[DesiredQuota, ...]
     limitranges: tuple[DesiredLimitRange, ...]
-    delete_in: tuple[str, ...]  # namespaces whose Headroom objects of this Project must go
+    delete_in: tuple[str, ...]  # protected namespaces where a Headroom object must not be
     status: dict[str, Any]
     events: tuple[Event, ...]
     utilization: Mapping[tuple[str, str], Decimal]  # percent of the governed hard value
     used: Mapping[str, Values]
     governed: Mapping[str, Values]
+    released: tuple[str, ...] = ()  # namespaces that left the Project: their quota stays as it is
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -260,9 +279,37 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     generation = meta.get("generation")
     old_status = dict(body.get("status") or {})
     old_conditions = old_status.get("conditions") or []
-    enforcement = spec.quota.enforcement or settings.default_enforcement
+
+    # Pass 0: the terms. What was approved (or set when the Project was created) holds until a
+    # loosening is signed off; tightening holds at once. See changes.py and claims.py.
+    identifier = change_id(spec)
+    approved_before = _approved_record(old_status)
+    asked = Terms.of(spec)
+    in_force, loosened_terms = tighter_terms(asked, approved_terms(spec, old_status), settings.default_enforcement)
+    history_ids = {str(h.get("id")) for h in old_status.get("history") or [] if isinstance(h, Mapping)}
+    used_ids = history_ids | {str(q.applied_change["id"]) for q in observed.quotas.values()
+                              if q.project == spec.name and q.applied_change and "id" in q.applied_change}
+    if approved_before.get("changeId"):
+        used_ids.add(str(approved_before["changeId"]))
+    approval = Approval(spec.approved_change, spec.approved_by, spec.requested_by, frozenset(used_ids))
+    problem = approval_problem(identifier, approval)
+    signed_off = problem is None
+    if signed_off:
+        in_force = asked
+    claims = {ns.name: judge_claim(
+        spec.name, ns.name, label=observed.namespace_labels.get(ns.name),
+        quota_project=observed.quotas[ns.name].project if ns.name in observed.quotas else None,
+        approved_namespaces=approved_before.get("namespaces") or (), listed_at_creation=generation == 1,
+        protected=settings.protected_namespaces, signed_off=False) for ns in spec.namespaces}
+    loosened = (*(c.as_loosening(spec.name) for c in claims.values() if c.state == "unconfirmed"),
+                *loosened_terms)
+    if signed_off:
+        claims = {name: Claim(name, "confirmed", "its addition was signed off") if c.state == "unconfirmed" else c
+                  for name, c in claims.items()}
+
+    enforcement = in_force.enforcement or settings.default_enforcement
     enforced = enforcement == "Enforce"
-    resources = tuple(spec.quota.resources)
+    resources = tuple(in_force.resources)
     # A partial answer is as good as none for a first quota: a guess could be far too small.
     history_failed = observed.history_error is not None or observed.history_partial
 
@@ -281,6 +328,13 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     for ns in spec.namespaces:
         name = ns.name
         entry: dict[str, Any] = {"name": name}
+        claim = claims[name]
+        if claim.state != "confirmed":
+            entry["state"] = "Refused" if claim.state == "refused" else "Unconfirmed"
+            entry["message"] = claim.why
+            waiting.append(claim.why)
+            ns_status.append(entry)
+            continue
         if name in observed.claimed_by_others:
             entry["state"] = "Conflict"
             entry["message"] = (f"namespace {name} is already governed by Project "
@@ -295,7 +349,7 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
             ns_status.append(entry)
             continue
         seen = observed.quotas.get(name)
-        if seen is not None and seen.project not in (None, spec.name):
+        if seen is not None and seen.project not in (None, spec.name) and name not in observed.released_by_others:
             entry["state"] = "Conflict"
             entry["message"] = f"namespace {name} holds a Headroom quota of Project {seen.project}"
             waiting.append(entry["message"])
@@ -305,8 +359,8 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
         peaks = {r: observed.peaks.get((name, r)) for r in resources}
         if not any(v is not None for v in peaks.values()):
             no_history.append(name)
-        derivations = derive_namespace(resources, peaks, used or {}, spec.quota.headroom_percent,
-                                       spec.quota.minimum)
+        derivations = derive_namespace(resources, peaks, used or {}, in_force.headroom_percent,
+                                       in_force.minimum)
         recommended = {r: d.recommended for r, d in derivations.items()}
         recommended_all[name] = recommended
         entry["peak"] = _text({r: p for r, p in peaks.items() if p is not None})
@@ -345,19 +399,23 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     # Pass 2: the change request, as one unit over all namespaces.
     # The id always covers the whole request, so it equals what `headroom change-id` computes offline.
     blocked = sorted(ns for ns in spec.requested if ns not in governed_all)
-    pending = pending_change(spec.name, spec.requested, governed_all)
+    pending = pending_change(identifier, spec.requested, governed_all, loosened)
     if pending is not None and blocked:
-        decision = ChangeDecision("wait", f"change {pending.id} waits until {', '.join(blocked)} "
-                                  "is governed (its first quota is not in place yet)", {})
+        why = f"change {pending.id} waits until {', '.join(blocked)} is governed (its first quota is not in place yet)"
+        if not signed_off and (pending.raises or pending.loosened):
+            why += f"; it raises {pending.describe_raises()} and needs sign-off: {problem}"
+        decision = ChangeDecision("wait", why, {})
     else:
-        decision = decide(pending, spec.approved_change, used_all, recommended_all,
+        decision = decide(pending, approval, used_all, recommended_all,
                           settings.auto_approve_within_recommendation)
     applied_record: dict[str, Any] | None = None
+    consumed = False  # the sign-off was used: it approves nothing more
     if decision.action == "apply" and pending is not None:
         changed = {ns: targets for ns, targets in decision.targets.items()
                    if any(governed_all[ns].get(r) != v for r, v in targets.items())}
-        if changed:
-            if spec.approved_change and spec.approved_change.strip() == pending.id:
+        if changed or pending.loosened:
+            consumed = signed_off
+            if signed_off:
                 approved_by = spec.approved_by or "unknown"
             elif pending.raises:
                 approved_by = "auto-approval"
@@ -365,9 +423,12 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
                 approved_by = "no sign-off needed (decrease)"
             applied_record = {"id": pending.id, "approvedBy": approved_by, "appliedAt": _iso(now),
                               "diff": [c.to_status() for c in pending.changes]}
+            if pending.loosened:
+                applied_record["loosens"] = [c.to_status() for c in pending.loosened]
             for ns, targets in changed.items():
                 governed_all[ns] = {**governed_all[ns], **targets}
-            described = "; ".join(c.describe() for c in pending.changes)
+            described = "; ".join([*(c.describe() for c in pending.changes),
+                                   *(c.describe() for c in pending.loosened)])
             events.append(Event("Normal", "ChangeApplied",
                                 f"applied change {pending.id} (approved by {approved_by}): {described}"))
         if changed:
@@ -382,7 +443,7 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     for ns in spec.namespaces:
         name = ns.name
         entry = next(e for e in ns_status if e["name"] == name)
-        if entry.get("state") in ("Conflict", "Missing"):
+        if entry.get("state") in ("Conflict", "Missing", "Unconfirmed", "Refused"):
             continue
         seen = observed.quotas.get(name)
         governed = governed_all.get(name)
@@ -411,8 +472,19 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
         quotas.append(DesiredQuota(name, _text(hard), annotations))
         limitranges.append(DesiredLimitRange(name, _text(default_limits), _text(default_requests)))
 
-    delete_in = tuple(sorted(ns for ns, q in observed.quotas.items()
-                             if q.project == spec.name and ns not in spec.namespace_names))
+    # A namespace that leaves the Project keeps its quota as last governed: taking it out must not
+    # unbound it. Only a protected namespace loses a quota it should never have had.
+    ours = {ns for ns, q in observed.quotas.items() if q.project == spec.name}
+    delete_in = tuple(sorted(ns for ns in ours if ns in settings.protected_namespaces
+                             and claims.get(ns, Claim(ns, "refused", "")).state != "confirmed"))
+    released = tuple(sorted(ns for ns in ours if ns not in spec.namespace_names and ns not in delete_in))
+    approved_now: dict[str, Any] = {
+        "terms": in_force.to_status(),
+        "namespaces": sorted(name for name, c in claims.items() if c.state == "confirmed"),
+    }
+    spent = pending.id if consumed and pending is not None else approved_before.get("changeId")
+    if spent:
+        approved_now["changeId"] = spent
 
     # Utilization against the governed values (what would be enforced, also in Observe mode).
     utilization: dict[tuple[str, str], Decimal] = {}
@@ -426,8 +498,34 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     status = _status(spec, observed, old_status, old_conditions, generation, now, enforced, ns_status,
                      waiting, pending, decision, applied_record, history_failed, no_history, utilization,
                      blocked, events)
+    status["approved"] = approved_now
+    if released:
+        status["released"] = [{"name": ns, "message": (
+            f"namespace {ns} left the Project; its quota stays in force as last governed. The platform lifts "
+            f"it by deleting ResourceQuota {QUOTA_NAME} there, or a Project that governs {ns} takes it over")}
+            for ns in released]
     return Plan(tuple(quotas), tuple(limitranges), delete_in, status, tuple(events), utilization,
-                used_all, governed_all)
+                used_all, governed_all, released)
+
+
+def _approved_record(old_status: Mapping[str, Any]) -> Mapping[str, Any]:
+    raw = old_status.get("approved")
+    return raw if isinstance(raw, Mapping) else {}
+
+
+def approved_terms(spec: ProjectSpec, old_status: Mapping[str, Any]) -> Terms:
+    """The terms last approved, as Headroom recorded them in status.
+
+    A Project without that record was created just now (creation is a platform act) or was
+    governed by a Headroom that kept none: its terms as they stand are taken as approved.
+    """
+    return Terms.from_status(_approved_record(old_status).get("terms")) or Terms.of(spec)
+
+
+def terms_in_force(spec: ProjectSpec, body: Mapping[str, Any], settings: Settings) -> Terms:
+    """The tighter of the asked and the approved terms: what history is asked for (lookback, resources)."""
+    return tighter_terms(Terms.of(spec), approved_terms(spec, body.get("status") or {}),
+                         settings.default_enforcement)[0]
 
 
 def _bootstrap_value(derivation: Derivation, used: Values) -> Decimal:
@@ -466,8 +564,7 @@ def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any]
     if still_pending:
         before = old_status.get("pendingChange") or {}
         since = before.get("since") if before.get("id") == pending.id else None
-        status["pendingChange"] = {"id": pending.id, "since": since or _iso(now),
-                                   "diff": [c.to_status() for c in pending.changes],
+        status["pendingChange"] = {"id": pending.id, "since": since or _iso(now), **pending.to_status(),
                                    "reason": decision.reason}
         if not since and decision.action == "wait":
             events.append(Event("Normal", "ChangePending", decision.reason))

@@ -30,6 +30,7 @@ __all__ = [
     "GOVERNABLE_RESOURCES",
     "GROUP",
     "KIND",
+    "REQUESTED_BY_ANNOTATION",
     "VERSION",
     "AlertSettings",
     "LimitDefaults",
@@ -39,6 +40,7 @@ __all__ = [
     "QuotaSettings",
     "SecretKeyRef",
     "SpecError",
+    "format_duration",
     "is_governable",
     "parse_duration",
     "parse_project",
@@ -51,6 +53,9 @@ KIND = "Project"
 
 APPROVED_CHANGE_ANNOTATION = "headroom.dev/approved-change"
 APPROVED_BY_ANNOTATION = "headroom.dev/approved-by"
+# Who asked for the Project's current terms; the admission policy makes it the writer's own name.
+REQUESTED_BY_ANNOTATION = "headroom.dev/requested-by"
+MAX_REASON = 500
 
 DEFAULT_RESOURCES: tuple[str, ...] = (
     "requests.cpu",
@@ -159,6 +164,8 @@ class ProjectSpec:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     approved_change: str | None = None
     approved_by: str | None = None
+    requested_by: str | None = None
+    reason: str | None = None  # why the current terms are asked for; part of the change id
 
     @property
     def namespace_names(self) -> tuple[str, ...]:
@@ -195,6 +202,19 @@ def parse_duration(text: str) -> timedelta:
         return timedelta(**parts)
     except OverflowError:
         raise ValueError(f"{_show(text)} is too long a duration") from None
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest text `parse_duration` reads back as `value`, e.g. 30d or 1d12h."""
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts)
 
 
 # --- field readers: each takes the raw value and its path, and names the path on failure ---
@@ -493,9 +513,15 @@ def parse_project(obj: Mapping[str, Any]) -> ProjectSpec:
     approved_by = _string(
         annotations.get(APPROVED_BY_ANNOTATION), f"metadata.annotations[{APPROVED_BY_ANNOTATION}]"
     )
+    requested_by = _string(
+        annotations.get(REQUESTED_BY_ANNOTATION), f"metadata.annotations[{REQUESTED_BY_ANNOTATION}]"
+    )
 
     spec = _mapping(obj.get("spec"), "spec", required=True)
-    _no_unknown_fields(spec, "spec", ("owner", "namespaces", "quota", "defaults", "alerts"))
+    _no_unknown_fields(spec, "spec", ("owner", "namespaces", "quota", "defaults", "alerts", "reason"))
+    reason = _string(spec.get("reason"), "spec.reason")
+    if reason is not None and len(reason) > MAX_REASON:
+        raise SpecError("spec.reason", f"is {len(reason)} characters long; at most {MAX_REASON} are allowed")
     owner = _owner(spec.get("owner"))
     quota = _quota(spec.get("quota"))
     return ProjectSpec(
@@ -506,5 +532,7 @@ def parse_project(obj: Mapping[str, Any]) -> ProjectSpec:
         defaults=_defaults(spec.get("defaults")),
         alerts=_alerts(spec.get("alerts")),
         approved_change=approved_change.strip() if approved_change else None,
-        approved_by=approved_by,
+        approved_by=approved_by.strip() if approved_by else None,
+        requested_by=requested_by.strip() if requested_by else None,
+        reason=reason or None,
     )

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from headroom.claims import PROJECT_LABEL
 from headroom.failpoints import async_failpoint
 from headroom.history.base import HistoryResult, HistorySource, PeakQuery
 from headroom.history.sampler import ANNOTATION as SAMPLER_ANNOTATION
@@ -39,6 +40,7 @@ from headroom.planning import (
     observe_limitrange,
     observe_quota,
     plan_project,
+    terms_in_force,
 )
 from headroom.project_spec import ProjectSpec, SpecError, parse_project
 
@@ -102,7 +104,7 @@ def _claimed_namespaces(body: Mapping[str, Any]) -> set[str]:
 
 
 def _labelled_project(obj: Mapping[str, Any]) -> set[str]:
-    project = (obj.get("metadata", {}).get("labels") or {}).get("headroom.dev/project")
+    project = (obj.get("metadata", {}).get("labels") or {}).get(PROJECT_LABEL)
     return {project} if project else set()
 
 
@@ -116,6 +118,8 @@ class Store:
     quotas: IndexedDict = field(default_factory=lambda: IndexedDict(_labelled_project))
     limitranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     namespaces: set[str] = field(default_factory=set)
+    # namespace -> the Project its headroom.dev/project label names (only labelled namespaces)
+    namespace_labels: dict[str, str] = field(default_factory=dict)
 
     def projects_claiming(self, namespace: str) -> list[str]:
         return sorted(self.projects.keys_for(namespace))
@@ -124,8 +128,21 @@ class Store:
         """Namespaces holding a quota labelled for `project` (some may have left its spec)."""
         return self.quotas.keys_for(project)
 
+    def confirmed_claim(self, project: str, namespace: str) -> bool:
+        """Whether another Project's claim on a namespace counts (claims.py has the rule; this is
+        its view from outside: the label, Headroom's quota, or what that Project's status recorded)."""
+        label = self.namespace_labels.get(namespace)
+        if label is not None:
+            return label == project
+        quota = self.quotas.get(namespace)
+        if quota is not None and (quota.get("metadata", {}).get("labels") or {}).get(PROJECT_LABEL) == project:
+            return True
+        body = self.projects.get(project) or {}
+        approved = ((body.get("status") or {}).get("approved") or {}).get("namespaces") or ()
+        return namespace in approved or body.get("metadata", {}).get("generation") == 1
+
     def claimed_by_others(self, project: str) -> dict[str, str]:
-        """Namespaces of `project` that an older Project already claims (oldest wins, then name)."""
+        """Namespaces of `project` that an older Project claims with a confirmed claim (oldest wins)."""
         body = self.projects.get(project) or {}
 
         def age(name: str) -> tuple[str, str]:
@@ -136,10 +153,20 @@ class Store:
         result: dict[str, str] = {}
         for ns in (body.get("spec") or {}).get("namespaces") or []:
             name = ns.get("name")
-            rivals = [p for p in self.projects_claiming(name) if p != project and age(p) < mine]
+            rivals = [p for p in self.projects_claiming(name)
+                      if p != project and age(p) < mine and self.confirmed_claim(p, name)]
             if rivals:
                 result[name] = min(rivals, key=age)
         return result
+
+    def released(self, namespaces: set[str], project: str) -> frozenset[str]:
+        """Of `namespaces`, those whose Headroom quota belongs to another Project that no longer lists them."""
+        out = set()
+        for ns in namespaces:
+            owner = _labelled_project(self.quotas.get(ns) or {})
+            if owner and project not in owner and not any(p in self.projects_claiming(ns) for p in owner):
+                out.add(ns)
+        return frozenset(out)
 
 
 class HistoryCache:
@@ -373,8 +400,9 @@ class Reconciler:
         except SpecError as exc:
             await self._write_status(body, self._invalid_status(body, exc, now))
             return
-        history = await self.history.get(set(spec.namespace_names), set(spec.quota.resources),
-                                          spec.quota.lookback, on_refresh=lambda: self.schedule(name))
+        terms = terms_in_force(spec, body, self.settings)
+        history = await self.history.get(set(spec.namespace_names), set(terms.resources),
+                                          terms.lookback, on_refresh=lambda: self.schedule(name))
         observed = self._observe(spec, body, history, now)
         plan = plan_project(spec, body, observed, self.settings, now)
         applying = any(event.reason == "ChangeApplied" for event in plan.events)
@@ -424,6 +452,9 @@ class Reconciler:
             limitranges={ns: observe_limitrange(self.store.limitranges[ns]) for ns in spec.namespace_names
                          if ns in self.store.limitranges},
             claimed_by_others=self.store.claimed_by_others(spec.name),
+            namespace_labels={ns: label for ns in spec.namespace_names
+                              if (label := self.store.namespace_labels.get(ns)) is not None},
+            released_by_others=self.store.released(set(spec.namespace_names), spec.name),
             peaks=history.peaks,
             history_error=history.error,
             history_partial=history.partial,
@@ -510,4 +541,4 @@ def quota_project(obj: Mapping[str, Any]) -> str | None:
     meta = obj.get("metadata", {})
     if meta.get("name") not in (QUOTA_NAME, LIMITRANGE_NAME):
         return None
-    return (meta.get("labels") or {}).get("headroom.dev/project")
+    return (meta.get("labels") or {}).get(PROJECT_LABEL)

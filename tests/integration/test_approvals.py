@@ -109,7 +109,7 @@ def test_a_raise_waits_for_the_exact_approval_then_applies(
     assert status["history"][0]["diff"] == pending["diff"]
 
     # The offline id, computed from the Project as a file, is the one the operator published.
-    assert change_id(project, parse_project(get_project(admin, project)).requested) == change
+    assert change_id(parse_project(get_project(admin, project))) == change
     events = k8s.CoreV1Api(admin).list_namespaced_event("default", field_selector=f"involvedObject.name={project}")
     reasons = [e.reason for e in events.items]
     assert reasons.count("ChangeApplied") == 1 and "ChangePending" in reasons
@@ -215,7 +215,7 @@ def test_requesting_and_approving_in_one_write_is_rejected(cluster: Cluster, adm
     body = get_project(admin, plain_project)
     namespaces = body["spec"]["namespaces"]
     namespaces[0]["requested"] = {"requests.cpu": "40"}
-    identifier = change_id(plain_project, {namespaces[0]["name"]: {"requests.cpu": "40"}})
+    identifier = change_id(parse_project({**body, "spec": {**body["spec"], "namespaces": namespaces}}))
     message = _denied(lambda: custom(approver).patch_cluster_custom_object(GROUP, VERSION, PLURAL, plain_project, {
         "spec": {"namespaces": namespaces},
         "metadata": {"annotations": {"headroom.dev/approved-change": identifier, "headroom.dev/approved-by": "bob"}}}))
@@ -228,7 +228,7 @@ def test_a_gitops_controller_may_apply_a_reviewed_request_and_approval_together(
     body = get_project(admin, plain_project)
     namespaces = body["spec"]["namespaces"]
     namespaces[0]["requested"] = {"requests.cpu": "40"}
-    identifier = change_id(plain_project, {namespaces[0]["name"]: {"requests.cpu": "40"}})
+    identifier = change_id(parse_project({**body, "spec": {**body["spec"], "namespaces": namespaces}}))
     custom(flux).patch_cluster_custom_object(GROUP, VERSION, PLURAL, plain_project, {
         "spec": {"namespaces": namespaces},
         "metadata": {"annotations": {"headroom.dev/approved-change": identifier,
@@ -242,7 +242,8 @@ def test_cli_change_id_and_verify_match_the_gitops_files(tmp_path: Path) -> None
     cli = [sys.executable, "-m", "headroom.cli"]
     printed = subprocess.run([*cli, "change-id", str(path)], capture_output=True, text=True, check=True)
     identifier = printed.stdout.strip()
-    assert identifier == change_id("payments", {"payments": {"requests.cpu": "40"}})
+    same = project_manifest("payments", [{"name": "payments", "requested": {"requests.cpu": "40"}}])
+    assert identifier == change_id(parse_project(same))
 
     project["metadata"]["annotations"] = {"headroom.dev/approved-change": identifier}  # type: ignore[index]
     path.write_text(yaml.safe_dump(project))

@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 from headroom.changes import (
+    Approval,
     ChangeDecision,
     ClampedTarget,
     PendingChange,
@@ -13,7 +14,8 @@ from headroom.changes import (
     decide,
     pending_change,
 )
-from headroom.quantity import GI, MI, QuantityError
+from headroom.project_spec import ProjectSpec, SpecError, parse_project
+from headroom.quantity import GI, MI
 
 D = Decimal
 
@@ -23,29 +25,35 @@ ID_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 # --- change_id ---
 
 
+def project(requested: dict[str, Any] | None = None, name: str = "payments", **quota: Any) -> ProjectSpec:
+    namespaces = [{"name": ns, "requested": values} for ns, values in (requested or {"ns": {}}).items()]
+    return parse_project({"metadata": {"name": name},
+                          "spec": {"owner": {"team": "t"}, "namespaces": namespaces, "quota": quota}})
+
+
+def cid(requested: dict[str, Any] | None = None, name: str = "payments", **quota: Any) -> str:
+    return change_id(project(requested, name, **quota))
+
+
 def test_change_id_shape_and_determinism() -> None:
     requested = {"payments": {"requests.cpu": "40", "requests.memory": "64Gi"}}
-    first = change_id("payments", requested)
-    assert first is not None
+    first = cid(requested)
     assert ID_PATTERN.fullmatch(first)
-    assert change_id("payments", requested) == first
+    assert cid(requested) == first
 
 
 @pytest.mark.parametrize(
     ("a", "b"),
     [
         ({"ns": {"requests.cpu": "1"}}, {"ns": {"requests.cpu": "1000m"}}),
-        ({"ns": {"requests.cpu": "1"}}, {"ns": {"requests.cpu": D("1.000")}}),
         ({"ns": {"requests.memory": "1Gi"}}, {"ns": {"requests.memory": "1024Mi"}}),
-        ({"ns": {"requests.memory": "1Gi"}}, {"ns": {"requests.memory": GI}}),
         ({"ns": {"pods": "1e1"}}, {"ns": {"pods": 10}}),
         ({"ns": {"pods": "10", "requests.cpu": "2"}}, {"ns": {"requests.cpu": "2", "pods": "10"}}),
         ({"a": {"pods": "1"}, "b": {"pods": "2"}}, {"b": {"pods": "2"}, "a": {"pods": "1"}}),
-        ({"a": {"pods": "1"}}, {"a": {"pods": "1"}, "b": {}}),
     ],
 )
 def test_equivalent_requests_share_an_id(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert change_id("payments", a) == change_id("payments", b)
+    assert cid(a) == cid(b)
 
 
 @pytest.mark.parametrize(
@@ -56,21 +64,49 @@ def test_equivalent_requests_share_an_id(a: dict[str, Any], b: dict[str, Any]) -
         ("payments", {"ns": {"limits.cpu": "1"}}),
         ("payments", {"other": {"requests.cpu": "1"}}),
         ("payments", {"ns": {"requests.cpu": "1", "pods": "10"}}),
+        # A namespace added to the Project is a claim: a different change, even requesting nothing.
+        ("payments", {"ns": {"requests.cpu": "1"}, "more": {}}),
         ("billing", {"ns": {"requests.cpu": "1"}}),
     ],
 )
 def test_different_requests_or_projects_differ(project_b: str, b: dict[str, Any]) -> None:
-    assert change_id("payments", {"ns": {"requests.cpu": "1"}}) != change_id(project_b, b)
+    assert cid({"ns": {"requests.cpu": "1"}}) != cid(b, project_b)
 
 
-@pytest.mark.parametrize("requested", [{}, {"ns": {}}, {"a": {}, "b": {}}])
-def test_nothing_requested_has_no_id(requested: dict[str, Any]) -> None:
-    assert change_id("payments", requested) is None
+@pytest.mark.parametrize(
+    "quota",
+    [
+        {"headroomPercent": 50},
+        {"lookback": "90d"},
+        {"minimum": {"requests.cpu": "500"}},
+        {"enforcement": "Observe"},
+        {"resources": ["pods"]},
+    ],
+)
+def test_every_term_that_bounds_the_project_is_part_of_the_id(quota: dict[str, Any]) -> None:
+    assert cid({"ns": {"requests.cpu": "1"}}, **quota) != cid({"ns": {"requests.cpu": "1"}})
+
+
+def test_defaults_written_out_give_the_same_id_and_so_does_the_rest_of_the_spec() -> None:
+    explicit = project({"ns": {"requests.cpu": "1"}}, headroomPercent=20, lookback="30d")
+    assert change_id(explicit) == cid({"ns": {"requests.cpu": "1"}})
+    plain = project({"ns": {"requests.cpu": "1"}})
+    relabelled = parse_project({"metadata": {"name": "payments"}, "spec": {
+        "owner": {"team": "other", "contacts": ["a@example.com"]},
+        "namespaces": [{"name": "ns", "requested": {"requests.cpu": "1"}}]}})
+    assert change_id(relabelled) == change_id(plain)
+
+
+def test_a_new_reason_makes_a_new_change() -> None:
+    base = {"metadata": {"name": "payments"},
+            "spec": {"owner": {"team": "t"}, "namespaces": [{"name": "ns", "requested": {"pods": "4"}}]}}
+    again = {**base, "spec": {**base["spec"], "reason": "TICKET-2: the sale again"}}
+    assert change_id(parse_project(again)) != change_id(parse_project(base))
 
 
 def test_change_id_rejects_bad_quantities() -> None:
-    with pytest.raises(QuantityError, match='"40 cores"'):
-        change_id("payments", {"ns": {"requests.cpu": "40 cores"}})
+    with pytest.raises(SpecError, match="40 cores"):
+        cid({"ns": {"requests.cpu": "40 cores"}})
 
 
 # --- ResourceChange / PendingChange ---
@@ -115,9 +151,9 @@ def test_pending_change_diffs_request_against_applied() -> None:
         "idle": {},
     }
     applied = {"web": {"requests.cpu": D(4), "pods": D("20"), "requests.memory": 32 * GI}, "batch": {}}
-    pending = pending_change("payments", requested, applied)
+    pending = pending_change("sha256:x", requested, applied)
     assert pending is not None
-    assert pending.id == change_id("payments", requested)
+    assert pending.id == "sha256:x"
     assert pending.changes == (
         ResourceChange("batch", "requests.cpu", None, D(1)),
         ResourceChange("web", "requests.cpu", D(4), D(8)),
@@ -138,15 +174,6 @@ def test_no_request_is_no_pending_change(requested: dict[str, Any]) -> None:
     assert pending_change("payments", requested, {"web": {"requests.cpu": D(1)}}) is None
 
 
-def test_pending_change_id_covers_the_whole_request() -> None:
-    # Unchanged parts still belong to what the approver signed off.
-    requested = {"web": {"requests.cpu": D(8), "pods": D(20)}}
-    pending = pending_change("p", requested, {"web": {"requests.cpu": D(4), "pods": D(20)}})
-    assert pending is not None
-    assert pending.id == change_id("p", requested)
-    assert pending.id != change_id("p", {"web": {"requests.cpu": D(8)}})
-
-
 def test_pure_decrease() -> None:
     pending = pending_change("p", {"web": {"pods": D(5)}}, {"web": {"pods": D(10)}})
     assert pending is not None
@@ -164,7 +191,7 @@ def test_empty_pending_change_is_not_a_pure_decrease() -> None:
 def make_pending(
     requested: dict[str, dict[str, Decimal]], applied: dict[str, dict[str, Decimal]]
 ) -> PendingChange:
-    pending = pending_change("payments", requested, applied)
+    pending = pending_change(cid(requested), requested, applied)
     assert pending is not None
     return pending
 
@@ -180,14 +207,14 @@ USED = {"web": {"requests.cpu": D(3), "pods": D(12)}}
 
 
 def test_no_pending_change() -> None:
-    decision = decide(None, "sha256:whatever", USED, {}, True)
+    decision = decide(None, Approval("sha256:whatever"), USED, {}, True)
     assert decision.action == "none"
     assert decision.targets == {}
     assert decision.clamped == ()
 
 
 def test_pure_decrease_applies_without_sign_off_clamped_at_use() -> None:
-    decision = decide(DECREASE, None, USED, {}, False)
+    decision = decide(DECREASE, Approval(None), USED, {}, False)
     assert decision.action == "apply"
     assert decision.targets == {"web": {"requests.cpu": D(3), "pods": D(12)}}
     assert decision.clamped == (
@@ -199,7 +226,7 @@ def test_pure_decrease_applies_without_sign_off_clamped_at_use() -> None:
 
 
 def test_decrease_above_use_is_not_clamped() -> None:
-    decision = decide(DECREASE, None, {"web": {"requests.cpu": D(1), "pods": D(10)}}, {}, False)
+    decision = decide(DECREASE, Approval(None), {"web": {"requests.cpu": D(1), "pods": D(10)}}, {}, False)
     assert decision.action == "apply"
     assert decision.targets == {"web": {"requests.cpu": D(2), "pods": D(10)}}
     assert decision.clamped == ()
@@ -215,7 +242,7 @@ def test_clamped_message_formats_quantities() -> None:
 
 @pytest.mark.parametrize("used", [{}, {"web": {"pods": D(1)}}])
 def test_decrease_with_unknown_use_waits(used: dict[str, dict[str, Decimal]]) -> None:
-    decision = decide(DECREASE, None, used, {}, False)
+    decision = decide(DECREASE, Approval(None), used, {}, False)
     assert decision.action == "wait"
     assert decision.targets == {}
     assert "web requests.cpu" in decision.reason
@@ -223,7 +250,7 @@ def test_decrease_with_unknown_use_waits(used: dict[str, dict[str, Decimal]]) ->
 
 
 def test_raise_without_approval_waits() -> None:
-    decision = decide(RAISE, None, USED, {}, False)
+    decision = decide(RAISE, Approval(None), USED, {}, False)
     assert decision.action == "wait"
     assert decision.targets == {}
     assert "no approval yet" in decision.reason
@@ -233,29 +260,29 @@ def test_raise_without_approval_waits() -> None:
 
 
 def test_raise_with_matching_approval_applies() -> None:
-    decision = decide(RAISE, RAISE.id, USED, {}, False)
+    decision = decide(RAISE, Approval(RAISE.id), USED, {}, False)
     assert decision == ChangeDecision(
         "apply", f"change {RAISE.id} is approved", {"web": {"requests.cpu": D(8)}}, ()
     )
 
 
 def test_approval_with_surrounding_whitespace_still_matches() -> None:
-    assert decide(RAISE, f" {RAISE.id}\n", USED, {}, False).action == "apply"
+    assert decide(RAISE, Approval(f" {RAISE.id}\n"), USED, {}, False).action == "apply"
 
 
 def test_stale_approval_waits_and_says_so() -> None:
-    stale = change_id("payments", {"web": {"requests.cpu": D(6)}})
-    decision = decide(RAISE, stale, USED, {}, False)
+    stale = cid({"web": {"requests.cpu": D(6)}})
+    decision = decide(RAISE, Approval(stale), USED, {}, False)
     assert decision.action == "wait"
     assert decision.targets == {}
     assert f"names a different change ({stale}), so it approves nothing" in decision.reason
-    assert f"current pending change is {RAISE.id}" in decision.reason
+    assert f"headroom.dev/approved-change={RAISE.id}" in decision.reason
     assert "no approval yet" not in decision.reason
 
 
 def test_approval_for_another_project_does_not_carry_over() -> None:
-    other = change_id("billing", {"web": {"requests.cpu": D(8)}})
-    assert decide(RAISE, other, USED, {}, False).action == "wait"
+    other = cid({"web": {"requests.cpu": D(8)}}, "billing")
+    assert decide(RAISE, Approval(other), USED, {}, False).action == "wait"
 
 
 @pytest.mark.parametrize(
@@ -269,7 +296,7 @@ def test_approval_for_another_project_does_not_carry_over() -> None:
     ],
 )
 def test_auto_approval_within_recommendation(recommended: dict[str, dict[str, Decimal]], action: str) -> None:
-    decision = decide(RAISE, None, USED, recommended, True)
+    decision = decide(RAISE, Approval(None), USED, recommended, True)
     assert decision.action == action
     if action == "apply":
         assert "up to the current recommendation" in decision.reason
@@ -279,23 +306,23 @@ def test_auto_approval_within_recommendation(recommended: dict[str, dict[str, De
 
 
 def test_auto_approval_off_ignores_recommendation() -> None:
-    assert decide(RAISE, None, USED, {"web": {"requests.cpu": D(100)}}, False).action == "wait"
+    assert decide(RAISE, Approval(None), USED, {"web": {"requests.cpu": D(100)}}, False).action == "wait"
 
 
 def test_auto_approval_explains_which_raise_exceeds() -> None:
-    decision = decide(RAISE, None, USED, {"web": {"requests.cpu": D("7.5")}}, True)
+    decision = decide(RAISE, Approval(None), USED, {"web": {"requests.cpu": D("7.5")}}, True)
     assert "web requests.cpu 8 is above the recommendation 7500m" in decision.reason
 
 
 def test_new_resource_counts_as_a_raise() -> None:
     pending = make_pending({"web": {"count/secrets": D(5)}}, {"web": {}})
-    decision = decide(pending, None, {}, {}, False)
+    decision = decide(pending, Approval(None), {}, {}, False)
     assert decision.action == "wait"
     assert "web count/secrets to 5 (currently unlimited)" in decision.reason
 
 
 def test_mixed_change_waits_as_one_unit() -> None:
-    decision = decide(MIXED, None, USED, {}, False)
+    decision = decide(MIXED, Approval(None), USED, {}, False)
     assert decision.action == "wait"
     assert decision.targets == {}  # not even the decrease goes ahead alone
     assert "web requests.cpu from 4 to 8" in decision.reason
@@ -303,7 +330,7 @@ def test_mixed_change_waits_as_one_unit() -> None:
 
 
 def test_approved_mixed_change_still_clamps_decreases() -> None:
-    decision = decide(MIXED, MIXED.id, USED, {}, False)
+    decision = decide(MIXED, Approval(MIXED.id), USED, {}, False)
     assert decision.action == "apply"
     assert decision.targets == {"web": {"requests.cpu": D(8), "pods": D(12)}}
     assert decision.clamped == (ClampedTarget("web", "pods", requested=D(10), used=D(12)),)
@@ -312,13 +339,13 @@ def test_approved_mixed_change_still_clamps_decreases() -> None:
 def test_approved_raise_is_not_raised_further_to_use() -> None:
     # An approval covers the requested value, never more than that.
     pending = make_pending({"web": {"pods": D(11)}}, {"web": {"pods": D(10)}})
-    decision = decide(pending, pending.id, {"web": {"pods": D(15)}}, {}, False)
+    decision = decide(pending, Approval(pending.id), {"web": {"pods": D(15)}}, {}, False)
     assert decision.targets == {"web": {"pods": D(11)}}
     assert decision.clamped == ()
 
 
 def test_auto_approved_mixed_change_clamps_decreases() -> None:
-    decision = decide(MIXED, None, USED, {"web": {"requests.cpu": D(9), "pods": D(1)}}, True)
+    decision = decide(MIXED, Approval(None), USED, {"web": {"requests.cpu": D(9), "pods": D(1)}}, True)
     assert decision.action == "apply"
     assert decision.targets == {"web": {"requests.cpu": D(8), "pods": D(12)}}
 

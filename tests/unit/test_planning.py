@@ -53,8 +53,8 @@ CPU_PODS = ["requests.cpu", "pods"]
 def project(namespaces: tuple[str, ...] = ("ns",), *, requested: Mapping[str, Mapping[str, str]] | None = None,
             quota: Mapping[str, Any] | None = None, defaults: Mapping[str, Any] | None = None,
             annotations: Mapping[str, str] | None = None, status: Mapping[str, Any] | None = None,
-            ) -> tuple[ProjectSpec, dict[str, Any]]:
-    """A Project object as the API returns it, and its parsed spec."""
+            generation: int = 1) -> tuple[ProjectSpec, dict[str, Any]]:
+    """A Project object as the API returns it, and its parsed spec (new, unless `generation` > 1)."""
     entries: list[dict[str, Any]] = []
     for ns in namespaces:
         entry: dict[str, Any] = {"name": ns}
@@ -66,7 +66,7 @@ def project(namespaces: tuple[str, ...] = ("ns",), *, requested: Mapping[str, Ma
         spec["quota"] = dict(quota)
     if defaults is not None:
         spec["defaults"] = dict(defaults)
-    metadata: dict[str, Any] = {"name": NAME, "uid": UID, "generation": 3}
+    metadata: dict[str, Any] = {"name": NAME, "uid": UID, "generation": generation}
     if annotations:
         metadata["annotations"] = dict(annotations)
     body: dict[str, Any] = {"apiVersion": "headroom.dev/v1alpha1", "kind": "Project", "metadata": metadata,
@@ -172,9 +172,13 @@ def values(text: Mapping[str, str]) -> dict[str, Decimal]:
     return {r: parse_quantity(v) for r, v in text.items()}
 
 
-def expected_id(project_name: str, request: Mapping[str, Mapping[str, str]]) -> str:
-    """The README's definition, computed independently: sha256 of the project name and canonical request."""
-    body = json.dumps({"project": project_name, "requested": request}, sort_keys=True, separators=(",", ":"))
+def expected_id(project_name: str, request: Mapping[str, Mapping[str, str]],
+                namespaces: tuple[str, ...] = ("ns",), resources: list[str] = CPU_PODS) -> str:
+    """The README's definition, computed independently: sha256 of the Project's terms and request."""
+    terms = {"project": project_name, "namespaces": {ns: dict(request.get(ns, {})) for ns in namespaces},
+             "resources": sorted(resources), "headroomPercent": 20, "lookback": 30 * 86400, "minimum": {},
+             "enforcement": "", "reason": ""}
+    body = json.dumps(terms, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -264,7 +268,7 @@ def test_counting_with_use_and_history_becomes_governed_peak_plus_20_percent() -
     assert condition(result, "Ready")["status"] == "True"
     history = condition(result, "HistoryAvailable")
     assert (history["status"], history["reason"]) == ("True", "HistoryFound")
-    assert result.status["observedGeneration"] == 3
+    assert result.status["observedGeneration"] == 1
     # The bootstrap needs no sign-off and is not a change.
     assert "pendingChange" not in result.status
     assert result.events == ()
@@ -461,7 +465,7 @@ def test_approved_raise_is_applied_and_recorded() -> None:
 
 
 def test_approved_change_only_touches_the_namespaces_it_changes() -> None:
-    change = expected_id(NAME, {"a": {"requests.cpu": "8"}})
+    change = expected_id(NAME, {"a": {"requests.cpu": "8"}}, namespaces=("a", "b"))
     spec, body = project(("a", "b"), quota={"resources": CPU_PODS}, requested={"a": {"requests.cpu": "8"}},
                          annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"})
     seen = observed({"a": governed_rq("a", used=GOV_USED), "b": governed_rq("b", used=GOV_USED)})
@@ -618,7 +622,7 @@ def test_request_for_a_namespace_not_governed_yet_waits_under_the_full_id() -> N
 def test_change_id_covers_the_whole_request_while_a_namespace_is_missing() -> None:
     """The published id equals `headroom change-id` (the whole request), and nothing is applied in part."""
     request = {"ns": {"requests.cpu": "8"}, "later": {"pods": "30"}}
-    change = expected_id(NAME, request)
+    change = expected_id(NAME, request, namespaces=("ns", "later"))
     spec, body = project(("ns", "later"), quota={"resources": CPU_PODS}, requested=request,
                          annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"})
     result = plan(spec, body, observed({"ns": governed_rq(used=GOV_USED)}, present={"ns"}))
@@ -669,13 +673,17 @@ def test_quota_labelled_with_another_project_is_a_conflict() -> None:
     assert result.delete_in == ()
 
 
-def test_namespace_removed_from_the_spec_is_cleaned_up() -> None:
-    spec, body = project(quota={"resources": CPU_PODS})
+def test_namespace_removed_from_the_spec_keeps_its_quota() -> None:
+    # Taking a namespace out of a Project must not unbound it: its quota stays as last governed.
+    spec, body = project(quota={"resources": CPU_PODS}, generation=4)
     seen = observed({"ns": governed_rq(used=GOV_USED), "old": governed_rq("old", used=GOV_USED),
                      "theirs": governed_rq("theirs", owner="billing", owner_uid="x")})
     result = plan(spec, body, seen)
-    assert result.delete_in == ("old",)
+    assert result.delete_in == ()
+    assert result.released == ("old",)
     assert {q.namespace for q in result.quotas} == {"ns"}
+    assert [r["name"] for r in result.status["released"]] == ["old"]
+    assert "stays in force" in result.status["released"][0]["message"]
 
 
 def test_all_namespaces_governed_makes_the_project_ready() -> None:
@@ -751,7 +759,7 @@ def test_condition_transition_times_move_only_when_the_status_flips() -> None:
     assert (ready["status"], ready["lastTransitionTime"]) == ("True", "2026-03-10T14:00:00Z")
     history = condition(third, "HistoryAvailable")
     assert (history["status"], history["lastTransitionTime"]) == ("True", NOW_ISO)
-    assert ready["observedGeneration"] == 3
+    assert ready["observedGeneration"] == 1
 
 
 # --------------------------------------------------------------------------------------------- utilization
