@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -54,8 +54,10 @@ def _env_name(flag: str) -> str:
     return _ENV + flag.lstrip("-").replace("-", "_").upper()
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_arguments(parser: argparse.ArgumentParser, exclude: Set[str] = frozenset()) -> None:
     def add(flag: str, help_text: str, **kwargs: object) -> None:
+        if flag in exclude:
+            return
         env = _env_name(flag)
         parser.add_argument(flag, help=f"{help_text} [env {env}]", **kwargs)  # type: ignore[arg-type]
 
@@ -83,9 +85,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--verbose", "debug logging", action="store_const", const="true")
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+def build_parser(parser: argparse.ArgumentParser | None = None,
+                 exclude: Set[str] = frozenset()) -> argparse.ArgumentParser:
+    """The operator's flags; `exclude` leaves out flags a command uses otherwise (plan: kubectl's -n, -v)."""
     parser = parser or argparse.ArgumentParser(prog="headroom run")
-    _add_arguments(parser)
+    _add_arguments(parser, exclude)
     return parser
 
 
