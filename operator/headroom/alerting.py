@@ -253,6 +253,9 @@ class Alerting:
         deferred_now = [r for r in state.records if r.not_before and r.key not in deferred_before]
         if deferred_now:
             self.metrics.alerts_deferred.inc(len(deferred_now))
+            for r in deferred_now:
+                log.info("Project %s: alert %s %s %s deferred until %s (outside business hours or cooldown)",
+                         spec.name, r.key.namespace, r.key.resource, r.state, r.not_before)
         if owed and state_to_status(state) != state_to_status(before):
             # Outbox first: what is owed is on record before anything leaves.
             await self.writer.patch_status(spec.name, {"alerts": state_to_status(state)})
@@ -276,6 +279,10 @@ class Alerting:
                     continue
                 state = mark_delivered(state, notification.id, sink.name, now)
                 self.metrics.alerts_sent.labels(sink.name, notification.state).inc()
+                log.info("Project %s: alert %s %s %s (%s of the quota, threshold %s%%) sent to %s", spec.name,
+                         notification.key.namespace, notification.key.resource, notification.state,
+                         "unknown" if notification.utilization is None else f"{notification.utilization:.0f}%",
+                         notification.key.threshold, sink.name)
         if state is not delivered_from:
             # Deliveries retired outboxes: evaluating once more now schedules the reminders, so the
             # status written below is already what the next reconcile computes (one write, not two).

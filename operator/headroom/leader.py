@@ -46,6 +46,9 @@ class LeaderElector:
     _observed: tuple[Any, ...] | None = field(default=None, init=False)
     _observed_at: float = field(default=0.0, init=False)
     _resource_version: str | None = field(default=None, init=False)
+    # Why this replica cannot take part in the election at all (its Lease is forbidden to it, or its
+    # namespace does not exist), or None. Waiting would never end: the liveness probe reports it.
+    problem: str | None = field(default=None, init=False)
 
     def _now(self) -> datetime:
         return datetime.now(UTC)
@@ -123,15 +126,38 @@ class LeaderElector:
         except Exception as exc:  # ApiException, OSError, urllib3's errors: a release is best effort
             log.warning("could not release the lease: %s", exc)
 
+    def _excluded(self, exc: ApiException) -> str | None:
+        """A refusal that no amount of waiting fixes: the replica is not a candidate at all."""
+        if exc.status in (401, 403):
+            return (f"cannot take part in leader election: access to Lease {self.namespace}/{self.name} is "
+                    f"refused ({exc.status} {exc.reason}); the shipped Role grants only the Lease named "
+                    f"'headroom' in its namespace: grant get and update on '{self.name}' there, or use "
+                    "--lease-name=headroom")
+        if exc.status == 404:
+            return (f"cannot take part in leader election: namespace {self.namespace} does not exist "
+                    "(--namespace names where the Lease is kept)")
+        return None
+
     async def acquire(self) -> None:
         """Wait until this replica leads."""
         log.info("waiting for lease %s/%s as %s", self.namespace, self.name, self.identity)
         while True:
             try:
                 if await asyncio.to_thread(self.try_acquire_or_renew):
+                    if self.problem is not None:
+                        log.info("lease %s/%s is accessible again", self.namespace, self.name)
+                    self.problem = None
                     return
-            except Exception as exc:  # ApiException, OSError, urllib3's errors: try again later
-                log.warning("lease check failed: %s", exc)
+                self.problem = None
+            except ApiException as exc:
+                problem = self._excluded(exc)
+                if problem is None:
+                    log.warning("lease check failed: %s %s", exc.status, exc.reason)
+                elif problem != self.problem:
+                    log.error("%s", problem)  # once, not every retry; /healthz keeps saying it
+                self.problem = problem
+            except Exception as exc:  # OSError, urllib3's errors: the API server is away, try again later
+                log.warning("lease check failed: %s", exc or type(exc).__name__)
             await asyncio.sleep(self.retry_seconds * random.uniform(0.8, 1.2))
 
     async def hold(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import math
 import random
@@ -364,10 +365,13 @@ class Reconciler:
                 raise
             except Exception as exc:
                 failed = exc
-                level = logging.WARNING if is_retryable(exc) else logging.ERROR
+                status = getattr(exc, "status", None)
+                # 404: the Project was deleted under this reconcile (its watch event follows); the
+                # retry finds it gone and stops. Routine, so not an ERROR.
+                level = (logging.INFO if status == 404 else logging.WARNING if is_retryable(exc)
+                         else logging.ERROR)
                 delay = next(delays)
-                log.log(level, "reconcile of Project %s failed (%s: %s); retrying in %.1fs",
-                        name, type(exc).__name__, exc, delay)
+                log.log(level, "reconcile of Project %s failed (%s); retrying in %.1fs", name, _brief(exc), delay)
                 self.metrics.reconcile_errors.labels(type(exc).__name__).inc()
             finally:
                 self.metrics.reconcile_duration.observe(time.monotonic() - started)
@@ -415,7 +419,7 @@ class Reconciler:
             # The quota controller reports the new quota's use within moments, and the watch event of
             # that report reconciles this Project again: one status write then, not two.
             for event in plan.events:
-                await self.writer.post_event(body, event)
+                await self._announce(body, event)
             return
         status = dict(plan.status)
         if self.alerts is not None:
@@ -426,7 +430,7 @@ class Reconciler:
         if applying:
             await async_failpoint("approved-change-after-status-write")
         for event in plan.events:
-            await self.writer.post_event(body, event)
+            await self._announce(body, event)
         self.metrics.observe_plan(spec, plan)
 
     def _observe(self, spec: ProjectSpec, body: Mapping[str, Any], history: HistoryResult,
@@ -472,6 +476,8 @@ class Reconciler:
             if not desired.matches(seen, name, uid):
                 if seen is not None and seen.project == name and seen.state is not None:
                     self._note_drift(body, desired.namespace, seen_obj, desired)
+                elif seen_obj is None:
+                    self._note_deleted(body, desired.namespace)
                 await self.writer.apply_quota(body, desired)
                 self.metrics.writes.labels("resourcequota").inc()
                 created_counting |= seen is None and desired.annotations.get(STATE_ANNOTATION) == COUNTING
@@ -486,6 +492,20 @@ class Reconciler:
             self.metrics.writes.labels("delete").inc()
         return created_counting
 
+    async def _announce(self, body: Mapping[str, Any], event: Event) -> None:
+        """An Event on the Project, and the same sentence in the log: what Headroom did, at INFO."""
+        log.info("Project %s: %s: %s", body["metadata"]["name"], event.reason, event.message)
+        await self.writer.post_event(body, event)
+
+    def _note_deleted(self, body: Mapping[str, Any], namespace: str) -> None:
+        """Headroom's quota was governing this namespace, and now it is gone: say so when recreating it."""
+        entries = (body.get("status") or {}).get("namespaces") or []
+        if not any(e.get("name") == namespace and e.get("state") == "Governed" for e in entries):
+            return  # never governed yet (a new namespace): nothing was restored
+        message = (f"ResourceQuota {QUOTA_NAME} in {namespace} was deleted; recreated, counting use first, then "
+                   "governed again (the API server does not record who deleted it: see its audit log)")
+        asyncio.get_running_loop().create_task(self._announce(body, Event("Warning", "QuotaRestored", message)))
+
     def _note_drift(self, body: Mapping[str, Any], namespace: str, seen_obj: Mapping[str, Any] | None,
                     desired: Any) -> None:
         """Someone else changed Headroom's quota: say so on the Project when restoring it."""
@@ -494,10 +514,12 @@ class Reconciler:
                     if m.get("subresource") != "status" and "f:spec" in (m.get("fieldsV1") or {})}
         foreign = sorted(m for m in managers if m and m != "headroom")
         if foreign:
-            message = (f"ResourceQuota {QUOTA_NAME} in {namespace} was changed by {', '.join(foreign)}; "
+            # Field managers are all the API server records of a writer (the user is in its audit log):
+            # name them as what they are, not as people.
+            which = "field manager" if len(foreign) == 1 else "field managers"
+            message = (f"ResourceQuota {QUOTA_NAME} in {namespace} was changed by {which} {', '.join(foreign)}; "
                        "restored to the governed values (change quotas through the Project instead)")
-            asyncio.get_running_loop().create_task(
-                self.writer.post_event(body, Event("Warning", "QuotaRestored", message)))
+            asyncio.get_running_loop().create_task(self._announce(body, Event("Warning", "QuotaRestored", message)))
 
     def _invalid_status(self, body: Mapping[str, Any], exc: SpecError, now: datetime) -> dict[str, Any]:
         generation = body.get("metadata", {}).get("generation")
@@ -526,6 +548,17 @@ class Reconciler:
         if stored is not None and stored.get("metadata", {}).get("uid") == body["metadata"].get("uid"):
             stored["status"] = {**{k: v for k, v in (stored.get("status") or {}).items()
                                    if k in _FOREIGN_STATUS_KEYS}, **new}
+
+
+def _brief(exc: BaseException) -> str:
+    """An error in one line: an API error's status and the server's sentence, not its HTTP headers."""
+    status = getattr(exc, "status", None)
+    if status is not None and hasattr(exc, "body"):
+        message = getattr(exc, "reason", "")
+        with contextlib.suppress(TypeError, ValueError, AttributeError):
+            message = json.loads(exc.body).get("message") or message
+        return f"{type(exc).__name__} {status}: {message}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _normalized(value: Any) -> Any:

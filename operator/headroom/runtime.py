@@ -14,10 +14,11 @@ import logging
 import random
 import socket
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import kopf
 import kubernetes
@@ -46,6 +47,43 @@ WATCH_SECONDS = 300
 # (k8s.io/apiserver cacher: defaultBookmarkFrequency), so a healthy stream is never silent this long;
 # a false alarm would cost one more watch request, nothing else.
 WATCH_INACTIVITY_SECONDS = 75
+
+
+def _site(url: str | None) -> str:
+    """Where a URL points, without credentials or a path (a webhook's path is often its secret)."""
+    parts = urlsplit(url or "")
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def startup_line(config: OperatorConfig) -> str:
+    """What this replica will do, in one line: the first thing an operator of Headroom reads."""
+    if config.history_source == "prometheus":
+        history = (f"prometheus {_site(config.prometheus_url)} (step {config.prometheus_step}, "
+                   f"timeout {config.prometheus_timeout:g}s)")
+    elif config.history_source == "file":
+        history = f"file {config.history_file}"
+    else:
+        history = "sampler (daily peaks kept on the quotas)"
+    sinks = ["Events", f"per-Project webhook Secrets in {config.namespace}"]
+    if config.webhook_url:
+        sinks.append(f"webhook {_site(config.webhook_url)}")
+    if config.alertmanager_url:
+        sinks.append(f"Alertmanager {_site(config.alertmanager_url)}")
+    election = f"on (Lease {config.namespace}/{config.lease_name})" if config.leader_elect else "off"
+    ports = ", ".join(f"{what} {port or 'off'}" for what, port in (("metrics", config.metrics_port),
+                                                                     ("health", config.health_port)))
+    return (f"Headroom starting: mode {config.mode}, history {history}, re-derived every "
+            f"{_duration(config.resync_interval)}, alerts to {', '.join(sinks)}, auto-approval within "
+            f"recommendation {'on' if config.auto_approve_within_recommendation else 'off'}, ports {ports}, "
+            f"leader election {election}, writes {config.api_qps:g}/s (burst {config.api_burst})")
 
 
 def load_kube_config() -> kubernetes.client.ApiClient:
@@ -325,12 +363,18 @@ def run(config: OperatorConfig) -> None:
         raise SystemExit(code)
 
 
-async def _serve_health(port: int, role: dict[str, str]) -> web.AppRunner | None:
-    """/healthz answers while the event loop runs, for the leader and for a standby alike."""
+async def _serve_health(port: int, role: dict[str, str],
+                        problem: Callable[[], str | None] = lambda: None) -> web.AppRunner | None:
+    """/healthz answers while the event loop runs, for the leader and for a standby alike; but a
+    replica that can never take part in the election is unhealthy (503, with why), so that it is
+    restarted and noticed instead of standing by forever."""
     if not port:
         return None
 
     async def healthz(_: web.Request) -> web.Response:
+        reason = problem()
+        if reason is not None:
+            return web.json_response({"status": "unhealthy", "role": role["role"], "reason": reason}, status=503)
         return web.json_response({"status": "ok", "role": role["role"]})
 
     app = web.Application()
@@ -344,14 +388,16 @@ async def _serve_health(port: int, role: dict[str, str]) -> web.AppRunner | None
 async def _main(config: OperatorConfig) -> int:
     client = load_kube_config()
     role = {"role": "starting"}
-    health = await _serve_health(config.health_port, role)
-    metrics = Metrics()
-    metrics.serve(config.metrics_port)
     elector: LeaderElector | None = None
     if config.leader_elect:
         identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         elector = LeaderElector(kubernetes.client.CoordinationV1Api(client), config.namespace, config.lease_name,
                                 identity)
+    health = await _serve_health(config.health_port, role, lambda: elector.problem if elector else None)
+    metrics = Metrics()
+    metrics.serve(config.metrics_port)
+    log.info("%s", startup_line(config))
+    if elector is not None:
         role["role"] = "standby"
         await elector.acquire()
     role["role"] = "leader" if elector else "active"
