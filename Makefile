@@ -1,37 +1,49 @@
 # Headroom developer entry points. `make help` lists them.
-PYTHON ?= python3
+# The virtualenv that hack/setup.sh creates; PYTHON=... picks another interpreter.
+PYTHON ?= .venv/bin/python
 CLUSTER_DIR ?= .cluster
 KIND_CLUSTER ?= headroom
+# make cluster-up NODE=1: also one node (kube-scheduler, containerd, kubelet, kube-proxy) for pods.
+NODE ?= 0
+IMAGE ?= headroom:dev
+IMAGE_ARCHIVE ?= .cache/image/headroom-dev.oci.tar
+KUBECTL ?= kubectl
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help install controlplane cluster-up cluster-down demo test test-unit lint bench bench-reconcile kind-up kind-down image
+.PHONY: help setup install controlplane cluster-up cluster-down demo test test-unit test-e2e lint bench \
+	bench-reconcile kind-up kind-down image deploy undeploy
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-install: ## install Headroom and its test tools into the current Python
-	$(PYTHON) -m pip install -q -e '.[test]'
+setup: ## what the suite needs, installed when missing: Debian packages, .venv, the cluster binary
+	hack/setup.sh
+
+install: setup ## (the same as setup)
 
 controlplane: ## build the local control plane binary (cached in .cache/bin)
 	$(PYTHON) -m tests.harness.controlplane build
 
-cluster-up: ## start the local control plane in the background; prints the KUBECONFIG line
-	$(PYTHON) -m tests.harness.controlplane up --state-dir $(CLUSTER_DIR)
+cluster-up: setup ## start the local control plane (NODE=1: and one node); prints the KUBECONFIG line
+	$(PYTHON) -m tests.harness.controlplane up --state-dir $(CLUSTER_DIR) --node $(NODE)
 
-cluster-down: ## stop the local control plane
+cluster-down: ## stop the local cluster; removes every process, mount, netns and cgroup it made
 	$(PYTHON) -m tests.harness.controlplane down --state-dir $(CLUSTER_DIR)
 
 demo: install ## control plane + sample Projects + file history + the operator: shows derived quotas
 	$(PYTHON) -m hack.demo
 
-test: install ## the whole suite (unit and integration, on the local control plane)
+test: setup ## the whole suite: unit, integration (local control plane) and end-to-end (on a node)
 	$(PYTHON) -m pytest -q -rs -p no:cacheprovider
+
+test-e2e: setup ## end-to-end only: the operator's image deployed from manifests/ on a local node
+	$(PYTHON) -m pytest -q -rs -p no:cacheprovider tests/e2e
 
 test-unit: ## the fast unit tests only
 	$(PYTHON) -m pytest -q tests/unit
 
 lint: ## ruff
-	$(PYTHON) -m ruff check operator tests bench
+	$(PYTHON) -m ruff check operator tests hack bench
 
 bench: install ## API cost benchmark against the naive baseline (writes bench/results/)
 	$(PYTHON) -m bench.run
@@ -39,8 +51,21 @@ bench: install ## API cost benchmark against the naive baseline (writes bench/re
 bench-reconcile: install ## CPU per reconcile at 100, 1000 and 3000 Projects (no cluster; seconds)
 	$(PYTHON) -m bench.reconcile_cost
 
-image: ## build the operator image (needs Docker)
-	docker build -f operator/Dockerfile -t headroom:dev .
+image: setup ## build headroom:dev (buildah, no Docker engine) and load it into the running node
+	hack/image/build.sh $(IMAGE_ARCHIVE)
+	@if [ -S $(CLUSTER_DIR)/run/node/containerd/containerd.sock ]; then \
+	  ctr --address $(CLUSTER_DIR)/run/node/containerd/containerd.sock -n k8s.io images import $(IMAGE_ARCHIVE) \
+	  && echo "loaded into the local node"; \
+	else echo "no local node running (make cluster-up): image left in $(IMAGE_ARCHIVE)"; fi
+
+image-docker: ## build the operator image with Docker, as users do
+	docker build -f operator/Dockerfile -t $(IMAGE) .
+
+deploy: ## kubectl apply -k manifests/ with IMAGE set, to the current cluster (KUBECONFIG)
+	hack/deploy.sh apply $(IMAGE)
+
+undeploy: ## remove what deploy applied (the CRD too, so every Project goes with it)
+	hack/deploy.sh delete $(IMAGE)
 
 kind-up: ## for Docker users: a kind cluster with the CRDs, for HEADROOM_TEST_KUBECONFIG
 	kind create cluster --name $(KIND_CLUSTER) --kubeconfig $(CLUSTER_DIR)/kind-kubeconfig

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the control-plane binary (etcd + kube-apiserver + kube-controller-manager in one).
+# Builds the cluster binary (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet
+# and kube-proxy in one) and, next to it, the node's static `pause` program.
 # Usage: hack/controlplane/build.sh OUTPUT
 # Go's module and build caches make a warm rebuild take seconds.
 set -euo pipefail
@@ -17,5 +18,7 @@ CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -p "${GO_BUILD_JO
     -X k8s.io/component-base/version.gitTreeState=clean \
     -X k8s.io/client-go/pkg/version.gitVersion=v$version" \
   -o "$out.tmp" .
+CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w" \
+  -o "$(dirname "$out")/pause" ./pause
 mv "$out.tmp" "$out"
 echo "$out"

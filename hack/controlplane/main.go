@@ -1,7 +1,9 @@
-// Command controlplane runs one component of a local Kubernetes control plane
-// (etcd, kube-apiserver or kube-controller-manager), chosen by its first
-// argument, in the way the old hyperkube binary did. Headroom's test harness
-// starts each component as its own process from this one binary.
+// Command controlplane runs one component of a local Kubernetes cluster
+// (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and on a node
+// kubelet and kube-proxy), chosen by its first argument, in the way the old
+// hyperkube binary did. All of them come from the same Kubernetes release.
+// Headroom's test harness starts each component as its own process from this
+// one binary. The node's sandbox image holds the small program in ./pause.
 package main
 
 import (
@@ -20,10 +22,13 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/version"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 	_ "time/tzdata"
 )
 
-const usage = "usage: controlplane {etcd|apiserver|controller-manager} [flags]"
+const usage = "usage: controlplane {etcd|apiserver|controller-manager|scheduler|kubelet|proxy} [flags]"
 
 func main() {
 	if len(os.Args) < 2 {
@@ -40,6 +45,18 @@ func main() {
 		os.Exit(cli.Run(cmd))
 	case "controller-manager":
 		cmd := controllermanager.NewControllerManagerCommand()
+		cmd.SetArgs(os.Args[2:])
+		os.Exit(cli.Run(cmd))
+	case "scheduler":
+		cmd := scheduler.NewSchedulerCommand()
+		cmd.SetArgs(os.Args[2:])
+		os.Exit(cli.Run(cmd))
+	case "kubelet":
+		cmd := kubelet.NewKubeletCommand(context.Background())
+		cmd.SetArgs(os.Args[2:])
+		os.Exit(cli.Run(cmd))
+	case "proxy":
+		cmd := proxy.NewProxyCommand()
 		cmd.SetArgs(os.Args[2:])
 		os.Exit(cli.Run(cmd))
 	default:

@@ -1,10 +1,12 @@
-"""A real local Kubernetes control plane: embedded etcd, kube-apiserver and kube-controller-manager.
+"""A real local Kubernetes cluster: embedded etcd, kube-apiserver and kube-controller-manager, and
+optionally one node (kube-scheduler, containerd, kubelet, kube-proxy; see `tests/harness/node.py`).
 
-The three components come from one Go binary built from `hack/controlplane/` (see its go.mod for the
-Kubernetes release). This module builds the binary when it is missing or outdated, generates the
-certificates, starts the components on free loopback ports, waits until each one is ready and stops
-them again. Tests use it through the session fixture in `tests/conftest.py`; people use it through
-`make cluster-up` / `make cluster-down`, that is `python -m tests.harness.controlplane up|down`.
+The Kubernetes components come from one Go binary built from `hack/controlplane/` (see its go.mod for
+the Kubernetes release). This module builds the binary when it is missing or outdated, generates the
+certificates, starts the components on free ports, waits until each one is ready and stops
+them again. Tests use it through the session fixture in `tests/conftest.py` (no node) and
+`tests/e2e/conftest.py` (a node); people use it through `make cluster-up` / `make cluster-down`,
+that is `python -m tests.harness.controlplane up|down [--node]`.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.harness import node as nodelib
+from tests.harness.images import pause_archive
 from tests.harness.pki import Pki, create_pki
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIR = REPO / "hack" / "controlplane"
 BINARY = REPO / ".cache" / "bin" / "controlplane"
+PAUSE_BINARY = BINARY.with_name("pause")
 DEFAULT_STATE_DIR = REPO / ".cluster"
 
 CONTROLLERS = (
@@ -46,6 +51,23 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     # Fills the aggregated admin/edit/view ClusterRoles, as in any real cluster.
     "clusterrole-aggregation-controller",
+)
+# What workloads on a node need: Deployments, Jobs & co, Services' endpoints, node health.
+NODE_CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "statefulset-controller",
+    "daemonset-controller",
+    "job-controller",
+    "cronjob-controller",
+    "ttl-after-finished-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+    "disruption-controller",
+    "pod-garbage-collector-controller",
+    "node-lifecycle-controller",
+    "taint-eviction-controller",
 )
 
 _PR_SET_PDEATHSIG = 1
@@ -60,9 +82,9 @@ class ControlPlaneError(RuntimeError):
 
 def _source_digest() -> str:
     digest = hashlib.sha256()
-    for path in sorted(SOURCE_DIR.iterdir()):
+    for path in sorted(SOURCE_DIR.rglob("*")):
         if path.suffix in {".go", ".mod", ".sum", ".sh"}:
-            digest.update(path.name.encode())
+            digest.update(str(path.relative_to(SOURCE_DIR)).encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -71,7 +93,7 @@ def ensure_binary(log: Path | None = None) -> Path:
     """Build the control-plane binary unless the cached one was built from the current sources."""
     stamp = BINARY.with_suffix(".sha256")
     digest = _source_digest()
-    if BINARY.exists() and stamp.exists() and stamp.read_text().strip() == digest:
+    if BINARY.exists() and PAUSE_BINARY.exists() and stamp.exists() and stamp.read_text().strip() == digest:
         return BINARY
     if shutil.which("go") is None:
         raise ControlPlaneError("the Go toolchain is needed to build the control plane (go not on PATH)")
@@ -186,16 +208,19 @@ class Component:
 
 @dataclass
 class ControlPlane:
-    """One running control plane. Use as a context manager or call start()/stop()."""
+    """One running control plane, with one node if `node`. Use as a context manager or start()/stop()."""
 
     workdir: Path
     apiserver_flags: Sequence[str] = ()
     keep_workdir: bool = False
+    node: bool = False
     etcd_port: int = field(default_factory=free_port)
     etcd_peer_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     components: dict[str, Component] = field(default_factory=dict)
     pki: Pki | None = None
+    node_ip: str = "127.0.0.1"
+    _reaper: tuple[subprocess.Popen[bytes], int] | None = None
 
     @property
     def server(self) -> str:
@@ -210,8 +235,18 @@ class ControlPlane:
 
     # --- lifecycle
 
+    @property
+    def node_dir(self) -> Path:
+        return self.workdir / "node"
+
     def start(self, build_log: Path | None = None) -> ControlPlane:
         binary = ensure_binary(build_log)
+        if self.node:
+            missing = nodelib.missing_tools()
+            if missing:
+                raise ControlPlaneError(f"the node needs Debian packages: {' '.join(missing)} "
+                                        "(hack/setup.sh installs them)")
+            self.node_ip = nodelib.node_ip()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki = create_pki(self.workdir / "pki")
         write_kubeconfig(self.kubeconfig, self.server, self.pki.ca_cert,
@@ -227,7 +262,7 @@ class ControlPlane:
             str(binary), "controller-manager",
             f"--kubeconfig={self.kubeconfig}",
             "--leader-elect=false",
-            f"--controllers={','.join(CONTROLLERS)}",
+            f"--controllers={','.join(CONTROLLERS + (NODE_CONTROLLERS if self.node else ()))}",
             f"--service-account-private-key-file={self.pki.sa_key}",
             f"--root-ca-file={self.pki.ca_cert}",
             "--secure-port=0",
@@ -238,37 +273,111 @@ class ControlPlane:
             self.start_component("etcd")
             self.start_component("apiserver")
             self.start_component("controller-manager")
+            if self.node:
+                try:
+                    self._start_node(binary)
+                except nodelib.NodeError as exc:
+                    raise ControlPlaneError(str(exc)) from exc
         except BaseException:
             self.stop()
             raise
         return self
 
+    # --- the node
+
+    def _kubeconfig_for(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        assert self.pki is not None
+        self.pki.issue_client(user, groups)
+        return write_kubeconfig(self.workdir / f"{user.replace(':', '-')}.kubeconfig", self.server,
+                                self.pki.ca_cert, _cert_user(self.pki, user))
+
+    def _start_node(self, binary: Path) -> None:
+        assert self.pki is not None
+        paths = nodelib.NodePaths(self.node_dir)
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        # From here on, whatever happens to this process, the reaper removes what the node made.
+        self._reaper = nodelib.start_reaper(self.node_dir, self.workdir / "node-cleanup.log")
+        nodelib.prepare_host(paths)
+        configs = nodelib.write_configs(
+            paths, ca_cert=self.pki.ca_cert,
+            kubelet_kubeconfig=self._kubeconfig_for(f"system:node:{nodelib.NODE_NAME}", ("system:nodes",)),
+            proxy_kubeconfig=self._kubeconfig_for("system:kube-proxy"),
+            kubelet_port=free_port(), proxy_metrics_port=free_port(), proxy_healthz_port=free_port())
+        self.components["scheduler"] = Component("scheduler", [
+            str(binary), "scheduler", f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--leader-elect=false", "--secure-port=0",
+        ], self.log_path("scheduler"))
+        self.components["containerd"] = Component("containerd", [
+            "containerd", f"--config={configs['containerd']}",
+        ], self.log_path("containerd"))
+        self.components["kubelet"] = Component("kubelet", [
+            str(binary), "kubelet", f"--config={configs['kubelet']}",
+            f"--kubeconfig={self.workdir / f'system-node-{nodelib.NODE_NAME}.kubeconfig'}",
+            f"--root-dir={paths.kubelet_dir}", f"--cert-dir={paths.kubelet_dir / 'pki'}",
+            f"--hostname-override={nodelib.NODE_NAME}",
+            f"--node-ip={self.node_ip}",
+        ], self.log_path("kubelet"))
+        self.components["proxy"] = Component("proxy", [
+            str(binary), "proxy", f"--config={configs['proxy']}",
+        ], self.log_path("proxy"))
+        self.start_component("scheduler")
+        self.start_component("containerd")
+        self.start_component("kubelet")
+        self.start_component("proxy")
+
+    def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """`ctr` against the node's containerd, in the kubelet's namespace."""
+        socket_path = nodelib.NodePaths(self.node_dir).containerd_socket
+        return subprocess.run(["ctr", "--address", str(socket_path), "--namespace", "k8s.io", *args],
+                              check=True, capture_output=True, text=True, timeout=timeout)
+
+    def import_image(self, archive: Path) -> None:
+        """Load an OCI or Docker archive into the node (nothing can be pulled here)."""
+        self.ctr("images", "import", str(archive))
+
     def _apiserver_args(self) -> list[str]:
         assert self.pki is not None
         return [
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1",
+            *([] if self.node else ["--bind-address=127.0.0.1"]),
             f"--secure-port={self.api_port}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             f"--tls-cert-file={self.pki.serving_cert}",
             f"--tls-private-key-file={self.pki.serving_key}",
             f"--client-ca-file={self.pki.ca_cert}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC" if self.node else "--authorization-mode=RBAC",
             f"--service-account-issuer={self.server}",
             f"--service-account-signing-key-file={self.pki.sa_key}",
             f"--service-account-key-file={self.pki.sa_pub}",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
-            # No kubelets here: nothing should try to reconcile the loopback endpoint.
-            "--endpoint-reconciler-type=none",
+            *(self._node_apiserver_args() if self.node else [
+                # No kubelets here: nothing should try to reconcile the loopback endpoint.
+                "--endpoint-reconciler-type=none"]),
             *self.apiserver_flags,
+        ]
+
+    def _node_apiserver_args(self) -> list[str]:
+        # Pods reach the API server through the `kubernetes` Service, whose endpoint is the node IP.
+        assert self.pki is not None
+        crt, key = self.pki.client_cert("headroom-admin")
+        return [
+            "--bind-address=0.0.0.0", f"--advertise-address={self.node_ip}",
+            f"--kubelet-client-certificate={crt}", f"--kubelet-client-key={key}",
+            "--kubelet-preferred-address-types=InternalIP",
         ]
 
     def start_component(self, name: str) -> None:
         component = self.components[name]
         component.start()
+        if self._reaper is not None and component.process is not None:
+            nodelib.record_pid(nodelib.NodePaths(self.node_dir), name, component.process.pid)
         waiters = {"etcd": self._wait_etcd, "apiserver": self._wait_apiserver,
-                   "controller-manager": self._wait_controller_manager}
+                   "controller-manager": self._wait_controller_manager,
+                   "scheduler": self._wait_scheduler, "containerd": self._wait_containerd,
+                   "kubelet": self._wait_kubelet, "proxy": self._wait_proxy}
         waiters[name](component)
 
     def stop_component(self, name: str) -> None:
@@ -285,13 +394,19 @@ class ControlPlane:
         self.start_component("apiserver")
 
     def stop(self) -> None:
+        for name in ("kubelet", "proxy", "scheduler", "containerd"):
+            if name in self.components:
+                self.components[name].stop()
+        if self._reaper is not None:
+            nodelib.stop_reaper(*self._reaper)
+            self._reaper = None
         for name in ("controller-manager", "apiserver", "etcd"):
             if name in self.components:
                 self.components[name].stop()
         for port in (self.api_port, self.etcd_port, self.etcd_peer_port):
             self._wait_port_free(port, timeout=10)
         if not self.keep_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            nodelib.remove_workdir(self.workdir)
 
     def __enter__(self) -> ControlPlane:
         return self.start()
@@ -347,6 +462,47 @@ class ControlPlane:
                    lambda: self._get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
                    "running controllers", 90)
 
+    def _wait_scheduler(self, component: Component) -> None:
+        self._poll(component, lambda: True, "started", 5)
+
+    def _wait_containerd(self, component: Component) -> None:
+        socket_path = nodelib.NodePaths(self.node_dir).containerd_socket
+
+        def serving() -> bool:
+            if not socket_path.exists():
+                return False
+            try:
+                self.ctr("version", timeout=10)
+            except subprocess.CalledProcessError:
+                return False
+            return True
+
+        self._poll(component, serving, "serving", 60)
+        pause_archive(PAUSE_BINARY, self.node_dir / "pause.oci.tar")
+        self.import_image(self.node_dir / "pause.oci.tar")
+
+    def _wait_kubelet(self, component: Component) -> None:
+        def ready() -> bool:
+            status, body = self._get(f"/api/v1/nodes/{nodelib.NODE_NAME}")
+            if status != 200:
+                return False
+            node = json.loads(body)
+            conditions = node.get("status", {}).get("conditions", [])
+            taints = [t["key"] for t in node.get("spec", {}).get("taints", []) or []]
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) \
+                and "node.kubernetes.io/not-ready" not in taints
+
+        self._poll(component, ready, "Ready", 120)
+
+    def _wait_proxy(self, component: Component) -> None:
+        port = json.loads((self.node_dir / "kube-proxy.json").read_text())["healthzBindAddress"]
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://{port}/healthz", timeout=2) as resp:
+                return bool(resp.status == 200)
+
+        self._poll(component, healthy, "healthy", 60)
+
     @staticmethod
     def _wait_port_free(port: int, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -361,9 +517,9 @@ class ControlPlane:
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _supervise(state_dir: Path) -> int:
+def _supervise(state_dir: Path, node: bool) -> int:
     """Run in the background for `make cluster-up`: start, then wait for SIGTERM and stop cleanly."""
-    plane = ControlPlane(state_dir / "run", keep_workdir=False)
+    plane = ControlPlane(state_dir / "run", keep_workdir=False, node=node)
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -392,7 +548,7 @@ def _supervise(state_dir: Path) -> int:
     return 0
 
 
-def cmd_up(state_dir: Path) -> int:
+def cmd_up(state_dir: Path, node: bool) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     pid_file = state_dir / "pid"
     if pid_file.exists():
@@ -405,14 +561,15 @@ def cmd_up(state_dir: Path) -> int:
         (state_dir / name).unlink(missing_ok=True)
     log = open(state_dir / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
     child = subprocess.Popen([sys.executable, "-m", "tests.harness.controlplane", "_supervise",
-                              "--state-dir", str(state_dir)],
+                              "--state-dir", str(state_dir), f"--node={int(node)}"],
                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True)
     pid_file.write_text(str(child.pid))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if (state_dir / "ready").exists():
-            print(f"control plane {(state_dir / 'ready').read_text()} is up; "
+            what = "control plane and one node" if node else "control plane"
+            print(f"{what} {(state_dir / 'ready').read_text()} is up; "
                   f"logs in {state_dir / 'run'}\nexport KUBECONFIG={state_dir / 'kubeconfig'}")
             return 0
         if (state_dir / "error").exists() or child.poll() is not None:
@@ -433,7 +590,7 @@ def cmd_down(state_dir: Path) -> int:
     pid = int(pid_file.read_text())
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             os.kill(pid, 0)
             time.sleep(0.2)
@@ -447,22 +604,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Run a local Kubernetes control plane.")
     parser.add_argument("command", choices=["build", "up", "down", "_supervise", "run"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--node", type=int, choices=[0, 1], default=0,
+                        help="1: also start one node (scheduler, containerd, kubelet, kube-proxy)")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             print(ensure_binary())
             return 0
         if args.command == "up":
-            return cmd_up(args.state_dir)
+            return cmd_up(args.state_dir, bool(args.node))
         if args.command == "down":
             return cmd_down(args.state_dir)
         if args.command == "_supervise":
-            return _supervise(args.state_dir)
+            return _supervise(args.state_dir.resolve(), bool(args.node))
         # run: in the foreground until Ctrl-C, handy for debugging. A process started in the
         # background by a non-interactive shell inherits SIGINT *ignored*, and Python then never
         # raises KeyboardInterrupt: Ctrl-C (or a SIGINT from a test) must stop it all the same.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        with ControlPlane(Path(tempfile.mkdtemp(prefix="headroom-cp-"))) as plane:
+        with ControlPlane(Path(tempfile.mkdtemp(prefix="headroom-cp-")), node=bool(args.node)) as plane:
             print(f"export KUBECONFIG={plane.kubeconfig}", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
