@@ -1,0 +1,94 @@
+"""The CLI where no cluster answers: short change ids, and errors as one line with an exit code by kind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from headroom.cli import EXIT_CONFLICT, EXIT_UNREACHABLE, EXIT_USAGE, CliError, expand_change_id
+
+REPO = Path(__file__).resolve().parents[2]
+PENDING = "sha256:8d9d1a2b" + "0" * 56
+
+
+@pytest.mark.parametrize("given", [PENDING, "sha256:8d9d1a2b", "8d9d1a2b", "sha256:8d9d", "8D9D1A2B",
+                                   "sha256:8d9d...", "sha256:8d9d\u2026", " 8d9d1a2b "])
+def test_a_short_id_expands_to_the_pending_id(given: str) -> None:
+    assert expand_change_id(given, PENDING) == PENDING
+
+
+@pytest.mark.parametrize("given", ["sha256:8d9e", "sha256:" + "1" * 64, "8d9d1a2c"])
+def test_an_id_that_is_not_the_pending_one_is_refused_with_the_one_that_is(given: str) -> None:
+    with pytest.raises(CliError) as info:
+        expand_change_id(given, PENDING)
+    assert info.value.code == EXIT_CONFLICT
+    assert f"the pending change is now {PENDING}" in str(info.value)
+
+
+@pytest.mark.parametrize("given", ["sha256:8d9", "8d", "", "sha256:", "payments", "sha256:8d9d1a2g"])
+def test_something_that_is_no_id_is_a_usage_error(given: str) -> None:
+    with pytest.raises(CliError) as info:
+        expand_change_id(given, PENDING)
+    assert info.value.code == EXIT_USAGE
+    assert "is not a change id" in str(info.value)
+
+
+def headroom(*args: str, kubeconfig: str = "/nonexistent/kubeconfig") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADROOM_", "KUBERNETES_"))}
+    return subprocess.run([sys.executable, "-m", "headroom.cli", *args], capture_output=True, text=True,
+                          env={**env, "KUBECONFIG": kubeconfig}, cwd=REPO, timeout=60)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_no_kubeconfig_says_what_to_pass() -> None:
+    result = headroom("status", "payments")
+    assert result.returncode == EXIT_USAGE
+    line = one_line(result)
+    assert "no usable kubeconfig (/nonexistent/kubeconfig" in line
+    assert line.endswith("pass --kubeconfig and --context, or set KUBECONFIG")
+
+
+def test_an_unreachable_api_server_is_one_line_and_its_own_exit_code(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "dead"
+    kubeconfig.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: dead, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: dead, context: {cluster: dead, user: u}}]
+current-context: dead
+""")
+    result = headroom("approve", "payments", "--yes", kubeconfig=str(kubeconfig))
+    assert result.returncode == EXIT_UNREACHABLE
+    assert "error: cannot read Project payments: the API server cannot be reached" in one_line(result)
+    detailed = headroom("approve", "payments", "--yes", "-v", kubeconfig=str(kubeconfig))
+    assert detailed.returncode == EXIT_UNREACHABLE
+    assert detailed.stderr.startswith("error: cannot read Project payments") and "Traceback" in detailed.stderr
+
+
+def test_impersonating_groups_needs_a_user() -> None:
+    result = headroom("approve", "payments", "--as-group", "headroom:approvers")
+    assert result.returncode == EXIT_USAGE
+    assert one_line(result) == ("error: --as-group needs --as: the API server impersonates groups only together "
+                                "with a user")
+
+
+def test_plan_of_a_file_with_the_sampler_says_what_to_pass() -> None:
+    result = headroom("plan", "-f", str(REPO / "manifests" / "samples" / "payments.yaml"))
+    assert result.returncode == EXIT_USAGE
+    line = one_line(result)
+    assert "pass --history-source=prometheus --prometheus-url=URL or --history-source=file --history-file=FILE" \
+        in line
+
+
+def test_request_without_a_namespace_asks_for_one() -> None:
+    result = headroom("request", "payments", "requests.cpu=40")
+    assert result.returncode == EXIT_USAGE
+    assert one_line(result) == "error: which namespace? give it after the Project, or with -n NAMESPACE"
