@@ -35,8 +35,8 @@ from headroom.changes import (
     tighter_terms,
 )
 from headroom.claims import PROJECT_LABEL, Claim, judge_claim
-from headroom.derivation import Derivation, derive_namespace
-from headroom.project_spec import ProjectSpec
+from headroom.derivation import Derivation, default_minimum, derive_namespace
+from headroom.project_spec import DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK, ProjectSpec
 from headroom.quantity import canonical, format_quantity, parse_quantity, resource_kind
 
 QUOTA_NAME = "headroom"
@@ -285,7 +285,7 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     identifier = change_id(spec)
     approved_before = _approved_record(old_status)
     asked = Terms.of(spec)
-    in_force, loosened_terms = tighter_terms(asked, approved_terms(spec, old_status), settings.default_enforcement)
+    in_force, loosened_terms = tighter_terms(asked, approved_terms(spec, body), settings.default_enforcement)
     history_ids = {str(h.get("id")) for h in old_status.get("history") or [] if isinstance(h, Mapping)}
     used_ids = history_ids | {str(q.applied_change["id"]) for q in observed.quotas.values()
                               if q.project == spec.name and q.applied_change and "id" in q.applied_change}
@@ -513,19 +513,26 @@ def _approved_record(old_status: Mapping[str, Any]) -> Mapping[str, Any]:
     return raw if isinstance(raw, Mapping) else {}
 
 
-def approved_terms(spec: ProjectSpec, old_status: Mapping[str, Any]) -> Terms:
+def approved_terms(spec: ProjectSpec, body: Mapping[str, Any]) -> Terms:
     """The terms last approved, as Headroom recorded them in status.
 
-    A Project without that record was created just now (creation is a platform act) or was
-    governed by a Headroom that kept none: its terms as they stand are taken as approved.
+    Without that record, a Project just created (creation is a platform act) or governed by a
+    Headroom that kept none has its terms taken as they stand; one edited before Headroom wrote
+    anything has only the built-in terms approved.
     """
-    return Terms.from_status(_approved_record(old_status).get("terms")) or Terms.of(spec)
+    old_status = body.get("status") or {}
+    recorded = Terms.from_status(_approved_record(old_status).get("terms"))
+    if recorded is not None:
+        return recorded
+    if body.get("metadata", {}).get("generation") == 1 or "observedGeneration" in old_status:
+        return Terms.of(spec)
+    return Terms(tuple(spec.quota.resources), DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK,
+                 {r: default_minimum(r) for r in spec.quota.resources}, None)
 
 
 def terms_in_force(spec: ProjectSpec, body: Mapping[str, Any], settings: Settings) -> Terms:
     """The tighter of the asked and the approved terms: what history is asked for (lookback, resources)."""
-    return tighter_terms(Terms.of(spec), approved_terms(spec, body.get("status") or {}),
-                         settings.default_enforcement)[0]
+    return tighter_terms(Terms.of(spec), approved_terms(spec, body), settings.default_enforcement)[0]
 
 
 def _bootstrap_value(derivation: Derivation, used: Values) -> Decimal:

@@ -415,9 +415,10 @@ class Reconciler:
         created_counting = await self._apply(body, plan)
         if applying:
             await async_failpoint("approved-change-after-quota-write")
-        if created_counting:
+        if created_counting and not _uses_sign_off(body, plan):
             # The quota controller reports the new quota's use within moments, and the watch event of
-            # that report reconciles this Project again: one status write then, not two.
+            # that report reconciles this Project again: one status write then, not two. (A sign-off
+            # used now is recorded at once: it approves nothing more.)
             for event in plan.events:
                 await self._announce(body, event)
             return
@@ -548,6 +549,11 @@ class Reconciler:
         if stored is not None and stored.get("metadata", {}).get("uid") == body["metadata"].get("uid"):
             stored["status"] = {**{k: v for k, v in (stored.get("status") or {}).items()
                                    if k in _FOREIGN_STATUS_KEYS}, **new}
+
+
+def _uses_sign_off(body: Mapping[str, Any], plan: Plan) -> bool:
+    before = ((body.get("status") or {}).get("approved") or {}).get("changeId")
+    return bool((plan.status.get("approved") or {}).get("changeId") != before)
 
 
 def _brief(exc: BaseException) -> str:

@@ -44,13 +44,15 @@ def governed(admin: k8s.ApiClient, namespace: str) -> dict[str, str]:
     return wait_for(probe, 40, f"a governed quota in {namespace}")
 
 
-def request(client: k8s.ApiClient, project: str, namespace: str, values: dict[str, str]) -> None:
+def request(client: k8s.ApiClient, project: str, namespace: str, values: dict[str, str], who: str = "alice") -> None:
+    """A change request as the policy wants it: the writer names themselves as the requester."""
     body = get_project(client, project)
     namespaces = body["spec"]["namespaces"]
     for ns in namespaces:
         if ns["name"] == namespace:
             ns["requested"] = values
-    custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project, {"spec": {"namespaces": namespaces}})
+    custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project, {
+        "metadata": {"annotations": {"headroom.dev/requested-by": who}}, "spec": {"namespaces": namespaces}})
 
 
 def approve(client: k8s.ApiClient, project: str, change: str, who: str) -> None:
