@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
+from headroom.planning import DEFAULT_PROTECTED_NAMESPACES
 from headroom.project_spec import parse_duration
 
 
@@ -35,6 +36,7 @@ class OperatorConfig:
     alertmanager_url: str | None = None
     auto_approve_within_recommendation: bool = False
     namespace: str = "headroom-system"
+    protected_namespaces: tuple[str, ...] = tuple(sorted(DEFAULT_PROTECTED_NAMESPACES))
     api_qps: float = 20.0
     api_burst: int = 40
     leader_elect: bool = False
@@ -77,6 +79,8 @@ def _add_arguments(parser: argparse.ArgumentParser, exclude: Set[str] = frozense
     add("--auto-approve-within-recommendation", "approve raises up to the current recommendation "
         "(peak plus headroom) without a reviewer", action="store_const", const="true")
     add("--namespace", "the operator's own namespace (webhook Secrets are read there)")
+    add("--protected-namespaces", "comma-separated namespaces never governed unless the platform labels "
+        "them headroom.dev/project=PROJECT (--namespace always is)")
     add("--api-qps", "sustained writes per second to the API server", type=float)
     add("--api-burst", "burst of writes above --api-qps", type=int)
     add("--leader-elect", "run several replicas with one active, elected on a Lease",
@@ -203,6 +207,7 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         auto_approve_within_recommendation=_boolean(pick("auto_approve_within_recommendation"),
                                                     "--auto-approve-within-recommendation"),
         namespace=_kubernetes_name(str(pick("namespace") or defaults.namespace), "--namespace", label=True),
+        protected_namespaces=_protected(pick("protected_namespaces"), defaults.protected_namespaces),
         api_qps=float(number("api_qps", float, defaults.api_qps)),  # type: ignore[arg-type]
         api_burst=int(number("api_burst", int, defaults.api_burst)),  # type: ignore[call-overload]
         leader_elect=_boolean(pick("leader_elect"), "--leader-elect"),
@@ -218,6 +223,13 @@ def config_from(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     if config.prometheus_timeout <= 0:
         raise ConfigError(f"--prometheus-timeout must be a number of seconds > 0, got {config.prometheus_timeout:g}")
     return config
+
+
+def _protected(raw: object, default: tuple[str, ...]) -> tuple[str, ...]:
+    if raw is None:
+        return default
+    names = [part.strip() for part in str(raw).split(",") if part.strip()]
+    return tuple(sorted({_kubernetes_name(n, "--protected-namespaces", label=True) for n in names}))
 
 
 def _promql_duration(text: str) -> str:

@@ -33,7 +33,7 @@ from headroom.history.sampler import SamplerHistory, decode
 from headroom.kube_io import REQUEST_TIMEOUT, KubeWriter
 from headroom.leader import LeaderElector
 from headroom.metrics import Metrics
-from headroom.planning import LIMITRANGE_NAME, MANAGED_BY, MANAGED_BY_LABEL, QUOTA_NAME, Settings
+from headroom.planning import LIMITRANGE_NAME, MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL, QUOTA_NAME, Settings
 from headroom.project_spec import GROUP, VERSION, SpecError, parse_duration
 from headroom.reconciler import HistoryCache, Reconciler, Store
 
@@ -170,8 +170,13 @@ class Runtime:
         for item in limitranges:
             if item["metadata"].get("name") == LIMITRANGE_NAME:
                 self.store.limitranges[item["metadata"]["namespace"]] = _plain(item, keep_managed_fields=False)
-        self.store.namespaces.update(item["metadata"]["name"] for item in namespaces
-                                     if not item["metadata"].get("deletionTimestamp"))
+        for item in namespaces:
+            meta = item["metadata"]
+            if not meta.get("deletionTimestamp"):
+                self.store.namespaces.add(meta["name"])
+                label = (meta.get("labels") or {}).get(PROJECT_LABEL)
+                if label is not None:
+                    self.store.namespace_labels[meta["name"]] = label
         self.primed.set()
         for name in list(self.store.projects):
             self.reconciler.schedule(name)
@@ -212,7 +217,8 @@ def build_runtime(config: OperatorConfig, client: kubernetes.client.ApiClient,
     source = history_source(config, store)
     cache = HistoryCache(source, max_age=config.resync_interval, metrics=metrics)
     settings = Settings(default_enforcement=config.enforcement_default,
-                        auto_approve_within_recommendation=config.auto_approve_within_recommendation)
+                        auto_approve_within_recommendation=config.auto_approve_within_recommendation,
+                        protected_namespaces=frozenset({*config.protected_namespaces, config.namespace}))
     reconciler = Reconciler(store=store, writer=writer, history=cache, settings=settings, metrics=metrics,
                             sampler=config.history_source == "sampler")
     reconciler.alerts = Alerting(build_sinks(config, client), writer, metrics, reconciler.schedule_at,
@@ -270,6 +276,10 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         store.projects[name] = _plain(body, keep_managed_fields=False)
         if before is None or _essence(before) != _essence(store.projects[name]):
             runtime.schedule(name)
+            # A namespace it no longer lists may be taken over by another Project that claims it.
+            for ns in set(_namespaces(before or {})) - set(_namespaces(body)):
+                for other in store.projects_claiming(ns):
+                    runtime.schedule(other)
 
     def owned_object_event(kept: dict[str, dict[str, Any]], name: str, keep_managed_fields: bool,
                            event: Mapping[str, Any], body: kopf.Body, namespace: str) -> None:
@@ -283,7 +293,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
             return
         else:
             kept[namespace] = _plain(body, keep_managed_fields=keep_managed_fields)
-        project = (body.get("metadata", {}).get("labels") or {}).get("headroom.dev/project")
+        project = (body.get("metadata", {}).get("labels") or {}).get(PROJECT_LABEL)
         if project in store.projects:
             runtime.schedule(project)
 
@@ -300,15 +310,19 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
     async def namespace_event(event: Mapping[str, Any], name: str, body: kopf.Body, **_: Any) -> None:
         runtime.reconciler.api_reachable()
         gone = event.get("type") == "DELETED" or bool(body.get("metadata", {}).get("deletionTimestamp"))
+        label = None if gone else (body.get("metadata", {}).get("labels") or {}).get(PROJECT_LABEL)
+        before = store.namespace_labels.get(name)
+        if (name in store.namespaces) != gone and label == before:
+            return  # nothing Headroom decides on has changed
         if gone:
-            if name not in store.namespaces:
-                return
             store.namespaces.discard(name)
         else:
-            if name in store.namespaces:
-                return
             store.namespaces.add(name)
-        for project in store.projects_claiming(name):
+        if label is None:
+            store.namespace_labels.pop(name, None)
+        else:
+            store.namespace_labels[name] = label  # the platform's confirmation of a claim
+        for project in {*store.projects_claiming(name), *(p for p in (label, before) if p in store.projects)}:
             runtime.schedule(project)
 
 

@@ -222,3 +222,13 @@ def test_promql_durations_are_accepted(step: str) -> None:
 def test_kubernetes_names_are_accepted() -> None:
     config = parse_config(["--namespace=platform-1", "--lease-name=headroom.leader-a"], {})
     assert (config.namespace, config.lease_name) == ("platform-1", "headroom.leader-a")
+
+
+def test_protected_namespaces_default_to_the_system_ones_and_can_be_replaced() -> None:
+    assert set(parse_config([], {}).protected_namespaces) == {"kube-system", "kube-public", "kube-node-lease",
+                                                              "default"}
+    assert parse_config(["--protected-namespaces", "kube-system, infra"], {}).protected_namespaces == (
+        "infra", "kube-system")
+    assert parse_config([], {"HEADROOM_PROTECTED_NAMESPACES": "ops"}).protected_namespaces == ("ops",)
+    with pytest.raises(ConfigError, match="--protected-namespaces"):
+        parse_config(["--protected-namespaces", "Not A Namespace!"], {})
