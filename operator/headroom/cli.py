@@ -532,13 +532,19 @@ def _table(rows: Sequence[Mapping[str, str]], columns: Sequence[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import kubernetes
+
     from headroom.runtime import run
 
     try:
         config = config_from(args)
     except ConfigError as exc:
         raise CliError(f"invalid configuration: {exc}") from exc
-    run(config)
+    try:
+        run(config)
+    except kubernetes.config.ConfigException as exc:
+        raise CliError(f"cannot find the cluster ({_one_line(str(exc))}): run in a Pod with a ServiceAccount, "
+                       "or set KUBECONFIG") from exc
     return 0
 
 

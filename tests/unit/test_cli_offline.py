@@ -92,3 +92,24 @@ def test_request_without_a_namespace_asks_for_one() -> None:
     result = headroom("request", "payments", "requests.cpu=40")
     assert result.returncode == EXIT_USAGE
     assert one_line(result) == "error: which namespace? give it after the Project, or with -n NAMESPACE"
+
+
+@pytest.mark.parametrize(("setting", "flag"), [("HEADROOM_LEADER_ELECT=maybe", "--leader-elect"),
+                                               ("HEADROOM_API_QPS=nan", "--api-qps"),
+                                               ("HEADROOM_PROMETHEUS_STEP=banana", "--prometheus-step")])
+def test_run_refuses_invalid_configuration_in_one_line(setting: str, flag: str) -> None:
+    name, _, value = setting.partition("=")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADROOM_", "KUBERNETES_"))}
+    result = subprocess.run([sys.executable, "-m", "headroom.cli", "run"], capture_output=True, text=True,
+                            env={**env, name: value}, cwd=REPO, timeout=60)
+    assert result.returncode == EXIT_USAGE
+    assert one_line(result).startswith(f"error: invalid configuration: {flag}")
+
+
+def test_run_without_a_cluster_says_where_it_looked() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADROOM_", "KUBERNETES_"))}
+    result = subprocess.run([sys.executable, "-m", "headroom.cli", "run", "--metrics-port=0", "--health-port=0"],
+                            capture_output=True, text=True, env={**env, "KUBECONFIG": "/nonexistent/kubeconfig"},
+                            cwd=REPO, timeout=60)
+    assert result.returncode == EXIT_USAGE
+    assert one_line(result).startswith("error: cannot find the cluster (")
