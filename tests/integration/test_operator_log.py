@@ -48,13 +48,12 @@ def _governed(admin: k8s.ApiClient, namespace: str, pods: str) -> bool:
 
 def test_the_log_says_what_headroom_does(admin: k8s.ApiClient, namespace: str, tmp_path: Path,
                                          start_operator: Callable[..., OperatorProcess]) -> None:
-    history = tmp_path / "history.csv"
-    history.write_text("time,namespace,resource,value\n")
-    operator = start_operator("--history-source=file", f"--history-file={history}")
+    # The defaults, as the README's install runs it: the sampler keeps its peaks on the quotas.
+    operator = start_operator()
     wait_for(lambda: "Headroom starting:" in _log(operator), 30, "the start-up line")
     start = next(line for line in _log(operator).splitlines() if "Headroom starting:" in line)
     assert " INFO " in start
-    for part in ("mode enforce", f"history file {history}", "alerts to Events", "ports metrics ",
+    for part in ("mode enforce", "history sampler", "alerts to Events", "ports metrics ",
                  "leader election off"):
         assert part in start, start
 
@@ -97,6 +96,31 @@ def test_the_log_says_what_headroom_does(admin: k8s.ApiClient, namespace: str, t
     text = _log(operator)
     assert " ERROR " not in text and "HTTP response headers" not in text, text[-3000:]
     assert operator.running()
+
+
+def test_a_project_deleted_during_its_reconcile_is_no_error(admin: k8s.ApiClient, namespace: str,
+                                                           start_operator: Callable[..., OperatorProcess]) -> None:
+    """The reconcile of a change is held after its quota write; the Project is deleted meanwhile, so
+    its status write finds nothing (404). That is routine: no ERROR, and no HTTP headers in the log."""
+    operator = start_operator(env={"HEADROOM_FAILPOINTS": "approved-change-after-quota-write=pause:4"})
+    name = f"p-{uuid.uuid4().hex[:8]}"
+    custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, project_manifest(
+        name, [namespace], quota={"resources": ["pods"], "minimum": {"pods": "10"}}))
+    wait_for(lambda: _governed(admin, namespace, "10"), 60, "the governed quota")
+    body = custom(admin).get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+    namespaces = body["spec"]["namespaces"]
+    namespaces[0]["requested"] = {"pods": "8"}  # a decrease: applied without sign-off
+    custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"namespaces": namespaces}})
+    wait_for(lambda: "failpoint approved-change-after-quota-write reached" in _log(operator), 30,
+             "the reconcile held after its quota write")
+    custom(admin).delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+    wait_for(lambda: f"reconcile of Project {name} failed (NotFoundException 404: " in _log(operator), 30,
+             "the held reconcile to resume and find the Project gone")
+    time.sleep(3)  # its retry, which finds nothing to do
+    text = _log(operator)
+    assert " ERROR " not in text and "HTTP response headers" not in text, text[-3000:]
+    line = next(line for line in text.splitlines() if f"reconcile of Project {name} failed" in line)
+    assert " INFO " in line, line
 
 
 def _health(operator: OperatorProcess) -> tuple[int, dict[str, Any]]:
