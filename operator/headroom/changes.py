@@ -19,7 +19,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from headroom.derivation import default_minimum
+from headroom.derivation import container_defaults, default_minimum, one_container
 from headroom.project_spec import (
     APPROVED_CHANGE_ANNOTATION,
     DEFAULT_HEADROOM_PERCENT,
@@ -57,7 +57,7 @@ def change_id(spec: ProjectSpec) -> str:
     Computable offline from the Project file alone (`headroom change-id`), so a reviewed commit can
     carry its own approval. Quantities are compared by value ("1" and "1000m" give the same id) and
     the project name is included, so an approval cannot be replayed on another Project. Fields that
-    bound nothing (owner, alerts, LimitRange defaults) are left out: editing them voids no approval.
+    bound nothing (owner, alerts) are left out: editing them voids no approval.
     """
     body = {
         "project": spec.name,
@@ -68,6 +68,8 @@ def change_id(spec: ProjectSpec) -> str:
         "minimum": {r: canonical(v) for r, v in spec.quota.minimum.items()},
         "enforcement": spec.quota.enforcement or "",
         "reason": spec.reason or "",
+        "defaults": {"requests": {r: canonical(v) for r, v in spec.defaults.requests.items()},
+                     "limits": {r: canonical(v) for r, v in spec.defaults.limits.items()}},
     }
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return ID_PREFIX + hashlib.sha256(text.encode("ascii")).hexdigest()
@@ -81,7 +83,8 @@ class Terms:
     """The settings of a Project that bound what it may get without a person deciding.
 
     `minimum` holds every floor explicitly (the built-in one where the Project names none), so
-    two terms compare resource by resource.
+    two terms compare resource by resource. `container` is what one container that sets nothing gets
+    from the LimitRange defaults (the floors never go below it, so it bounds what a Project gets too).
     """
 
     resources: tuple[str, ...]
@@ -89,18 +92,28 @@ class Terms:
     lookback: timedelta
     minimum: Mapping[str, Decimal]
     enforcement: str | None  # None: follow the operator's --mode
+    container: Mapping[str, Decimal] = field(default_factory=dict)
 
     @classmethod
     def of(cls, spec: ProjectSpec) -> Terms:
         quota = spec.quota
         floors = {r: quota.minimum.get(r, default_minimum(r)) for r in (*quota.resources, *quota.minimum)}
-        return cls(tuple(quota.resources), quota.headroom_percent, quota.lookback, floors, quota.enforcement)
+        container = one_container(*container_defaults(spec.defaults.requests, spec.defaults.limits))
+        return cls(tuple(quota.resources), quota.headroom_percent, quota.lookback, floors, quota.enforcement,
+                   container)
+
+    def limitrange_defaults(self) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+        """The LimitRange's (default limits, default requests) that give one container `container`."""
+        limits = {r.removeprefix("limits."): v for r, v in self.container.items() if r.startswith("limits.")}
+        requests = {r.removeprefix("requests."): v for r, v in self.container.items() if r.startswith("requests.")}
+        return limits, requests
 
     def to_status(self) -> dict[str, Any]:
         return {"resources": list(self.resources), "headroomPercent": self.headroom_percent,
                 "lookback": format_duration(self.lookback),
                 "minimum": {r: format_quantity(v, r) for r, v in sorted(self.minimum.items())},
-                "enforcement": self.enforcement}
+                "enforcement": self.enforcement,
+                "container": {r: format_quantity(v, r) for r, v in sorted(self.container.items())}}
 
     @classmethod
     def from_status(cls, raw: Any) -> Terms | None:
@@ -112,11 +125,12 @@ class Terms:
             percent = int(raw.get("headroomPercent", DEFAULT_HEADROOM_PERCENT))
             lookback = parse_duration(str(raw.get("lookback") or format_duration(DEFAULT_LOOKBACK)))
             minimum = {str(r): parse_quantity(str(v)) for r, v in (raw.get("minimum") or {}).items()}
-        except (TypeError, ValueError):
+            container = {str(r): parse_quantity(str(v)) for r, v in (raw["container"] or {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
         enforcement = raw.get("enforcement")
         return cls(resources, percent, lookback, minimum,
-                   enforcement if enforcement in ("Enforce", "Observe") else None)
+                   enforcement if enforcement in ("Enforce", "Observe") else None, container)
 
 
 @dataclass(frozen=True)
@@ -165,12 +179,22 @@ def tighter_terms(asked: Terms, approved: Terms, default_enforcement: str
             loosened.append(SettingChange(f"spec.quota.minimum[{r}]", format_quantity(had, r),
                                           format_quantity(want, r)))
         minimum[r] = min(want, had)
+    # A larger default for containers that set nothing hands every such pod more, and raises the floors.
+    container: dict[str, Decimal] = {}
+    for r in sorted({*asked.container, *approved.container}):
+        want, had = asked.container.get(r, Decimal(0)), approved.container.get(r, Decimal(0))
+        if want > had:
+            kind, name = r.split(".", 1)
+            loosened.append(SettingChange(f"spec.defaults.{kind}.{name}", format_quantity(had, r) if had else "none",
+                                          format_quantity(want, r)))
+        if min(want, had) > 0:
+            container[r] = min(want, had)
     enforcement = asked.enforcement
     if (asked.enforcement or default_enforcement) == "Observe" and \
             (approved.enforcement or default_enforcement) == "Enforce":
         loosened.append(SettingChange("spec.quota.enforcement", "Enforce", "Observe (quotas not enforced)"))
         enforcement = approved.enforcement
-    return Terms(resources, percent, lookback, minimum, enforcement), tuple(loosened)
+    return Terms(resources, percent, lookback, minimum, enforcement, container), tuple(loosened)
 
 
 # --------------------------------------------------------------------------------------------- changes

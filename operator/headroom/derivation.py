@@ -2,26 +2,33 @@
 
 recommended = max(round_up(peak x (100 + headroom%) / 100), floor, round_up(current use))
 
-The floor keeps small or new namespaces workable; current use keeps a quota
-from being set below what is already running, which would block every new pod.
+The floor keeps small or new namespaces workable: a floor meaningful in its unit (a gibibyte of
+storage, ten objects, never "1" of anything), and never less than one container that relies on the
+Project's LimitRange defaults, so that such a pod always fits an empty namespace. Current use keeps
+a quota from being set below what is already running, which would block every new pod. A limits.X
+value is never below the requests.X value next to it: no pod could use that much request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, localcontext
 
-from headroom.quantity import CONTEXT, GI, canonical, round_up
+from headroom.quantity import CONTEXT, GI, canonical, resource_kind, round_up
 
 __all__ = [
+    "BUILTIN_DEFAULT_LIMITS",
+    "BUILTIN_DEFAULT_REQUESTS",
     "DEFAULT_MINIMUM",
     "Derivation",
     "DerivationError",
+    "container_defaults",
     "default_minimum",
     "derive",
     "derive_namespace",
     "never_lower",
+    "one_container",
 ]
 
 DEFAULT_MINIMUM: Mapping[str, Decimal] = {
@@ -30,9 +37,21 @@ DEFAULT_MINIMUM: Mapping[str, Decimal] = {
     "limits.cpu": Decimal(2),
     "limits.memory": 2 * GI,
     "pods": Decimal(10),
+    "requests.ephemeral-storage": 10 * GI,
+    "limits.ephemeral-storage": 20 * GI,
+    "requests.storage": 100 * GI,
+    "persistentvolumeclaims": Decimal(10),
+    "services": Decimal(10),
+    "configmaps": Decimal(50),
+    "secrets": Decimal(50),
 }
 
-_FALLBACK_MINIMUM = Decimal(1)
+# For a resource not listed above (count/<resource>, a storage class's requests.storage): by its kind.
+_FALLBACK_MINIMUM: Mapping[str, Decimal] = {"cpu": Decimal(1), "memory": 10 * GI, "count": Decimal(10)}
+
+# The LimitRange defaults when a Project sets none: a small container, as most clusters default.
+BUILTIN_DEFAULT_REQUESTS: Mapping[str, Decimal] = {"cpu": Decimal("0.1"), "memory": Decimal(128 * 2**20)}
+BUILTIN_DEFAULT_LIMITS: Mapping[str, Decimal] = {"cpu": Decimal(1), "memory": Decimal(512 * 2**20)}
 
 REASON_PEAK = "peak+{percent}%"
 REASON_MINIMUM = "minimum"
@@ -47,7 +66,32 @@ class DerivationError(ValueError):
 
 def default_minimum(resource: str) -> Decimal:
     """The built-in floor for a resource the project's spec.quota.minimum does not mention."""
-    return DEFAULT_MINIMUM.get(resource, _FALLBACK_MINIMUM)
+    return DEFAULT_MINIMUM.get(resource, _FALLBACK_MINIMUM[resource_kind(resource)])
+
+
+def container_defaults(requests: Mapping[str, Decimal], limits: Mapping[str, Decimal]
+                       ) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+    """The LimitRange's (default limits, default requests): the Project's, or the built-in ones.
+
+    A built-in default never contradicts one the Project sets (the API server refuses a LimitRange
+    whose default request is above its default limit).
+    """
+    default_limits = dict(limits) or {r: max(v, requests.get(r, v)) for r, v in BUILTIN_DEFAULT_LIMITS.items()}
+    default_requests = dict(requests) or {r: min(v, default_limits.get(r, v))
+                                          for r, v in BUILTIN_DEFAULT_REQUESTS.items()}
+    return default_limits, default_requests
+
+
+def one_container(default_limits: Mapping[str, Decimal], default_requests: Mapping[str, Decimal]
+                  ) -> dict[str, Decimal]:
+    """What one container that sets nothing is given, as quota resources (requests.cpu, limits.memory, ...).
+
+    Kubernetes gives such a container the default request, or the default limit where only that is set.
+    """
+    given = {f"limits.{r}": v for r, v in default_limits.items()}
+    given.update({f"requests.{r}": default_requests.get(r, default_limits.get(r, Decimal(0)))
+                  for r in {*default_limits, *default_requests}})
+    return {r: v for r, v in given.items() if v > 0}
 
 
 @dataclass(frozen=True)
@@ -129,18 +173,30 @@ def derive_namespace(
     used: Mapping[str, Decimal],
     headroom_percent: int | Decimal,
     minimum: Mapping[str, Decimal],
+    container: Mapping[str, Decimal] | None = None,
 ) -> dict[str, Derivation]:
-    """Derive every governed resource of one namespace; absent peaks count as "no history"."""
-    return {
+    """Derive every governed resource of one namespace; absent peaks count as "no history".
+
+    `minimum` is the floor per resource (the built-in one where it names none); `container` what one
+    container relying on the LimitRange defaults is given, which the floor never goes below.
+    """
+    derived = {
         resource: derive(
             resource,
             peaks.get(resource),
             headroom_percent,
-            minimum.get(resource, default_minimum(resource)),
+            max(minimum.get(resource, default_minimum(resource)), (container or {}).get(resource, Decimal(0))),
             used.get(resource),
         )
         for resource in resources
     }
+    for resource, derivation in derived.items():
+        paired = derived.get("requests." + resource.removeprefix("limits.")) if resource.startswith("limits.") \
+            else None
+        if paired is not None and paired.recommended > derivation.recommended:
+            derived[resource] = replace(derivation, recommended=paired.recommended,
+                                        reason=f"at least {paired.resource}")
+    return derived
 
 
 def never_lower(

@@ -53,8 +53,6 @@ GOVERNED = "governed"
 # Far above any real namespace, and valid quantities for the API server.
 UNBOUNDED: Mapping[str, Decimal] = {"cpu": Decimal(10**6), "memory": Decimal(2**60), "count": Decimal(10**6)}
 
-BUILTIN_DEFAULT_REQUESTS: Mapping[str, Decimal] = {"cpu": Decimal("0.1"), "memory": Decimal(128 * 2**20)}
-BUILTIN_DEFAULT_LIMITS: Mapping[str, Decimal] = {"cpu": Decimal(1), "memory": Decimal(512 * 2**20)}
 
 Values = dict[str, Decimal]
 
@@ -357,10 +355,11 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
             continue
         used = seen.used if seen is not None else None
         peaks = {r: observed.peaks.get((name, r)) for r in resources}
-        if not any(v is not None for v in peaks.values()):
-            no_history.append(name)
+        unknown = [r for r, v in peaks.items() if v is None]
+        if unknown:
+            no_history.append(name if len(unknown) == len(resources) else f"{name} ({', '.join(unknown)})")
         derivations = derive_namespace(resources, peaks, used or {}, in_force.headroom_percent,
-                                       in_force.minimum)
+                                       in_force.minimum, in_force.container)
         recommended = {r: d.recommended for r, d in derivations.items()}
         recommended_all[name] = recommended
         entry["peak"] = _text({r: p for r, p in peaks.items() if p is not None})
@@ -434,12 +433,9 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
         if changed:
             events.extend(Event("Warning", "DecreaseClamped", clamp.message) for clamp in decision.clamped)
 
-    # Pass 3: desired objects. A built-in default must never contradict one the Project sets: the
-    # API server refuses a LimitRange whose default request is above its default limit.
-    default_limits = dict(spec.defaults.limits) or {
-        r: max(v, spec.defaults.requests.get(r, v)) for r, v in BUILTIN_DEFAULT_LIMITS.items()}
-    default_requests = dict(spec.defaults.requests) or {
-        r: min(v, default_limits.get(r, v)) for r, v in BUILTIN_DEFAULT_REQUESTS.items()}
+    # Pass 3: desired objects. The LimitRange gives what the floors were made to fit (the approved
+    # defaults, or lower ones the Project asks for).
+    default_limits, default_requests = in_force.limitrange_defaults()
     for ns in spec.namespaces:
         name = ns.name
         entry = next(e for e in ns_status if e["name"] == name)
@@ -599,7 +595,8 @@ def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any]
                                      generation, old_conditions, now))
     else:
         conditions.append(_condition("HistoryAvailable", True, "HistoryFound",
-                                     "peaks known for every namespace", generation, old_conditions, now))
+                                     "peaks known for every namespace and resource", generation, old_conditions,
+                                     now))
     if still_pending:
         conditions.append(_condition("ChangePending", True, "AwaitingSignOff" if decision.action == "wait"
                                      else "Clamped", decision.reason, generation, old_conditions, now))

@@ -108,6 +108,7 @@ CASES = [
          "spec.owner.businessHours"),
     Case("holiday-30-february", _set("spec.owner.holidays", ["2026-02-30"]), "rejected", "spec.owner.holidays"),
     Case("enforcement-maybe", _set("spec.quota.enforcement", "Maybe"), "rejected", "spec.quota.enforcement"),
+    Case("reason-501-chars", _set("spec.reason", "r" * 501), "rejected", "spec.reason"),
     # --- unknown resource names, bad names
     Case("minimum-gpu", _set("spec.quota.minimum", {"nvidia.com/gpu": "1"}), "rejected", "spec.quota.minimum keys"),
     Case("resources-gpu", _set("spec.quota.resources", ["requests.nvidia.com/gpu"]), "rejected",
@@ -145,8 +146,14 @@ CASES = [
          "accepted"),
     Case("contacts-injection-and-unicode", _set("spec.owner.contacts", INJECTIONS), "accepted"),
     Case("annotations-garbage", _set("metadata.annotations", {"headroom.dev/approved-change": "sha256:" + "z" * 5000,
-                                                              "headroom.dev/approved-by": "rëviewer 🚀 <admin>"}),
+                                                              "headroom.dev/approved-by": "rëviewer 🚀 <admin>",
+                                                              "headroom.dev/requested-by": "rëviewer 🚀 <admin>"}),
          "accepted"),
+    # --- claims a team must not make: held (Waiting), never governed
+    Case("claims-the-system-namespaces", _set("spec.namespaces", [{"name": n, "requested": {"pods": "1"}} for n in
+                                                                   ("kube-system", "kube-public", "default")]),
+         "accepted"),
+    Case("reason-injection", _set("spec.reason", INJECTIONS[0] + INJECTIONS[4]), "accepted"),
     Case("pods-beyond-int64", _set("spec.quota.minimum", {"pods": "9223372036854775808"}), "accepted"),
     Case("five-hundred-missing-namespaces", _set("spec.namespaces", [{"name": f"gone-{i}"} for i in range(500)]),
          "accepted"),
@@ -247,6 +254,8 @@ def test_a_corpus_of_malformed_projects_is_refused_or_reported_and_the_operator_
         elif case.expect == "accepted" and ready.get("reason") not in ("Governed", "Waiting"):
             problems.append(f"{case.id}: Ready {ready}, expected Governed or Waiting")
     assert not problems, "\n".join(problems)
+    for system in ("kube-system", "kube-public", "default"):
+        assert not k8s.CoreV1Api(admin).list_namespaced_resource_quota(system).items, f"a quota in {system}"
 
     # Nothing above made a reconcile fail, and a good Project still converges.
     assert operator.running()

@@ -149,10 +149,36 @@ def test_default_minimum() -> None:
         "limits.cpu": D(2),
         "limits.memory": 2 * GI,
         "pods": D(10),
+        "requests.ephemeral-storage": 10 * GI,
+        "limits.ephemeral-storage": 20 * GI,
+        "requests.storage": 100 * GI,
+        "persistentvolumeclaims": D(10),
+        "services": D(10),
+        "configmaps": D(50),
+        "secrets": D(50),
     } == DEFAULT_MINIMUM
     assert default_minimum("limits.memory") == Q("2Gi")
-    assert default_minimum("services") == D(1)
-    assert default_minimum("count/configmaps") == D(1)
+    # Meaningful in its unit: never 1 byte of storage or 1 object.
+    assert default_minimum("count/jobs.batch") == D(10)
+    assert default_minimum("gold.storageclass.storage.k8s.io/requests.storage") == 10 * GI
+
+
+def test_a_floor_fits_one_container_that_relies_on_the_limitrange_defaults() -> None:
+    # The search sample: ephemeral-storage requested 1Gi by default, no history, no minimum.
+    container = {"requests.ephemeral-storage": 20 * GI, "limits.memory": 3 * GI}
+    results = derive_namespace(["requests.ephemeral-storage", "limits.memory", "requests.cpu"], {}, {}, 20, {},
+                               container)
+    assert results["requests.ephemeral-storage"].recommended == 20 * GI
+    assert results["limits.memory"].recommended == 3 * GI
+    assert results["requests.cpu"].recommended == D(1)
+
+
+def test_limits_are_never_below_the_requests_beside_them() -> None:
+    results = derive_namespace(["requests.memory", "limits.memory", "limits.cpu"],
+                               {"requests.memory": 50 * GI}, {}, 4, {})
+    assert results["limits.memory"].recommended == 52 * GI  # not the 2Gi floor
+    assert results["limits.memory"].reason == "at least requests.memory"
+    assert results["limits.cpu"].recommended == D(2)  # no requests.cpu governed: its own floor
 
 
 def test_derive_namespace_uses_spec_minimum_then_default() -> None:
@@ -160,7 +186,7 @@ def test_derive_namespace_uses_spec_minimum_then_default() -> None:
     results = derive_namespace(
         resources,
         peaks={"requests.cpu": D("3.3"), "requests.memory": Q("1000Mi"), "pods": D(7), "services": None},
-        used={"requests.cpu": D(2), "services": D(3)},
+        used={"requests.cpu": D(2), "services": D(30)},
         headroom_percent=20,
         minimum={"requests.cpu": D(5)},
     )
@@ -170,10 +196,10 @@ def test_derive_namespace_uses_spec_minimum_then_default() -> None:
     assert results["requests.memory"].recommended == Q("1200Mi")
     assert results["requests.memory"].floor == GI
     assert results["limits.cpu"].peak is None
-    assert results["limits.cpu"].recommended == D(2)
-    assert results["limits.cpu"].reason == "no history: minimum"
+    assert results["limits.cpu"].recommended == D(5)  # its floor is 2, but requests.cpu is 5
+    assert results["limits.cpu"].reason == "at least requests.cpu"
     assert results["pods"].recommended == D(10)  # 9 from the peak, but the default floor is 10
-    assert results["services"].recommended == D(3)
+    assert results["services"].recommended == D(30)
     assert results["services"].reason == "no history: current use"
 
 

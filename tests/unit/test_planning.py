@@ -177,7 +177,7 @@ def expected_id(project_name: str, request: Mapping[str, Mapping[str, str]],
     """The README's definition, computed independently: sha256 of the Project's terms and request."""
     terms = {"project": project_name, "namespaces": {ns: dict(request.get(ns, {})) for ns in namespaces},
              "resources": sorted(resources), "headroomPercent": 20, "lookback": 30 * 86400, "minimum": {},
-             "enforcement": "", "reason": ""}
+             "enforcement": "", "reason": "", "defaults": {"requests": {}, "limits": {}}}
     body = json.dumps(terms, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
@@ -196,13 +196,13 @@ def assert_huge(hard: Mapping[str, str]) -> None:
 PEAKS = {
     ("ns", "requests.cpu"): D("3.3"),  # x1.2 = 3.96 exactly -> 3960m
     ("ns", "requests.memory"): 1001 * MI,  # x1.2 = 1201.2Mi -> rounds UP to 1202Mi (above the 1Gi floor)
-    ("ns", "limits.cpu"): D("1.01"),  # x1.2 = 1.212 -> below the built-in 2-core floor -> 2
+    ("ns", "limits.cpu"): D("1.01"),  # x1.2 = 1.212 -> the 2-core floor, but requests.cpu is 3960m -> 3960m
     ("ns", "limits.memory"): 3 * GI,  # x1.2 = 3686.4Mi -> 3687Mi, but 4Gi is in use -> 4Gi
     ("ns", "pods"): D(9),  # x1.2 = 10.8 -> rounds UP to 11 (above the 10-pod floor)
 }
 USED = {"requests.cpu": "2", "requests.memory": "900Mi", "limits.cpu": "1500m", "limits.memory": "4Gi",
         "pods": "5"}
-DERIVED = {"requests.cpu": D("3.96"), "requests.memory": 1202 * MI, "limits.cpu": D(2),
+DERIVED = {"requests.cpu": D("3.96"), "requests.memory": 1202 * MI, "limits.cpu": D("3.96"),
            "limits.memory": 4 * GI, "pods": D(11)}
 
 
@@ -253,7 +253,7 @@ def test_counting_with_use_and_history_becomes_governed_peak_plus_20_percent() -
 
     assert result.governed == {"ns": DERIVED}
     quota = quota_in(result)
-    assert quota.hard == {"limits.cpu": "2", "limits.memory": "4Gi", "pods": "11", "requests.cpu": "3960m",
+    assert quota.hard == {"limits.cpu": "3960m", "limits.memory": "4Gi", "pods": "11", "requests.cpu": "3960m",
                           "requests.memory": "1202Mi"}
     assert quota.annotations[STATE] == "governed"
     assert governed_annotation(quota) == DERIVED
@@ -262,8 +262,8 @@ def test_counting_with_use_and_history_becomes_governed_peak_plus_20_percent() -
     assert entry["enforced"] is True
     assert values(entry["hard"]) == DERIVED
     assert values(entry["used"]) == values(USED)
-    assert entry["reasons"] == {"limits.cpu": "minimum", "limits.memory": "current use", "pods": "peak+20%",
-                                "requests.cpu": "peak+20%", "requests.memory": "peak+20%"}
+    assert entry["reasons"] == {"limits.cpu": "at least requests.cpu", "limits.memory": "current use",
+                                "pods": "peak+20%", "requests.cpu": "peak+20%", "requests.memory": "peak+20%"}
     assert result.status["phase"] == "Ready"
     assert condition(result, "Ready")["status"] == "True"
     history = condition(result, "HistoryAvailable")

@@ -14,6 +14,7 @@ import pytest
 from headroom.changes import Approval, Terms, approval_problem, change_id, tighter_terms
 from headroom.claims import judge_claim
 from headroom.planning import Observed, Settings
+from headroom.quantity import GI, parse_quantity
 
 from tests.unit.test_planning import (
     APPROVED_BY,
@@ -29,6 +30,7 @@ from tests.unit.test_planning import (
     project,
     quota_in,
     reasons,
+    rq,
 )
 
 D = Decimal
@@ -36,8 +38,14 @@ REQUESTED_BY = "headroom.dev/requested-by"
 FLOORS = {"requests.cpu": "2", "pods": "10"}
 
 
+# What one container gets from the built-in LimitRange defaults.
+BUILT_IN_CONTAINER = {"requests.cpu": D("0.1"), "requests.memory": D(128 * 2**20), "limits.cpu": D(1),
+                      "limits.memory": D(512 * 2**20)}
+
+
 def terms(**overrides: Any) -> Terms:
-    base = Terms(("requests.cpu", "pods"), 20, timedelta(days=30), {"requests.cpu": D(2), "pods": D(10)}, None)
+    base = Terms(("requests.cpu", "pods"), 20, timedelta(days=30), {"requests.cpu": D(2), "pods": D(10)}, None,
+                 BUILT_IN_CONTAINER)
     return dataclasses.replace(base, **overrides)
 
 
@@ -271,3 +279,41 @@ def test_an_edit_before_headroom_recorded_anything_gets_only_the_built_in_terms(
     result = plan(spec, body, with_labels(seen))
     assert quota_in(result).hard == {"requests.cpu": "1", "pods": "10"}  # the built-in floors
     assert "spec.quota.minimum[requests.cpu]" in {c["field"] for c in result.status["pendingChange"]["loosens"]}
+
+
+# --------------------------------------------------------------------------------------------- floors, defaults
+
+
+def test_a_resource_without_history_is_reported_as_such() -> None:
+    spec, body = project(quota={"resources": ["requests.cpu", "requests.ephemeral-storage"]})
+    seen = observed({"ns": counting(used={"requests.cpu": "0", "requests.ephemeral-storage": "0"},
+                                    resources=["requests.cpu"])}, peaks={("ns", "requests.cpu"): D(1)})
+    history = next(c for c in plan(spec, body, seen).status["conditions"] if c["type"] == "HistoryAvailable")
+    assert (history["status"], history["reason"]) == ("False", "NoHistory")
+    assert "ns (requests.ephemeral-storage)" in history["message"]
+
+
+def test_the_search_sample_enforced_admits_a_pod_that_relies_on_its_defaults() -> None:
+    # No history, no minimum for ephemeral storage; the LimitRange gives each container 1Gi of it.
+    quota = {"resources": ["requests.cpu", "requests.memory", "limits.memory", "requests.ephemeral-storage"],
+             "enforcement": "Enforce"}
+    defaults = {"requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "1Gi"},
+                "limits": {"memory": "1Gi", "ephemeral-storage": "4Gi"}}
+    spec, body = project(quota=quota, defaults=defaults)
+    used = {"requests.cpu": "0", "requests.memory": "52Gi", "limits.memory": "0", "requests.ephemeral-storage": "0"}
+    big = {"requests.cpu": "1M", "requests.memory": "1Ei", "limits.memory": "1Ei", "requests.ephemeral-storage": "1Ei"}
+    seen = observed({"ns": rq(hard=big, used=used, state="counting")})
+    hard = quota_in(plan(spec, body, seen)).hard
+    assert parse_quantity(hard["requests.ephemeral-storage"]) >= GI  # at least one default container
+    assert hard["limits.memory"] == "52Gi"  # never below requests.memory
+
+
+def test_raising_the_container_defaults_is_a_raise() -> None:
+    spec, body = project(quota={"resources": CPU_PODS, "minimum": FLOORS}, status=approved_status(), generation=2,
+                         defaults={"requests": {"cpu": "500"}, "limits": {"cpu": "500"}})
+    result = plan(spec, body, with_labels(observed({"ns": governed_rq(used=GOV_USED)})))
+    fields = {c["field"] for c in result.status["pendingChange"]["loosens"]}
+    assert {"spec.defaults.requests.cpu", "spec.defaults.limits.cpu"} <= fields
+    # The LimitRange keeps the approved defaults meanwhile.
+    limitrange = next(lr for lr in result.limitranges if lr.namespace == "ns")
+    assert limitrange.default_request["cpu"] == "100m" and limitrange.default["cpu"] == "1"
