@@ -113,7 +113,9 @@ def api_error(action: str, exc: BaseException) -> CliError:
         code, hint = EXIT_INVALID, "correct the value and try again"
     elif status == 409:
         code, hint = EXIT_CONFLICT, "it changed in the meantime: run the command again"
-    elif status in (429,) or status >= 500:
+    elif status == 0:  # the client's own failure before any answer (e.g. TLS): nothing was reached
+        code, hint = EXIT_UNREACHABLE, "check --kubeconfig and --context, and that the cluster is up"
+    elif status == 429 or status >= 500:
         code, hint = EXIT_UNREACHABLE, "the API server is overloaded or failing: try again later"
     else:
         code = EXIT_USAGE

@@ -113,3 +113,38 @@ def test_run_without_a_cluster_says_where_it_looked() -> None:
                             cwd=REPO, timeout=60)
     assert result.returncode == EXIT_USAGE
     assert one_line(result).startswith("error: cannot find the cluster (")
+
+
+def test_a_server_that_speaks_no_tls_is_unreachable(tmp_path: Path) -> None:
+    """A wrong server in the kubeconfig (no TLS there): nothing answered, so exit 7 in one line."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def serve_garbage() -> None:  # speaks no TLS: the handshake fails
+        for _ in range(8):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.1 200 OK\r\n\r\nnot tls")
+    threading.Thread(target=serve_garbage, daemon=True).start()
+    kubeconfig = tmp_path / "plain"
+    kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "https://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: c, context: {{cluster: c, user: u}}}}]
+current-context: c
+""")
+    try:
+        result = headroom("status", "payments", kubeconfig=str(kubeconfig))
+    finally:
+        server.close()
+    assert result.returncode == EXIT_UNREACHABLE, result.stderr
+    assert one_line(result).startswith("error: cannot read Project payments:")
