@@ -99,6 +99,10 @@ class DeliveryError(RuntimeError):
     pass
 
 
+class WebhookSecretMissing(DeliveryError):
+    """The Project names its own webhook Secret and it cannot be used: its alerts wait for it."""
+
+
 @dataclass
 class WebhookSink:
     url: str | None
@@ -109,22 +113,25 @@ class WebhookSink:
 
     async def _url_for(self, spec: ProjectSpec) -> str | None:
         ref = spec.alerts.webhook_secret_ref
-        if ref is not None and self.secret_reader is not None:
-            import asyncio
+        if ref is None or self.secret_reader is None:
+            return self.url
+        import asyncio
 
+        try:
             url = await asyncio.to_thread(self.secret_reader, ref.name, ref.key)
-            if url:
-                return url
-        return self.url
+        except DeliveryError as exc:
+            raise WebhookSecretMissing(str(exc)) from exc
+        if not url:
+            # The team's alerts go to the team's webhook or wait for it, never silently to the
+            # platform's (and counting them as sent would lose them).
+            raise WebhookSecretMissing(f"Secret {ref.name} (key {ref.key}) in {self.namespace} is missing or empty; "
+                                       "the alert waits for it (the operator's --webhook-url is not used for "
+                                       "a Project that names its own)")
+        return url
 
     async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
         url = await self._url_for(spec)
         if not url:
-            ref = spec.alerts.webhook_secret_ref
-            if ref is not None:
-                # Counting this as delivered would lose the alert: it is retried until the URL exists.
-                raise DeliveryError(f"no webhook URL: Secret {ref.name} (key {ref.key}) in {self.namespace} is "
-                                    "missing or empty, and --webhook-url is not set")
             return
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session, \
@@ -220,6 +227,7 @@ class Alerting:
         # The Event on the Project is a sink like the others: delivered once, through the outbox.
         self.sinks: list[Sink] = [*sinks, EventSink(writer, body_of)]
         self._retry: dict[str, Any] = {}
+        self._secret_missing: set[str] = set()  # Projects whose own webhook Secret cannot be used
 
     def _active_sinks(self, spec: ProjectSpec) -> list[Sink]:
         active: list[Sink] = []
@@ -260,6 +268,7 @@ class Alerting:
             # Outbox first: what is owed is on record before anything leaves.
             await self.writer.patch_status(spec.name, {"alerts": state_to_status(state)})
         failed = False
+        problems: list[str] = []
         delivered_from = state
         for notification in owed:
             delivery = Delivery(notification, spec.name, spec.owner.team, tuple(spec.owner.contacts), now,
@@ -273,6 +282,9 @@ class Alerting:
                     await sink.deliver(delivery, spec)
                 except Exception as exc:
                     failed = True
+                    problems.append(f"{sink.name}: {exc}")
+                    if isinstance(exc, WebhookSecretMissing):
+                        self._secret_missing.add(spec.name)
                     self.metrics.alerts_failed.labels(sink.name).inc()
                     log.warning("Project %s: delivery of %s to %s failed: %s", spec.name, notification.id,
                                 sink.name, exc)
@@ -287,6 +299,17 @@ class Alerting:
             # Deliveries retired outboxes: evaluating once more now schedules the reminders, so the
             # status written below is already what the next reconcile computes (one write, not two).
             state, _ = evaluate(state, usage, policy, hours, now, {s.name for s in sinks})
+        if owed and not any(p.startswith("webhook: ") for p in problems):
+            self._secret_missing.discard(spec.name)
+        self.metrics.webhook_secret_missing.set(len(self._secret_missing))
+        if problems:
+            _set_condition(plan, body, now, "AlertsDelivered", False,
+                           "WebhookSecretMissing" if spec.name in self._secret_missing else "DeliveryFailed",
+                           "; ".join(problems) + "; retried until it succeeds")
+        elif owed or not state.records or all(not r.outbox for r in state.records):
+            _set_condition(plan, body, now, "AlertsDelivered", True, "Delivered", "every alert owed was delivered")
+        else:
+            _keep_condition(plan, body, "AlertsDelivered")
         if failed:
             delays = self._retry.setdefault(spec.name, backoff_delays(base=2.0, cap=300.0))
             self.wake_at(spec.name, now + timedelta(seconds=next(delays)))
@@ -309,6 +332,14 @@ class Alerting:
         else:
             _set_condition(plan, body, now, "BusinessHoursValid", True, "Parsed", f"alerts are sent during {hours}")
         return state_to_status(state)
+
+
+def _keep_condition(plan: Plan, body: Mapping[str, Any], kind: str) -> None:
+    old = next((c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
+    if old is not None:
+        conditions = plan.status.setdefault("conditions", [])
+        conditions[:] = [c for c in conditions if c.get("type") != kind]
+        conditions.append(dict(old))
 
 
 def _set_condition(plan: Plan, body: Mapping[str, Any], now: datetime, kind: str, ok: bool, reason: str,

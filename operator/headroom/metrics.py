@@ -34,6 +34,9 @@ class Metrics:
                                      "Failed alert delivery attempts (retried)", ["sink"], registry=r)
         self.reconcile_duration = Histogram("headroom_reconcile_duration_seconds",
                                             "Time to reconcile one Project", registry=r)
+        self.webhook_secret_missing = Gauge(
+            "headroom_webhook_secret_missing_projects",
+            "Projects whose own webhook Secret is missing or unreadable (their alerts wait for it)", registry=r)
         self.reconcile_errors = Counter("headroom_reconcile_errors_total", "Failed reconciles (retried)",
                                         ["error"], registry=r)
         self.writes = Counter("headroom_api_writes_total", "Writes to the Kubernetes API", ["kind"], registry=r)

@@ -401,3 +401,36 @@ def test_a_projects_own_webhook_secret_takes_precedence_over_the_operator_defaul
         finally:
             with contextlib.suppress(ApiException):
                 core.delete_namespaced_secret(secret, OPERATOR_NAMESPACE)
+
+
+def test_a_missing_webhook_secret_holds_the_teams_alert_and_says_so(
+        admin: k8s.ApiClient, namespace: str, operator: OperatorProcess, webhook: WebhookReceiver,
+        make_project: Callable[..., str]) -> None:
+    """Never silently to the platform's webhook: the alert waits for the team's own Secret."""
+    core = k8s.CoreV1Api(admin)
+    secret = f"hook-{uuid.uuid4().hex[:6]}"
+    name = make_project(namespace, alerts={"webhookSecretRef": {"name": secret, "key": "url"}})
+    create_pods(admin, namespace, 8)
+    held = wait_for(lambda: (c := condition(admin, name, "AlertsDelivered")) and c["status"] == "False" and c, 60,
+                    "condition AlertsDelivered False")
+    assert held["reason"] == "WebhookSecretMissing"
+    assert secret in held["message"] and "waits" in held["message"]
+    assert operator.metric("headroom_webhook_secret_missing_projects") == 1
+    settle(3)
+    assert webhook.requests({"project": name}) == []  # not to the operator's --webhook-url
+    with WebhookReceiver() as own:
+        core.create_namespaced_secret(OPERATOR_NAMESPACE, k8s.V1Secret(
+            metadata=k8s.V1ObjectMeta(name=secret), string_data={"url": own.url}))
+        try:
+            delivered = wait_for(lambda: own.delivered({"project": name}), 60,
+                                 "the held notification at the Project's own webhook once its Secret exists")
+            assert delivered[0].json["state"] == "firing"
+            wait_for(lambda: (c := condition(admin, name, "AlertsDelivered")) and c["status"] == "True", 30,
+                     "condition AlertsDelivered True")
+            assert operator.metric("headroom_webhook_secret_missing_projects") == 0
+            settle(2)
+            assert len(own.requests({"project": name})) == 1
+            assert webhook.requests({"project": name}) == []
+        finally:
+            with contextlib.suppress(ApiException):
+                core.delete_namespaced_secret(secret, OPERATOR_NAMESPACE)
