@@ -38,6 +38,13 @@ def _quota(admin: k8s.ApiClient, namespace: str) -> Any:
     return k8s.CoreV1Api(admin).read_namespaced_resource_quota("headroom", namespace)
 
 
+def _request(admin: k8s.ApiClient, name: str, namespaces: list[dict[str, Any]]) -> None:
+    """Ask for a change as the sign-off policy wants it asked: naming who asks, in the same write."""
+    me = k8s.AuthenticationV1Api(admin).create_self_subject_review(k8s.V1SelfSubjectReview()).status.user_info.username
+    custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {
+        "metadata": {"annotations": {"headroom.dev/requested-by": me}}, "spec": {"namespaces": namespaces}})
+
+
 def _governed(admin: k8s.ApiClient, namespace: str, pods: str) -> bool:
     with contextlib.suppress(ApiException):
         quota = _quota(admin, namespace)
@@ -66,7 +73,7 @@ def test_the_log_says_what_headroom_does(admin: k8s.ApiClient, namespace: str, t
     body = custom(admin).get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
     namespaces = body["spec"]["namespaces"]
     namespaces[0]["requested"] = {"pods": "8"}
-    custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"namespaces": namespaces}})
+    _request(admin, name, namespaces)
     wait_for(lambda: _governed(admin, namespace, "8"), 30, "the decrease applied")
     wait_for(lambda: any(f"Project {name}: ChangeApplied: applied change" in line
                          for line in _log(operator).splitlines()), 20, "a log line for the applied change")
@@ -90,7 +97,7 @@ def test_the_log_says_what_headroom_does(admin: k8s.ApiClient, namespace: str, t
     # Deleting the Project is routine: no ERROR, no HTTP dump, even when it is deleted while a
     # reconcile of its last edit is writing (that write then finds nothing: 404).
     namespaces[0]["requested"] = {"pods": "7"}
-    custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"namespaces": namespaces}})
+    _request(admin, name, namespaces)
     custom(admin).delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
     time.sleep(5)
     text = _log(operator)
@@ -110,7 +117,7 @@ def test_a_project_deleted_during_its_reconcile_is_no_error(admin: k8s.ApiClient
     body = custom(admin).get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
     namespaces = body["spec"]["namespaces"]
     namespaces[0]["requested"] = {"pods": "8"}  # a decrease: applied without sign-off
-    custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"namespaces": namespaces}})
+    _request(admin, name, namespaces)
     wait_for(lambda: "failpoint approved-change-after-quota-write reached" in _log(operator), 30,
              "the reconcile held after its quota write")
     custom(admin).delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
