@@ -5,7 +5,8 @@
 #      containerd, runc, the CNI plugins and nftables for the local node; buildah and debootstrap
 #      for the operator image.
 #   2. A virtualenv in .venv with Headroom and its test tools (re-installed when pyproject.toml changes).
-#   3. The cluster binary built from hack/controlplane (Go >= 1.24; cached in .cache/bin).
+#   3. The cluster binary built from hack/controlplane (Go >= 1.24; cached in .cache/bin), and
+#      kube-state-metrics from hack/kube-state-metrics (for the end-to-end tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
@@ -51,3 +52,4 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 "$venv/bin/python" -m tests.harness.controlplane build >/dev/null
+"$venv/bin/python" -m tests.harness.ksm >/dev/null

@@ -24,6 +24,8 @@ from tests.harness.node import CGROUP_FS, CGROUP_ROOT
 from .conftest import NodeCluster
 
 NS = "headroom-system"
+# The first test also waits for the image build (minutes when cold) and the cluster with its node.
+pytestmark = pytest.mark.timeout(1200)
 SELECTOR = "app.kubernetes.io/name=headroom,app.kubernetes.io/component=operator"
 
 
