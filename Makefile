@@ -61,11 +61,14 @@ image: setup ## build headroom:dev (buildah, no Docker engine) and load it into 
 image-docker: ## build the operator image with Docker, as users do
 	docker build -f operator/Dockerfile -t $(IMAGE) .
 
-deploy: ## kubectl apply -k manifests/ with IMAGE set, to the current cluster (KUBECONFIG)
-	hack/deploy.sh apply $(IMAGE)
+# deploy/undeploy act on $KUBECONFIG's cluster; without one set, on the local cluster if it runs.
+LOCAL_KUBECONFIG = $$( [ -z "$$KUBECONFIG" ] && [ -f $(CLUSTER_DIR)/kubeconfig ] && echo $(CLUSTER_DIR)/kubeconfig || echo "$$KUBECONFIG")
+
+deploy: ## kubectl apply -k manifests/ with IMAGE set (KUBECONFIG's cluster, else the local one)
+	KUBECONFIG=$(LOCAL_KUBECONFIG) hack/deploy.sh apply $(IMAGE)
 
 undeploy: ## remove what deploy applied (the CRD too, so every Project goes with it)
-	hack/deploy.sh delete $(IMAGE)
+	KUBECONFIG=$(LOCAL_KUBECONFIG) hack/deploy.sh delete $(IMAGE)
 
 kind-up: ## for Docker users: a kind cluster with the CRDs, for HEADROOM_TEST_KUBECONFIG
 	kind create cluster --name $(KIND_CLUSTER) --kubeconfig $(CLUSTER_DIR)/kind-kubeconfig
