@@ -369,6 +369,20 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
             used_all[name] = used
             entry["used"] = _text(used)
 
+        previous = next((e for e in old_status.get("namespaces") or [] if e.get("name") == name), {})
+        if not enforced:
+            # Observe writes nothing that affects admission or what pods get: what it would apply is
+            # published instead. The values last enforced are kept in status for a return to Enforce.
+            entry["state"] = "Observed"
+            entry["wouldApply"] = {"hard": _text(recommended), "limitRange": {
+                "default": _text(in_force.limitrange_defaults()[0]),
+                "defaultRequest": _text(in_force.limitrange_defaults()[1])}}
+            kept = seen.governed if seen is not None and seen.state == GOVERNED and seen.project == spec.name \
+                else _values(previous.get("hard"))
+            if kept:
+                entry["hard"] = _text(kept)
+            ns_status.append(entry)
+            continue
         governed: Values = {}
         if seen is not None and seen.state == GOVERNED:
             base = seen.governed
@@ -390,6 +404,11 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
                 governed.update({r: _bootstrap_value(derivations[r], used) for r in missing})
         elif used is not None and not history_failed and all(r in used for r in resources):
             governed = {r: _bootstrap_value(derivations[r], used) for r in resources}
+            if previous.get("hard"):
+                # Back from Observe, or the quota was deleted: what was governed before (approved
+                # raises included, as this Project last published it) holds again, never below use.
+                governed.update({r: max(v, used.get(r, v)) for r, v in _values(previous["hard"]).items()
+                                 if r in resources})
         if governed:
             governed_all[name] = governed
             ready_namespaces.append(name)
@@ -439,7 +458,7 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     for ns in spec.namespaces:
         name = ns.name
         entry = next(e for e in ns_status if e["name"] == name)
-        if entry.get("state") in ("Conflict", "Missing", "Unconfirmed", "Refused"):
+        if entry.get("state") in ("Conflict", "Missing", "Unconfirmed", "Refused", "Observed"):
             continue
         seen = observed.quotas.get(name)
         governed = governed_all.get(name)
@@ -471,8 +490,11 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     # A namespace that leaves the Project keeps its quota as last governed: taking it out must not
     # unbound it. Only a protected namespace loses a quota it should never have had.
     ours = {ns for ns, q in observed.quotas.items() if q.project == spec.name}
-    delete_in = tuple(sorted(ns for ns in ours if ns in settings.protected_namespaces
-                             and claims.get(ns, Claim(ns, "refused", "")).state != "confirmed"))
+    observing = {e["name"] for e in ns_status if e.get("state") == "Observed"
+                 and (e["name"] in ours or (e["name"] in observed.limitranges
+                                            and observed.project_uid in observed.limitranges[e["name"]].owner_uids))}
+    delete_in = tuple(sorted(observing | {ns for ns in ours if ns in settings.protected_namespaces
+                                          and claims.get(ns, Claim(ns, "refused", "")).state != "confirmed"}))
     released = tuple(sorted(ns for ns in ours if ns not in spec.namespace_names and ns not in delete_in))
     approved_now: dict[str, Any] = {
         "terms": in_force.to_status(),
@@ -572,12 +594,18 @@ def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any]
         if not since and decision.action == "wait":
             events.append(Event("Normal", "ChangePending", decision.reason))
     conditions = []
-    governed_count = sum(1 for e in ns_status if e.get("state") == "Governed")
-    all_governed = governed_count == len(spec.namespaces)
-    ready_message = ("all namespaces are governed" if all_governed
-                     else "; ".join(waiting) or "waiting for the quota controller to report current use")
-    conditions.append(_condition("Ready", all_governed, "Governed" if all_governed else "Waiting",
-                                 ready_message, generation, old_conditions, now))
+    done = sum(1 for e in ns_status if e.get("state") in ("Governed", "Observed"))
+    all_governed = done == len(spec.namespaces)
+    if all_governed and not enforced:
+        ready_reason, ready_message = "Observing", ("observe mode: nothing is written; what would be applied is in "
+                                                    "status.namespaces[].wouldApply")
+    elif all_governed:
+        ready_reason, ready_message = "Governed", "all namespaces are governed"
+    else:
+        ready_reason = "Waiting"
+        ready_message = "; ".join(waiting) or "waiting for the quota controller to report current use"
+    conditions.append(_condition("Ready", all_governed, ready_reason, ready_message, generation, old_conditions,
+                                 now))
     if observed.history_error is not None:
         history_message = (f"history is unavailable ({observed.history_error}); quotas are left as they "
                            "are and no quota is lowered until it answers")

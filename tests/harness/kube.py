@@ -20,6 +20,7 @@ from tests.harness.controlplane import ControlPlane, write_kubeconfig
 T = TypeVar("T")
 
 
+
 def wait_for(probe: Callable[[], T | None], timeout: float = 30, what: str = "condition",
              interval: float = 0.2) -> T:
     """Call probe until it returns something truthy; raise a readable AssertionError on timeout."""
@@ -124,3 +125,11 @@ def api_error_message(exc: kubernetes.client.ApiException) -> str:
         return str(json.loads(exc.body).get("message", exc.body))
     except (TypeError, ValueError):
         return str(exc.body)
+
+
+def user_name(client: ApiClient) -> str:
+    """Who the API server takes this client for. The sign-off policy holds administrators to it too:
+    a write that changes a Project's terms names its requester (annotation headroom.dev/requested-by)."""
+    review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review(
+        kubernetes.client.V1SelfSubjectReview())
+    return str(review.status.user_info.username)

@@ -21,7 +21,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from tests.harness.kube import Cluster, api_error_message, wait_for
+from tests.harness.kube import Cluster, api_error_message, user_name, wait_for
 from tests.harness.operator import OperatorProcess, custom, project_manifest
 
 pytestmark = pytest.mark.integration
@@ -324,7 +324,9 @@ def test_garbage_in_status_and_in_its_own_annotations_is_repaired(
     # Still governing: a decrease applies as usual.
     body = api.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
     body["spec"]["namespaces"][0]["requested"] = {"pods": "8"}
-    api.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"spec": {"namespaces": body["spec"]["namespaces"]}})
+    api.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {
+        "metadata": {"annotations": {"headroom.dev/requested-by": user_name(admin)}},
+        "spec": {"namespaces": body["spec"]["namespaces"]}})
     wait_for(lambda: quota().spec.hard.get("pods") == "8", 30, "the decrease")
 
 

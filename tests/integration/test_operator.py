@@ -82,8 +82,9 @@ def test_quota_and_defaults_are_derived_applied_and_owned(
     project = create_project(admin, project_manifest(project_name, [namespace]))
 
     quota = governed_quota(admin, namespace)
+    # limits.cpu has no history and a floor of 2, but is never below requests.cpu (3960m).
     assert quota.spec.hard == {"requests.cpu": "3960m", "requests.memory": "1200Mi", "pods": "17",
-                               "limits.cpu": "2", "limits.memory": "2Gi"}
+                               "limits.cpu": "3960m", "limits.memory": "2Gi"}
     assert quota.metadata.labels == {"app.kubernetes.io/managed-by": "headroom", "headroom.dev/project": project_name}
     assert [(o.kind, o.name, o.uid) for o in quota.metadata.owner_references] == [
         ("Project", project_name, project["metadata"]["uid"])]
@@ -104,7 +105,8 @@ def test_quota_and_defaults_are_derived_applied_and_owned(
     entry = status["namespaces"][0]
     assert entry["peak"] == {"pods": "14", "requests.cpu": "3300m", "requests.memory": "1000Mi"}
     assert entry["recommended"]["requests.cpu"] == "3960m"
-    assert entry["reasons"]["limits.cpu"] == "no history: minimum"
+    assert entry["reasons"]["limits.cpu"] == "at least requests.cpu"
+    assert entry["reasons"]["limits.memory"] == "no history: minimum"
     assert condition(get_project(admin, project_name), "Ready")["status"] == "True"
 
 
@@ -176,23 +178,41 @@ def test_a_namespace_claimed_twice_stays_with_the_first_project(
         custom(admin).delete_cluster_custom_object(GROUP, VERSION, PLURAL, second)
 
 
-def test_current_use_above_the_derivation_wins_and_observe_mode_enforces_nothing(
+def test_current_use_above_the_derivation_wins(
         admin: k8s.ApiClient, namespace: str, project_name: str,
         start_operator: Callable[..., OperatorProcess]) -> None:
     core = k8s.CoreV1Api(admin)
     for i in range(12):  # 12 pods: more than the pods minimum of 10
         core.create_namespaced_pod(namespace, make_pod(f"p{i}"))
-    start_operator("--mode=observe")
+    start_operator()
     create_project(admin, project_manifest(project_name, [namespace]))
     quota = governed_quota(admin, namespace)
-    governed = quota.metadata.annotations["headroom.dev/governed-hard"]
-    assert '"pods":"12"' in governed
-    assert quota.spec.hard["pods"] == "1M"  # observe mode: counted, never blocking
-    core.create_namespaced_pod(namespace, make_pod("one-more"))  # admitted although above the governed 12
+    assert '"pods":"12"' in quota.metadata.annotations["headroom.dev/governed-hard"]
+    assert quota.spec.hard["pods"] == "12"
+
+
+def test_observe_mode_writes_nothing_that_changes_admission_or_pods(
+        admin: k8s.ApiClient, namespace: str, project_name: str, tmp_path: Path,
+        start_operator: Callable[..., OperatorProcess]) -> None:
+    history = history_file(tmp_path / "h.csv", [(namespace, "requests.cpu", "3300m"), (namespace, "pods", "14")])
+    operator = start_operator("--mode=observe", "--history-source=file", f"--history-file={history}")
+    create_project(admin, project_manifest(project_name, [namespace]))
     project = wait_for(lambda: (p := get_project(admin, project_name)).get("status", {}).get("phase") == "Observing"
-                       and p, 20, "phase Observing")
-    assert project["status"]["namespaces"][0]["enforced"] is False
-    assert project["status"]["namespaces"][0]["hard"]["pods"] == "12"
+                       and p, 30, "phase Observing")
+    entry = project["status"]["namespaces"][0]
+    assert entry["state"] == "Observed"
+    assert entry["wouldApply"]["hard"]["requests.cpu"] == "3960m"  # 3300m + 20 %
+    assert entry["wouldApply"]["hard"]["pods"] == "17"
+    assert entry["wouldApply"]["limitRange"]["default"] == {"cpu": "1", "memory": "512Mi"}
+    core = k8s.CoreV1Api(admin)
+    # A pod that sets nothing is admitted as it is: no quota asks for requests, no defaults are injected.
+    pod = core.create_namespaced_pod(namespace, k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="bare"), spec=k8s.V1PodSpec(
+        containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")])))
+    assert not pod.spec.containers[0].resources.limits and not pod.spec.containers[0].resources.requests
+    assert core.list_namespaced_resource_quota(namespace).items == []
+    assert core.list_namespaced_limit_range(namespace).items == []
+    assert operator.metric("headroom_api_writes_total", {"kind": "resourcequota"}) == 0
+    assert operator.metric("headroom_api_writes_total", {"kind": "limitrange"}) == 0
 
 
 def test_a_restarted_operator_converges_without_writing(

@@ -32,6 +32,7 @@ SAMPLES = REPO / "manifests" / "samples"
 GROUP, VERSION, PLURAL = "headroom.dev", "v1alpha1", "projects"
 APPROVED_CHANGE = "headroom.dev/approved-change"
 APPROVED_BY = "headroom.dev/approved-by"
+REQUESTED_BY = "headroom.dev/requested-by"
 
 Body = dict[str, Any]
 Mutation = Callable[[Body], None]
@@ -612,15 +613,22 @@ def _both(cpu: str, annotations: dict[str, str | None]) -> Body:
 # Each row: who writes, what (a merge patch on a Project that alice created with requests.cpu 4
 # and no sign-off), and None if it must be allowed, else fragments of the denial message.
 SIGN_OFF_UPDATES: list[Any] = [
-    pytest.param("alice", _request("8"), None, id="developer-requests-a-raise"),
+    pytest.param("alice", _both("8", {REQUESTED_BY: "alice"}), None, id="developer-requests-a-raise"),
+    pytest.param("alice", _request("8"), ["set annotation headroom.dev/requested-by=alice in the same write"],
+                 id="developer-request-names-no-requester"),
+    pytest.param("alice", _both("8", {REQUESTED_BY: "bob"}), ["requested-by must be your own user name (alice)"],
+                 id="developer-cannot-request-in-another-name"),
+    pytest.param("bob", _annotate({APPROVED_CHANGE: "c-1", APPROVED_BY: "bob", REQUESTED_BY: "bob"}),
+                 ["you requested this change", "four eyes"], id="approver-cannot-sign-off-own-request"),
     pytest.param("alice", _annotate({APPROVED_CHANGE: "c-1"}),
                  ["only members of group headroom:approvers may sign off", "kubectl headroom approve"],
                  id="developer-cannot-sign-off"),
     pytest.param("bob", _annotate({APPROVED_CHANGE: "c-1", APPROVED_BY: "bob"}), None,
                  id="approver-signs-off-as-self"),
-    pytest.param("carol", _annotate({APPROVED_CHANGE: "c-1"}), None, id="approver-signs-off-without-name"),
+    pytest.param("carol", _annotate({APPROVED_CHANGE: "c-1"}), ["a sign-off names its approver"],
+                 id="approver-signs-off-without-name"),
     pytest.param("bob", _annotate({APPROVED_CHANGE: "c-1", APPROVED_BY: "carol"}),
-                 ["headroom.dev/approved-by must be your own user name (bob)", "not carol"],
+                 ["headroom.dev/approved-by must be your own user name (bob)", 'not "carol"'],
                  id="approver-cannot-sign-as-someone-else"),
     pytest.param("alice", _annotate({APPROVED_BY: "bob"}),
                  ["headroom.dev/approved-by must be your own user name (alice)"],
@@ -654,7 +662,7 @@ def test_sign_off_policy_on_update(sign_off: SignOff, user: str, patch: Body,
 def test_sign_off_lifecycle(sign_off: SignOff) -> None:
     """Request, sign off, withdraw and re-request: a realistic sequence, step by step."""
     name = sign_off.create("alice", sign_off.body("life"))["metadata"]["name"]
-    sign_off.patch("alice", name, _request("40"))  # the team asks for more
+    sign_off.patch("alice", name, _both("40", {REQUESTED_BY: "alice"}))  # the team asks for more
     sign_off.patch("bob", name, _annotate({APPROVED_CHANGE: "c-7", APPROVED_BY: "bob"}))  # a reviewer signs
     # Later edits that leave the sign-off alone are the team's business (the operator ties a
     # sign-off to the pending change's id, so it cannot be reused for a different raise).

@@ -424,3 +424,16 @@ def test_auto_approval_cannot_be_widened_by_the_team(
     finally:
         custom(admin).delete_cluster_custom_object(GROUP, VERSION, PLURAL, PROJECT)
         k8s.CoreV1Api(admin).delete_namespace(ns)
+
+
+def test_nobody_rewrites_who_signed_off(
+        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    dana = cluster.impersonate("dana", TEAM)
+    edit_spec(dana, "dana", lambda spec: spec["namespaces"][0].__setitem__("requested", {"requests.cpu": "3"}))
+    approve(cluster.impersonate("bob", APPROVERS), settled(admin)["pendingChange"]["id"], "bob")
+    for rewrite in ("dana", None):
+        message = denied(lambda rewrite=rewrite: patch(dana, {"metadata": {"annotations": {  # type: ignore[misc]
+            "headroom.dev/approved-by": rewrite}}}))
+        assert "approved-by must be your own user name (dana)" in message
+    wait_for(lambda: get_project(admin)["status"].get("lastAppliedChange", {}).get("approvedBy") == "bob", 20,
+             "the change recorded as approved by bob")

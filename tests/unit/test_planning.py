@@ -352,23 +352,36 @@ def test_governed_values_do_not_follow_a_new_recommendation() -> None:
     (Settings(default_enforcement="Observe"), {}),
     (Settings(default_enforcement="Enforce"), {"enforcement": "Observe"}),
 ])
-def test_observe_mode_publishes_governed_values_but_enforces_nothing(settings: Settings,
-                                                                    quota: dict[str, Any]) -> None:
+def test_observe_mode_writes_nothing_and_publishes_what_it_would_apply(settings: Settings,
+                                                                        quota: dict[str, Any]) -> None:
     spec, body = project(quota=quota or None)
-    result = plan(spec, body, observed({"ns": counting(used=USED)}, peaks=PEAKS), settings)
+    result = plan(spec, body, observed(present={"ns"}, peaks=PEAKS), settings)
 
-    desired = quota_in(result)
-    assert set(desired.hard) == set(ALL)
-    assert_huge(desired.hard)
-    assert desired.annotations[STATE] == "governed"
-    assert governed_annotation(desired) == DERIVED
+    # No quota, no LimitRange: nothing that changes admission or what pods get.
+    assert result.quotas == () and result.limitranges == () and result.delete_in == ()
     entry = ns_entry(result)
-    assert entry["enforced"] is False
-    assert values(entry["hard"]) == DERIVED
+    assert entry["state"] == "Observed"
+    would = entry["wouldApply"]
+    assert values(would["hard"]) == {**DERIVED, "limits.memory": 3687 * MI}  # no use known: peak+20% only
+    assert would["limitRange"] == {"default": {"cpu": "1", "memory": "512Mi"},
+                                   "defaultRequest": {"cpu": "100m", "memory": "128Mi"}}
     assert result.status["phase"] == "Observing"
+    assert condition(result, "Ready")["reason"] == "Observing"
     assert result.status["summary"]["enforcement"] == "Observe"
-    # Utilization is still against the governed values: 2 of 3.96 cores is 50.5 %.
-    assert result.utilization[("ns", "requests.cpu")] == D("50.5")
+    assert result.utilization == {}
+
+
+def test_switching_to_observe_removes_headroom_objects_and_keeps_the_enforced_values_for_later() -> None:
+    spec, body = project(quota={"resources": CPU_PODS, "enforcement": "Observe"})
+    result = plan(spec, body, observed({"ns": governed_rq(governed={"requests.cpu": "40", "pods": "20"},
+                                                         used={"requests.cpu": "3", "pods": "11"})}))
+    assert result.quotas == () and result.delete_in == ("ns",)
+    assert values(ns_entry(result)["hard"]) == {"requests.cpu": D(40), "pods": D(20)}
+
+    # Back to Enforce: counted again, then the values enforced before hold (40 cpu was signed off once).
+    spec, body = project(quota={"resources": CPU_PODS, "enforcement": "Enforce"}, status=result.status)
+    back = plan(spec, body, observed({"ns": counting(used={"requests.cpu": "3", "pods": "25"}, resources=CPU_PODS)}))
+    assert values(quota_in(back).hard) == {"requests.cpu": D(40), "pods": D(25)}  # never below use
 
 
 def test_spec_enforce_overrides_an_observing_operator() -> None:
