@@ -18,11 +18,16 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from headroom.history.base import HistoryResult, PeakQuery
-from headroom.kube_io import limitrange_manifest, quota_manifest
-from headroom.metrics import Metrics
-from headroom.planning import DesiredLimitRange, DesiredQuota, Event, Settings
-from headroom.reconciler import HistoryCache, Reconciler, Store
+from headroom.core.history import HistoryResult, PeakQuery
+from headroom.core.planning import (
+    DesiredLimitRange,
+    DesiredQuota,
+    Event,
+    Settings,
+)
+from headroom.shell.kube import limitrange_manifest, quota_manifest
+from headroom.shell.metrics import Metrics
+from headroom.shell.reconcile import HistoryCache, Reconciler, Store
 
 USED = {"requests.cpu": "300m", "requests.memory": "384Mi", "limits.cpu": "600m", "limits.memory": "768Mi",
         "pods": "3"}

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-from headroom.project_spec import parse_duration
-from headroom.quantity import parse_quantity
+from headroom.core.quantity import parse_quantity
+from headroom.core.spec import parse_duration
 
 from bench import workload
 from bench.audit import BASELINE_NAMESPACE, AuditLog, tally, writes_per_project

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 import kubernetes
 import urllib3
-from headroom.derivation import derive_namespace
-from headroom.quantity import parse_quantity
+from headroom.core.derivation import derive_namespace
+from headroom.core.quantity import parse_quantity
 from kubernetes.client import ApiClient, ApiException
 
 k8s = kubernetes.client

@@ -13,7 +13,7 @@ from typing import Any
 
 import kubernetes
 import pytest
-from headroom.history.prometheus import DEFAULT_QUERIES, peak_query
+from headroom.shell.history.prometheus import DEFAULT_QUERIES, peak_query
 
 from tests.harness.images import PAUSE_IMAGE
 from tests.harness.ksm import KubeStateMetrics, ScrapingPrometheus

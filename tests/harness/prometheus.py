@@ -38,7 +38,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from headroom.quantity import parse_quantity
+from headroom.core.quantity import parse_quantity
 
 from tests.harness.controlplane import _die_with_parent, free_port, stop_process
 

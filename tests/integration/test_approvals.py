@@ -14,8 +14,8 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from headroom.changes import change_id
-from headroom.project_spec import parse_project
+from headroom.core.changes import change_id
+from headroom.core.spec import parse_project
 from kubernetes.client import ApiException
 
 from tests.harness.kube import Cluster, api_error_message, wait_for

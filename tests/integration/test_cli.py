@@ -14,8 +14,8 @@ from pathlib import Path
 import kubernetes
 import pytest
 import yaml
-from headroom.changes import change_id
-from headroom.project_spec import parse_project
+from headroom.core.changes import change_id
+from headroom.core.spec import parse_project
 
 from tests.harness.controlplane import write_kubeconfig
 from tests.harness.kube import Cluster, apply_yaml, wait_for

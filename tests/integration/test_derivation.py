@@ -21,8 +21,8 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from headroom.history.prometheus import DEFAULT_QUERIES
-from headroom.quantity import parse_quantity
+from headroom.core.quantity import parse_quantity
+from headroom.shell.history.prometheus import DEFAULT_QUERIES
 from kubernetes.client import ApiException
 
 from tests.harness.kube import wait_for

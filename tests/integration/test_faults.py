@@ -22,8 +22,8 @@ from typing import Any
 
 import kubernetes
 import pytest
-from headroom.quantity import parse_quantity
-from headroom.runtime import WATCH_INACTIVITY_SECONDS
+from headroom.core.quantity import parse_quantity
+from headroom.shell.main import WATCH_INACTIVITY_SECONDS
 from kubernetes.client import ApiException
 
 from tests.harness.faults import (

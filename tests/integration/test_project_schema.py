@@ -197,8 +197,8 @@ def test_crd_is_established_structural_and_as_documented(
 
 def test_crd_mirrors_the_operator_parser() -> None:
     """The regex, resource names and defaults the CRD promises are the ones the operator parses."""
-    business_hours = pytest.importorskip("headroom.business_hours")
-    project_spec = pytest.importorskip("headroom.project_spec")
+    business_hours = pytest.importorskip("headroom.core.business_hours")
+    project_spec = pytest.importorskip("headroom.core.spec")
     crd = yaml.safe_load(CRD_FILE.read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     quota = spec["quota"]["properties"]
@@ -287,7 +287,7 @@ def test_valid_project_is_accepted_and_parses(projects: Projects, mutate: Mutati
     expected = copy.deepcopy(body["spec"])
     assert created["spec"] == expected
     # Whatever the API server lets in, the operator must be able to read.
-    project_spec = pytest.importorskip("headroom.project_spec")
+    project_spec = pytest.importorskip("headroom.core.spec")
     project_spec.parse_project(created)
 
 

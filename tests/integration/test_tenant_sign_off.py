@@ -327,8 +327,8 @@ def test_four_eyes_means_two_people(
 
 def _id_if(admin: k8s.ApiClient, change: Callable[[dict[str, Any]], None]) -> str:
     """The id the Project would have after an edit, computed offline as `headroom change-id` does."""
-    from headroom.changes import change_id
-    from headroom.project_spec import parse_project
+    from headroom.core.changes import change_id
+    from headroom.core.spec import parse_project
 
     body = get_project(admin)
     change(body["spec"])

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from headroom.alert_policy import (
+from headroom.core.alert_policy import (
     FIRING,
     RESOLVED,
     AlertKey,
@@ -26,7 +26,7 @@ from headroom.alert_policy import (
     undelivered_sinks,
     utilization_percent,
 )
-from headroom.business_hours import BusinessHours, is_open, parse_business_hours
+from headroom.core.business_hours import BusinessHours, is_open, parse_business_hours
 
 D = Decimal
 OFFICE = parse_business_hours("Mon-Fri 09:00-17:00 UTC")

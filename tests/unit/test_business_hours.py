@@ -3,7 +3,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from headroom.business_hours import (
+from headroom.core.business_hours import (
     BUSINESS_HOURS_PATTERN,
     DEFAULT_BUSINESS_HOURS,
     HOLIDAY_PATTERN,

@@ -3,7 +3,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from headroom.changes import (
+from headroom.core.changes import (
     Approval,
     ChangeDecision,
     ClampedTarget,
@@ -14,8 +14,8 @@ from headroom.changes import (
     decide,
     pending_change,
 )
-from headroom.project_spec import ProjectSpec, SpecError, parse_project
-from headroom.quantity import GI, MI
+from headroom.core.quantity import GI, MI
+from headroom.core.spec import ProjectSpec, SpecError, parse_project
 
 D = Decimal
 

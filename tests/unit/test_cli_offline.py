@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from headroom.cli import EXIT_CONFLICT, EXIT_UNREACHABLE, EXIT_USAGE, CliError, expand_change_id
+from headroom.shell.cli import EXIT_CONFLICT, EXIT_UNREACHABLE, EXIT_USAGE, CliError, expand_change_id
 
 REPO = Path(__file__).resolve().parents[2]
 PENDING = "sha256:8d9d1a2b" + "0" * 56

@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from headroom.config import ConfigError, OperatorConfig, parse_config
+from headroom.shell.config import ConfigError, OperatorConfig, parse_config
 
 
 @pytest.fixture
@@ -220,8 +220,8 @@ def test_promql_durations_are_accepted(step: str) -> None:
 
 
 def test_kubernetes_names_are_accepted() -> None:
-    config = parse_config(["--namespace=platform-1", "--lease-name=headroom.leader-a"], {})
-    assert (config.namespace, config.lease_name) == ("platform-1", "headroom.leader-a")
+    config = parse_config(["--namespace=platform-1", "--lease-name=headroom.shell.leader-a"], {})
+    assert (config.namespace, config.lease_name) == ("platform-1", "headroom.shell.leader-a")
 
 
 def test_protected_namespaces_default_to_the_system_ones_and_can_be_replaced() -> None:

@@ -1,7 +1,7 @@
 from decimal import Decimal
 
 import pytest
-from headroom.derivation import (
+from headroom.core.derivation import (
     DEFAULT_MINIMUM,
     Derivation,
     DerivationError,
@@ -10,7 +10,7 @@ from headroom.derivation import (
     derive_namespace,
     never_lower,
 )
-from headroom.quantity import GI, MI, format_quantity, parse_quantity
+from headroom.core.quantity import GI, MI, format_quantity, parse_quantity
 
 D = Decimal
 Q = parse_quantity

@@ -14,13 +14,18 @@ from typing import Any
 import kubernetes
 import pytest
 import urllib3
-from headroom import failpoints
-from headroom.history.base import HistoryResult, PeakQuery
-from headroom.kube_io import KubeWriter, is_retryable, is_unreachable, retry_after
-from headroom.leader import LeaderElector
-from headroom.metrics import Metrics
-from headroom.reconciler import HistoryCache, Reconciler, Store
-from headroom.runtime import JitteredBackoffs, _unchanged
+from headroom.core.history import HistoryResult, PeakQuery
+from headroom.shell import failpoints
+from headroom.shell.kube import (
+    KubeWriter,
+    is_retryable,
+    is_unreachable,
+    retry_after,
+)
+from headroom.shell.leader import LeaderElector
+from headroom.shell.main import JitteredBackoffs, _unchanged
+from headroom.shell.metrics import Metrics
+from headroom.shell.reconcile import HistoryCache, Reconciler, Store
 from kubernetes.client import ApiException
 from urllib3._collections import HTTPHeaderDict
 
@@ -57,7 +62,7 @@ def _writer(monkeypatch: pytest.MonkeyPatch) -> tuple[KubeWriter, list[float]]:
     async def no_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr("headroom.kube_io.asyncio.sleep", no_sleep)
+    monkeypatch.setattr("headroom.shell.kube.asyncio.sleep", no_sleep)
     return writer, slept
 
 
@@ -266,7 +271,7 @@ def test_a_failing_source_answers_the_waiters_with_its_error() -> None:
 def _reconciler() -> Reconciler:
     writer = KubeWriter(kubernetes.client.ApiClient())
     cache = HistoryCache(Source(), max_age=timedelta(minutes=5), metrics=Metrics())
-    from headroom.planning import Settings
+    from headroom.core.planning import Settings
 
     return Reconciler(store=Store(), writer=writer, history=cache, settings=Settings(), metrics=Metrics())
 

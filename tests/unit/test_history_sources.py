@@ -9,11 +9,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from headroom.history.base import HistoryResult, PeakQuery
-from headroom.history.file import FileHistory
-from headroom.history.prometheus import DEFAULT_QUERIES, _denoise, peak_query
-from headroom.history.sampler import SamplerHistory, decode, encode, peak_within, record
-from headroom.quantity import GI, MI, round_up
+from headroom.core.history import HistoryResult, PeakQuery, decode, encode, peak_within, record
+from headroom.core.quantity import GI, MI, round_up
+from headroom.shell.history.file import FileHistory
+from headroom.shell.history.prometheus import DEFAULT_QUERIES, _denoise, peak_query
+from headroom.shell.history.sampler import SamplerHistory
 
 D = Decimal
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

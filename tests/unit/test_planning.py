@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from headroom.planning import (
+from headroom.core.planning import (
     DesiredLimitRange,
     DesiredQuota,
     Observed,
@@ -25,8 +25,8 @@ from headroom.planning import (
     observe_quota,
     plan_project,
 )
-from headroom.project_spec import ProjectSpec, parse_project
-from headroom.quantity import GI, MI, parse_quantity
+from headroom.core.quantity import GI, MI, parse_quantity
+from headroom.core.spec import ProjectSpec, parse_project
 
 D = Decimal
 NAME = "payments"

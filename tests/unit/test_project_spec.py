@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 import yaml
-from headroom.project_spec import (
-    APPROVED_BY_ANNOTATION,
-    APPROVED_CHANGE_ANNOTATION,
+from headroom.core.names import APPROVED_BY_ANNOTATION, APPROVED_CHANGE_ANNOTATION
+from headroom.core.quantity import GI, MI
+from headroom.core.spec import (
     DEFAULT_RESOURCES,
     GOVERNABLE_RESOURCES,
     AlertSettings,
@@ -22,7 +22,6 @@ from headroom.project_spec import (
     parse_duration,
     parse_project,
 )
-from headroom.quantity import GI, MI
 
 D = Decimal
 

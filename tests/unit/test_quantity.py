@@ -2,7 +2,7 @@ import random
 from decimal import Decimal
 
 import pytest
-from headroom.quantity import (
+from headroom.core.quantity import (
     GI,
     KI,
     MI,

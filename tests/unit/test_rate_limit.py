@@ -7,8 +7,8 @@ import itertools
 import types
 
 import pytest
-from headroom import kube_io
-from headroom.kube_io import TokenBucket, backoff_delays
+from headroom.shell import kube as kube_io
+from headroom.shell.kube import TokenBucket, backoff_delays
 
 
 class FakeTime:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from headroom.reconciler import _brief
+from headroom.shell.reconcile import _brief
 from kubernetes.client import ApiException
 
 

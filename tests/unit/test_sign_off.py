@@ -11,10 +11,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from headroom.changes import Approval, Terms, approval_problem, change_id, tighter_terms
-from headroom.claims import judge_claim
-from headroom.planning import Observed, Settings
-from headroom.quantity import GI, parse_quantity
+from headroom.core.changes import Approval, Terms, approval_problem, change_id, tighter_terms
+from headroom.core.claims import judge_claim
+from headroom.core.planning import Observed, Settings
+from headroom.core.quantity import GI, parse_quantity
 
 from tests.unit.test_planning import (
     APPROVED_BY,

@@ -19,16 +19,16 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from headroom.derivation import container_defaults, default_minimum, one_container
-from headroom.project_spec import (
-    APPROVED_CHANGE_ANNOTATION,
+from headroom.core.derivation import container_defaults, default_minimum, one_container
+from headroom.core.names import APPROVED_CHANGE_ANNOTATION
+from headroom.core.quantity import canonical, format_quantity, parse_quantity
+from headroom.core.spec import (
     DEFAULT_HEADROOM_PERCENT,
     DEFAULT_LOOKBACK,
     ProjectSpec,
     format_duration,
     parse_duration,
 )
-from headroom.quantity import canonical, format_quantity, parse_quantity
 
 __all__ = [
     "Approval",

@@ -14,7 +14,16 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from headroom.quantity import QuantityError, format_quantity, parse_quantity
+from headroom.core.names import (
+    API_VERSION,
+    APPROVED_BY_ANNOTATION,
+    APPROVED_CHANGE_ANNOTATION,
+    GROUP,
+    KIND,
+    REQUESTED_BY_ANNOTATION,
+    VERSION,
+)
+from headroom.core.quantity import QuantityError, format_quantity, parse_quantity
 
 __all__ = [
     "API_VERSION",
@@ -46,15 +55,7 @@ __all__ = [
     "parse_project",
 ]
 
-GROUP = "headroom.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "Project"
 
-APPROVED_CHANGE_ANNOTATION = "headroom.dev/approved-change"
-APPROVED_BY_ANNOTATION = "headroom.dev/approved-by"
-# Who asked for the Project's current terms; the admission policy makes it the writer's own name.
-REQUESTED_BY_ANNOTATION = "headroom.dev/requested-by"
 MAX_REASON = 500
 
 DEFAULT_RESOURCES: tuple[str, ...] = (

@@ -22,18 +22,17 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from headroom.claims import PROJECT_LABEL
-from headroom.failpoints import async_failpoint
-from headroom.history.base import HistoryResult, HistorySource, PeakQuery
-from headroom.history.sampler import ANNOTATION as SAMPLER_ANNOTATION
-from headroom.history.sampler import decode, encode, record
-from headroom.kube_io import WRITE_PRIORITY, KubeWriter, backoff_delays, is_retryable, is_unreachable
-from headroom.metrics import Metrics
-from headroom.planning import (
-    COUNTING,
+from headroom.core.history import HistoryResult, HistorySource, PeakQuery, decode, encode, record
+from headroom.core.names import (
+    DAILY_PEAKS_ANNOTATION,
+    FIELD_MANAGER,
     LIMITRANGE_NAME,
+    PROJECT_LABEL,
     QUOTA_NAME,
     STATE_ANNOTATION,
+)
+from headroom.core.planning import (
+    COUNTING,
     Event,
     Observed,
     Plan,
@@ -43,7 +42,16 @@ from headroom.planning import (
     plan_project,
     terms_in_force,
 )
-from headroom.project_spec import ProjectSpec, SpecError, parse_project
+from headroom.core.spec import ProjectSpec, SpecError, parse_project
+from headroom.shell.failpoints import async_failpoint
+from headroom.shell.kube import (
+    WRITE_PRIORITY,
+    KubeWriter,
+    backoff_delays,
+    is_retryable,
+    is_unreachable,
+)
+from headroom.shell.metrics import Metrics
 
 log = logging.getLogger("headroom")
 
@@ -441,7 +449,7 @@ class Reconciler:
         extra: dict[str, dict[str, str]] = {}
         if self.sampler:
             for ns, seen in quotas.items():
-                before = seen.annotations.get(SAMPLER_ANNOTATION)
+                before = seen.annotations.get(DAILY_PEAKS_ANNOTATION)
                 daily = decode(before)
                 if seen.used is not None:
                     daily = record(daily, seen.used, now.date())
@@ -449,7 +457,7 @@ class Reconciler:
                 if text and decode(text) == decode(before):
                     text = before  # unchanged peaks: keep the exact text, so nothing is written
                 if text:
-                    extra[ns] = {SAMPLER_ANNOTATION: text}
+                    extra[ns] = {DAILY_PEAKS_ANNOTATION: text}
         return Observed(
             project_uid=body["metadata"].get("uid", ""),
             namespaces_present=frozenset(ns for ns in spec.namespace_names if ns in self.store.namespaces),
@@ -513,7 +521,7 @@ class Reconciler:
         # Who wrote the spec: the quota controller's status updates are not edits.
         managers = {m.get("manager") for m in (seen_obj or {}).get("metadata", {}).get("managedFields") or []
                     if m.get("subresource") != "status" and "f:spec" in (m.get("fieldsV1") or {})}
-        foreign = sorted(m for m in managers if m and m != "headroom")
+        foreign = sorted(m for m in managers if m and m != FIELD_MANAGER)
         if foreign:
             # Field managers are all the API server records of a writer (the user is in its audit log):
             # name them as what they are, not as people.

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
-    from headroom.planning import Plan
-    from headroom.project_spec import ProjectSpec
+    from headroom.core.planning import Plan
+    from headroom.core.spec import ProjectSpec
 
 
 class Metrics:

@@ -22,12 +22,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from headroom.changes import SettingChange
+from headroom.core.changes import SettingChange
+from headroom.core.names import PROJECT_LABEL
 
 __all__ = ["PROJECT_LABEL", "Claim", "judge_claim"]
 
-# The label on a Namespace (set by the platform) and on Headroom's own objects that names the Project.
-PROJECT_LABEL = "headroom.dev/project"
 
 ClaimState = Literal["confirmed", "unconfirmed", "refused"]
 

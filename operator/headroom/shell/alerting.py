@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 import kubernetes
 
-from headroom.alert_policy import (
+from headroom.core.alert_policy import (
     AlertPolicy,
     Notification,
     Usage,
@@ -31,19 +31,19 @@ from headroom.alert_policy import (
     state_from_status,
     state_to_status,
 )
-from headroom.business_hours import (
+from headroom.core.business_hours import (
     DEFAULT_BUSINESS_HOURS,
     BusinessHoursError,
     add_business_days,
     next_opening,
     parse_business_hours,
 )
-from headroom.config import OperatorConfig
-from headroom.kube_io import KubeWriter, backoff_delays
-from headroom.metrics import Metrics
-from headroom.planning import Event, Plan
-from headroom.project_spec import ProjectSpec
-from headroom.quantity import format_quantity
+from headroom.core.planning import Event, Plan
+from headroom.core.quantity import format_quantity
+from headroom.core.spec import ProjectSpec
+from headroom.shell.config import OperatorConfig
+from headroom.shell.kube import KubeWriter, backoff_delays
+from headroom.shell.metrics import Metrics
 
 log = logging.getLogger("headroom.alerts")
 

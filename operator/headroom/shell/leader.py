@@ -27,10 +27,10 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiException
 
-from headroom.failpoints import failpoint
-from headroom.kube_io import REQUEST_TIMEOUT
+from headroom.shell.failpoints import failpoint
+from headroom.shell.kube import REQUEST_TIMEOUT
 
-log = logging.getLogger("headroom.leader")
+log = logging.getLogger("headroom.shell.leader")
 
 
 @dataclass

@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from headroom.business_hours import BusinessHours, add_business_days, next_opening
+from headroom.core.business_hours import BusinessHours, add_business_days, next_opening
 
 __all__ = [
     "DEFAULT_HYSTERESIS",
@@ -114,7 +114,7 @@ class AlertPolicy:
     """Per-Project alerting knobs.
 
     ``cooldown`` is how long after a firing notification was delivered a still-firing alert is
-    repeated; ``None`` means one business day (:func:`headroom.business_hours.add_business_days`).
+    repeated; ``None`` means one business day (:func:`headroom.core.business_hours.add_business_days`).
     """
 
     thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal, localcontext
 
-from headroom.quantity import CONTEXT, GI, canonical, resource_kind, round_up
+from headroom.core.quantity import CONTEXT, GI, canonical, resource_kind, round_up
 
 __all__ = [
     "BUILTIN_DEFAULT_LIMITS",

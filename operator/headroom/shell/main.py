@@ -24,21 +24,32 @@ import kopf
 import kubernetes
 from aiohttp import web
 
-from headroom.alerting import Alerting, build_sinks
-from headroom.config import OperatorConfig
-from headroom.history.base import HistorySource
-from headroom.history.file import FileHistory
-from headroom.history.prometheus import DEFAULT_QUERIES, PrometheusHistory
-from headroom.history.sampler import SamplerHistory, decode
-from headroom.kube_io import REQUEST_TIMEOUT, KubeWriter
-from headroom.leader import LeaderElector
-from headroom.metrics import Metrics
-from headroom.planning import LIMITRANGE_NAME, MANAGED_BY, MANAGED_BY_LABEL, PROJECT_LABEL, QUOTA_NAME, Settings
-from headroom.project_spec import GROUP, VERSION, SpecError, parse_duration
-from headroom.reconciler import HistoryCache, Reconciler, Store
+from headroom.core.history import HistorySource, decode
+from headroom.core.names import (
+    DAILY_PEAKS_ANNOTATION,
+    GROUP,
+    LIMITRANGE_NAME,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MANAGED_SELECTOR,
+    PLURAL,
+    PROJECT_LABEL,
+    QUOTA_NAME,
+    VERSION,
+)
+from headroom.core.planning import Settings
+from headroom.core.spec import SpecError, parse_duration
+from headroom.shell.alerting import Alerting, build_sinks
+from headroom.shell.config import OperatorConfig
+from headroom.shell.history.file import FileHistory
+from headroom.shell.history.prometheus import DEFAULT_QUERIES, PrometheusHistory
+from headroom.shell.history.sampler import SamplerHistory
+from headroom.shell.kube import REQUEST_TIMEOUT, KubeWriter
+from headroom.shell.leader import LeaderElector
+from headroom.shell.metrics import Metrics
+from headroom.shell.reconcile import HistoryCache, Reconciler, Store
 
 log = logging.getLogger("headroom")
-SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 # A watch request lasts this long on the server, then is renewed from its last bookmark: one
 # request per watch (four in all), no re-list. Long watches are what keep the steady state cheap.
 WATCH_SECONDS = 300
@@ -107,7 +118,7 @@ def history_source(config: OperatorConfig, store: Store) -> HistorySource:
 
     def peaks_of(namespace: str) -> Any:
         quota = store.quotas.get(namespace) or {}
-        return decode((quota.get("metadata", {}).get("annotations") or {}).get("headroom.dev/daily-peaks"))
+        return decode((quota.get("metadata", {}).get("annotations") or {}).get(DAILY_PEAKS_ANNOTATION))
 
     return SamplerHistory(peaks_of)
 
@@ -161,8 +172,8 @@ class Runtime:
         watches only.
         """
         core = self.reconciler.writer.core
-        quotas = await _list_plain(core.list_resource_quota_for_all_namespaces, label_selector=SELECTOR)
-        limitranges = await _list_plain(core.list_limit_range_for_all_namespaces, label_selector=SELECTOR)
+        quotas = await _list_plain(core.list_resource_quota_for_all_namespaces, label_selector=MANAGED_SELECTOR)
+        limitranges = await _list_plain(core.list_limit_range_for_all_namespaces, label_selector=MANAGED_SELECTOR)
         namespaces = await _list_plain(core.list_namespace)
         for item in quotas:
             if item["metadata"].get("name") == QUOTA_NAME:
@@ -241,8 +252,8 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
         settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
             field="status.kopf.last-handled-configuration")
-        settings.watching.label_selectors["v1", "resourcequotas"] = SELECTOR
-        settings.watching.label_selectors["v1", "limitranges"] = SELECTOR
+        settings.watching.label_selectors["v1", "resourcequotas"] = MANAGED_SELECTOR
+        settings.watching.label_selectors["v1", "limitranges"] = MANAGED_SELECTOR
         settings.watching.connect_timeout = 10
         settings.watching.server_timeout = WATCH_SECONDS
         settings.watching.inactivity_timeout = WATCH_INACTIVITY_SECONDS
@@ -263,7 +274,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
             # task that Kopf waits 5 s for, delaying the release of the Lease on SIGTERM.
             stop_flag.set()
 
-    @kopf.on.event(GROUP, VERSION, "projects", registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def project_event(event: Mapping[str, Any], body: kopf.Body, name: str, **_: Any) -> None:
         runtime.reconciler.api_reachable()
         if event.get("type") == "DELETED":

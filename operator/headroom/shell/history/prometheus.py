@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from headroom.history.base import HistoryResult, PeakQuery
-from headroom.quantity import CONTEXT, resource_kind
+from headroom.core.history import HistoryResult, PeakQuery
+from headroom.core.quantity import CONTEXT, resource_kind
 
 # Prometheus adds in float64 (1.1 + 1.1 + 1.1 is 3.3000000000000003), and the derivation rounds every
 # excess up to a whole millicore or Mi. Requests and limits are whole millicores and bytes, so the

@@ -1,23 +1,61 @@
-"""Headroom's own history: daily peaks of each namespace's quota usage, kept on its ResourceQuota.
+"""History as values: what a source is asked and answers, and the sampler's daily peaks.
 
-The operator already watches the ResourceQuotas it owns, and the API server keeps their
-`status.used` current, so sampling costs no extra request and never lists pods. The peaks live in
-an annotation of the quota itself (an object Headroom owns), so they survive operator restarts and
-leave with the namespace. Only a new daily peak changes the annotation, so it adds at most a few
-writes a day per namespace.
+The sources themselves (Prometheus, the sampler, a file) do I/O and live in headroom.shell.history.
+The sampler keeps each namespace's daily peaks in an annotation of Headroom's own quota; encoding,
+decoding and recording them is pure and lives here.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import Protocol
 
-from headroom.history.base import HistoryResult, PeakQuery
-from headroom.quantity import canonical
+from headroom.core.quantity import canonical
 
-ANNOTATION = "headroom.dev/daily-peaks"
+
+@dataclass(frozen=True)
+class PeakQuery:
+    """Peaks wanted for these namespaces and resources over one lookback window ending at `now`."""
+
+    namespaces: frozenset[str]
+    resources: frozenset[str]
+    lookback: timedelta
+    now: datetime
+
+
+@dataclass(frozen=True)
+class HistoryResult:
+    """Peaks by (namespace, resource).
+
+    A key that is absent means "no history known", never zero. `error` says the source failed as a
+    whole (nothing it returned may lower a quota); `partial` that some answers were incomplete.
+    """
+
+    peaks: Mapping[tuple[str, str], Decimal] = field(default_factory=dict)
+    error: str | None = None
+    partial: bool = False
+    queries: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and not self.partial
+
+    def peak(self, namespace: str, resource: str) -> Decimal | None:
+        return self.peaks.get((namespace, resource))
+
+
+class HistorySource(Protocol):
+    name: str
+
+    async def peaks(self, query: PeakQuery) -> HistoryResult: ...
+
+
+# --------------------------------------------------------------------------------------------- sampler
+
 MAX_DAYS = 400
 
 DailyPeaks = dict[str, dict[str, Decimal]]  # ISO date -> resource -> peak
@@ -67,23 +105,3 @@ def peak_within(peaks: DailyPeaks, resource: str, now: datetime, lookback: timed
     start = (now - lookback).date().isoformat()
     values = [v[resource] for day, v in peaks.items() if day >= start and resource in v]
     return max(values) if values else None
-
-
-class SamplerHistory:
-    """Reads the daily peaks that the reconciler keeps on each namespace's quota."""
-
-    name = "sampler"
-    remote = False
-
-    def __init__(self, peaks_of: Callable[[str], DailyPeaks]) -> None:
-        self._peaks_of = peaks_of
-
-    async def peaks(self, query: PeakQuery) -> HistoryResult:
-        found: dict[tuple[str, str], Decimal] = {}
-        for namespace in query.namespaces:
-            daily = self._peaks_of(namespace)
-            for resource in query.resources:
-                value = peak_within(daily, resource, query.now, query.lookback)
-                if value is not None:
-                    found[(namespace, resource)] = value
-        return HistoryResult(peaks=found)

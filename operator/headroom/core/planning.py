@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from headroom.changes import (
+from headroom.core.changes import (
     Approval,
     ChangeDecision,
     Terms,
@@ -34,18 +34,18 @@ from headroom.changes import (
     pending_change,
     tighter_terms,
 )
-from headroom.claims import PROJECT_LABEL, Claim, judge_claim
-from headroom.derivation import Derivation, default_minimum, derive_namespace
-from headroom.project_spec import DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK, ProjectSpec
-from headroom.quantity import canonical, format_quantity, parse_quantity, resource_kind
-
-QUOTA_NAME = "headroom"
-LIMITRANGE_NAME = "headroom-defaults"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "headroom"
-STATE_ANNOTATION = "headroom.dev/state"
-GOVERNED_ANNOTATION = "headroom.dev/governed-hard"
-APPLIED_CHANGE_ANNOTATION = "headroom.dev/applied-change"
+from headroom.core.claims import Claim, judge_claim
+from headroom.core.derivation import Derivation, default_minimum, derive_namespace
+from headroom.core.names import (
+    APPLIED_CHANGE_ANNOTATION,
+    FIELD_MANAGER,
+    GOVERNED_ANNOTATION,
+    PROJECT_LABEL,
+    QUOTA_NAME,
+    STATE_ANNOTATION,
+)
+from headroom.core.quantity import canonical, format_quantity, parse_quantity, resource_kind
+from headroom.core.spec import DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK, ProjectSpec
 
 COUNTING = "counting"
 GOVERNED = "governed"
@@ -87,7 +87,7 @@ def _edited_by_others(meta: Mapping[str, Any], annotation: str) -> tuple[str, ..
     key = f"f:{annotation}"
     return tuple(sorted({
         str(entry.get("manager")) for entry in meta.get("managedFields") or []
-        if entry.get("manager") != "headroom"
+        if entry.get("manager") != FIELD_MANAGER
         and key in (((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {})}))
 
 

@@ -28,22 +28,24 @@ import kubernetes
 import urllib3
 from kubernetes.client import ApiClient, ApiException
 
-from headroom.planning import (
+from headroom.core.names import (
+    API_VERSION,
+    COMPONENT,
+    FIELD_MANAGER,
+    GROUP,
+    KIND,
     LIMITRANGE_NAME,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    PLURAL,
     PROJECT_LABEL,
     QUOTA_NAME,
-    DesiredLimitRange,
-    DesiredQuota,
-    Event,
+    VERSION,
 )
-from headroom.project_spec import API_VERSION, GROUP, KIND, VERSION
+from headroom.core.planning import DesiredLimitRange, DesiredQuota, Event
 
 log = logging.getLogger("headroom")
 
-FIELD_MANAGER = "headroom"
-PLURAL = "projects"
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
 # Worth another try later; everything else (4xx) is a bug or a refusal that retrying won't fix.
@@ -215,7 +217,7 @@ class WriteCounter:
 
 class KubeWriter:
     def __init__(self, client: ApiClient, qps: float = 20.0, burst: int = 40,
-                 component: str = "headroom") -> None:
+                 component: str = COMPONENT) -> None:
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.limiter = TokenBucket(qps, burst)

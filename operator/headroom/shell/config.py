@@ -12,8 +12,9 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
-from headroom.planning import DEFAULT_PROTECTED_NAMESPACES
-from headroom.project_spec import parse_duration
+from headroom.core.names import LEASE_NAME
+from headroom.core.planning import DEFAULT_PROTECTED_NAMESPACES
+from headroom.core.spec import parse_duration
 
 
 class ConfigError(ValueError):
@@ -40,7 +41,7 @@ class OperatorConfig:
     api_qps: float = 20.0
     api_burst: int = 40
     leader_elect: bool = False
-    lease_name: str = "headroom"
+    lease_name: str = LEASE_NAME
     verbose: bool = False
 
     @property

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from headroom.history.base import HistoryResult, PeakQuery
-from headroom.quantity import QuantityError, parse_quantity
+from headroom.core.history import HistoryResult, PeakQuery
+from headroom.core.quantity import QuantityError, parse_quantity
 
 
 class HistoryFileError(ValueError):

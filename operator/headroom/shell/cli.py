@@ -1,0 +1,658 @@
+"""The `headroom` command (also `kubectl headroom`): run the operator, plan, and govern changes.
+
+    headroom run [flags]                      the operator
+    headroom plan [PROJECT | -f FILE] [-o table|json|yaml]
+    headroom change-id FILE                   the id a reviewer approves, computed offline
+    headroom verify FILE...                   CI check for a GitOps repository
+    headroom request PROJECT [NAMESPACE] RESOURCE=QUANTITY...
+    headroom approve PROJECT [--id ID] [--yes]
+    headroom status PROJECT
+
+The commands that talk to the cluster take kubectl's global flags (--kubeconfig, --context,
+-n/--namespace, --as, --as-group), so `kubectl headroom ...` behaves like the rest of kubectl, and
+-v for details of an error. Errors are one line on stderr; the exit code says what kind (EXIT_*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import sys
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from headroom.core.changes import change_id
+from headroom.core.derivation import derive_namespace
+from headroom.core.history import HistoryResult, PeakQuery, decode
+from headroom.core.names import (
+    APPROVED_BY_ANNOTATION,
+    APPROVED_CHANGE_ANNOTATION,
+    DAILY_PEAKS_ANNOTATION,
+    GOVERNED_ANNOTATION,
+    GROUP,
+    KIND,
+    PLURAL,
+    QUOTA_NAME,
+    REQUESTED_BY_ANNOTATION,
+    VERSION,
+)
+from headroom.core.planning import observe_quota
+from headroom.core.quantity import QuantityError, format_quantity, parse_quantity
+from headroom.core.spec import SpecError, parse_project
+from headroom.shell.config import ConfigError, build_parser, config_from
+from headroom.shell.history.sampler import SamplerHistory
+
+# Exit codes by kind of failure, so that scripts can tell "not allowed" from "try again" (README).
+EXIT_OK = 0
+EXIT_FAILED = 1  # a check found problems (verify), or the question was answered no
+EXIT_USAGE = 2  # bad arguments or configuration, an unreadable file, no usable kubeconfig
+EXIT_NOT_FOUND = 3  # the Project (or a namespace of it) does not exist
+EXIT_FORBIDDEN = 4  # refused by RBAC or by the sign-off policy (401, 403)
+EXIT_INVALID = 5  # the API server refused the object as invalid (422), or a file's Project is invalid
+EXIT_CONFLICT = 6  # the Project is not in the state the command needs: nothing pending, another change
+#                    pending, or it changed during the command (409)
+EXIT_UNREACHABLE = 7  # the API server cannot be reached, timed out or failed (5xx, 429)
+EXIT_INTERNAL = 70  # a bug in Headroom: -v shows the traceback
+
+
+class CliError(Exception):
+    """What failed and what to do, in one line; `detail` (the server's answer) is shown with -v."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.detail = detail
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _status_message(exc: Any) -> str:
+    """The sentence the API server wrote (a Status object's message), not the HTTP dump around it."""
+    try:
+        body = json.loads(exc.body or "")
+    except (TypeError, ValueError):
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    return _one_line(str(message or exc.reason or f"HTTP {exc.status}"))
+
+
+def api_error(action: str, exc: BaseException) -> CliError:
+    """One line for a failed API call: what failed, the server's reason, and what to do."""
+    import kubernetes
+
+    if not isinstance(exc, kubernetes.client.ApiException):
+        reason = _one_line(str(getattr(exc, "reason", None) or exc or type(exc).__name__))
+        return CliError(f"cannot {action}: the API server cannot be reached ({reason}); check --kubeconfig and "
+                        "--context, and that the cluster is up", EXIT_UNREACHABLE,
+                        detail="".join(traceback.format_exception(exc)))
+    message = _status_message(exc)
+    status = exc.status or 0
+    hint = ""
+    if status == 404:
+        code = EXIT_NOT_FOUND
+    elif status == 401:
+        code, hint = EXIT_FORBIDDEN, "your credentials were refused: log in again, or choose others with " \
+                                     "--kubeconfig/--context"
+    elif status == 403:
+        code = EXIT_FORBIDDEN
+        policy = re.search(r"ValidatingAdmissionPolicy .*? denied request: (.*)$", message)
+        if policy:
+            message = policy.group(1)  # the policy's own sentence already says what to do
+        else:
+            hint = "ask for access, or act as someone who has it (--as, --context)"
+    elif status == 422:
+        code, hint = EXIT_INVALID, "correct the value and try again"
+    elif status == 409:
+        code, hint = EXIT_CONFLICT, "it changed in the meantime: run the command again"
+    elif status == 0:  # the client's own failure before any answer (e.g. TLS): nothing was reached
+        code, hint = EXIT_UNREACHABLE, "check --kubeconfig and --context, and that the cluster is up"
+    elif status == 429 or status >= 500:
+        code, hint = EXIT_UNREACHABLE, "the API server is overloaded or failing: try again later"
+    else:
+        code = EXIT_USAGE
+    return CliError(f"cannot {action}: {message}" + (f"; {hint}" if hint else ""), code,
+                    detail=f"HTTP {exc.status} {exc.reason}\n{exc.body}")
+
+
+@contextlib.contextmanager
+def calling(action: str) -> Iterator[None]:
+    """Turn a failed API call into one line that names `action` (e.g. "read Project payments")."""
+    import kubernetes
+    import urllib3
+
+    try:
+        yield
+    except kubernetes.client.ApiException as exc:
+        raise api_error(action, exc) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise api_error(action, exc) from exc
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def load_projects(path: Path) -> list[dict[str, Any]]:
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"{path}: cannot read: {exc}") from exc
+    projects = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
+    if not projects:
+        raise CliError(f"{path}: no {KIND} in this file")
+    return projects
+
+
+def cmd_change_id(args: argparse.Namespace) -> int:
+    for project in load_projects(Path(args.file)):
+        spec = _parse(project, args.file)
+        identifier = change_id(spec)
+        print(identifier if identifier else f"{spec.name}: nothing requested", flush=True)
+    return 0
+
+
+def _parse(project: Mapping[str, Any], where: str) -> Any:
+    try:
+        return parse_project(project)
+    except SpecError as exc:
+        raise CliError(f"{where}: {exc}", EXIT_INVALID) from exc
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Every approval annotation in the files must approve exactly its file's request."""
+    problems = []
+    checked = 0
+    for file in args.files:
+        try:
+            projects = load_projects(Path(file))
+        except CliError as exc:
+            problems.append(str(exc))
+            continue
+        for project in projects:
+            checked += 1
+            try:
+                spec = parse_project(project)
+            except SpecError as exc:
+                problems.append(f"{file}: {exc}")
+                continue
+            identifier = change_id(spec)
+            approved = (spec.approved_change or "").strip()
+            if approved and approved != identifier:
+                wanted = identifier or "nothing (no change is requested)"
+                problems.append(f"{file}: Project {spec.name}: {APPROVED_CHANGE_ANNOTATION} is {approved}, "
+                                f"but the request in this file has id {wanted}; approve the current request "
+                                f"(headroom change-id {file}) or remove the stale annotation")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"ok: {checked} Project(s), every approval matches its request")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- cluster
+
+
+def _client(args: argparse.Namespace) -> Any:
+    """A client as kubectl would make it from the same flags: kubeconfig, context, impersonation."""
+    import kubernetes
+
+    kubeconfig = getattr(args, "kubeconfig", None)
+    context = getattr(args, "context", None)
+    user = getattr(args, "as_user", None)
+    groups = list(getattr(args, "as_group", None) or [])
+    if groups and not user:
+        raise CliError("--as-group needs --as: the API server impersonates groups only together with a user")
+    config = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=config)
+    except (kubernetes.config.ConfigException, OSError) as exc:
+        if kubeconfig or context or "KUBERNETES_SERVICE_HOST" not in os.environ:
+            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            raise CliError(f"no usable kubeconfig ({where}: {_one_line(str(exc))}); pass --kubeconfig and "
+                           "--context, or set KUBECONFIG", EXIT_USAGE) from exc
+        kubernetes.config.load_incluster_config(client_configuration=config)
+    client = kubernetes.client.ApiClient(config)
+    if user:
+        client.set_default_header("Impersonate-User", user)
+    if groups:
+        _impersonate_groups(client, groups)
+    return client
+
+
+def _impersonate_groups(client: Any, groups: Sequence[str]) -> None:
+    """One Impersonate-Group header per group, as kubectl sends them.
+
+    The generated client keeps headers in a plain dict (one value per name), and the API server reads
+    a comma-joined value as a single group; so the header lines are added where the request is sent.
+    """
+    import urllib3
+
+    manager = client.rest_client.pool_manager
+    send = manager.request
+
+    def request(method: str, url: str, *args: Any, headers: Mapping[str, str] | None = None,
+                **kwargs: Any) -> Any:
+        lines = urllib3.HTTPHeaderDict(dict(headers or {}))
+        for group in groups:
+            lines.add("Impersonate-Group", group)
+        return send(method, url, *args, headers=lines, **kwargs)
+
+    manager.request = request
+
+
+def _custom(client: Any) -> Any:
+    import kubernetes
+
+    return kubernetes.client.CustomObjectsApi(client)
+
+
+def _get_project(client: Any, name: str) -> dict[str, Any]:
+    import kubernetes
+
+    try:
+        with calling(f"read Project {name}"):
+            return dict(_custom(client).get_cluster_custom_object(GROUP, VERSION, PLURAL, name))
+    except CliError as exc:
+        if isinstance(exc.__cause__, kubernetes.client.ApiException) and exc.__cause__.status == 404:
+            raise CliError(f"Project {name} not found (kubectl get projects lists them)", EXIT_NOT_FOUND) from exc
+        raise
+
+
+def _whoami(client: Any) -> str:
+    import kubernetes
+
+    with calling("find out who you are (SelfSubjectReview)"):
+        review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review(
+            kubernetes.client.V1SelfSubjectReview())
+    return str(review.status.user_info.username)
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    # NAMESPACE may be left out in favour of -n/--namespace, as kubectl users are used to.
+    items = list(args.values)
+    if items and "=" not in items[0]:
+        args.namespace = items.pop(0)
+    elif not getattr(args, "namespace", None):
+        raise CliError("which namespace? give it after the Project, or with -n NAMESPACE")
+    if not items:
+        raise CliError("nothing to request: give RESOURCE=QUANTITY, e.g. requests.cpu=40")
+    values: dict[str, str] = {}
+    for item in items:
+        resource, sep, text = item.partition("=")
+        if not sep:
+            raise CliError(f"{item!r}: expected RESOURCE=QUANTITY, e.g. requests.cpu=40")
+        try:
+            parse_quantity(text)
+        except QuantityError as exc:
+            raise CliError(f"{resource}: {exc}") from exc
+        values[resource.strip()] = text.strip()
+    client = _client(args)
+    project = _get_project(client, args.project)
+    namespaces = list(project["spec"]["namespaces"])
+    for ns in namespaces:
+        if ns["name"] == args.namespace:
+            ns["requested"] = {**(ns.get("requested") or {}), **values}
+            break
+    else:
+        raise CliError(f"Project {args.project} does not govern namespace {args.namespace}", EXIT_NOT_FOUND)
+    # The admission policy wants the requester's own name on every change of the request: it is how
+    # Headroom knows that whoever signs the change off is another person.
+    requester = _whoami(client)
+    with calling(f"request a change of Project {args.project}"):
+        _custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, args.project, {
+            "metadata": {"annotations": {REQUESTED_BY_ANNOTATION: requester}},
+            "spec": {"namespaces": namespaces}})
+    updated = {**project, "spec": {**project["spec"], "namespaces": namespaces}}
+    spec = _parse(updated, args.project)
+    print(f"requested {', '.join(f'{k}={v}' for k, v in values.items())} for {args.namespace}; "
+          f"change id {change_id(spec)} awaits sign-off if it raises a quota")
+    return 0
+
+
+def expand_change_id(given: str, pending: str) -> str:
+    """The full pending id from its short form: `sha256:8d9d1a2b`, `8d9d1a2b`, or as docs abbreviate it,
+    `sha256:8d9d...`. Refuses an id that is not a prefix of the pending change (CliError)."""
+    text = given.strip().lower().rstrip(".…")
+    digits = text.removeprefix("sha256:")
+    if len(digits) < 4 or any(ch not in "0123456789abcdef" for ch in digits):
+        raise CliError(f"--id {given!r} is not a change id: give the pending id, or at least its first 4 hex "
+                       f"digits (e.g. {pending[:15]})")
+    if not pending.removeprefix("sha256:").startswith(digits):
+        raise CliError(f"refusing: {given} is not the pending change; the pending change is now {pending}: "
+                       "review it (headroom status) and approve that id", EXIT_CONFLICT)
+    return pending
+
+
+def _describe(entry: Mapping[str, Any]) -> str:
+    where = f"{entry.get('namespace')} {entry.get('resource')}"
+    if entry.get("from") is None:
+        return f"{where} to {entry.get('to')} (currently unlimited)"
+    return f"{where} from {entry.get('from')} to {entry.get('to')}"
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    client = _client(args)
+    project = _get_project(client, args.project)
+    spec = _parse(project, args.project)
+    # The diff and the id come from the Project's own status, written by Headroom from the quotas it
+    # governs: the CLI never reconstructs them from objects the reviewer may not be allowed to read.
+    pending = (project.get("status") or {}).get("pendingChange") or {}
+    published = pending.get("id")
+    requested = change_id(spec)
+    if not published:
+        raise CliError(f"Project {spec.name} has no pending change: what it asks for is in force, or Headroom "
+                       f"has not looked at its latest edit yet (headroom status {spec.name})", EXIT_CONFLICT)
+    if published != requested:
+        raise CliError(f"refusing: the request of Project {spec.name} changed (now {requested}) after Headroom "
+                       f"published the pending change {published}; wait a moment for its status and run the "
+                       "command again", EXIT_CONFLICT)
+    if args.id:
+        expand_change_id(args.id, published)
+    print(f"change {published} on Project {spec.name}:")
+    for entry in pending.get("diff") or []:
+        print(f"  {_describe(entry)}")
+    for entry in pending.get("loosens") or []:  # claims and settings the change loosens
+        print(f"  {entry.get('field')} from {entry.get('from')} to {entry.get('to')}")
+    if not args.yes and sys.stdin.isatty() and input("approve? [y/N] ").strip().lower() not in {"y", "yes"}:
+        print("not approved")
+        return EXIT_FAILED
+    who = args.approved_by or _whoami(client)
+    # resourceVersion makes the write fail if the request changed since it was shown.
+    patch = {"metadata": {"resourceVersion": project["metadata"]["resourceVersion"],
+                          "annotations": {APPROVED_CHANGE_ANNOTATION: published, APPROVED_BY_ANNOTATION: who}}}
+    with calling(f"approve {published} on Project {spec.name}"):
+        _custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, args.project, patch)
+    print(f"approved {published} as {who}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    project = _get_project(client, args.project)
+    status = project.get("status") or {}
+    out = {"project": args.project, "phase": status.get("phase"), "namespaces": status.get("namespaces"),
+           "pendingChange": status.get("pendingChange"), "lastAppliedChange": status.get("lastAppliedChange"),
+           "history": status.get("history"), "alerts": status.get("alerts"),
+           "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
+                          for c in status.get("conditions") or []]}
+    if args.output == "json":
+        print(json.dumps(out, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(out, sort_keys=False))
+    else:
+        print(f"Project {args.project}: {status.get('phase', 'unknown')}")
+        for ns in status.get("namespaces") or []:
+            print(f"  {ns['name']} ({ns.get('state')})")
+            for resource in sorted(ns.get("hard") or ns.get("recommended") or {}):
+                print(f"    {resource:<18} hard {ns.get('hard', {}).get(resource, '-'):>8}  "
+                      f"used {ns.get('used', {}).get(resource, '-'):>8}  "
+                      f"recommended {ns.get('recommended', {}).get(resource, '-'):>8}")
+        pending = status.get("pendingChange")
+        if pending:
+            print(f"  pending {pending['id']} since {pending.get('since')}: {pending.get('reason', '')}")
+        for entry in (status.get("history") or [])[-5:]:
+            print(f"  applied {entry.get('id')} at {entry.get('appliedAt')} by {entry.get('approvedBy')}")
+        for c in out["conditions"]:
+            print(f"  {c['type']}={c['status']} ({c['reason']}): {c['message']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- plan
+
+
+SAMPLER_HINT = ("pass --history-source=prometheus --prometheus-url=URL or --history-source=file "
+                "--history-file=FILE")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    # -n/--namespace and -v are kubectl's here (which namespace to show; error details), not the
+    # operator's own --namespace and --verbose.
+    settings = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in {"namespace", "verbose"}})
+    try:
+        config = config_from(settings)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from exc
+    only = getattr(args, "namespace", None)
+    used: dict[str, dict[str, Any]] = {}
+    daily_peaks: dict[str, Any] = {}
+    if args.file:
+        if config.history_source == "sampler":
+            # The sampler's peaks are kept on the quotas in the cluster, which a file does not have.
+            raise CliError(f"plan -f needs a history source: {SAMPLER_HINT} (the sampler's peaks live on the "
+                           "quotas in the cluster: run plan without -f to use them)")
+        projects = load_projects(Path(args.file))
+    else:
+        client = _client(args)
+        if args.project:
+            projects = [_get_project(client, args.project)]
+        else:
+            with calling("list Projects"):
+                projects = _custom(client).list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        for project in projects:
+            for ns in project.get("spec", {}).get("namespaces", []):
+                if only and ns["name"] != only:
+                    continue
+                quota = _read_quota(client, ns["name"], config.history_source == "sampler")
+                if quota is None:
+                    continue
+                seen = observe_quota(quota)
+                used[ns["name"]] = {"used": seen.used or {}, "hard": seen.governed,
+                                    "governed": GOVERNED_ANNOTATION in seen.annotations}
+                daily_peaks[ns["name"]] = decode(seen.annotations.get(DAILY_PEAKS_ANNOTATION))
+    rows = []
+    now = datetime.now(UTC)
+    for project in projects:
+        spec = _parse(project, args.file or project["metadata"]["name"])
+        if only and only not in spec.namespace_names:
+            continue
+        history = _history(config, spec, now, daily_peaks)
+        for ns in spec.namespace_names:
+            if only and ns != only:
+                continue
+            current = used.get(ns, {})
+            peaks = {r: history.peak(ns, r) for r in spec.quota.resources}
+            derivations = derive_namespace(spec.quota.resources, peaks, current.get("used", {}),
+                                           spec.quota.headroom_percent, spec.quota.minimum)
+            for resource, d in derivations.items():
+                hard = current.get("hard", {}).get(resource)
+                rows.append({
+                    "project": spec.name, "namespace": ns, "resource": resource,
+                    "peak": _fmt(d.peak, resource), "headroom": f"{d.headroom_percent}%",
+                    "floor": _fmt(d.floor, resource), "used": _fmt(d.used, resource),
+                    "recommended": _fmt(d.recommended, resource), "hard": _fmt(hard, resource),
+                    "why": d.reason + (f" (history: {history.error})" if history.error else ""),
+                })
+    if only and not rows:
+        raise CliError(f"no Project governs namespace {only}", EXIT_NOT_FOUND)
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(rows, sort_keys=False))
+    else:
+        _table(rows, ["project", "namespace", "resource", "peak", "headroom", "floor", "used",
+                      "recommended", "hard", "why"])
+    return 0
+
+
+def _read_quota(client: Any, namespace: str, for_sampler: bool) -> dict[str, Any] | None:
+    """Headroom's quota in a namespace as a plain dict; None when it has none yet. A quota that cannot
+    be read is an error, never taken for a missing one (that would show floors as the plan)."""
+    import kubernetes
+
+    core = kubernetes.client.CoreV1Api(client)
+    try:
+        with calling(f"read ResourceQuota {QUOTA_NAME} in {namespace}"):
+            return dict(client.sanitize_for_serialization(core.read_namespaced_resource_quota(QUOTA_NAME, namespace)))
+    except CliError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, kubernetes.client.ApiException) and cause.status == 404:
+            return None
+        if for_sampler and exc.code == EXIT_FORBIDDEN:
+            raise CliError(f"{exc}; the sampler's peaks are kept on the quotas, so plan reads them there, or "
+                           f"{SAMPLER_HINT}", exc.code, exc.detail) from cause
+        raise
+
+
+def _fmt(value: Any, resource: str) -> str:
+    return "-" if value is None else format_quantity(value, resource)
+
+
+def _history(config: Any, spec: Any, now: datetime, daily_peaks: Mapping[str, Any]) -> HistoryResult:
+    from headroom.shell.history.file import FileHistory
+    from headroom.shell.history.prometheus import DEFAULT_QUERIES, PrometheusHistory
+
+    query = PeakQuery(frozenset(spec.namespace_names), frozenset(spec.quota.resources), spec.quota.lookback, now)
+    if config.history_source == "prometheus":
+        source: Any = PrometheusHistory(config.prometheus_url, step=config.prometheus_step,
+                                        timeout=config.prometheus_timeout,
+                                        queries={**DEFAULT_QUERIES, **config.prometheus_queries})
+    elif config.history_source == "file":
+        source = FileHistory(config.history_file)
+    else:
+        # The operator's sampler keeps each namespace's daily peaks on its quota: the same numbers here.
+        source = SamplerHistory(lambda namespace: daily_peaks.get(namespace) or {})
+    return asyncio.run(source.peaks(query))
+
+
+def _table(rows: Sequence[Mapping[str, str]], columns: Sequence[str]) -> None:
+    widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import kubernetes
+
+    from headroom.shell.main import run
+
+    try:
+        config = config_from(args)
+    except ConfigError as exc:
+        raise CliError(f"invalid configuration: {exc}") from exc
+    try:
+        run(config)
+    except kubernetes.config.ConfigException as exc:
+        raise CliError(f"cannot find the cluster ({_one_line(str(exc))}): run in a Pod with a ServiceAccount, "
+                       "or set KUBECONFIG") from exc
+    return 0
+
+
+def _cluster_flags(parser: argparse.ArgumentParser) -> None:
+    """kubectl's global flags, accepted before or after the subcommand (as kubectl plugins do).
+
+    SUPPRESS as default: a value given before the subcommand is not reset by the subcommand's own
+    default afterwards.
+    """
+    group = parser.add_argument_group("cluster access (as kubectl)")
+    group.add_argument("--kubeconfig", default=argparse.SUPPRESS, metavar="PATH",
+                       help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+    group.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context to use")
+    group.add_argument("-n", "--namespace", default=argparse.SUPPRESS,
+                       help="request: the namespace to change; plan: show only this namespace")
+    group.add_argument("--as", dest="as_user", default=argparse.SUPPRESS, metavar="USER",
+                       help="act as this user (impersonation)")
+    group.add_argument("--as-group", dest="as_group", action="append", default=argparse.SUPPRESS,
+                       metavar="GROUP", help="act as a member of this group; may repeat (needs --as)")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, also show the server's answer and the traceback")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="headroom", description="Quotas derived from history, changed with sign-off.",
+        epilog="exit codes: 0 ok, 1 check failed or declined, 2 usage or configuration, 3 not found, "
+               "4 forbidden, 5 invalid, 6 conflict (nothing pending, another change pending, changed "
+               "meanwhile), 7 API server unreachable or failing, 70 internal error")
+    _cluster_flags(top)
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator")
+    build_parser(run)
+    run.set_defaults(func=cmd_run)
+
+    plan = sub.add_parser("plan", help="show what each quota would be and why; changes nothing")
+    plan.add_argument("project", nargs="?", help="one Project (default: all)")
+    plan.add_argument("-f", "--file", help="a Project YAML file instead of the cluster")
+    plan.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    build_parser(plan, exclude={"--namespace", "--verbose"})
+    _cluster_flags(plan)
+    plan.set_defaults(func=cmd_plan)
+
+    cid = sub.add_parser("change-id", help="the id of a Project file's change request")
+    cid.add_argument("file")
+    cid.set_defaults(func=cmd_change_id)
+
+    verify = sub.add_parser("verify", help="fail when an approval does not match its file's request")
+    verify.add_argument("files", nargs="+")
+    verify.set_defaults(func=cmd_verify)
+
+    request = sub.add_parser("request", help="request absolute hard values for a namespace",
+                             usage="headroom request PROJECT [NAMESPACE | -n NAMESPACE] RESOURCE=QUANTITY...")
+    request.add_argument("project")
+    request.add_argument("values", nargs="+", metavar="[NAMESPACE] RESOURCE=QUANTITY")
+    _cluster_flags(request)
+    request.set_defaults(func=cmd_request)
+
+    approve = sub.add_parser("approve", help="sign off the pending change of a Project")
+    approve.add_argument("project")
+    approve.add_argument("--id", help="refuse unless this is still the pending change (the full id, or its "
+                         "first hex digits: sha256:8d9d1a2b)")
+    approve.add_argument("--approved-by", help="name for the audit trail (default: who you are)")
+    approve.add_argument("--yes", action="store_true", help="do not ask")
+    _cluster_flags(approve)
+    approve.set_defaults(func=cmd_approve)
+
+    status = sub.add_parser("status", help="applied, pending, usage and history of a Project")
+    status.add_argument("project")
+    status.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    _cluster_flags(status)
+    status.set_defaults(func=cmd_status)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # `run` has the operator's --verbose ("true" when given); the other commands kubectl's -v.
+    verbose = bool(getattr(args, "verbose", False))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        error = exc if isinstance(exc, CliError) else _unexpected(exc)
+        print(f"error: {error}", file=sys.stderr)
+        if verbose:
+            if error.detail:
+                print(error.detail, file=sys.stderr)
+            traceback.print_exception(exc, file=sys.stderr)
+        return error.code
+
+
+def _unexpected(exc: Exception) -> CliError:
+    """An error no command turned into a sentence: still one line, the traceback only with -v."""
+    import kubernetes
+    import urllib3
+
+    if isinstance(exc, kubernetes.client.ApiException | urllib3.exceptions.HTTPError | OSError):
+        return api_error("talk to the API server", exc)
+    return CliError(f"{type(exc).__name__}: {_one_line(str(exc))} (a bug in Headroom; -v shows the traceback)",
+                    EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
