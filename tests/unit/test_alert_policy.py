@@ -24,9 +24,9 @@ from headroom.core.alert_policy import (
     state_from_status,
     state_to_status,
     undelivered_sinks,
-    utilization_percent,
 )
 from headroom.core.business_hours import BusinessHours, is_open, parse_business_hours
+from headroom.core.quantity import utilization_percent
 
 D = Decimal
 OFFICE = parse_business_hours("Mon-Fri 09:00-17:00 UTC")
@@ -81,7 +81,8 @@ def test_utilization_percent_is_exact() -> None:
     assert str(utilization_percent(D(8), D(10))) == "80"
     assert utilization_percent(D("0.5"), D(2)) == D(25)
     assert utilization_percent(3, 4) == D(75)
-    assert utilization_percent(D(1), D(3)) == D(100) / D(3)
+    assert utilization_percent(D(1), D(3)) == D("33.3")  # one rounding, to 0.1 %, for status, metrics and alerts
+    assert utilization_percent(D("7.996"), D(10)) == D(80)  # so an 80 % alert fires where the status says 80 %
     assert utilization_percent(D(12), D(10)) == D(120)
     assert Usage(D(9), D(10)).utilization == D(90)
 

@@ -39,6 +39,7 @@ from decimal import Decimal
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from headroom.core.business_hours import BusinessHours, add_business_days, next_opening
+from headroom.core.quantity import utilization_percent
 
 __all__ = [
     "DEFAULT_HYSTERESIS",
@@ -63,7 +64,6 @@ __all__ = [
     "state_from_status",
     "state_to_status",
     "undelivered_sinks",
-    "utilization_percent",
 ]
 
 _T = TypeVar("_T")
@@ -93,20 +93,7 @@ class Usage:
 
     @property
     def utilization(self) -> Decimal | None:
-        return utilization_percent(self.used, self.hard)
-
-
-def utilization_percent(used: Decimal | int, hard: Decimal | int) -> Decimal | None:
-    """``used / hard * 100`` as an exact-as-possible Decimal; ``None`` when there is no positive limit."""
-    used_d, hard_d = _decimal(used, "used"), _decimal(hard, "hard")
-    if hard_d <= 0:
-        return None
-    # Multiply first so whole-number percentages stay exact (8/10*100 would round through 0.8).
-    percent = (used_d * 100 / hard_d).normalize()
-    # normalize() strips trailing zeros ("85.0" -> "85") but writes 100 as "1E+2"; undo the latter so
-    # status and messages read naturally.
-    exponent = percent.as_tuple().exponent
-    return percent.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else percent
+        return utilization_percent(_decimal(self.used, "used"), _decimal(self.hard, "hard"))
 
 
 @dataclass(frozen=True)

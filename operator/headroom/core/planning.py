@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from headroom.core.changes import (
@@ -44,7 +44,7 @@ from headroom.core.names import (
     QUOTA_NAME,
     STATE_ANNOTATION,
 )
-from headroom.core.quantity import canonical, format_quantity, parse_quantity, resource_kind
+from headroom.core.quantity import canonical, format_quantity, parse_quantity, resource_kind, utilization_percent
 from headroom.core.spec import DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK, ProjectSpec
 
 COUNTING = "counting"
@@ -256,15 +256,6 @@ def _condition(kind: str, ok: bool, reason: str, message: str, generation: int |
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def percent(used: Decimal, hard: Decimal) -> Decimal | None:
-    if hard <= 0:
-        return None
-    try:
-        return (used * 100 / hard).quantize(Decimal("0.1"))
-    except InvalidOperation:
-        return None
 
 
 # --------------------------------------------------------------------------------------------- planner
@@ -509,7 +500,7 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     for name, governed in governed_all.items():
         for resource, hard_value in governed.items():
             value = used_all.get(name, {}).get(resource)
-            pct = percent(value, hard_value) if value is not None else None
+            pct = utilization_percent(value, hard_value) if value is not None else None
             if pct is not None:
                 utilization[(name, resource)] = pct
 

@@ -8,7 +8,16 @@ have to be recognisably the same amount.
 from __future__ import annotations
 
 import re
-from decimal import ROUND_CEILING, Context, Decimal, DivisionByZero, InvalidOperation, Overflow, localcontext
+from decimal import (
+    ROUND_CEILING,
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
 from typing import Literal
 
 __all__ = [
@@ -23,6 +32,7 @@ __all__ = [
     "parse_quantity",
     "resource_kind",
     "round_up",
+    "utilization_percent",
 ]
 
 ResourceKind = Literal["cpu", "memory", "count"]
@@ -214,3 +224,28 @@ def canonical(value: Decimal) -> str:
         return "0"
     with localcontext(CONTEXT):
         return format(value.normalize(), "f")
+
+
+_PERCENT_STEP = Decimal("0.1")
+
+
+def utilization_percent(used: Decimal | int, hard: Decimal | int) -> Decimal | None:
+    """How full a quota is: used as a percentage of hard, to 0.1 % (half up); None without a positive limit.
+
+    The one figure that status, metrics and alerts show and compare against thresholds, so that
+    "80 %" in one place is 80 % in all of them (7.996 of 10 is 80 %, and an 80 % alert fires).
+    """
+    for value in (used, hard):
+        # Floats would bring binary rounding back in; bools are not amounts.
+        if isinstance(value, bool) or not isinstance(value, int | Decimal):
+            raise TypeError(f"{value!r} is not an exact amount (Decimal or int)")
+    used_d, hard_d = Decimal(used), Decimal(hard)
+    if not used_d.is_finite():
+        raise ValueError(f"{used!r} is not a finite amount")
+    if not hard_d.is_finite() or hard_d <= 0:
+        return None
+    with localcontext(CONTEXT):
+        percent = (used_d * 100 / hard_d).quantize(_PERCENT_STEP, rounding=ROUND_HALF_UP).normalize()
+    # normalize() writes 100 as "1E+2": undo that, so status and messages read naturally.
+    exponent = percent.as_tuple().exponent
+    return percent.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else percent
