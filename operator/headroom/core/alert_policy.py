@@ -39,6 +39,7 @@ from decimal import Decimal
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from headroom.core.business_hours import BusinessHours, add_business_days, next_opening
+from headroom.core.conditions import condition
 from headroom.core.quantity import utilization_percent
 
 __all__ = [
@@ -51,10 +52,12 @@ __all__ = [
     "AlertPolicy",
     "AlertRecord",
     "AlertState",
+    "DeliveryOutcome",
     "Notification",
     "NotificationState",
     "Usage",
     "UtilizationInput",
+    "alert_conditions",
     "evaluate",
     "firing_alerts",
     "highest_utilization",
@@ -611,3 +614,32 @@ def _names(value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise TypeError(f"expected a list of names, got {value!r}")
     return frozenset(value)
+
+
+DeliveryOutcome = tuple[bool, str, str]  # (delivered, reason, message) of the last delivery attempt
+
+
+def alert_conditions(state: AlertState, *, hours: str, hours_problem: str | None, delivery: DeliveryOutcome | None,
+                     previous: Sequence[Mapping[str, Any]], generation: int | None,
+                     now: datetime) -> list[dict[str, Any]]:
+    """The conditions alerting adds to a Project's status: QuotaNearLimit, BusinessHoursValid and
+    AlertsDelivered (kept as it was when `delivery` is None: nothing was attempted or settled)."""
+    firing = firing_alerts(state)
+    if firing:
+        top = max(firing, key=lambda r: (r.key.threshold, r.utilization or 0))
+        near = condition("QuotaNearLimit", True, f"Above{top.key.threshold}Percent", "; ".join(
+            f"{r.key.namespace} {r.key.resource} at {r.utilization}% (>= {r.key.threshold}%)" for r in firing),
+            generation=generation, previous=previous, now=now)
+    else:
+        near = condition("QuotaNearLimit", False, "BelowThresholds", "every quota is below its alert thresholds",
+                         generation=generation, previous=previous, now=now)
+    valid = condition("BusinessHoursValid", hours_problem is None,
+                      "Parsed" if hours_problem is None else "InvalidBusinessHours",
+                      hours_problem or f"alerts are sent during {hours}",
+                      generation=generation, previous=previous, now=now)
+    conditions = [near, valid]
+    if delivery is not None:
+        conditions.append(condition("AlertsDelivered", *delivery, generation=generation, previous=previous, now=now))
+    else:
+        conditions.extend(dict(c) for c in previous if c.get("type") == "AlertsDelivered")
+    return conditions

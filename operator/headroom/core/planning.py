@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +35,7 @@ from headroom.core.changes import (
     tighter_terms,
 )
 from headroom.core.claims import Claim, judge_claim
+from headroom.core.conditions import condition, merge_conditions, rfc3339
 from headroom.core.derivation import Derivation, default_minimum, derive_namespace
 from headroom.core.names import (
     APPLIED_CHANGE_ANNOTATION,
@@ -244,20 +245,6 @@ def _json(values: Mapping[str, Decimal]) -> str:
     return json.dumps({r: canonical(v) for r, v in sorted(values.items())}, separators=(",", ":"))
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str, generation: int | None,
-               previous: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
-    status = "True" if ok else "False"
-    before = next((c for c in previous if c.get("type") == kind), None)
-    # The transition time moves only when the status flips, as Kubernetes conventions want.
-    since = before.get("lastTransitionTime") if before and before.get("status") == status else None
-    return {"type": kind, "status": status, "reason": reason, "message": message[:1024],
-            "observedGeneration": generation, "lastTransitionTime": since or _iso(now)}
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 # --------------------------------------------------------------------------------------------- planner
 
 
@@ -430,7 +417,7 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
                 approved_by = "auto-approval"
             else:
                 approved_by = "no sign-off needed (decrease)"
-            applied_record = {"id": pending.id, "approvedBy": approved_by, "appliedAt": _iso(now),
+            applied_record = {"id": pending.id, "approvedBy": approved_by, "appliedAt": rfc3339(now),
                               "diff": [c.to_status() for c in pending.changes]}
             if pending.loosened:
                 applied_record["loosens"] = [c.to_status() for c in pending.loosened]
@@ -580,10 +567,13 @@ def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any]
     if still_pending:
         before = old_status.get("pendingChange") or {}
         since = before.get("since") if before.get("id") == pending.id else None
-        status["pendingChange"] = {"id": pending.id, "since": since or _iso(now), **pending.to_status(),
+        status["pendingChange"] = {"id": pending.id, "since": since or rfc3339(now), **pending.to_status(),
                                    "reason": decision.reason}
         if not since and decision.action == "wait":
             events.append(Event("Normal", "ChangePending", decision.reason))
+    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+        return condition(kind, ok, reason, message, generation=generation, previous=old_conditions, now=now)
+
     conditions = []
     done = sum(1 for e in ns_status if e.get("state") in ("Governed", "Observed"))
     all_governed = done == len(spec.namespaces)
@@ -595,37 +585,30 @@ def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any]
     else:
         ready_reason = "Waiting"
         ready_message = "; ".join(waiting) or "waiting for the quota controller to report current use"
-    conditions.append(_condition("Ready", all_governed, ready_reason, ready_message, generation, old_conditions,
-                                 now))
+    conditions.append(cond("Ready", all_governed, ready_reason, ready_message))
     if observed.history_error is not None:
         history_message = (f"history is unavailable ({observed.history_error}); quotas are left as they "
                            "are and no quota is lowered until it answers")
-        conditions.append(_condition("HistoryAvailable", False, "HistoryUnavailable", history_message,
-                                     generation, old_conditions, now))
+        conditions.append(cond("HistoryAvailable", False, "HistoryUnavailable", history_message))
     elif history_failed:
-        conditions.append(_condition("HistoryAvailable", False, "HistoryPartial",
+        conditions.append(cond("HistoryAvailable", False, "HistoryPartial",
                                      "history answered only in part (missing or unusable series); quotas are "
-                                     "left as they are and new ones wait for a complete answer",
-                                     generation, old_conditions, now))
+                                     "left as they are and new ones wait for a complete answer"))
     elif no_history:
-        conditions.append(_condition("HistoryAvailable", False, "NoHistory",
+        conditions.append(cond("HistoryAvailable", False, "NoHistory",
                                      "no usage history for " + ", ".join(no_history)
-                                     + ": the minimum (or current use, if higher) applies",
-                                     generation, old_conditions, now))
+                                     + ": the minimum (or current use, if higher) applies"))
     else:
-        conditions.append(_condition("HistoryAvailable", True, "HistoryFound",
-                                     "peaks known for every namespace and resource", generation, old_conditions,
-                                     now))
+        conditions.append(cond("HistoryAvailable", True, "HistoryFound",
+                                     "peaks known for every namespace and resource"))
     if still_pending:
-        conditions.append(_condition("ChangePending", True, "AwaitingSignOff" if decision.action == "wait"
-                                     else "Clamped", decision.reason, generation, old_conditions, now))
+        conditions.append(cond("ChangePending", True, "AwaitingSignOff" if decision.action == "wait"
+                                     else "Clamped", decision.reason))
     else:
-        conditions.append(_condition("ChangePending", False, "NoChange", "no change is pending",
-                                     generation, old_conditions, now))
+        conditions.append(cond("ChangePending", False, "NoChange", "no change is pending"))
     if blocked:
         message = f"requested values for {', '.join(blocked)} wait until the namespace is governed"
-        conditions.append(_condition("ChangeBlocked", True, "NamespaceNotGoverned", message, generation,
-                                     old_conditions, now))
+        conditions.append(cond("ChangeBlocked", True, "NamespaceNotGoverned", message))
     status["conditions"] = conditions
     status["phase"] = ("Observing" if not enforced and all_governed else
                        "Pending" if still_pending and all_governed else
@@ -639,3 +622,9 @@ def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any]
         "enforcement": "Enforce" if enforced else "Observe",
     }
     return status
+
+
+def with_alerts(status: Mapping[str, Any], records: list[dict[str, Any]],
+                conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Project's status with what alerting decided: composed once, here, from values."""
+    return {**status, "alerts": records, "conditions": merge_conditions(status.get("conditions") or [], conditions)}

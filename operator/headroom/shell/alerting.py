@@ -13,7 +13,7 @@ import base64
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -22,10 +22,11 @@ import kubernetes
 
 from headroom.core.alert_policy import (
     AlertPolicy,
+    DeliveryOutcome,
     Notification,
     Usage,
+    alert_conditions,
     evaluate,
-    firing_alerts,
     mark_delivered,
     next_wakeup,
     state_from_status,
@@ -238,7 +239,7 @@ class Alerting:
         return active
 
     async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan,
-                       now: datetime) -> list[dict[str, Any]] | None:
+                       now: datetime) -> AlertOutcome:
         hours_problem = None
         try:
             hours = parse_business_hours(spec.owner.business_hours, spec.owner.holidays)
@@ -302,14 +303,12 @@ class Alerting:
         if owed and not any(p.startswith("webhook: ") for p in problems):
             self._secret_missing.discard(spec.name)
         self.metrics.webhook_secret_missing.set(len(self._secret_missing))
+        delivery: DeliveryOutcome | None = None
         if problems:
-            _set_condition(plan, body, now, "AlertsDelivered", False,
-                           "WebhookSecretMissing" if spec.name in self._secret_missing else "DeliveryFailed",
-                           "; ".join(problems) + "; retried until it succeeds")
+            delivery = (False, "WebhookSecretMissing" if spec.name in self._secret_missing else "DeliveryFailed",
+                        "; ".join(problems) + "; retried until it succeeds")
         elif owed or not state.records or all(not r.outbox for r in state.records):
-            _set_condition(plan, body, now, "AlertsDelivered", True, "Delivered", "every alert owed was delivered")
-        else:
-            _keep_condition(plan, body, "AlertsDelivered")
+            delivery = (True, "Delivered", "every alert owed was delivered")
         if failed:
             delays = self._retry.setdefault(spec.name, backoff_delays(base=2.0, cap=300.0))
             self.wake_at(spec.name, now + timedelta(seconds=next(delays)))
@@ -318,38 +317,17 @@ class Alerting:
             wake = next_wakeup(state)
             if wake is not None:
                 self.wake_at(spec.name, wake)
-        firing = firing_alerts(state)
-        if firing:
-            top = max(firing, key=lambda r: (r.key.threshold, r.utilization or 0))
-            message = "; ".join(f"{r.key.namespace} {r.key.resource} at {r.utilization}% (>= {r.key.threshold}%)"
-                                for r in firing)
-            _set_condition(plan, body, now, "QuotaNearLimit", True, f"Above{top.key.threshold}Percent", message)
-        else:
-            _set_condition(plan, body, now, "QuotaNearLimit", False, "BelowThresholds",
-                           "every quota is below its alert thresholds")
-        if hours_problem:
-            _set_condition(plan, body, now, "BusinessHoursValid", False, "InvalidBusinessHours", hours_problem)
-        else:
-            _set_condition(plan, body, now, "BusinessHoursValid", True, "Parsed", f"alerts are sent during {hours}")
-        return state_to_status(state)
+        conditions = alert_conditions(
+            state, hours=str(hours), hours_problem=hours_problem, delivery=delivery,
+            previous=(body.get("status") or {}).get("conditions") or [],
+            generation=body.get("metadata", {}).get("generation"), now=now)
+        return AlertOutcome(state_to_status(state), conditions)
 
 
-def _keep_condition(plan: Plan, body: Mapping[str, Any], kind: str) -> None:
-    old = next((c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
-    if old is not None:
-        conditions = plan.status.setdefault("conditions", [])
-        conditions[:] = [c for c in conditions if c.get("type") != kind]
-        conditions.append(dict(old))
+@dataclass(frozen=True)
+class AlertOutcome:
+    """What alerting adds to the status: the alert records (the outbox) and its conditions."""
 
+    records: list[dict[str, Any]]
+    conditions: list[dict[str, Any]]
 
-def _set_condition(plan: Plan, body: Mapping[str, Any], now: datetime, kind: str, ok: bool, reason: str,
-                   message: str) -> None:
-    status = "True" if ok else "False"
-    old = next((c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == kind), None)
-    # The transition time moves only when the status flips.
-    since = old.get("lastTransitionTime") if old is not None and old.get("status") == status else None
-    conditions = plan.status.setdefault("conditions", [])
-    conditions[:] = [c for c in conditions if c.get("type") != kind]
-    conditions.append({"type": kind, "status": status, "reason": reason, "message": message[:1024],
-                       "observedGeneration": plan.status.get("observedGeneration"),
-                       "lastTransitionTime": since or now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})

@@ -41,6 +41,7 @@ from headroom.core.planning import (
     observe_quota,
     plan_project,
     terms_in_force,
+    with_alerts,
 )
 from headroom.core.spec import ProjectSpec, SpecError, parse_project
 from headroom.shell.failpoints import async_failpoint
@@ -59,9 +60,14 @@ log = logging.getLogger("headroom")
 _FOREIGN_STATUS_KEYS = frozenset({"kopf"})
 
 
+class AlertOutcomeLike(Protocol):
+    records: list[dict[str, Any]]
+    conditions: list[dict[str, Any]]
+
+
 class AlertHook(Protocol):
     async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan,
-                       now: datetime) -> list[dict[str, Any]] | None: ...
+                       now: datetime) -> AlertOutcomeLike: ...
 
 
 class IndexedDict(dict[str, dict[str, Any]]):
@@ -430,11 +436,10 @@ class Reconciler:
             for event in plan.events:
                 await self._announce(body, event)
             return
-        status = dict(plan.status)
+        status = plan.status
         if self.alerts is not None:
-            alerts = await self.alerts(spec, body, plan, now)
-            if alerts is not None:
-                status["alerts"] = alerts
+            outcome = await self.alerts(spec, body, plan, now)
+            status = with_alerts(plan.status, outcome.records, outcome.conditions)
         await self._write_status(body, status)
         if applying:
             await async_failpoint("approved-change-after-status-write")
