@@ -437,3 +437,19 @@ def test_nobody_rewrites_who_signed_off(
         assert "approved-by must be your own user name (dana)" in message
     wait_for(lambda: get_project(admin)["status"].get("lastAppliedChange", {}).get("approvedBy") == "bob", 20,
              "the change recorded as approved by bob")
+
+
+def test_raising_a_container_default_names_its_requester_and_waits(
+        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    dana = cluster.impersonate("dana", TEAM)
+
+    def bigger(spec: dict[str, Any]) -> None:
+        spec["defaults"] = {"requests": {"cpu": "50"}, "limits": {"cpu": "50"}}
+
+    assert "headroom.dev/requested-by=dana" in denied(lambda: patch(dana, {"spec": {"defaults": {
+        "requests": {"cpu": "50"}, "limits": {"cpu": "50"}}}}))
+    edit_spec(dana, "dana", bigger)
+    fields = {item["field"] for item in settled(admin)["pendingChange"]["loosens"]}
+    assert {"spec.defaults.requests.cpu", "spec.defaults.limits.cpu"} <= fields
+    limitrange = k8s.CoreV1Api(admin).read_namespaced_limit_range("headroom-defaults", payments[0])
+    assert limitrange.spec.limits[0].default_request["cpu"] == "100m"  # the approved default holds meanwhile

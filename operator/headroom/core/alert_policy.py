@@ -39,7 +39,7 @@ from decimal import Decimal
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from headroom.core.business_hours import BusinessHours, add_business_days, next_opening
-from headroom.core.conditions import condition
+from headroom.core.conditions import condition, rfc3339
 from headroom.core.quantity import utilization_percent
 
 __all__ = [
@@ -543,8 +543,7 @@ def _utc(moment: datetime, name: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+_iso = rfc3339
 
 
 def _decimal(value: object, name: str) -> Decimal:

@@ -628,3 +628,14 @@ def with_alerts(status: Mapping[str, Any], records: list[dict[str, Any]],
                 conditions: list[dict[str, Any]]) -> dict[str, Any]:
     """The Project's status with what alerting decided: composed once, here, from values."""
     return {**status, "alerts": records, "conditions": merge_conditions(status.get("conditions") or [], conditions)}
+
+
+def invalid_status(body: Mapping[str, Any], error: Exception, now: datetime) -> dict[str, Any]:
+    """The status of a Project the operator cannot read: the rest of its status kept, Ready=False naming
+    the field (the schema normally refuses such a Project first)."""
+    generation = body.get("metadata", {}).get("generation")
+    old = dict(body.get("status") or {})
+    ready = condition("Ready", False, "InvalidSpec", str(error), generation=generation,
+                      previous=old.get("conditions") or [], now=now)
+    return {**{k: v for k, v in old.items() if k != "conditions"}, "phase": "Invalid",
+            "observedGeneration": generation, "conditions": [ready]}

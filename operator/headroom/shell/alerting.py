@@ -39,6 +39,7 @@ from headroom.core.business_hours import (
     next_opening,
     parse_business_hours,
 )
+from headroom.core.conditions import rfc3339
 from headroom.core.planning import Event, Plan
 from headroom.core.quantity import format_quantity
 from headroom.core.spec import ProjectSpec
@@ -86,7 +87,7 @@ class Delivery:
             "hard": format_quantity(n.hard, n.resource) if n.hard is not None else None,
             "utilization": str(n.utilization) if n.utilization is not None else None,
             "threshold": n.threshold, "state": n.state, "severity": self.severity,
-            "since": n.since.strftime("%Y-%m-%dT%H:%M:%SZ"), "repeat": n.repeat, "text": self.text(),
+            "since": rfc3339(n.since), "repeat": n.repeat, "text": self.text(),
         }
 
 
@@ -162,9 +163,8 @@ class AlertmanagerSink:
                        "threshold": str(n.threshold), "severity": delivery.severity},
             "annotations": {"summary": delivery.text(), "contacts": ", ".join(delivery.contacts),
                             "utilization": str(n.utilization), "notification_id": n.id},
-            "startsAt": starts.strftime("%Y-%m-%dT%H:%M:%SZ") if n.state == "firing"
-            else _alert_start(n).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "endsAt": ends.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "startsAt": rfc3339(starts) if n.state == "firing" else rfc3339(_alert_start(n)),
+            "endsAt": rfc3339(ends),
             "generatorURL": f"headroom://projects/{delivery.project}",
         }
 

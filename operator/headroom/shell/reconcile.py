@@ -37,6 +37,7 @@ from headroom.core.planning import (
     Observed,
     Plan,
     Settings,
+    invalid_status,
     observe_limitrange,
     observe_quota,
     plan_project,
@@ -416,7 +417,7 @@ class Reconciler:
         try:
             spec = parse_project(body)
         except SpecError as exc:
-            await self._write_status(body, self._invalid_status(body, exc, now))
+            await self._write_status(body, invalid_status(body, exc, now))
             return
         terms = terms_in_force(spec, body, self.settings)
         history = await self.history.get(set(spec.namespace_names), set(terms.resources),
@@ -534,17 +535,6 @@ class Reconciler:
             message = (f"ResourceQuota {QUOTA_NAME} in {namespace} was changed by {which} {', '.join(foreign)}; "
                        "restored to the governed values (change quotas through the Project instead)")
             asyncio.get_running_loop().create_task(self._announce(body, Event("Warning", "QuotaRestored", message)))
-
-    def _invalid_status(self, body: Mapping[str, Any], exc: SpecError, now: datetime) -> dict[str, Any]:
-        generation = body.get("metadata", {}).get("generation")
-        old = (body.get("status") or {}).get("conditions") or []
-        before = next((c for c in old if c.get("type") == "Ready"), {})
-        since = before.get("lastTransitionTime") if before.get("reason") == "InvalidSpec" else None
-        return {**{k: v for k, v in (body.get("status") or {}).items() if k != "conditions"},
-                "phase": "Invalid", "observedGeneration": generation,
-                "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
-                                "message": str(exc)[:1024], "observedGeneration": generation,
-                                "lastTransitionTime": since or now.strftime("%Y-%m-%dT%H:%M:%SZ")}]}
 
     async def _write_status(self, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         old = {k: v for k, v in (body.get("status") or {}).items() if k not in _FOREIGN_STATUS_KEYS}
