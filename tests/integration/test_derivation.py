@@ -295,12 +295,14 @@ def test_floor_and_current_use_win_over_a_lower_peak(
     project = create_project([namespace], quota={"minimum": {**LOW_MINIMUM, "requests.memory": "2Gi"}})
 
     quota = quota_in_state(admin, namespace, "governed")
+    # limits.memory: peak + 20 % is 600Mi, but a limit is never below the request beside it (2Gi).
     assert quota.spec.hard == {"requests.cpu": "2700m", "requests.memory": "2Gi", "limits.cpu": "3",
-                               "limits.memory": "600Mi", "pods": "3"}
+                               "limits.memory": "2Gi", "pods": "3"}
     entry = namespace_status(wait_condition(admin, project["metadata"]["name"], "HistoryAvailable", "True",
                                             "HistoryFound"))
     assert entry["reasons"] == {"requests.cpu": "current use", "requests.memory": "minimum",
-                                "limits.cpu": "current use", "limits.memory": "peak+20%", "pods": "current use"}
+                                "limits.cpu": "current use", "limits.memory": "at least requests.memory",
+                                "pods": "current use"}
     assert entry["used"] == {"requests.cpu": "2700m", "requests.memory": "300Mi", "limits.cpu": "3",
                              "limits.memory": "450Mi", "pods": "3"}
     # Governed at current use: full, but nothing already running is over its quota.

@@ -17,7 +17,6 @@ from headroom.core.alert_policy import (
     Usage,
     evaluate,
     firing_alerts,
-    highest_utilization,
     mark_delivered,
     next_wakeup,
     pending_notifications,
@@ -753,19 +752,6 @@ def test_timestamps_in_other_offsets_are_normalized_to_utc() -> None:
 
 
 # ------------------------------------------------------------------------------------------- summaries
-
-
-def test_highest_utilization() -> None:
-    assert highest_utilization({}) is None
-    assert highest_utilization({CPU: Usage(D(1), D(0))}) is None
-    values: dict[tuple[str, str], Decimal | Usage] = {
-        ("b", "pods"): D(70),
-        ("a", "requests.cpu"): Usage(D(9), D(10)),
-        ("c", "limits.memory"): D("89.5"),
-    }
-    assert highest_utilization(values) == ("a", "requests.cpu", D(90))
-    tie: dict[tuple[str, str], Decimal] = {("b", "pods"): D(90), ("a", "pods"): D(90), ("a", "cpu"): D(10)}
-    assert highest_utilization(tie) == ("a", "pods", D(90))
 
 
 def test_firing_alerts_follow_hysteresis_state() -> None:

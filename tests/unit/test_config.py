@@ -1,12 +1,18 @@
-"""parse_config: flags, HEADROOM_* environment variables, defaults, and refusals that name the flag."""
+"""The operator's configuration (`headroom run`): flags, HEADROOM_* variables, defaults, refusals naming the flag."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from headroom.shell.config import ConfigError, OperatorConfig, parse_config
+from headroom.shell.config import ConfigError, OperatorConfig, build_parser, config_from
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str]) -> OperatorConfig:
+    """What `headroom run ARGV` configures, with ENVIRON as the process environment."""
+    return config_from(build_parser().parse_args(list(argv)), environ)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from headroom.core.derivation import (
     default_minimum,
     derive,
     derive_namespace,
-    never_lower,
 )
 from headroom.core.quantity import GI, MI, format_quantity, parse_quantity
 
@@ -205,23 +204,3 @@ def test_derive_namespace_uses_spec_minimum_then_default() -> None:
 
 def test_derive_namespace_with_no_resources() -> None:
     assert derive_namespace([], {}, {}, 20, {}) == {}
-
-
-@pytest.mark.parametrize(
-    ("complete", "expected"),
-    [
-        (True, {"requests.cpu": D(2), "pods": D(30), "services": D(4)}),
-        (False, {"requests.cpu": D(4), "pods": D(30), "services": D(4)}),
-    ],
-)
-def test_never_lower(complete: bool, expected: dict[str, Decimal]) -> None:
-    current = {"requests.cpu": D(4), "pods": D(20), "limits.cpu": D(8)}
-    proposed = {"requests.cpu": D(2), "pods": D(30), "services": D(4)}
-    assert never_lower(current, proposed, history_complete=complete) == expected
-
-
-def test_never_lower_returns_a_copy() -> None:
-    proposed = {"pods": D(3)}
-    result = never_lower({}, proposed, history_complete=True)
-    result["pods"] = D(99)
-    assert proposed == {"pods": D(3)}

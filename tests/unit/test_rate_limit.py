@@ -7,8 +7,10 @@ import itertools
 import types
 
 import pytest
+from headroom.shell import backoff
 from headroom.shell import kube as kube_io
-from headroom.shell.kube import TokenBucket, backoff_delays
+from headroom.shell.backoff import backoff_delays
+from headroom.shell.kube import TokenBucket
 
 
 class FakeTime:
@@ -120,7 +122,7 @@ def test_backoff_bounds_double_up_to_the_cap(monkeypatch: pytest.MonkeyPatch) ->
         bounds.append((low, high))
         return high
 
-    monkeypatch.setattr(kube_io.random, "uniform", uniform)
+    monkeypatch.setattr(backoff.random, "uniform", uniform)
     delays = list(itertools.islice(backoff_delays(base=0.5, cap=10.0), 8))
     # base x 2^n: 0.5, 1, 2, 4, 8, then the cap of 10.
     assert bounds == [(0, 0.5), (0, 1.0), (0, 2.0), (0, 4.0), (0, 8.0), (0, 10.0), (0, 10.0), (0, 10.0)]

@@ -41,10 +41,9 @@ from typing import Any, Literal, NamedTuple, TypeVar
 from headroom.core.business_hours import BusinessHours, add_business_days, next_opening
 from headroom.core.conditions import condition, rfc3339
 from headroom.core.quantity import utilization_percent
+from headroom.core.spec import DEFAULT_HYSTERESIS, DEFAULT_THRESHOLDS
 
 __all__ = [
-    "DEFAULT_HYSTERESIS",
-    "DEFAULT_THRESHOLDS",
     "FIRING",
     "FULL",
     "RESOLVED",
@@ -60,7 +59,6 @@ __all__ = [
     "alert_conditions",
     "evaluate",
     "firing_alerts",
-    "highest_utilization",
     "mark_delivered",
     "next_wakeup",
     "pending_notifications",
@@ -75,8 +73,6 @@ NotificationState = Literal["firing", "resolved"]
 FIRING: NotificationState = "firing"
 RESOLVED: NotificationState = "resolved"
 
-DEFAULT_THRESHOLDS = (80, 90, 100)
-DEFAULT_HYSTERESIS = Decimal(5)
 #: Thresholds at or above this are "full" and may bypass business hours.
 FULL = 100
 
@@ -108,7 +104,7 @@ class AlertPolicy:
     """
 
     thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
-    hysteresis: Decimal = DEFAULT_HYSTERESIS
+    hysteresis: Decimal = Decimal(DEFAULT_HYSTERESIS)
     cooldown: timedelta | None = None
     urgent_when_full: bool = False
 
@@ -425,15 +421,6 @@ def next_wakeup(state: AlertState) -> datetime | None:
 def firing_alerts(state: AlertState) -> list[AlertRecord]:
     """Records currently firing (hysteresis state, regardless of notification), by key."""
     return [r for r in state.records if r.firing]
-
-
-def highest_utilization(utilization: UtilizationInput) -> tuple[str, str, Decimal] | None:
-    """The (namespace, resource, percent) closest to its limit; ties go to the smallest key."""
-    best: tuple[str, str, Decimal] | None = None
-    for (namespace, resource), observation in sorted(_observe(utilization).items()):
-        if best is None or observation.utilization > best[2]:
-            best = (namespace, resource, observation.utilization)
-    return best
 
 
 # ------------------------------------------------------------------------------------------------ status

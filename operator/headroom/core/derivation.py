@@ -27,7 +27,6 @@ __all__ = [
     "default_minimum",
     "derive",
     "derive_namespace",
-    "never_lower",
     "one_container",
 ]
 
@@ -197,22 +196,3 @@ def derive_namespace(
             derived[resource] = replace(derivation, recommended=paired.recommended,
                                         reason=f"at least {paired.resource}")
     return derived
-
-
-def never_lower(
-    current: Mapping[str, Decimal],
-    proposed: Mapping[str, Decimal],
-    history_complete: bool,
-) -> dict[str, Decimal]:
-    """Missing data is unknown, never zero: a failed, empty or partial query never lowers a quota.
-
-    With incomplete history a proposal may still raise a value (more room is
-    always safe), but wherever it is lower than the current value, the current
-    value stays. Only resources present in `proposed` are returned.
-    """
-    if history_complete:
-        return dict(proposed)
-    return {
-        resource: max(value, current[resource]) if resource in current else value
-        for resource, value in proposed.items()
-    }

@@ -43,8 +43,9 @@ from headroom.core.conditions import rfc3339
 from headroom.core.planning import Event, Plan
 from headroom.core.quantity import format_quantity
 from headroom.core.spec import ProjectSpec
+from headroom.shell.backoff import backoff_delays
 from headroom.shell.config import OperatorConfig
-from headroom.shell.kube import KubeWriter, backoff_delays
+from headroom.shell.kube import KubeWriter
 from headroom.shell.metrics import Metrics
 
 log = logging.getLogger("headroom.alerts")

@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -238,7 +238,3 @@ def _promql_duration(text: str) -> str:
     if not _PROMQL_DURATION.match(text.strip()) or not any(ch in "123456789" for ch in text):
         raise ConfigError(f"--prometheus-step must be a PromQL duration such as 30s, 5m or 1h, got {text!r}")
     return text.strip()
-
-
-def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> OperatorConfig:
-    return config_from(build_parser().parse_args(list(argv)), environ)

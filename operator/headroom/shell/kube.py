@@ -16,7 +16,6 @@ import heapq
 import itertools
 import logging
 import math
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,6 +42,7 @@ from headroom.core.names import (
     VERSION,
 )
 from headroom.core.planning import DesiredLimitRange, DesiredQuota, Event
+from headroom.shell.backoff import backoff_delays
 
 log = logging.getLogger("headroom")
 
@@ -140,13 +140,6 @@ class TokenBucket:
             self._hand_over()
             raise
 
-
-def backoff_delays(base: float = 0.5, cap: float = 60.0) -> Any:
-    """Exponential backoff with full jitter (never the same delay twice across replicas)."""
-    attempt = 0
-    while True:
-        yield random.uniform(0, min(cap, base * 2**attempt))
-        attempt += 1
 
 
 def is_retryable(exc: BaseException) -> bool:

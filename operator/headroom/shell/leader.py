@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client import ApiException
 
+from headroom.shell.backoff import jittered
 from headroom.shell.failpoints import failpoint
 from headroom.shell.kube import REQUEST_TIMEOUT
 
@@ -158,7 +158,7 @@ class LeaderElector:
                 self.problem = problem
             except Exception as exc:  # OSError, urllib3's errors: the API server is away, try again later
                 log.warning("lease check failed: %s", exc or type(exc).__name__)
-            await asyncio.sleep(self.retry_seconds * random.uniform(0.8, 1.2))
+            await asyncio.sleep(jittered(self.retry_seconds, 0.2))
 
     async def hold(self) -> None:
         """Renew until renewing fails for a whole lease duration; then return (leadership is lost)."""
@@ -166,7 +166,7 @@ class LeaderElector:
         deadline = self.lease_seconds - self.renew_seconds  # stop acting a little before the lease ends
         pause = self.renew_seconds
         while True:
-            await asyncio.sleep(pause * random.uniform(0.9, 1.1))
+            await asyncio.sleep(jittered(pause))
             pause = self.renew_seconds
             left = deadline - (self.clock() - last_renewed)
             try:

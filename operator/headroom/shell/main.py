@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -40,6 +39,7 @@ from headroom.core.names import (
 from headroom.core.planning import Settings
 from headroom.core.spec import SpecError, parse_duration
 from headroom.shell.alerting import Alerting, build_sinks
+from headroom.shell.backoff import backoff_delays, jittered
 from headroom.shell.config import OperatorConfig
 from headroom.shell.history.file import FileHistory
 from headroom.shell.history.prometheus import DEFAULT_QUERIES, PrometheusHistory
@@ -139,10 +139,7 @@ class JitteredBackoffs:
         self.attempts, self.first, self.cap = attempts, first, cap
 
     def __iter__(self) -> Iterator[float]:
-        delay = self.first
-        for _ in range(self.attempts):
-            yield random.uniform(delay / 2, delay)
-            delay = min(delay * 2, self.cap)
+        return backoff_delays(self.first, self.cap, self.attempts)
 
 
 def _unchanged(before: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
@@ -201,7 +198,7 @@ class Runtime:
         interval = self.config.resync_interval.total_seconds()
         while True:
             # Jitter keeps replicas and restarts from querying in lockstep.
-            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            await asyncio.sleep(jittered(interval))
             wanted: dict[timedelta, set[tuple[str, str]]] = {}
             for body in list(self.store.projects.values()):
                 spec = body.get("spec") or {}
@@ -249,9 +246,6 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False  # Headroom posts its own, meaningful Events
         settings.scanning.disabled = True
-        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
-        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
-            field="status.kopf.last-handled-configuration")
         settings.watching.label_selectors["v1", "resourcequotas"] = MANAGED_SELECTOR
         settings.watching.label_selectors["v1", "limitranges"] = MANAGED_SELECTOR
         settings.watching.connect_timeout = 10
@@ -367,15 +361,15 @@ def _plain(body: Mapping[str, Any], keep_managed_fields: bool = True) -> dict[st
 
 
 async def _prime_with_retry(runtime: Runtime) -> None:
-    delay = 1.0
+    delays = backoff_delays(base=2.0, cap=60.0)
     while True:
         try:
             await runtime.prime()
             return
         except Exception as exc:
+            delay = next(delays)
             log.warning("cannot load quotas and namespaces yet (%s); retrying in %.0fs", exc, delay)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 60)
+            await asyncio.sleep(delay)
 
 
 def run(config: OperatorConfig) -> None:

@@ -14,7 +14,6 @@ import itertools
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ from headroom.core.history import HistoryResult, HistorySource, PeakQuery, decod
 from headroom.core.names import (
     DAILY_PEAKS_ANNOTATION,
     FIELD_MANAGER,
-    LIMITRANGE_NAME,
     PROJECT_LABEL,
     QUOTA_NAME,
     STATE_ANNOTATION,
@@ -45,11 +43,11 @@ from headroom.core.planning import (
     with_alerts,
 )
 from headroom.core.spec import ProjectSpec, SpecError, parse_project
+from headroom.shell.backoff import backoff_delays, jittered
 from headroom.shell.failpoints import async_failpoint
 from headroom.shell.kube import (
     WRITE_PRIORITY,
     KubeWriter,
-    backoff_delays,
     is_retryable,
     is_unreachable,
 )
@@ -364,7 +362,7 @@ class Reconciler:
         finally:
             self._unreachable.pop(name, None)
         if wake.is_set():
-            await asyncio.sleep(random.uniform(0, 1.0))  # jitter: not every Project at once
+            await asyncio.sleep(jittered(0.5, 1.0))  # not every Project at once
 
     async def _work(self, name: str) -> None:
         WRITE_PRIORITY.set(self._order.get(name, math.inf))  # this task's own context
@@ -577,10 +575,3 @@ def _normalized(value: Any) -> Any:
     if isinstance(value, list):
         return [_normalized(v) for v in value]
     return value
-
-
-def quota_project(obj: Mapping[str, Any]) -> str | None:
-    meta = obj.get("metadata", {})
-    if meta.get("name") not in (QUOTA_NAME, LIMITRANGE_NAME):
-        return None
-    return (meta.get("labels") or {}).get(PROJECT_LABEL)

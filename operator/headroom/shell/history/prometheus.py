@@ -8,7 +8,6 @@ platform with other metric names can replace them (`--prometheus-query RESOURCE=
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import aiohttp
 
 from headroom.core.history import HistoryResult, PeakQuery
 from headroom.core.quantity import CONTEXT, resource_kind
+from headroom.shell.backoff import backoff_delays
 
 # Prometheus adds in float64 (1.1 + 1.1 + 1.1 is 3.3000000000000003), and the derivation rounds every
 # excess up to a whole millicore or Mi. Requests and limits are whole millicores and bytes, so the
@@ -87,7 +87,7 @@ class PrometheusHistory:
     name: str = "prometheus"
 
     async def _query(self, session: aiohttp.ClientSession, promql: str, at: float) -> dict[str, Any]:
-        delay = 0.5
+        delays = backoff_delays(base=0.5, cap=8.0)
         last: Exception | None = None
         for attempt in range(self.attempts):
             try:
@@ -104,9 +104,7 @@ class PrometheusHistory:
             except (aiohttp.ClientError, TimeoutError, RuntimeError, ValueError) as exc:
                 last = exc
                 if attempt + 1 < self.attempts:
-                    # Exponential backoff with full jitter, so that replicas do not retry in step.
-                    await asyncio.sleep(random.uniform(0, delay))
-                    delay *= 2
+                    await asyncio.sleep(next(delays))
         return {"error": f"Prometheus at {self.url} unavailable: {last!s}"}
 
     async def peaks(self, query: PeakQuery) -> HistoryResult:
