@@ -230,12 +230,14 @@ def test_a_restarted_operator_converges_without_writing(
                 get_project(admin, project_name)["metadata"]["resourceVersion"])
 
     before = versions()
+    status_before = get_project(admin, project_name).get("status")
     operator.stop()
     restarted = start_operator()
     wait_for(lambda: restarted.metric("headroom_reconcile_duration_seconds_count") >= 1, 30,
              "a reconcile after restart")
     time.sleep(5)
-    assert versions() == before
+    after = get_project(admin, project_name)
+    assert versions() == before, (status_before, after.get("status"))
     assert restarted.metric("headroom_api_writes_total") == 0
 
 

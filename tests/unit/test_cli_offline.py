@@ -148,3 +148,54 @@ current-context: c
         server.close()
     assert result.returncode == EXIT_UNREACHABLE, result.stderr
     assert one_line(result).startswith("error: cannot read Project payments:")
+
+
+def test_plan_decides_as_the_operator_does(tmp_path: Path) -> None:
+    """`headroom plan` calls the operator's planner: a floor fits one default container, and limits.X is
+    never below requests.X (its own derivation used to forget both)."""
+    project = tmp_path / "p.yaml"
+    project.write_text("""
+apiVersion: headroom.dev/v1alpha1
+kind: Project
+metadata: {name: search}
+spec:
+  owner: {team: search}
+  namespaces: [{name: search}]
+  quota:
+    resources: [requests.memory, limits.memory, requests.ephemeral-storage]
+    minimum: {requests.memory: 8Gi}
+  defaults:
+    requests: {ephemeral-storage: 30Gi}
+""")
+    history = tmp_path / "h.csv"
+    history.write_text("time,namespace,resource,value\n")
+    shown = headroom("plan", "-f", str(project), "--history-source=file", f"--history-file={history}", "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    import json
+
+    rows = {r["resource"]: r for r in json.loads(shown.stdout)}
+    assert rows["requests.ephemeral-storage"]["recommended"] == "30Gi"
+    assert rows["limits.memory"]["recommended"] == "8Gi" and rows["limits.memory"]["why"] == "at least requests.memory"
+
+
+def test_the_operator_and_the_cli_find_credentials_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit KUBECONFIG wins over the Pod's ServiceAccount, for both (the operator used to try in-cluster
+    credentials first, the CLI a kubeconfig first)."""
+    from headroom.shell.kube import api_client
+
+    config = tmp_path / "kubeconfig"
+    config.write_text("""
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://kubeconfig.example:6443"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+""")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    assert api_client().configuration.host == "https://kubeconfig.example:6443"
+    monkeypatch.delenv("KUBECONFIG")
+    with pytest.raises(Exception, match="token|service"):  # in a Pod without its token: in-cluster, not ~/.kube
+        api_client()

@@ -232,6 +232,8 @@ class Plan:
     used: Mapping[str, Values]
     governed: Mapping[str, Values]
     released: tuple[str, ...] = ()  # namespaces that left the Project: their quota stays as it is
+    # namespace -> resource -> how its recommendation came about (what `headroom plan` shows)
+    derivations: Mapping[str, Mapping[str, Derivation]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -297,6 +299,7 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     governed_all: dict[str, Values] = {}
     used_all: dict[str, Values] = {}
     recommended_all: dict[str, Values] = {}
+    derivations_all: dict[str, dict[str, Derivation]] = {}
     ready_namespaces: list[str] = []
     no_history: list[str] = []
 
@@ -340,6 +343,7 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
                                        in_force.minimum, in_force.container)
         recommended = {r: d.recommended for r, d in derivations.items()}
         recommended_all[name] = recommended
+        derivations_all[name] = derivations
         entry["peak"] = _text({r: p for r, p in peaks.items() if p is not None})
         entry["recommended"] = _text(recommended)
         entry["reasons"] = {r: d.reason for r, d in sorted(derivations.items())}
@@ -501,7 +505,7 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
             f"it by deleting ResourceQuota {QUOTA_NAME} there, or a Project that governs {ns} takes it over")}
             for ns in released]
     return Plan(tuple(quotas), tuple(limitranges), delete_in, status, tuple(events), utilization,
-                used_all, governed_all, released)
+                used_all, governed_all, released, derivations_all)
 
 
 def _approved_record(old_status: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -30,14 +30,12 @@ from typing import Any
 
 import yaml
 
-from headroom.core.changes import change_id
-from headroom.core.derivation import derive_namespace
-from headroom.core.history import HistoryResult, PeakQuery, decode
+from headroom.core.changes import Terms, change_id
+from headroom.core.history import DailyPeaks, HistoryResult, PeakQuery, decode
 from headroom.core.names import (
     APPROVED_BY_ANNOTATION,
     APPROVED_CHANGE_ANNOTATION,
     DAILY_PEAKS_ANNOTATION,
-    GOVERNED_ANNOTATION,
     GROUP,
     KIND,
     PLURAL,
@@ -45,11 +43,10 @@ from headroom.core.names import (
     REQUESTED_BY_ANNOTATION,
     VERSION,
 )
-from headroom.core.planning import observe_quota
+from headroom.core.planning import Observed, Settings, observe_quota, plan_project, terms_in_force
 from headroom.core.quantity import QuantityError, format_quantity, parse_quantity
-from headroom.core.spec import SpecError, parse_project
-from headroom.shell.config import ConfigError, build_parser, config_from
-from headroom.shell.history.sampler import SamplerHistory
+from headroom.core.spec import ProjectSpec, SpecError, parse_project
+from headroom.shell.config import ConfigError, OperatorConfig, build_parser, config_from
 
 # Exit codes by kind of failure, so that scripts can tell "not allowed" from "try again" (README).
 EXIT_OK = 0
@@ -213,16 +210,14 @@ def _client(args: argparse.Namespace) -> Any:
     groups = list(getattr(args, "as_group", None) or [])
     if groups and not user:
         raise CliError("--as-group needs --as: the API server impersonates groups only together with a user")
-    config = kubernetes.client.Configuration()
+    from headroom.shell.kube import api_client  # imported when needed: offline commands stay quick
+
     try:
-        kubernetes.config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=config)
+        client = api_client(kubeconfig, context)
     except (kubernetes.config.ConfigException, OSError) as exc:
-        if kubeconfig or context or "KUBERNETES_SERVICE_HOST" not in os.environ:
-            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-            raise CliError(f"no usable kubeconfig ({where}: {_one_line(str(exc))}); pass --kubeconfig and "
-                           "--context, or set KUBECONFIG", EXIT_USAGE) from exc
-        kubernetes.config.load_incluster_config(client_configuration=config)
-    client = kubernetes.client.ApiClient(config)
+        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise CliError(f"no usable kubeconfig ({where}: {_one_line(str(exc))}); pass --kubeconfig and "
+                       "--context, or set KUBECONFIG", EXIT_USAGE) from exc
     if user:
         client.set_default_header("Impersonate-User", user)
     if groups:
@@ -424,14 +419,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
     only = getattr(args, "namespace", None)
-    used: dict[str, dict[str, Any]] = {}
-    daily_peaks: dict[str, Any] = {}
+    quotas: dict[str, dict[str, Any]] = {}
     if args.file:
         if config.history_source == "sampler":
             # The sampler's peaks are kept on the quotas in the cluster, which a file does not have.
             raise CliError(f"plan -f needs a history source: {SAMPLER_HINT} (the sampler's peaks live on the "
                            "quotas in the cluster: run plan without -f to use them)")
-        projects = load_projects(Path(args.file))
+        # A file is planned as the platform would create it: a new Project.
+        projects = [{**p, "metadata": {"generation": 1, **(p.get("metadata") or {})}}
+                    for p in load_projects(Path(args.file))]
     else:
         client = _client(args)
         if args.project:
@@ -444,35 +440,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 if only and ns["name"] != only:
                     continue
                 quota = _read_quota(client, ns["name"], config.history_source == "sampler")
-                if quota is None:
-                    continue
-                seen = observe_quota(quota)
-                used[ns["name"]] = {"used": seen.used or {}, "hard": seen.governed,
-                                    "governed": GOVERNED_ANNOTATION in seen.annotations}
-                daily_peaks[ns["name"]] = decode(seen.annotations.get(DAILY_PEAKS_ANNOTATION))
+                if quota is not None:
+                    quotas[ns["name"]] = quota
+    settings = Settings(default_enforcement=config.enforcement_default,
+                        auto_approve_within_recommendation=config.auto_approve_within_recommendation,
+                        protected_namespaces=frozenset({*config.protected_namespaces, config.namespace}))
     rows = []
     now = datetime.now(UTC)
     for project in projects:
         spec = _parse(project, args.file or project["metadata"]["name"])
         if only and only not in spec.namespace_names:
             continue
-        history = _history(config, spec, now, daily_peaks)
-        for ns in spec.namespace_names:
-            if only and ns != only:
-                continue
-            current = used.get(ns, {})
-            peaks = {r: history.peak(ns, r) for r in spec.quota.resources}
-            derivations = derive_namespace(spec.quota.resources, peaks, current.get("used", {}),
-                                           spec.quota.headroom_percent, spec.quota.minimum)
-            for resource, d in derivations.items():
-                hard = current.get("hard", {}).get(resource)
-                rows.append({
-                    "project": spec.name, "namespace": ns, "resource": resource,
-                    "peak": _fmt(d.peak, resource), "headroom": f"{d.headroom_percent}%",
-                    "floor": _fmt(d.floor, resource), "used": _fmt(d.used, resource),
-                    "recommended": _fmt(d.recommended, resource), "hard": _fmt(hard, resource),
-                    "why": d.reason + (f" (history: {history.error})" if history.error else ""),
-                })
+        rows.extend(_plan_rows(project, spec, quotas, config, settings, now, only))
     if only and not rows:
         raise CliError(f"no Project governs namespace {only}", EXIT_NOT_FOUND)
     if args.output == "json":
@@ -483,6 +462,41 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _table(rows, ["project", "namespace", "resource", "peak", "headroom", "floor", "used",
                       "recommended", "hard", "why"])
     return 0
+
+
+def _plan_rows(project: Mapping[str, Any], spec: ProjectSpec, quotas: Mapping[str, Mapping[str, Any]],
+               config: OperatorConfig, settings: Settings, now: datetime, only: str | None) -> list[dict[str, str]]:
+    """What the operator would decide for one Project, by the planner the operator uses."""
+    seen = {ns: observe_quota(q) for ns, q in quotas.items() if ns in spec.namespace_names}
+    terms = terms_in_force(spec, project, settings)
+    history = _history(config, terms, spec, now,
+                       {ns: decode(q.annotations.get(DAILY_PEAKS_ANNOTATION)) for ns, q in seen.items()})
+    observed = Observed(
+        project_uid=str(project.get("metadata", {}).get("uid", "")),
+        namespaces_present=frozenset(spec.namespace_names), quotas=seen, limitranges={}, claimed_by_others={},
+        peaks=history.peaks, history_error=history.error, history_partial=history.partial)
+    plan = plan_project(spec, project, observed, settings, now)
+    entries = {e["name"]: e for e in plan.status.get("namespaces") or []}
+    rows = []
+    for ns in spec.namespace_names:
+        if only and ns != only:
+            continue
+        derivations = plan.derivations.get(ns)
+        if derivations is None:
+            rows.append({"project": spec.name, "namespace": ns, "resource": "-", "peak": "-", "headroom": "-",
+                         "floor": "-", "used": "-", "recommended": "-", "hard": "-",
+                         "why": f"{entries.get(ns, {}).get('state', '?')}: {entries.get(ns, {}).get('message', '')}"})
+            continue
+        governed = plan.governed.get(ns) or (seen[ns].governed if ns in seen else {})
+        for resource, d in derivations.items():
+            rows.append({
+                "project": spec.name, "namespace": ns, "resource": resource,
+                "peak": _fmt(d.peak, resource), "headroom": f"{d.headroom_percent}%",
+                "floor": _fmt(d.floor, resource), "used": _fmt(d.used, resource),
+                "recommended": _fmt(d.recommended, resource), "hard": _fmt(governed.get(resource), resource),
+                "why": d.reason + (f" (history: {history.error})" if history.error else ""),
+            })
+    return rows
 
 
 def _read_quota(client: Any, namespace: str, for_sampler: bool) -> dict[str, Any] | None:
@@ -508,20 +522,13 @@ def _fmt(value: Any, resource: str) -> str:
     return "-" if value is None else format_quantity(value, resource)
 
 
-def _history(config: Any, spec: Any, now: datetime, daily_peaks: Mapping[str, Any]) -> HistoryResult:
-    from headroom.shell.history.file import FileHistory
-    from headroom.shell.history.prometheus import DEFAULT_QUERIES, PrometheusHistory
+def _history(config: OperatorConfig, terms: Terms, spec: ProjectSpec, now: datetime,
+             daily_peaks: Mapping[str, DailyPeaks]) -> HistoryResult:
+    """The peaks the operator would get: the same source, asked for the terms in force."""
+    from headroom.shell.history import history_source
 
-    query = PeakQuery(frozenset(spec.namespace_names), frozenset(spec.quota.resources), spec.quota.lookback, now)
-    if config.history_source == "prometheus":
-        source: Any = PrometheusHistory(config.prometheus_url, step=config.prometheus_step,
-                                        timeout=config.prometheus_timeout,
-                                        queries={**DEFAULT_QUERIES, **config.prometheus_queries})
-    elif config.history_source == "file":
-        source = FileHistory(config.history_file)
-    else:
-        # The operator's sampler keeps each namespace's daily peaks on its quota: the same numbers here.
-        source = SamplerHistory(lambda namespace: daily_peaks.get(namespace) or {})
+    query = PeakQuery(frozenset(spec.namespace_names), frozenset(terms.resources), terms.lookback, now)
+    source = history_source(config, lambda namespace: daily_peaks.get(namespace) or {})
     return asyncio.run(source.peaks(query))
 
 

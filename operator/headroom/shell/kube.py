@@ -16,6 +16,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -206,6 +207,23 @@ class WriteCounter:
 
     def add(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None) -> ApiClient:
+    """Credentials the way Kubernetes controllers and kubectl find them, for the operator and the CLI alike.
+
+    An explicit kubeconfig or context first, then $KUBECONFIG, then the Pod's ServiceAccount when
+    running in a cluster, then ~/.kube/config (controller-runtime's order). A missing or broken
+    kubeconfig that was asked for is an error, never silently replaced by another identity.
+    """
+    config = kubernetes.client.Configuration()
+    # The client library reads $KUBECONFIG once, at import: read it now.
+    path = kubeconfig or os.environ.get("KUBECONFIG") or None
+    if not (path or context) and "KUBERNETES_SERVICE_HOST" in os.environ:
+        kubernetes.config.load_incluster_config(client_configuration=config)
+    else:
+        kubernetes.config.load_kube_config(config_file=path, context=context, client_configuration=config)
+    return ApiClient(config)
 
 
 class KubeWriter:

@@ -23,7 +23,7 @@ import kopf
 import kubernetes
 from aiohttp import web
 
-from headroom.core.history import HistorySource, decode
+from headroom.core.history import DailyPeaks, decode
 from headroom.core.names import (
     DAILY_PEAKS_ANNOTATION,
     GROUP,
@@ -41,10 +41,8 @@ from headroom.core.spec import SpecError, parse_duration
 from headroom.shell.alerting import Alerting, build_sinks
 from headroom.shell.backoff import backoff_delays, jittered
 from headroom.shell.config import OperatorConfig
-from headroom.shell.history.file import FileHistory
-from headroom.shell.history.prometheus import DEFAULT_QUERIES, PrometheusHistory
-from headroom.shell.history.sampler import SamplerHistory
-from headroom.shell.kube import REQUEST_TIMEOUT, KubeWriter
+from headroom.shell.history import history_source
+from headroom.shell.kube import REQUEST_TIMEOUT, KubeWriter, api_client
 from headroom.shell.leader import LeaderElector
 from headroom.shell.metrics import Metrics
 from headroom.shell.reconcile import HistoryCache, Reconciler, Store
@@ -97,30 +95,13 @@ def startup_line(config: OperatorConfig) -> str:
             f"leader election {election}, writes {config.api_qps:g}/s (burst {config.api_burst})")
 
 
-def load_kube_config() -> kubernetes.client.ApiClient:
-    config = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=config)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=config)
-    return kubernetes.client.ApiClient(config)
-
-
-def history_source(config: OperatorConfig, store: Store) -> HistorySource:
-    if config.history_source == "prometheus":
-        assert config.prometheus_url
-        queries = {**DEFAULT_QUERIES, **config.prometheus_queries}
-        return PrometheusHistory(config.prometheus_url, step=config.prometheus_step,
-                                 timeout=config.prometheus_timeout, queries=queries)
-    if config.history_source == "file":
-        assert config.history_file
-        return FileHistory(config.history_file)
-
-    def peaks_of(namespace: str) -> Any:
+def quota_daily_peaks(store: Store) -> Callable[[str], DailyPeaks]:
+    """The sampler's daily peaks of a namespace, as kept on Headroom's quota there."""
+    def of(namespace: str) -> DailyPeaks:
         quota = store.quotas.get(namespace) or {}
         return decode((quota.get("metadata", {}).get("annotations") or {}).get(DAILY_PEAKS_ANNOTATION))
 
-    return SamplerHistory(peaks_of)
+    return of
 
 
 def _essence(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -222,7 +203,7 @@ def build_runtime(config: OperatorConfig, client: kubernetes.client.ApiClient,
     metrics = metrics or Metrics()
     store = Store()
     writer = KubeWriter(client, qps=config.api_qps, burst=config.api_burst)
-    source = history_source(config, store)
+    source = history_source(config, quota_daily_peaks(store))
     cache = HistoryCache(source, max_age=config.resync_interval, metrics=metrics)
     settings = Settings(default_enforcement=config.enforcement_default,
                         auto_approve_within_recommendation=config.auto_approve_within_recommendation,
@@ -405,7 +386,7 @@ async def _serve_health(port: int, role: dict[str, str],
 
 
 async def _main(config: OperatorConfig) -> int:
-    client = load_kube_config()
+    client = api_client()
     role = {"role": "starting"}
     elector: LeaderElector | None = None
     if config.leader_elect:

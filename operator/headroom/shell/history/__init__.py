@@ -1,5 +1,33 @@
 """Where a namespace's historical peak usage comes from: Prometheus, Headroom's own sampler, or a file.
 
 The value types (PeakQuery, HistoryResult) and the sampler's daily-peaks codec are pure and live in
-headroom.core.history; the sources here do the I/O.
+headroom.core.history; the sources here do the I/O. `history_source` is the one place a source is
+built from the configuration, for the operator and for `headroom plan` alike.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from headroom.core.history import DailyPeaks, HistorySource
+from headroom.shell.config import OperatorConfig
+from headroom.shell.history.file import FileHistory
+from headroom.shell.history.prometheus import DEFAULT_QUERIES, PrometheusHistory
+from headroom.shell.history.sampler import SamplerHistory
+
+__all__ = ["history_source"]
+
+
+def history_source(config: OperatorConfig, daily_peaks: Callable[[str], DailyPeaks]) -> HistorySource:
+    """The configured source; `daily_peaks` reads the sampler's peaks of a namespace (from its quota)."""
+    if config.history_source == "prometheus":
+        if not config.prometheus_url:
+            raise ValueError("--history-source=prometheus needs --prometheus-url")
+        return PrometheusHistory(config.prometheus_url, step=config.prometheus_step,
+                                 timeout=config.prometheus_timeout,
+                                 queries={**DEFAULT_QUERIES, **config.prometheus_queries})
+    if config.history_source == "file":
+        if config.history_file is None:
+            raise ValueError("--history-source=file needs --history-file")
+        return FileHistory(config.history_file)
+    return SamplerHistory(daily_peaks)
