@@ -197,5 +197,5 @@ current-context: x
     monkeypatch.setenv("KUBECONFIG", str(config))
     assert api_client().configuration.host == "https://kubeconfig.example:6443"
     monkeypatch.delenv("KUBECONFIG")
-    with pytest.raises(Exception, match="token|service"):  # in a Pod without its token: in-cluster, not ~/.kube
+    with pytest.raises(Exception, match=r"token|service"):  # in a Pod without its token: in-cluster, not ~/.kube
         api_client()
