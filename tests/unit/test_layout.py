@@ -68,3 +68,16 @@ def test_every_wire_name_is_spelled_once() -> None:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("headroom.dev"):
                 spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
     assert not spelled, "wire names outside core/names.py:\n" + "\n".join(spelled)
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: p.name)
+def test_core_functions_fit_in_a_head(path: Path) -> None:
+    """Decisions in steps a reader can hold: no core function over 60 lines or with more than 8 parameters."""
+    too_big = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            params = len(node.args.args) + len(node.args.kwonlyargs) + len(node.args.posonlyargs)
+            if lines > 60 or params > 8:
+                too_big.append(f"{node.name}: {lines} lines, {params} parameters")
+    assert not too_big, f"{path.name}: " + "; ".join(too_big)

@@ -17,7 +17,7 @@ Life of a namespace's quota:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -26,6 +26,8 @@ from typing import Any
 from headroom.core.changes import (
     Approval,
     ChangeDecision,
+    PendingChange,
+    SettingChange,
     Terms,
     append_history,
     approval_problem,
@@ -46,7 +48,7 @@ from headroom.core.names import (
     STATE_ANNOTATION,
 )
 from headroom.core.quantity import canonical, format_quantity, parse_quantity, resource_kind, utilization_percent
-from headroom.core.spec import DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK, ProjectSpec
+from headroom.core.spec import DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK, NamespaceSpec, ProjectSpec
 
 COUNTING = "counting"
 GOVERNED = "governed"
@@ -250,262 +252,295 @@ def _json(values: Mapping[str, Decimal]) -> str:
 # --------------------------------------------------------------------------------------------- planner
 
 
+@dataclass
+class _Pass:
+    """One planning pass over one Project: its inputs, the terms in force, and what is decided so far.
+
+    plan_project runs the steps below in order; each reads what earlier steps decided and adds its own.
+    """
+
+    spec: ProjectSpec
+    body: Mapping[str, Any]
+    observed: Observed
+    settings: Settings
+    now: datetime
+    terms: _TermsInForce
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # namespace -> status entry
+    waiting: list[str] = field(default_factory=list)
+    no_history: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    governed: dict[str, Values] = field(default_factory=dict)
+    used: dict[str, Values] = field(default_factory=dict)
+    recommended: dict[str, Values] = field(default_factory=dict)
+    derivations: dict[str, dict[str, Derivation]] = field(default_factory=dict)
+    pending: PendingChange | None = None
+    decision: ChangeDecision = field(default_factory=lambda: ChangeDecision("none", "", {}))
+    applied: dict[str, Any] | None = None  # the record of a change applied in this pass
+    consumed: bool = False  # the sign-off was used: it approves nothing more
+    blocked: list[str] = field(default_factory=list)
+
+    @property
+    def old_status(self) -> Mapping[str, Any]:
+        return self.body.get("status") or {}
+
+    @property
+    def generation(self) -> int | None:
+        return self.body.get("metadata", {}).get("generation")
+
+    def wait(self, name: str, state: str, message: str) -> None:
+        self.entries[name].update(state=state, message=message)
+        self.waiting.append(message)
+
+
+@dataclass(frozen=True)
+class _TermsInForce:
+    """What bounds the Project in this pass (changes.py and claims.py decide; this gathers their answers)."""
+
+    identifier: str
+    in_force: Terms
+    enforced: bool  # in force, with the operator's --mode where the Project names none
+    approval: Approval
+    problem: str | None  # why the approval signs nothing off; None: it signs off `identifier`
+    claims: Mapping[str, Claim]
+    loosened: tuple[SettingChange, ...]
+    changed_before: str | None  # the last approval used
+
+    @property
+    def signed_off(self) -> bool:
+        return self.problem is None
+
+
 def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed, settings: Settings,
                  now: datetime) -> Plan:
     """Decide the desired objects and status of one Project. Pure: no I/O, `now` is given."""
-    meta = body.get("metadata", {})
-    generation = meta.get("generation")
-    old_status = dict(body.get("status") or {})
-    old_conditions = old_status.get("conditions") or []
+    work = _Pass(spec, body, observed, settings, now, _terms_in_force(spec, body, observed, settings))
+    for ns in spec.namespaces:
+        _plan_namespace(work, ns)
+    _decide_change(work)
+    quotas, limitranges = _desired_objects(work)
+    delete_in, released = _leaving(work)
+    utilization = {(name, r): pct for name, values in work.governed.items() for r, hard in values.items()
+                   if r in work.used.get(name, {})
+                   and (pct := utilization_percent(work.used[name][r], hard)) is not None}
+    status = _status(work, utilization, released)
+    return Plan(quotas, limitranges, delete_in, status, tuple(work.events), utilization, work.used,
+                work.governed, released, work.derivations)
 
-    # Pass 0: the terms. What was approved (or set when the Project was created) holds until a
-    # loosening is signed off; tightening holds at once. See changes.py and claims.py.
+
+def _terms_in_force(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
+                    settings: Settings) -> _TermsInForce:
+    """Pass 0: what was approved (or set when the Project was created) holds until a loosening is
+    signed off; tightening holds at once."""
+    old_status = body.get("status") or {}
     identifier = change_id(spec)
     approved_before = _approved_record(old_status)
     asked = Terms.of(spec)
     in_force, loosened_terms = tighter_terms(asked, approved_terms(spec, body), settings.default_enforcement)
-    history_ids = {str(h.get("id")) for h in old_status.get("history") or [] if isinstance(h, Mapping)}
-    used_ids = history_ids | {str(q.applied_change["id"]) for q in observed.quotas.values()
-                              if q.project == spec.name and q.applied_change and "id" in q.applied_change}
+    used_ids = {str(h.get("id")) for h in old_status.get("history") or [] if isinstance(h, Mapping)}
+    used_ids |= {str(q.applied_change["id"]) for q in observed.quotas.values()
+                 if q.project == spec.name and q.applied_change and "id" in q.applied_change}
     if approved_before.get("changeId"):
         used_ids.add(str(approved_before["changeId"]))
     approval = Approval(spec.approved_change, spec.approved_by, spec.requested_by, frozenset(used_ids))
     problem = approval_problem(identifier, approval)
-    signed_off = problem is None
-    if signed_off:
-        in_force = asked
     claims = {ns.name: judge_claim(
         spec.name, ns.name, label=observed.namespace_labels.get(ns.name),
         quota_project=observed.quotas[ns.name].project if ns.name in observed.quotas else None,
-        approved_namespaces=approved_before.get("namespaces") or (), listed_at_creation=generation == 1,
+        approved_namespaces=approved_before.get("namespaces") or (),
+        listed_at_creation=body.get("metadata", {}).get("generation") == 1,
         protected=settings.protected_namespaces, signed_off=False) for ns in spec.namespaces}
-    loosened = (*(c.as_loosening(spec.name) for c in claims.values() if c.state == "unconfirmed"),
-                *loosened_terms)
-    if signed_off:
+    loosened = (*(c.as_loosening(spec.name) for c in claims.values() if c.state == "unconfirmed"), *loosened_terms)
+    if problem is None:  # signed off: the loosening holds, and the claims it adds are confirmed
+        in_force = asked
         claims = {name: Claim(name, "confirmed", "its addition was signed off") if c.state == "unconfirmed" else c
                   for name, c in claims.items()}
+    enforced = (in_force.enforcement or settings.default_enforcement) == "Enforce"
+    return _TermsInForce(identifier, in_force, enforced, approval, problem, claims, loosened,
+                         approved_before.get("changeId"))
 
-    enforcement = in_force.enforcement or settings.default_enforcement
-    enforced = enforcement == "Enforce"
-    resources = tuple(in_force.resources)
-    # A partial answer is as good as none for a first quota: a guess could be far too small.
-    history_failed = observed.history_error is not None or observed.history_partial
 
-    quotas: list[DesiredQuota] = []
-    limitranges: list[DesiredLimitRange] = []
-    events: list[Event] = []
-    ns_status: list[dict[str, Any]] = []
-    waiting: list[str] = []
-    governed_all: dict[str, Values] = {}
-    used_all: dict[str, Values] = {}
-    recommended_all: dict[str, Values] = {}
-    derivations_all: dict[str, dict[str, Derivation]] = {}
-    ready_namespaces: list[str] = []
-    no_history: list[str] = []
-
-    # Pass 1: per namespace, what is governed now (before any change request).
-    for ns in spec.namespaces:
-        name = ns.name
-        entry: dict[str, Any] = {"name": name}
-        claim = claims[name]
-        if claim.state != "confirmed":
-            entry["state"] = "Refused" if claim.state == "refused" else "Unconfirmed"
-            entry["message"] = claim.why
-            waiting.append(claim.why)
-            ns_status.append(entry)
-            continue
-        if name in observed.claimed_by_others:
-            entry["state"] = "Conflict"
-            entry["message"] = (f"namespace {name} is already governed by Project "
-                                f"{observed.claimed_by_others[name]}; remove it from one of the two")
-            waiting.append(entry["message"])
-            ns_status.append(entry)
-            continue
-        if name not in observed.namespaces_present:
-            entry["state"] = "Missing"
-            entry["message"] = f"namespace {name} does not exist yet; its quota is applied when it appears"
-            waiting.append(entry["message"])
-            ns_status.append(entry)
-            continue
-        seen = observed.quotas.get(name)
-        if seen is not None and seen.project not in (None, spec.name) and name not in observed.released_by_others:
-            entry["state"] = "Conflict"
-            entry["message"] = f"namespace {name} holds a Headroom quota of Project {seen.project}"
-            waiting.append(entry["message"])
-            ns_status.append(entry)
-            continue
-        used = seen.used if seen is not None else None
-        peaks = {r: observed.peaks.get((name, r)) for r in resources}
-        unknown = [r for r, v in peaks.items() if v is None]
-        if unknown:
-            no_history.append(name if len(unknown) == len(resources) else f"{name} ({', '.join(unknown)})")
-        derivations = derive_namespace(resources, peaks, used or {}, in_force.headroom_percent,
-                                       in_force.minimum, in_force.container)
-        recommended = {r: d.recommended for r, d in derivations.items()}
-        recommended_all[name] = recommended
-        derivations_all[name] = derivations
-        entry["peak"] = _text({r: p for r, p in peaks.items() if p is not None})
-        entry["recommended"] = _text(recommended)
-        entry["reasons"] = {r: d.reason for r, d in sorted(derivations.items())}
-        if used is not None:
-            used_all[name] = used
-            entry["used"] = _text(used)
-
-        previous = next((e for e in old_status.get("namespaces") or [] if e.get("name") == name), {})
-        if not enforced:
-            # Observe writes nothing that affects admission or what pods get: what it would apply is
-            # published instead. The values last enforced are kept in status for a return to Enforce.
-            entry["state"] = "Observed"
-            entry["wouldApply"] = {"hard": _text(recommended), "limitRange": {
-                "default": _text(in_force.limitrange_defaults()[0]),
-                "defaultRequest": _text(in_force.limitrange_defaults()[1])}}
-            kept = seen.governed if seen is not None and seen.state == GOVERNED and seen.project == spec.name \
-                else _values(previous.get("hard"))
-            if kept:
-                entry["hard"] = _text(kept)
-            ns_status.append(entry)
-            continue
-        governed: Values = {}
-        if seen is not None and seen.state == GOVERNED:
-            base = seen.governed
-            published = _values(next((e.get("hard") for e in old_status.get("namespaces") or []
-                                      if e.get("name") == name), None))
-            if seen.governed_edited_by and published:
-                # The governed values changed by hand, not through a signed-off change: what this
-                # Project last published is restored.
-                base = published
-                events.append(Event("Warning", "GovernedValuesRestored",
-                                    f"annotation {GOVERNED_ANNOTATION} of ResourceQuota {QUOTA_NAME} in {name} was "
-                                    f"changed by {', '.join(seen.governed_edited_by)}; restored (change quotas "
-                                    "through the Project's requested values instead)"))
-            # Resources that left spec.quota.resources leave the quota; new ones are bootstrapped.
-            governed = {r: v for r, v in base.items() if r in resources or r in ns.requested}
-            # Only once the quota controller has counted it: never below what runs now.
-            missing = [r for r in resources if r not in governed and used is not None and r in used]
-            if missing and used is not None and not history_failed:
-                governed.update({r: _bootstrap_value(derivations[r], used) for r in missing})
-        elif used is not None and not history_failed and all(r in used for r in resources):
-            governed = {r: _bootstrap_value(derivations[r], used) for r in resources}
-            if previous.get("hard"):
-                # Back from Observe, or the quota was deleted: what was governed before (approved
-                # raises included, as this Project last published it) holds again, never below use.
-                governed.update({r: max(v, used.get(r, v)) for r, v in _values(previous["hard"]).items()
-                                 if r in resources})
-        if governed:
-            governed_all[name] = governed
-            ready_namespaces.append(name)
-        ns_status.append(entry)
-
-    # Pass 2: the change request, as one unit over all namespaces.
-    # The id always covers the whole request, so it equals what `headroom change-id` computes offline.
-    blocked = sorted(ns for ns in spec.requested if ns not in governed_all)
-    pending = pending_change(identifier, spec.requested, governed_all, loosened)
-    if pending is not None and blocked:
-        why = f"change {pending.id} waits until {', '.join(blocked)} is governed (its first quota is not in place yet)"
-        if not signed_off and (pending.raises or pending.loosened):
-            why += f"; it raises {pending.describe_raises()} and needs sign-off: {problem}"
-        decision = ChangeDecision("wait", why, {})
+def _plan_namespace(work: _Pass, ns: NamespaceSpec) -> None:
+    """Pass 1, one namespace: may it be governed, what history recommends, what is governed now."""
+    name, observed = ns.name, work.observed
+    work.entries[name] = {"name": name}
+    claim = work.terms.claims[name]
+    seen = observed.quotas.get(name)
+    if claim.state != "confirmed":
+        work.wait(name, "Refused" if claim.state == "refused" else "Unconfirmed", claim.why)
+    elif name in observed.claimed_by_others:
+        work.wait(name, "Conflict", f"namespace {name} is already governed by Project "
+                                    f"{observed.claimed_by_others[name]}; remove it from one of the two")
+    elif name not in observed.namespaces_present:
+        work.wait(name, "Missing", f"namespace {name} does not exist yet; its quota is applied when it appears")
+    elif seen is not None and seen.project not in (None, work.spec.name) and name not in observed.released_by_others:
+        work.wait(name, "Conflict", f"namespace {name} holds a Headroom quota of Project {seen.project}")
     else:
-        decision = decide(pending, approval, used_all, recommended_all,
-                          settings.auto_approve_within_recommendation)
-    applied_record: dict[str, Any] | None = None
-    consumed = False  # the sign-off was used: it approves nothing more
-    if decision.action == "apply" and pending is not None:
-        changed = {ns: targets for ns, targets in decision.targets.items()
-                   if any(governed_all[ns].get(r) != v for r, v in targets.items())}
-        if changed or pending.loosened:
-            consumed = signed_off
-            if signed_off:
-                approved_by = spec.approved_by or "unknown"
-            elif pending.raises:
-                approved_by = "auto-approval"
-            else:
-                approved_by = "no sign-off needed (decrease)"
-            applied_record = {"id": pending.id, "approvedBy": approved_by, "appliedAt": rfc3339(now),
-                              "diff": [c.to_status() for c in pending.changes]}
-            if pending.loosened:
-                applied_record["loosens"] = [c.to_status() for c in pending.loosened]
-            for ns, targets in changed.items():
-                governed_all[ns] = {**governed_all[ns], **targets}
-            described = "; ".join([*(c.describe() for c in pending.changes),
-                                   *(c.describe() for c in pending.loosened)])
-            events.append(Event("Normal", "ChangeApplied",
-                                f"applied change {pending.id} (approved by {approved_by}): {described}"))
-        if changed:
-            events.extend(Event("Warning", "DecreaseClamped", clamp.message) for clamp in decision.clamped)
+        derivations = _derive(work, name, seen)
+        if work.terms.enforced:
+            _govern(work, ns, seen, derivations)
+        else:
+            _observe_only(work, name, seen)
 
-    # Pass 3: desired objects. The LimitRange gives what the floors were made to fit (the approved
-    # defaults, or lower ones the Project asks for).
-    default_limits, default_requests = in_force.limitrange_defaults()
-    for ns in spec.namespaces:
-        name = ns.name
-        entry = next(e for e in ns_status if e["name"] == name)
-        if entry.get("state") in ("Conflict", "Missing", "Unconfirmed", "Refused", "Observed"):
+
+def _derive(work: _Pass, name: str, seen: ObservedQuota | None) -> dict[str, Derivation]:
+    """What history recommends for one namespace, published in its status entry."""
+    terms, entry = work.terms.in_force, work.entries[name]
+    used = seen.used if seen is not None else None
+    peaks = {r: work.observed.peaks.get((name, r)) for r in terms.resources}
+    unknown = [r for r, v in peaks.items() if v is None]
+    if unknown:
+        work.no_history.append(name if len(unknown) == len(peaks) else f"{name} ({', '.join(unknown)})")
+    derivations = derive_namespace(terms.resources, peaks, used or {}, terms.headroom_percent, terms.minimum,
+                                   terms.container)
+    work.derivations[name] = derivations
+    work.recommended[name] = {r: d.recommended for r, d in derivations.items()}
+    entry["peak"] = _text({r: p for r, p in peaks.items() if p is not None})
+    entry["recommended"] = _text(work.recommended[name])
+    entry["reasons"] = {r: d.reason for r, d in sorted(derivations.items())}
+    if used is not None:
+        work.used[name] = used
+        entry["used"] = _text(used)
+    return derivations
+
+
+def _previous_entry(work: _Pass, name: str) -> Mapping[str, Any]:
+    return next((e for e in work.old_status.get("namespaces") or [] if e.get("name") == name), {})
+
+
+def _observe_only(work: _Pass, name: str, seen: ObservedQuota | None) -> None:
+    """Observe writes nothing that affects admission or what pods get: what it would apply is published
+    instead, and the values last enforced are kept in status for a return to Enforce."""
+    entry = work.entries[name]
+    limits, requests = work.terms.in_force.limitrange_defaults()
+    entry["state"] = "Observed"
+    entry["wouldApply"] = {"hard": _text(work.recommended[name]),
+                           "limitRange": {"default": _text(limits), "defaultRequest": _text(requests)}}
+    mine = seen is not None and seen.state == GOVERNED and seen.project == work.spec.name
+    kept = seen.governed if seen is not None and mine else _values(_previous_entry(work, name).get("hard"))
+    if kept:
+        entry["hard"] = _text(kept)
+
+
+def _govern(work: _Pass, ns: NamespaceSpec, seen: ObservedQuota | None,
+            derivations: Mapping[str, Derivation]) -> None:
+    """What is governed in one namespace before any change request: kept, restored or bootstrapped."""
+    name, resources = ns.name, work.terms.in_force.resources
+    used = work.used.get(name)
+    # A partial answer is as good as none for a first quota: a guess could be far too small.
+    history_ok = work.observed.history_error is None and not work.observed.history_partial
+    previous = _values(_previous_entry(work, name).get("hard"))
+    governed: Values = {}
+    if seen is not None and seen.state == GOVERNED:
+        base = seen.governed
+        if seen.governed_edited_by and previous:
+            # Changed by hand, not through a signed-off change: what this Project last published holds.
+            base = previous
+            work.events.append(Event("Warning", "GovernedValuesRestored",
+                                     f"annotation {GOVERNED_ANNOTATION} of ResourceQuota {QUOTA_NAME} in {name} was "
+                                     f"changed by {', '.join(seen.governed_edited_by)}; restored (change quotas "
+                                     "through the Project's requested values instead)"))
+        # Resources that left the terms leave the quota; new ones are bootstrapped once counted.
+        governed = {r: v for r, v in base.items() if r in resources or r in ns.requested}
+        missing = [r for r in resources if r not in governed and used is not None and r in used]
+        if missing and used is not None and history_ok:
+            governed.update({r: _bootstrap_value(derivations[r], used) for r in missing})
+    elif used is not None and history_ok and all(r in used for r in resources):
+        governed = {r: _bootstrap_value(derivations[r], used) for r in resources}
+        # Back from Observe, or the quota was deleted: what was governed before (approved raises
+        # included, as this Project last published it) holds again, never below use.
+        governed.update({r: max(v, used.get(r, v)) for r, v in previous.items() if r in resources})
+    if governed:
+        work.governed[name] = governed
+
+
+def _decide_change(work: _Pass) -> None:
+    """Pass 2: the change request, as one unit over all namespaces. Its id always covers the whole
+    request, so it equals what `headroom change-id` computes offline."""
+    spec, terms = work.spec, work.terms
+    work.blocked = sorted(ns for ns in spec.requested if ns not in work.governed)
+    pending = work.pending = pending_change(terms.identifier, spec.requested, work.governed, terms.loosened)
+    if pending is not None and work.blocked:
+        why = (f"change {pending.id} waits until {', '.join(work.blocked)} is governed (its first quota is not in "
+               "place yet)")
+        if not terms.signed_off and (pending.raises or pending.loosened):
+            why += f"; it raises {pending.describe_raises()} and needs sign-off: {terms.problem}"
+        work.decision = ChangeDecision("wait", why, {})
+        return
+    work.decision = decide(pending, terms.approval, work.used, work.recommended,
+                           work.settings.auto_approve_within_recommendation)
+    if work.decision.action != "apply" or pending is None:
+        return
+    changed = {ns: targets for ns, targets in work.decision.targets.items()
+               if any(work.governed[ns].get(r) != v for r, v in targets.items())}
+    if changed or pending.loosened:
+        _record_applied(work, pending, changed)
+    if changed:
+        work.events.extend(Event("Warning", "DecreaseClamped", c.message) for c in work.decision.clamped)
+
+
+def _record_applied(work: _Pass, pending: PendingChange, changed: Mapping[str, Mapping[str, Decimal]]) -> None:
+    spec, terms = work.spec, work.terms
+    work.consumed = terms.signed_off
+    approved_by = (spec.approved_by or "unknown" if terms.signed_off else
+                   "auto-approval" if pending.raises else "no sign-off needed (decrease)")
+    work.applied = {"id": pending.id, "approvedBy": approved_by, "appliedAt": rfc3339(work.now),
+                    "diff": [c.to_status() for c in pending.changes]}
+    if pending.loosened:
+        work.applied["loosens"] = [c.to_status() for c in pending.loosened]
+    for ns, targets in changed.items():
+        work.governed[ns] = {**work.governed[ns], **targets}
+    described = "; ".join([*(c.describe() for c in pending.changes), *(c.describe() for c in pending.loosened)])
+    work.events.append(Event("Normal", "ChangeApplied",
+                                f"applied change {pending.id} (approved by {approved_by}): {described}"))
+
+
+def _desired_objects(work: _Pass) -> tuple[tuple[DesiredQuota, ...], tuple[DesiredLimitRange, ...]]:
+    """Pass 3: the quota and LimitRange of each namespace that is counted or governed. The LimitRange
+    gives what the floors were made to fit (the approved defaults, or lower ones the Project asks for)."""
+    default_limits, default_requests = work.terms.in_force.limitrange_defaults()
+    resources, enforced = work.terms.in_force.resources, work.terms.enforced
+    quotas, limitranges = [], []
+    for name, entry in work.entries.items():
+        if "state" in entry:  # refused, unconfirmed, in conflict, missing or observed: nothing to write
             continue
-        seen = observed.quotas.get(name)
-        governed = governed_all.get(name)
-        annotations = dict(observed.extra_annotations.get(name, {}))
+        seen = work.observed.quotas.get(name)
+        governed = work.governed.get(name)
+        annotations = dict(work.observed.extra_annotations.get(name, {}))
         if governed is None:
             entry["state"] = "Counting"
-            hard = {r: unbounded(r) for r in resources}
             annotations[STATE_ANNOTATION] = COUNTING
-            if seen is not None and seen.state == COUNTING:
-                # Keep what is there (no write while we wait), counting any resource added meanwhile.
-                hard = {r: seen.spec_hard.get(r, unbounded(r)) for r in resources}
+            # Keep what is there (no write while we wait), counting any resource added meanwhile.
+            counted = seen.spec_hard if seen is not None and seen.state == COUNTING else {}
+            hard = {r: counted.get(r, unbounded(r)) for r in resources}
         else:
-            entry["state"] = "Governed"
-            entry["hard"] = _text(governed)
-            entry["enforced"] = enforced
+            entry.update(state="Governed", hard=_text(governed), enforced=enforced)
             hard = dict(governed) if enforced else {r: unbounded(r) for r in governed}
             # A resource new to the Project is counted first, then bootstrapped from its real use.
             hard.update({r: unbounded(r) for r in resources if r not in governed})
             annotations[STATE_ANNOTATION] = GOVERNED
             annotations[GOVERNED_ANNOTATION] = _json(governed)
-            record = applied_record if applied_record and name in {
-                c["namespace"] for c in applied_record["diff"]} else (seen.applied_change if seen else None)
+            here = work.applied is not None and name in {c["namespace"] for c in work.applied["diff"]}
+            record = work.applied if here else (seen.applied_change if seen else None)
             if record:
-                annotations[APPLIED_CHANGE_ANNOTATION] = json.dumps(record, sort_keys=True,
-                                                                    separators=(",", ":"))
+                annotations[APPLIED_CHANGE_ANNOTATION] = json.dumps(record, sort_keys=True, separators=(",", ":"))
         quotas.append(DesiredQuota(name, _text(hard), annotations))
         limitranges.append(DesiredLimitRange(name, _text(default_limits), _text(default_requests)))
+    return tuple(quotas), tuple(limitranges)
 
-    # A namespace that leaves the Project keeps its quota as last governed: taking it out must not
-    # unbound it. Only a protected namespace loses a quota it should never have had.
-    ours = {ns for ns, q in observed.quotas.items() if q.project == spec.name}
-    observing = {e["name"] for e in ns_status if e.get("state") == "Observed"
-                 and (e["name"] in ours or (e["name"] in observed.limitranges
-                                            and observed.project_uid in observed.limitranges[e["name"]].owner_uids))}
-    delete_in = tuple(sorted(observing | {ns for ns in ours if ns in settings.protected_namespaces
-                                          and claims.get(ns, Claim(ns, "refused", "")).state != "confirmed"}))
-    released = tuple(sorted(ns for ns in ours if ns not in spec.namespace_names and ns not in delete_in))
-    approved_now: dict[str, Any] = {
-        "terms": in_force.to_status(),
-        "namespaces": sorted(name for name, c in claims.items() if c.state == "confirmed"),
-    }
-    spent = pending.id if consumed and pending is not None else approved_before.get("changeId")
-    if spent:
-        approved_now["changeId"] = spent
 
-    # Utilization against the governed values (what would be enforced, also in Observe mode).
-    utilization: dict[tuple[str, str], Decimal] = {}
-    for name, governed in governed_all.items():
-        for resource, hard_value in governed.items():
-            value = used_all.get(name, {}).get(resource)
-            pct = utilization_percent(value, hard_value) if value is not None else None
-            if pct is not None:
-                utilization[(name, resource)] = pct
-
-    status = _status(spec, observed, old_status, old_conditions, generation, now, enforced, ns_status,
-                     waiting, pending, decision, applied_record, history_failed, no_history, utilization,
-                     blocked, events)
-    status["approved"] = approved_now
-    if released:
-        status["released"] = [{"name": ns, "message": (
-            f"namespace {ns} left the Project; its quota stays in force as last governed. The platform lifts "
-            f"it by deleting ResourceQuota {QUOTA_NAME} there, or a Project that governs {ns} takes it over")}
-            for ns in released]
-    return Plan(tuple(quotas), tuple(limitranges), delete_in, status, tuple(events), utilization,
-                used_all, governed_all, released, derivations_all)
+def _leaving(work: _Pass) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(namespaces where Headroom's objects go, namespaces released). A namespace that leaves the
+    Project keeps its quota as last governed: taking it out must not unbound it. Objects go only
+    where the Project observes, or from a protected namespace that should never have had them."""
+    observed, claims = work.observed, work.terms.claims
+    ours = {ns for ns, q in observed.quotas.items() if q.project == work.spec.name}
+    mine_lr = {ns for ns, lr in observed.limitranges.items() if observed.project_uid in lr.owner_uids}
+    observing = {n for n, e in work.entries.items() if e.get("state") == "Observed" and n in ours | mine_lr}
+    protected = {ns for ns in ours if ns in work.settings.protected_namespaces
+                 and (ns not in claims or claims[ns].state != "confirmed")}
+    delete_in = tuple(sorted(observing | protected))
+    released = tuple(sorted(ns for ns in ours if ns not in work.spec.namespace_names and ns not in delete_in))
+    return delete_in, released
 
 
 def _approved_record(old_status: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -539,84 +574,26 @@ def _bootstrap_value(derivation: Derivation, used: Values) -> Decimal:
     return max(derivation.recommended, used.get(derivation.resource, Decimal(0)))
 
 
-def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any],
-            old_conditions: Sequence[Mapping[str, Any]], generation: int | None, now: datetime,
-            enforced: bool, ns_status: list[dict[str, Any]], waiting: list[str], pending: Any,
-            decision: Any, applied_record: dict[str, Any] | None, history_failed: bool,
-            no_history: list[str], utilization: Mapping[tuple[str, str], Decimal], blocked: list[str],
-            events: list[Event]) -> dict[str, Any]:
-    status: dict[str, Any] = {"observedGeneration": generation, "namespaces": ns_status}
-    history = list(old_status.get("history") or [])
-    last_applied = old_status.get("lastAppliedChange")
-    # The applied record on the quotas is the source of truth: a status write lost to a crash is
-    # recovered from it, and append_history ignores an id it already holds.
-    records = [applied_record] if applied_record else [
-        q.applied_change for q in observed.quotas.values()
-        if q.project == spec.name and q.applied_change and "id" in q.applied_change]
-    for record in sorted(records, key=lambda r: str(r.get("appliedAt", ""))):
-        if not any(h.get("id") == record["id"] for h in history):
-            history = append_history(history, dict(record))
-            if record is not applied_record:
-                # The Event is posted after the status write; a crash before it lost the Event too.
-                events.append(Event("Normal", "ChangeApplied", f"applied change {record['id']} (approved by "
-                                    f"{record.get('approvedBy', 'unknown')}), recorded after a restart"))
-        last_applied = {k: record[k] for k in ("id", "approvedBy", "appliedAt") if k in record}
-    if history:
-        status["history"] = history
-    if last_applied:
-        status["lastAppliedChange"] = last_applied
-
-    # A decrease held at current use stays visible as pending (reason: clamped) until use allows it.
-    still_pending = pending is not None and applied_record is None
-    if still_pending:
-        before = old_status.get("pendingChange") or {}
-        since = before.get("since") if before.get("id") == pending.id else None
-        status["pendingChange"] = {"id": pending.id, "since": since or rfc3339(now), **pending.to_status(),
-                                   "reason": decision.reason}
-        if not since and decision.action == "wait":
-            events.append(Event("Normal", "ChangePending", decision.reason))
-    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-        return condition(kind, ok, reason, message, generation=generation, previous=old_conditions, now=now)
-
-    conditions = []
-    done = sum(1 for e in ns_status if e.get("state") in ("Governed", "Observed"))
-    all_governed = done == len(spec.namespaces)
-    if all_governed and not enforced:
-        ready_reason, ready_message = "Observing", ("observe mode: nothing is written; what would be applied is in "
-                                                    "status.namespaces[].wouldApply")
-    elif all_governed:
-        ready_reason, ready_message = "Governed", "all namespaces are governed"
-    else:
-        ready_reason = "Waiting"
-        ready_message = "; ".join(waiting) or "waiting for the quota controller to report current use"
-    conditions.append(cond("Ready", all_governed, ready_reason, ready_message))
-    if observed.history_error is not None:
-        history_message = (f"history is unavailable ({observed.history_error}); quotas are left as they "
-                           "are and no quota is lowered until it answers")
-        conditions.append(cond("HistoryAvailable", False, "HistoryUnavailable", history_message))
-    elif history_failed:
-        conditions.append(cond("HistoryAvailable", False, "HistoryPartial",
-                                     "history answered only in part (missing or unusable series); quotas are "
-                                     "left as they are and new ones wait for a complete answer"))
-    elif no_history:
-        conditions.append(cond("HistoryAvailable", False, "NoHistory",
-                                     "no usage history for " + ", ".join(no_history)
-                                     + ": the minimum (or current use, if higher) applies"))
-    else:
-        conditions.append(cond("HistoryAvailable", True, "HistoryFound",
-                                     "peaks known for every namespace and resource"))
-    if still_pending:
-        conditions.append(cond("ChangePending", True, "AwaitingSignOff" if decision.action == "wait"
-                                     else "Clamped", decision.reason))
-    else:
-        conditions.append(cond("ChangePending", False, "NoChange", "no change is pending"))
-    if blocked:
-        message = f"requested values for {', '.join(blocked)} wait until the namespace is governed"
-        conditions.append(cond("ChangeBlocked", True, "NamespaceNotGoverned", message))
-    status["conditions"] = conditions
-    status["phase"] = ("Observing" if not enforced and all_governed else
-                       "Pending" if still_pending and all_governed else
-                       "Ready" if all_governed else "Waiting")
+def _status(work: _Pass, utilization: Mapping[tuple[str, str], Decimal],
+            released: tuple[str, ...]) -> dict[str, Any]:
+    """The status, rendered once from what the pass decided."""
+    spec = work.spec
+    status: dict[str, Any] = {"observedGeneration": work.generation, "namespaces": list(work.entries.values())}
+    status.update(_history(work))
+    still_pending = work.pending is not None and work.applied is None
+    if work.pending is not None and still_pending:
+        # A decrease held at current use stays visible as pending (reason: clamped) until use allows it.
+        before = work.old_status.get("pendingChange") or {}
+        since = before.get("since") if before.get("id") == work.pending.id else None
+        status["pendingChange"] = {"id": work.pending.id, "since": since or rfc3339(work.now),
+                                   **work.pending.to_status(), "reason": work.decision.reason}
+        if not since and work.decision.action == "wait":
+            work.events.append(Event("Normal", "ChangePending", work.decision.reason))
+    all_done = all(e.get("state") in ("Governed", "Observed") for e in work.entries.values())
+    status["conditions"] = _conditions(work, all_done, still_pending)
+    enforced = work.terms.enforced
+    status["phase"] = ("Observing" if not enforced and all_done else "Pending" if still_pending and all_done else
+                       "Ready" if all_done else "Waiting")
     # Ties go to the first (namespace, resource) by name: the order in which the quota listed its
     # resources must not change the status, or every reconcile would rewrite it.
     top = max(sorted(utilization.items()), key=lambda kv: kv[1], default=None)
@@ -625,7 +602,77 @@ def _status(spec: ProjectSpec, observed: Observed, old_status: Mapping[str, Any]
         "highestUtilization": f"{top[1]:.0f}% {top[0][0]}/{top[0][1]}" if top else "",
         "enforcement": "Enforce" if enforced else "Observe",
     }
+    spent = work.pending.id if work.consumed and work.pending is not None else work.terms.changed_before
+    status["approved"] = {"terms": work.terms.in_force.to_status(),
+                          "namespaces": sorted(n for n, c in work.terms.claims.items() if c.state == "confirmed"),
+                          **({"changeId": spent} if spent else {})}
+    if released:
+        status["released"] = [{"name": ns, "message": (
+            f"namespace {ns} left the Project; its quota stays in force as last governed. The platform lifts "
+            f"it by deleting ResourceQuota {QUOTA_NAME} there, or a Project that governs {ns} takes it over")}
+            for ns in released]
     return status
+
+
+def _history(work: _Pass) -> dict[str, Any]:
+    """status.history and lastAppliedChange. The applied record on the quotas is the source of truth:
+    a status write lost to a crash is recovered from it, and append_history ignores an id it holds."""
+    history = list(work.old_status.get("history") or [])
+    last_applied = work.old_status.get("lastAppliedChange")
+    records = [work.applied] if work.applied else [
+        q.applied_change for q in work.observed.quotas.values()
+        if q.project == work.spec.name and q.applied_change and "id" in q.applied_change]
+    for record in sorted(records, key=lambda r: str(r.get("appliedAt", ""))):
+        if not any(h.get("id") == record["id"] for h in history):
+            history = append_history(history, dict(record))
+            if record is not work.applied:
+                # The Event is posted after the status write; a crash before it lost the Event too.
+                work.events.append(Event("Normal", "ChangeApplied", f"applied change {record['id']} (approved by "
+                                         f"{record.get('approvedBy', 'unknown')}), recorded after a restart"))
+        last_applied = {k: record[k] for k in ("id", "approvedBy", "appliedAt") if k in record}
+    out: dict[str, Any] = {"history": history} if history else {}
+    if last_applied:
+        out["lastAppliedChange"] = last_applied
+    return out
+
+
+def _conditions(work: _Pass, all_done: bool, still_pending: bool) -> list[dict[str, Any]]:
+    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+        return condition(kind, ok, reason, message, generation=work.generation,
+                         previous=work.old_status.get("conditions") or [], now=work.now)
+
+    if all_done and not work.terms.enforced:
+        ready = cond("Ready", True, "Observing",
+                     "observe mode: nothing is written; what would be applied is in status.namespaces[].wouldApply")
+    elif all_done:
+        ready = cond("Ready", True, "Governed", "all namespaces are governed")
+    else:
+        ready = cond("Ready", False, "Waiting",
+                     "; ".join(work.waiting) or "waiting for the quota controller to report current use")
+    observed = work.observed
+    if observed.history_error is not None:
+        history = cond("HistoryAvailable", False, "HistoryUnavailable",
+                       f"history is unavailable ({observed.history_error}); quotas are left as they are and no "
+                       "quota is lowered until it answers")
+    elif observed.history_partial:
+        history = cond("HistoryAvailable", False, "HistoryPartial",
+                       "history answered only in part (missing or unusable series); quotas are left as they are "
+                       "and new ones wait for a complete answer")
+    elif work.no_history:
+        history = cond("HistoryAvailable", False, "NoHistory", "no usage history for " + ", ".join(work.no_history)
+                       + ": the minimum (or current use, if higher) applies")
+    else:
+        history = cond("HistoryAvailable", True, "HistoryFound", "peaks known for every namespace and resource")
+    if still_pending:
+        pending = cond("ChangePending", True, "AwaitingSignOff" if work.decision.action == "wait" else "Clamped",
+                       work.decision.reason)
+    else:
+        pending = cond("ChangePending", False, "NoChange", "no change is pending")
+    conditions = [ready, history, pending]
+    if work.blocked:
+        conditions.append(cond("ChangeBlocked", True, "NamespaceNotGoverned",
+                               f"requested values for {', '.join(work.blocked)} wait until the namespace is governed"))
+    return conditions
 
 
 def with_alerts(status: Mapping[str, Any], records: list[dict[str, Any]],
