@@ -25,9 +25,11 @@ from headroom.core.planning import (
     Event,
     Settings,
 )
+from headroom.shell.history.cache import HistoryCache
 from headroom.shell.kube import limitrange_manifest, quota_manifest
 from headroom.shell.metrics import Metrics
-from headroom.shell.reconcile import HistoryCache, Reconciler, Store
+from headroom.shell.reconcile import Reconciler
+from headroom.shell.store import Store
 
 USED = {"requests.cpu": "300m", "requests.memory": "384Mi", "limits.cpu": "600m", "limits.memory": "768Mi",
         "pods": "3"}

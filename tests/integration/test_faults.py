@@ -23,7 +23,7 @@ from typing import Any
 import kubernetes
 import pytest
 from headroom.core.quantity import parse_quantity
-from headroom.shell.main import WATCH_INACTIVITY_SECONDS
+from headroom.shell.handlers import WATCH_INACTIVITY_SECONDS
 from kubernetes.client import ApiException
 
 from tests.harness.faults import (

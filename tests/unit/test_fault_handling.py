@@ -16,6 +16,8 @@ import pytest
 import urllib3
 from headroom.core.history import HistoryResult, PeakQuery
 from headroom.shell import failpoints
+from headroom.shell.handlers import JitteredBackoffs, _unchanged
+from headroom.shell.history.cache import HistoryCache
 from headroom.shell.kube import (
     KubeWriter,
     is_retryable,
@@ -23,9 +25,9 @@ from headroom.shell.kube import (
     retry_after,
 )
 from headroom.shell.leader import LeaderElector
-from headroom.shell.main import JitteredBackoffs, _unchanged
 from headroom.shell.metrics import Metrics
-from headroom.shell.reconcile import HistoryCache, Reconciler, Store
+from headroom.shell.reconcile import Reconciler
+from headroom.shell.store import Store
 from kubernetes.client import ApiException
 from urllib3._collections import HTTPHeaderDict
 

@@ -41,7 +41,7 @@ from headroom.core.business_hours import (
 )
 from headroom.core.conditions import rfc3339
 from headroom.core.planning import Event, Plan
-from headroom.core.quantity import format_quantity
+from headroom.core.quantity import format_percent, format_quantity, format_together
 from headroom.core.spec import ProjectSpec
 from headroom.shell.backoff import backoff_delays
 from headroom.shell.config import OperatorConfig
@@ -70,12 +70,12 @@ class Delivery:
 
     def text(self) -> str:
         n = self.notification
-        used = format_quantity(n.used, n.resource) if n.used is not None else "?"
-        hard = format_quantity(n.hard, n.resource) if n.hard is not None else "?"
+        # One unit on both sides ("4000m of 4800m", never "4 of 4800m"), the percentage to 0.1.
+        used, hard = (x.replace("-", "?") for x in format_together([n.used, n.hard], n.resource))
         if n.state == "firing":
             return (f":warning: Project {self.project} (team {self.team}): {n.namespace} {n.resource} is at "
-                    f"{n.utilization}% of its quota ({used} of {hard}), past {n.threshold}%. Plan capacity "
-                    f"and request a change on the Project before it is full.")
+                    f"{format_percent(n.utilization)} of its quota ({used} of {hard}), past {n.threshold}%. "
+                    "Plan capacity and request a change on the Project before it is full.")
         return (f":white_check_mark: Project {self.project} (team {self.team}): {n.namespace} {n.resource} "
                 f"is back below {n.threshold}% of its quota ({used} of {hard}).")
 
@@ -163,7 +163,7 @@ class AlertmanagerSink:
                        "team": delivery.team, "namespace": n.namespace, "resource": n.resource,
                        "threshold": str(n.threshold), "severity": delivery.severity},
             "annotations": {"summary": delivery.text(), "contacts": ", ".join(delivery.contacts),
-                            "utilization": str(n.utilization), "notification_id": n.id},
+                            "utilization": format_percent(n.utilization), "notification_id": n.id},
             "startsAt": rfc3339(starts) if n.state == "firing" else rfc3339(_alert_start(n)),
             "endsAt": rfc3339(ends),
             "generatorURL": f"headroom://projects/{delivery.project}",
@@ -295,7 +295,7 @@ class Alerting:
                 self.metrics.alerts_sent.labels(sink.name, notification.state).inc()
                 log.info("Project %s: alert %s %s %s (%s of the quota, threshold %s%%) sent to %s", spec.name,
                          notification.key.namespace, notification.key.resource, notification.state,
-                         "unknown" if notification.utilization is None else f"{notification.utilization:.0f}%",
+                         format_percent(notification.utilization),
                          notification.key.threshold, sink.name)
         if state is not delivered_from:
             # Deliveries retired outboxes: evaluating once more now schedules the reminders, so the
@@ -321,7 +321,7 @@ class Alerting:
         conditions = alert_conditions(
             state, hours=str(hours), hours_problem=hours_problem, delivery=delivery,
             previous=(body.get("status") or {}).get("conditions") or [],
-            generation=body.get("metadata", {}).get("generation"), now=now)
+            generation=body.get("metadata", {}).get("generation"), now=now, hysteresis=policy.hysteresis)
         return AlertOutcome(state_to_status(state), conditions)
 
 

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import heapq
 import itertools
+import json
 import logging
 import math
 import os
@@ -315,3 +316,13 @@ async def retrying(action: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
                 raise
             await asyncio.sleep(next(delays))
     raise AssertionError("unreachable")
+
+
+async def list_plain(fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """A LIST's items as plain dicts, parsed straight from the JSON: the client's model objects for
+    thousands of items would cost several times the memory, and the store keeps dicts anyway."""
+    response = await asyncio.to_thread(fn, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+    try:
+        return list(json.loads(response.data).get("items") or [])
+    finally:
+        response.release_conn()

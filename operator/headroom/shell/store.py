@@ -1,0 +1,154 @@
+"""What the watch streams have shown: the operator's whole view of the cluster, with its indexes.
+
+Kopf's handlers (handlers.py) put what they see here; the reconciler reads it. Reconciling one
+Project never costs a pass over every Project or quota in the cluster: the indexes answer instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from headroom.core.history import DailyPeaks, decode
+from headroom.core.names import DAILY_PEAKS_ANNOTATION, PROJECT_LABEL
+
+
+class IndexedDict(dict[str, dict[str, Any]]):
+    """A dict that keeps an inverted index: index key -> the keys whose value names it.
+
+    Reconciling one Project must not cost a pass over every Project or quota in the cluster (that
+    is quadratic: at 3000 Projects a derivation cycle spent seconds of CPU in such passes).
+    """
+
+    def __init__(self, index_keys: Callable[[Mapping[str, Any]], set[str]]) -> None:
+        super().__init__()
+        self._index_keys = index_keys
+        self._index: dict[str, set[str]] = {}
+
+    def keys_for(self, index_key: str) -> set[str]:
+        return set(self._index.get(index_key, ()))
+
+    def _unindex(self, key: str) -> None:
+        if key in self:
+            for index_key in self._index_keys(dict.__getitem__(self, key)):
+                keys = self._index.get(index_key)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._index[index_key]
+
+    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
+        self._unindex(key)
+        super().__setitem__(key, value)
+        for index_key in self._index_keys(value):
+            self._index.setdefault(index_key, set()).add(key)
+
+    def __delitem__(self, key: str) -> None:
+        self._unindex(key)
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+        self._unindex(key)
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        super().clear()
+        self._index.clear()
+
+
+def _claimed_namespaces(body: Mapping[str, Any]) -> set[str]:
+    return {str(ns.get("name")) for ns in (body.get("spec") or {}).get("namespaces") or []
+            if isinstance(ns, Mapping) and ns.get("name")}
+
+
+def _labelled_project(obj: Mapping[str, Any]) -> set[str]:
+    project = (obj.get("metadata", {}).get("labels") or {}).get(PROJECT_LABEL)
+    return {project} if project else set()
+
+
+@dataclass
+class Store:
+    """What the watch streams have shown: the operator's whole view of the cluster."""
+
+    # name -> Project, indexed by the namespaces it claims
+    projects: IndexedDict = field(default_factory=lambda: IndexedDict(_claimed_namespaces))
+    # namespace -> Headroom's quota, indexed by the Project its label names
+    quotas: IndexedDict = field(default_factory=lambda: IndexedDict(_labelled_project))
+    limitranges: dict[str, dict[str, Any]] = field(default_factory=dict)
+    namespaces: set[str] = field(default_factory=set)
+    # namespace -> the Project its headroom.dev/project label names (only labelled namespaces)
+    namespace_labels: dict[str, str] = field(default_factory=dict)
+
+    def projects_claiming(self, namespace: str) -> list[str]:
+        return sorted(self.projects.keys_for(namespace))
+
+    def quota_namespaces_of(self, project: str) -> set[str]:
+        """Namespaces holding a quota labelled for `project` (some may have left its spec)."""
+        return self.quotas.keys_for(project)
+
+    def confirmed_claim(self, project: str, namespace: str) -> bool:
+        """Whether another Project's claim on a namespace counts (claims.py has the rule; this is
+        its view from outside: the label, Headroom's quota, or what that Project's status recorded)."""
+        label = self.namespace_labels.get(namespace)
+        if label is not None:
+            return label == project
+        quota = self.quotas.get(namespace)
+        if quota is not None and (quota.get("metadata", {}).get("labels") or {}).get(PROJECT_LABEL) == project:
+            return True
+        body = self.projects.get(project) or {}
+        approved = ((body.get("status") or {}).get("approved") or {}).get("namespaces") or ()
+        return namespace in approved or body.get("metadata", {}).get("generation") == 1
+
+    def claimed_by_others(self, project: str) -> dict[str, str]:
+        """Namespaces of `project` that an older Project claims with a confirmed claim (oldest wins)."""
+        body = self.projects.get(project) or {}
+
+        def age(name: str) -> tuple[str, str]:
+            meta = self.projects[name].get("metadata", {})
+            return (str(meta.get("creationTimestamp") or "9999"), name)
+
+        mine = age(project) if project in self.projects else ("", project)
+        result: dict[str, str] = {}
+        for ns in (body.get("spec") or {}).get("namespaces") or []:
+            name = ns.get("name")
+            rivals = [p for p in self.projects_claiming(name)
+                      if p != project and age(p) < mine and self.confirmed_claim(p, name)]
+            if rivals:
+                result[name] = min(rivals, key=age)
+        return result
+
+    def released(self, namespaces: set[str], project: str) -> frozenset[str]:
+        """Of `namespaces`, those whose Headroom quota belongs to another Project that no longer lists them."""
+        out = set()
+        for ns in namespaces:
+            owner = _labelled_project(self.quotas.get(ns) or {})
+            if owner and project not in owner and not any(p in self.projects_claiming(ns) for p in owner):
+                out.add(ns)
+        return frozenset(out)
+
+
+
+def quota_daily_peaks(store: Store) -> Callable[[str], DailyPeaks]:
+    """The sampler's daily peaks of a namespace, as kept on Headroom's quota there."""
+    def of(namespace: str) -> DailyPeaks:
+        quota = store.quotas.get(namespace) or {}
+        return decode((quota.get("metadata", {}).get("annotations") or {}).get(DAILY_PEAKS_ANNOTATION))
+
+    return of
+
+
+def plain(body: Mapping[str, Any], keep_managed_fields: bool = True) -> dict[str, Any]:
+    """A deep plain-dict copy: Kopf's bodies are live views that change under our feet.
+
+    managedFields are kept only where drift detection reads them (quotas): on Projects they would
+    be most of the memory the store holds.
+    """
+    def copy(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: copy(v) for k, v in value.items() if keep_managed_fields or k != "managedFields"}
+        if isinstance(value, list):
+            return [copy(v) for v in value]
+        return value
+    return copy(body)
+
