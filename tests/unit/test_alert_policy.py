@@ -15,6 +15,7 @@ from headroom.core.alert_policy import (
     AlertState,
     Notification,
     Usage,
+    alert_conditions,
     evaluate,
     firing_alerts,
     mark_delivered,
@@ -577,7 +578,7 @@ def test_status_shape_is_json_friendly() -> None:
         "state": "firing",
         "since": "2026-03-02T10:00:00Z",
         "utilization": "85",
-        "used": "3.4",
+        "used": "3400m",
         "hard": "4",
         "announced": True,
         "repeats": 0,
@@ -586,7 +587,7 @@ def test_status_shape_is_json_friendly() -> None:
             "state": "firing",
             "since": "2026-03-02T10:00:00Z",
             "utilization": "85",
-            "used": "3.4",
+            "used": "3400m",
             "hard": "4",
             "repeat": 0,
             "urgent": False,
@@ -873,3 +874,29 @@ def test_random_walk_invariants_and_restart_equivalence(seed: int) -> None:
             if after.repeat:
                 assert before.state == FIRING
                 assert after.repeat == (before.repeat + 1 if before.since == after.since else 1)
+
+
+def test_status_amounts_read_like_the_quota_and_survive_a_restart() -> None:
+    memory = ("team-a", "requests.memory")
+    state, _ = run(AlertState(), {memory: Usage(D(2400) * 1024**2 * 9 // 10, D(2516582400))}, MON_10,
+                   policy=AlertPolicy(thresholds=(80,)))
+    (item,) = state_to_status(state)
+    # "2400Mi", as the quota's own spec.hard says, not the byte count "2516582400".
+    assert (item["used"], item["hard"], item["outbox"]["hard"]) == ("2160Mi", "2400Mi", "2400Mi")
+    assert state_from_status(json.loads(json.dumps(state_to_status(state)))) == state
+
+
+def test_status_written_by_earlier_versions_as_plain_numbers_still_reads() -> None:
+    state, _ = run(AlertState(), {CPU: Usage(D("3.4"), D(4))}, MON_10)
+    (item,) = state_to_status(state)
+    old = {**item, "used": "3.4", "outbox": {**item["outbox"], "used": "3.4"}}
+    assert state_from_status([old]) == state
+
+
+def test_near_limit_condition_gives_amounts_in_one_unit_and_where_the_alert_clears() -> None:
+    state, _ = run(AlertState(), {CPU: Usage(D("4.5"), D(5))}, MON_10, policy=AlertPolicy(thresholds=(90,)))
+    # Hysteresis keeps it firing at 89.74 %: the message must not claim ">= 90%" next to that.
+    state, _ = run(state, {CPU: Usage(D("4.487"), D(5))}, MON_10, policy=AlertPolicy(thresholds=(90,)))
+    near = alert_conditions(state, hours="Mon-Fri 09:00-17:00 UTC", hours_problem=None, delivery=None,
+                            previous=[], generation=1, now=MON_10, hysteresis=D(5))[0]
+    assert near["message"] == "team-a requests.cpu at 89.7% (4487m of 5000m; alert at 90%, until below 85%)"

@@ -8,7 +8,9 @@ from headroom.core.quantity import (
     MI,
     QuantityError,
     canonical,
+    format_percent,
     format_quantity,
+    format_together,
     parse_quantity,
     resource_kind,
     round_up,
@@ -284,3 +286,47 @@ def test_canonical_identifies_equal_amounts(a: str, b: str) -> None:
 
 def test_unit_constants() -> None:
     assert (D(1024), D(1048576), D(1073741824)) == (KI, MI, GI)
+
+
+# ------------------------------------------------------------------------------------- for people
+
+
+@pytest.mark.parametrize(
+    ("values", "resource", "expected"),
+    [
+        # One unit on both sides of "X of Y": never "4 of 4800m" or "900m of 1".
+        ([D(4), D("4.8")], "requests.cpu", ["4000m", "4800m"]),
+        ([D("0.9"), D(1)], "limits.cpu", ["900m", "1000m"]),
+        ([D(4), D(5)], "requests.cpu", ["4", "5"]),
+        ([D(0), D("0.5")], "requests.cpu", ["0", "500m"]),
+        # Memory in the largest binary unit that keeps both exact: 2516582400 bytes is 2400Mi.
+        ([D(2516582400), D(2400) * MI], "requests.memory", ["2400Mi", "2400Mi"]),
+        ([D(1536) * MI, D(2) * GI], "limits.memory", ["1536Mi", "2048Mi"]),
+        ([D(3) * GI, D(4) * GI], "requests.memory", ["3Gi", "4Gi"]),
+        # A raw byte peak that no unit holds exactly: rounded and marked, in the unit of its neighbours.
+        ([D(1234567890), D(1413) * MI], "requests.memory", ["~1177.4Mi", "1413Mi"]),
+        ([None, D(7)], "pods", ["-", "7"]),
+    ],
+)
+def test_values_read_side_by_side_share_one_unit(values: list[D | None], resource: str, expected: list[str]) -> None:
+    assert format_together(values, resource) == expected
+
+
+def test_exact_values_shown_together_parse_back() -> None:
+    for values, resource in (([D(4), D("4.8")], "requests.cpu"), ([D(1536) * MI, D(2) * GI], "limits.memory")):
+        assert [parse_quantity(t) for t in format_together(values, resource)] == values
+
+
+@pytest.mark.parametrize(
+    ("percent", "expected"),
+    [
+        (D("83.33333333333333333333333333"), "83.3%"),
+        (D("89.74"), "89.7%"),
+        (D(80), "80%"),
+        (D("80.0"), "80%"),
+        (D("1E+2"), "100%"),
+        (None, "unknown"),
+    ],
+)
+def test_percent_is_short(percent: D | None, expected: str) -> None:
+    assert format_percent(percent) == expected

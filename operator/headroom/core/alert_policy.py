@@ -40,7 +40,14 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from headroom.core.business_hours import BusinessHours, add_business_days, next_opening
 from headroom.core.conditions import condition, rfc3339
-from headroom.core.quantity import utilization_percent
+from headroom.core.quantity import (
+    QuantityError,
+    format_percent,
+    format_quantity,
+    format_together,
+    parse_quantity,
+    utilization_percent,
+)
 from headroom.core.spec import DEFAULT_HYSTERESIS, DEFAULT_THRESHOLDS
 
 __all__ = [
@@ -57,6 +64,7 @@ __all__ = [
     "Usage",
     "UtilizationInput",
     "alert_conditions",
+    "describe_firing",
     "evaluate",
     "firing_alerts",
     "mark_delivered",
@@ -456,8 +464,8 @@ def _record_to_status(record: AlertRecord) -> dict[str, Any]:
         "state": record.state,
         "since": _iso(record.since),
         "utilization": _dec_str(record.utilization),
-        "used": _dec_str(record.used),
-        "hard": _dec_str(record.hard),
+        "used": _amount(record.used, record.key.resource),
+        "hard": _amount(record.hard, record.key.resource),
         "announced": record.announced,
         "lastSent": _iso(record.last_sent) if record.last_sent else None,
         "repeats": record.repeats,
@@ -475,8 +483,8 @@ def _notification_to_status(notification: Notification) -> dict[str, Any]:
         "state": notification.state,
         "since": _iso(notification.since),
         "utilization": _dec_str(notification.utilization),
-        "used": _dec_str(notification.used),
-        "hard": _dec_str(notification.hard),
+        "used": _amount(notification.used, notification.resource),
+        "hard": _amount(notification.hard, notification.resource),
         "repeat": notification.repeat,
         "urgent": notification.urgent,
     }
@@ -493,8 +501,8 @@ def _record_from_status(item: Any) -> AlertRecord:
         firing=_state(item["state"]) == FIRING,
         since=_parse_time(item["since"]),
         utilization=_optional(item, "utilization", _parse_decimal),
-        used=_optional(item, "used", _parse_decimal),
-        hard=_optional(item, "hard", _parse_decimal),
+        used=_optional(item, "used", _parse_amount),
+        hard=_optional(item, "hard", _parse_amount),
         announced=_flag(item.get("announced", False)),
         last_sent=_optional(item, "lastSent", _parse_time),
         repeats=_count(item.get("repeats", 0), minimum=0),
@@ -514,8 +522,8 @@ def _notification_from_status(key: AlertKey, item: Any) -> Notification:
         state=_state(item["state"]),
         since=_parse_time(item["since"]),
         utilization=_optional(item, "utilization", _parse_decimal),
-        used=_optional(item, "used", _parse_decimal),
-        hard=_optional(item, "hard", _parse_decimal),
+        used=_optional(item, "used", _parse_amount),
+        hard=_optional(item, "hard", _parse_amount),
         repeat=_count(item.get("repeat", 0), minimum=0),
         urgent=_flag(item.get("urgent", False)),
     )
@@ -545,6 +553,20 @@ def _decimal(value: object, name: str) -> Decimal:
 
 def _dec_str(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
+
+
+def _amount(value: Decimal | None, resource: str) -> str | None:
+    # As the quota itself shows it ("2400Mi", not "2516582400"), so status reads like the quota.
+    return None if value is None else format_quantity(value, resource)
+
+
+def _parse_amount(value: Any) -> Decimal:
+    if not isinstance(value, str):
+        raise TypeError("amounts are stored as strings")
+    try:
+        return parse_quantity(value)  # also reads the plain decimals that earlier versions stored
+    except QuantityError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def _parse_decimal(value: Any) -> Decimal:
@@ -605,17 +627,30 @@ def _names(value: Any) -> frozenset[str]:
 DeliveryOutcome = tuple[bool, str, str]  # (delivered, reason, message) of the last delivery attempt
 
 
+def describe_firing(record: AlertRecord, hysteresis: Decimal | None = None) -> str:
+    """One firing alert for people: "payments requests.cpu at 89.7% (4490m of 5000m; alert at 90%, until
+    below 85%)". Hysteresis keeps an alert firing a little under its threshold, so the text says where it
+    clears rather than claiming ">= 90%" next to 89.7%."""
+    key = record.key
+    amounts = ""
+    if record.used is not None and record.hard is not None:
+        used, hard = format_together([record.used, record.hard], key.resource)
+        amounts = f"{used} of {hard}; "
+    clears = f", until below {format_percent(key.threshold - hysteresis)}" if hysteresis else ""
+    return (f"{key.namespace} {key.resource} at {format_percent(record.utilization)} "
+            f"({amounts}alert at {key.threshold}%{clears})")
+
+
 def alert_conditions(state: AlertState, *, hours: str, hours_problem: str | None, delivery: DeliveryOutcome | None,
                      previous: Sequence[Mapping[str, Any]], generation: int | None,
-                     now: datetime) -> list[dict[str, Any]]:
+                     now: datetime, hysteresis: Decimal | None = None) -> list[dict[str, Any]]:
     """The conditions alerting adds to a Project's status: QuotaNearLimit, BusinessHoursValid and
     AlertsDelivered (kept as it was when `delivery` is None: nothing was attempted or settled)."""
     firing = firing_alerts(state)
     if firing:
         top = max(firing, key=lambda r: (r.key.threshold, r.utilization or 0))
         near = condition("QuotaNearLimit", True, f"Above{top.key.threshold}Percent", "; ".join(
-            f"{r.key.namespace} {r.key.resource} at {r.utilization}% (>= {r.key.threshold}%)" for r in firing),
-            generation=generation, previous=previous, now=now)
+            describe_firing(r, hysteresis) for r in firing), generation=generation, previous=previous, now=now)
     else:
         near = condition("QuotaNearLimit", False, "BelowThresholds", "every quota is below its alert thresholds",
                          generation=generation, previous=previous, now=now)

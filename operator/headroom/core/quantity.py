@@ -28,7 +28,9 @@ __all__ = [
     "QuantityError",
     "ResourceKind",
     "canonical",
+    "format_percent",
     "format_quantity",
+    "format_together",
     "parse_quantity",
     "resource_kind",
     "round_up",
@@ -214,6 +216,57 @@ def format_quantity(value: Decimal, resource: str) -> str:
                 if _is_multiple(value, unit):
                     return f"{canonical(value / unit)}{suffix}"
     return canonical(value)
+
+
+def _in_unit(value: Decimal, unit: Decimal, suffix: str) -> str:
+    """`value` in `unit`: exact when that takes at most three decimals, else "~" and one decimal."""
+    with localcontext(CONTEXT):
+        amount = value / unit
+        if amount == amount.quantize(_MILLI):
+            return f"{canonical(amount)}{suffix}"
+        return f"~{canonical(amount.quantize(_PERCENT_STEP, rounding=ROUND_HALF_UP))}{suffix}"
+
+
+def _common_unit(values: list[Decimal], kind: ResourceKind) -> tuple[Decimal, str]:
+    nonzero = [v for v in values if v != 0]
+    if kind == "cpu":
+        if all(_is_multiple(v, Decimal(1)) for v in nonzero):
+            return Decimal(1), ""
+        return (_MILLI, "m") if all(_is_multiple(v, _MILLI) for v in nonzero) else (Decimal(1), "")
+    for unit, suffix in ((GI, "Gi"), (MI, "Mi"), (KI, "Ki")):
+        if nonzero and all(_is_multiple(v, unit) for v in nonzero):
+            return unit, suffix
+    # Raw byte counts (a peak from Prometheus): one readable unit for all, inexact ones marked "~".
+    largest = max(nonzero, default=Decimal(0))
+    if largest >= GI:
+        return MI, "Mi"
+    return (KI, "Ki") if largest >= KI else (Decimal(1), "")
+
+
+def format_together(values: list[Decimal | None], resource: str) -> list[str]:
+    """Values that a person reads side by side ("4000m of 4800m", "1536Mi of 2048Mi"), in one unit.
+
+    Cpu is in cores when every value is whole, else in millicores; memory in the largest binary
+    unit that keeps every value exact. A byte count no binary unit holds exactly is shown rounded
+    to 0.1 with "~" (the exact value stays in status and in -o json). None is shown as "-".
+    """
+    present = [v for v in values if v is not None]
+    for value in present:
+        _require_finite(value)
+    kind = resource_kind(resource)
+    if kind == "count":
+        return ["-" if v is None else canonical(v) for v in values]
+    unit, suffix = _common_unit(present, kind)
+    return ["-" if v is None else "0" if v == 0 else _in_unit(v, unit, suffix) for v in values]
+
+
+def format_percent(percent: Decimal | None) -> str:
+    """A utilization for people: "83.3%", "80%", "unknown"; at most one decimal, however it was stored."""
+    if percent is None:
+        return "unknown"
+    _require_finite(percent)
+    with localcontext(CONTEXT):
+        return f"{canonical(percent.quantize(_PERCENT_STEP, rounding=ROUND_HALF_UP))}%"
 
 
 def canonical(value: Decimal) -> str:
