@@ -34,6 +34,7 @@ from headroom.core.changes import (
     change_id,
     decide,
     pending_change,
+    short_id,
     tighter_terms,
 )
 from headroom.core.claims import Claim, judge_claim
@@ -47,7 +48,14 @@ from headroom.core.names import (
     QUOTA_NAME,
     STATE_ANNOTATION,
 )
-from headroom.core.quantity import canonical, format_quantity, parse_quantity, resource_kind, utilization_percent
+from headroom.core.quantity import (
+    canonical,
+    format_percent,
+    format_quantity,
+    parse_quantity,
+    resource_kind,
+    utilization_percent,
+)
 from headroom.core.spec import DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK, NamespaceSpec, ProjectSpec
 
 COUNTING = "counting"
@@ -150,7 +158,7 @@ class ObservedLimitRange:
 def observe_limitrange(obj: Mapping[str, Any]) -> ObservedLimitRange:
     meta = obj.get("metadata", {})
     limits = (obj.get("spec") or {}).get("limits") or []
-    container = next((item for item in limits if item.get("type") == "Container"), {})
+    container: Mapping[str, Any] = next((item for item in limits if item.get("type") == "Container"), {})
     return ObservedLimitRange(
         default=_values(container.get("default")),
         default_request=_values(container.get("defaultRequest")),
@@ -285,7 +293,8 @@ class _Pass:
 
     @property
     def generation(self) -> int | None:
-        return self.body.get("metadata", {}).get("generation")
+        generation = self.body.get("metadata", {}).get("generation")
+        return generation if isinstance(generation, int) else None
 
     def wait(self, name: str, state: str, message: str) -> None:
         self.entries[name].update(state=state, message=message)
@@ -585,7 +594,9 @@ def _status(work: _Pass, utilization: Mapping[tuple[str, str], Decimal],
         # A decrease held at current use stays visible as pending (reason: clamped) until use allows it.
         before = work.old_status.get("pendingChange") or {}
         since = before.get("since") if before.get("id") == work.pending.id else None
-        status["pendingChange"] = {"id": work.pending.id, "since": since or rfc3339(work.now),
+        # shortId: what `kubectl get projects` shows and `headroom approve --id` accepts.
+        status["pendingChange"] = {"id": work.pending.id, "shortId": short_id(work.pending.id),
+                                   "since": since or rfc3339(work.now),
                                    **work.pending.to_status(), "reason": work.decision.reason}
         if not since and work.decision.action == "wait":
             work.events.append(Event("Normal", "ChangePending", work.decision.reason))
@@ -599,7 +610,7 @@ def _status(work: _Pass, utilization: Mapping[tuple[str, str], Decimal],
     top = max(sorted(utilization.items()), key=lambda kv: kv[1], default=None)
     status["summary"] = {
         "namespaces": ",".join(spec.namespace_names)[:256],
-        "highestUtilization": f"{top[1]:.0f}% {top[0][0]}/{top[0][1]}" if top else "",
+        "highestUtilization": f"{format_percent(top[1])} {top[0][0]}/{top[0][1]}" if top else "",
         "enforcement": "Enforce" if enforced else "Observe",
     }
     spent = work.pending.id if work.consumed and work.pending is not None else work.terms.changed_before

@@ -144,17 +144,18 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         else:
             kept[namespace] = plain(body, keep_managed_fields=keep_managed_fields)
         project = (body.get("metadata", {}).get("labels") or {}).get(PROJECT_LABEL)
-        if project in store.projects:
+        if isinstance(project, str) and project in store.projects:
             runtime.schedule(project)
 
     @kopf.on.event("v1", "resourcequotas", registry=registry)
-    async def quota_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
+    async def quota_event(event: Mapping[str, Any], body: kopf.Body, namespace: str | None, **_: Any) -> None:
         # Drift detection reads who wrote a quota, so its managedFields are kept.
-        owned_object_event(store.quotas, QUOTA_NAME, True, event, body, namespace)
+        owned_object_event(store.quotas, QUOTA_NAME, True, event, body, namespace or "")
 
     @kopf.on.event("v1", "limitranges", registry=registry)
-    async def limitrange_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
-        owned_object_event(store.limitranges, LIMITRANGE_NAME, False, event, body, namespace)
+    async def limitrange_event(event: Mapping[str, Any], body: kopf.Body, namespace: str | None,
+                               **_: Any) -> None:
+        owned_object_event(store.limitranges, LIMITRANGE_NAME, False, event, body, namespace or "")
 
     @kopf.on.event("v1", "namespaces", registry=registry)
     async def namespace_event(event: Mapping[str, Any], name: str, body: kopf.Body, **_: Any) -> None:
@@ -172,7 +173,8 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
             store.namespace_labels.pop(name, None)
         else:
             store.namespace_labels[name] = label  # the platform's confirmation of a claim
-        for project in {*store.projects_claiming(name), *(p for p in (label, before) if p in store.projects)}:
+        named = (p for p in (label, before) if isinstance(p, str) and p in store.projects)
+        for project in {*store.projects_claiming(name), *named}:
             runtime.schedule(project)
 
 

@@ -221,9 +221,10 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> Api
     # The client library reads $KUBECONFIG once, at import: read it now.
     path = kubeconfig or os.environ.get("KUBECONFIG") or None
     if not (path or context) and "KUBERNETES_SERVICE_HOST" in os.environ:
-        kubernetes.config.load_incluster_config(client_configuration=config)
+        kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
     else:
-        kubernetes.config.load_kube_config(config_file=path, context=context, client_configuration=config)
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=path, context=context, client_configuration=config)
     return ApiClient(config)
 
 

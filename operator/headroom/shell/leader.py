@@ -107,10 +107,10 @@ class LeaderElector:
         return True
 
     def _remember(self, lease: kubernetes.client.V1Lease) -> None:
-        spec = lease.spec
+        spec = lease.spec or kubernetes.client.V1LeaseSpec()
         self._observed = (spec.holder_identity, spec.renew_time, spec.acquire_time, spec.lease_transitions)
         self._observed_at = self.clock()
-        self._resource_version = lease.metadata.resource_version
+        self._resource_version = lease.metadata.resource_version if lease.metadata else None
 
     def release(self) -> None:
         """On a clean shutdown, hand over at once instead of after a lease duration."""

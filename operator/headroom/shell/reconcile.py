@@ -60,8 +60,11 @@ _FOREIGN_STATUS_KEYS = frozenset({"kopf"})
 
 
 class AlertOutcomeLike(Protocol):
-    records: list[dict[str, Any]]
-    conditions: list[dict[str, Any]]
+    @property
+    def records(self) -> list[dict[str, Any]]: ...
+
+    @property
+    def conditions(self) -> list[dict[str, Any]]: ...
 
 
 class AlertHook(Protocol):

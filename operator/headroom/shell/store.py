@@ -31,7 +31,7 @@ class IndexedDict(dict[str, dict[str, Any]]):
 
     def _unindex(self, key: str) -> None:
         if key in self:
-            for index_key in self._index_keys(dict.__getitem__(self, key)):
+            for index_key in self._index_keys(super().__getitem__(key)):
                 keys = self._index.get(index_key)
                 if keys is not None:
                     keys.discard(key)
@@ -48,7 +48,7 @@ class IndexedDict(dict[str, dict[str, Any]]):
         self._unindex(key)
         super().__delitem__(key)
 
-    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+    def pop(self, key: str, *default: Any) -> Any:
         self._unindex(key)
         return super().pop(key, *default)
 
@@ -150,5 +150,5 @@ def plain(body: Mapping[str, Any], keep_managed_fields: bool = True) -> dict[str
         if isinstance(value, list):
             return [copy(v) for v in value]
         return value
-    return copy(body)
+    return dict(copy(body))
 
