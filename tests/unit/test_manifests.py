@@ -43,3 +43,13 @@ def test_the_team_example_leaves_the_reviewers_role_to_the_install() -> None:
     example = {_key(o) for o in _objects(MANIFESTS / "examples" / "team-editor-rbac.yaml")}
     assert ("rbac.authorization.k8s.io", "ClusterRole", "", "headroom-approver") in installed
     assert example and not example & installed
+
+
+def test_kubectl_get_projects_shows_the_short_pending_id() -> None:
+    # The full id is 71 characters and would push every other column off the screen.
+    crd = yaml.safe_load((REPO / "crds" / "projects.headroom.dev.yaml").read_text())
+    (version,) = crd["spec"]["versions"]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Pending"] == ".status.pendingChange.shortId"
+    pending = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["pendingChange"]
+    assert pending["properties"]["shortId"]["type"] == "string"

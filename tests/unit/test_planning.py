@@ -412,6 +412,8 @@ def test_raise_without_approval_waits_and_publishes_the_pending_change() -> None
     assert result.governed["ns"]["requests.cpu"] == D(4)
     pending = result.status["pendingChange"]
     assert pending["id"] == change
+    # The short form `kubectl get projects` shows: 19 characters, not 71.
+    assert pending["shortId"] == change[:19] and len(pending["shortId"]) == 19
     assert pending["since"] == NOW_ISO
     assert pending["diff"] == [{"namespace": "ns", "resource": "requests.cpu", "from": "4", "to": "8"}]
     assert "sign-off" in pending["reason"]
@@ -784,7 +786,8 @@ def test_utilization_is_used_over_governed() -> None:
     quota = governed_rq(governed={"requests.cpu": "4", "pods": "12"}, used={"requests.cpu": "3", "pods": "11"})
     result = plan(spec, body, observed({"ns": quota}))
     assert result.utilization == {("ns", "requests.cpu"): D("75.0"), ("ns", "pods"): D("91.7")}
-    assert result.status["summary"]["highestUtilization"] == "92% ns/pods"
+    # The same 0.1 % as everywhere else, not rounded again to "92%".
+    assert result.status["summary"]["highestUtilization"] == "91.7% ns/pods"
 
 
 def test_the_status_written_at_bootstrap_is_the_one_the_next_reconcile_computes() -> None:
@@ -799,7 +802,7 @@ def test_the_status_written_at_bootstrap_is_the_one_the_next_reconcile_computes(
     written = json.loads(quota_in(first).annotations[GOVERNED_HARD])
     body["status"] = first.status
     second = plan(spec, body, observed({"ns": governed_rq(governed=written, used=used)}, peaks=peaks))
-    assert first.status["summary"]["highestUtilization"].startswith("83% ns/")
+    assert first.status["summary"]["highestUtilization"].startswith("83.3% ns/")
     assert second.status == first.status
 
 

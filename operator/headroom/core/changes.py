@@ -43,6 +43,7 @@ __all__ = [
     "change_id",
     "decide",
     "pending_change",
+    "short_id",
     "tighter_terms",
 ]
 
@@ -73,6 +74,14 @@ def change_id(spec: ProjectSpec) -> str:
     }
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return ID_PREFIX + hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+SHORT_ID_DIGITS = 12
+
+
+def short_id(identifier: str) -> str:
+    """The id as people quote it: `sha256:` and its first 12 hex digits (`headroom approve --id` takes it)."""
+    return identifier[: len(ID_PREFIX) + SHORT_ID_DIGITS] if identifier.startswith(ID_PREFIX) else identifier
 
 
 # --------------------------------------------------------------------------------------------- terms
