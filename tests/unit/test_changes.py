@@ -236,8 +236,17 @@ def test_clamped_message_formats_quantities() -> None:
     clamp = ClampedTarget("web", "requests.memory", requested=GI, used=1536 * MI)
     assert (
         clamp.message
-        == "web requests.memory: requested 1Gi is below current use 1536Mi, so it was set to 1536Mi"
+        == "web requests.memory: requested 1024Mi is below current use 1536Mi, so it was set to 1536Mi"
     )
+
+
+def test_a_change_is_described_in_one_unit() -> None:
+    # "from 4800m to 6" made a reviewer compare millicores with cores.
+    change = ResourceChange("web", "requests.cpu", D("4.8"), D(6))
+    assert change.describe() == "web requests.cpu from 4800m to 6000m"
+    assert ResourceChange("web", "limits.memory", 2 * GI, 2560 * MI).describe() == (
+        "web limits.memory from 2048Mi to 2560Mi")
+    assert ResourceChange("web", "pods", None, D(20)).describe() == "web pods to 20 (currently unlimited)"
 
 
 @pytest.mark.parametrize("used", [{}, {"web": {"pods": D(1)}}])
@@ -311,7 +320,7 @@ def test_auto_approval_off_ignores_recommendation() -> None:
 
 def test_auto_approval_explains_which_raise_exceeds() -> None:
     decision = decide(RAISE, Approval(None), USED, {"web": {"requests.cpu": D("7.5")}}, True)
-    assert "web requests.cpu 8 is above the recommendation 7500m" in decision.reason
+    assert "web requests.cpu 8000m is above the recommendation 7500m" in decision.reason
 
 
 def test_new_resource_counts_as_a_raise() -> None:

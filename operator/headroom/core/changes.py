@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from headroom.core.derivation import container_defaults, default_minimum, one_container
 from headroom.core.names import APPROVED_CHANGE_ANNOTATION
-from headroom.core.quantity import canonical, format_quantity, parse_quantity
+from headroom.core.quantity import canonical, format_quantity, format_together, parse_quantity
 from headroom.core.spec import (
     DEFAULT_HEADROOM_PERCENT,
     DEFAULT_LOOKBACK,
@@ -185,8 +185,7 @@ def tighter_terms(asked: Terms, approved: Terms, default_enforcement: str
         want = asked.minimum.get(r, default_minimum(r))
         had = approved.minimum.get(r, default_minimum(r))
         if want > had:
-            loosened.append(SettingChange(f"spec.quota.minimum[{r}]", format_quantity(had, r),
-                                          format_quantity(want, r)))
+            loosened.append(SettingChange(f"spec.quota.minimum[{r}]", *format_together([had, want], r)))
         minimum[r] = min(want, had)
     # A larger default for containers that set nothing hands every such pod more, and raises the floors.
     container: dict[str, Decimal] = {}
@@ -230,10 +229,11 @@ class ResourceChange:
         return f"{self.namespace} {self.resource}"
 
     def describe(self) -> str:
-        to_text = format_quantity(self.to_value, self.resource)
+        # One unit on both sides: "from 4800m to 6000m", never "from 4800m to 6".
+        from_text, to_text = format_together([self.from_value, self.to_value], self.resource)
         if self.from_value is None:
             return f"{self.label} to {to_text} (currently unlimited)"
-        return f"{self.label} from {format_quantity(self.from_value, self.resource)} to {to_text}"
+        return f"{self.label} from {from_text} to {to_text}"
 
     def to_status(self) -> dict[str, str | None]:
         return {
@@ -335,11 +335,9 @@ class ClampedTarget:
 
     @property
     def message(self) -> str:
-        used = format_quantity(self.used, self.resource)
-        return (
-            f"{self.namespace} {self.resource}: requested {format_quantity(self.requested, self.resource)} "
-            f"is below current use {used}, so it was set to {used}"
-        )
+        requested, used = format_together([self.requested, self.used], self.resource)
+        return (f"{self.namespace} {self.resource}: requested {requested} is below current use {used}, "
+                f"so it was set to {used}")
 
 
 @dataclass(frozen=True)
@@ -401,10 +399,8 @@ def _within_recommendation(
         if limit is None:
             beyond.append(f"{change.label} has no recommendation")
         elif change.to_value > limit:
-            beyond.append(
-                f"{change.label} {format_quantity(change.to_value, change.resource)} is above the "
-                f"recommendation {format_quantity(limit, change.resource)}"
-            )
+            asked, recommended = format_together([change.to_value, limit], change.resource)
+            beyond.append(f"{change.label} {asked} is above the recommendation {recommended}")
     return beyond
 
 
