@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from headroom.shell import cli
 from headroom.shell.cli import EXIT_CONFLICT, EXIT_UNREACHABLE, EXIT_USAGE, CliError, expand_change_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -199,3 +200,63 @@ current-context: x
     monkeypatch.delenv("KUBECONFIG")
     with pytest.raises(Exception, match=r"token|service"):  # in a Pod without its token: in-cluster, not ~/.kube
         api_client()
+
+
+# ------------------------------------------------------------------------------ output for people
+
+
+def _status_with_pending() -> dict[str, object]:
+    full = "sha256:" + "4e0d2e29a1b2" + "c" * 52
+    reason = (f"change {full} raises payments requests.cpu from 4800m to 6 and needs sign-off: no approval yet "
+              f"(set annotation headroom.dev/approved-change={full} on the Project to approve it)")
+    return {
+        "phase": "Pending",
+        "namespaces": [{"name": "payments", "state": "Governed",
+                        "hard": {"requests.cpu": "4800m", "requests.memory": "2400Mi",
+                                 "requests.nvidia.com/gpu": "2", "hugepages-2Mi": "1Gi"},
+                        "used": {"requests.cpu": "4", "requests.memory": "2516582400",
+                                 "requests.nvidia.com/gpu": "1", "hugepages-2Mi": "0"},
+                        "recommended": {"requests.cpu": "5", "requests.memory": "2Gi"}}],
+        "pendingChange": {"id": full, "shortId": full[:19], "since": "2026-03-02T10:00:00Z", "reason": reason,
+                          "diff": [{"namespace": "payments", "resource": "requests.cpu", "from": "4800m",
+                                    "to": "6"}]},
+        "conditions": [{"type": "ChangePending", "status": "True", "reason": "AwaitingSignOff",
+                        "message": reason}],
+    }
+
+
+def test_status_shows_the_pending_id_once_and_each_row_in_one_unit(capsys: pytest.CaptureFixture[str]) -> None:
+    status = _status_with_pending()
+    cli._print_status("payments", status, status["conditions"])  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    full = status["pendingChange"]["id"]  # type: ignore[index]
+    assert out.count(full) == 1, out
+    assert f"pending change {full} since 2026-03-02T10:00:00Z" in out
+    assert "payments requests.cpu from 4800m to 6000m" in out
+    assert f"approved-change={full[:19]} on the Project" in out
+    lines = out.splitlines()
+    header = next(line for line in lines if "RESOURCE" in line)
+    # Every value starts under its heading, whatever the length of the resource names.
+    rows = lines[lines.index(header) + 1:lines.index(header) + 5]
+    assert [r.split()[0] for r in rows] == ["hugepages-2Mi", "requests.cpu", "requests.memory",
+                                            "requests.nvidia.com/gpu"]
+    for row in rows:
+        for column in ("HARD", "USED", "RECOMMENDED"):
+            at = header.index(column)
+            assert row[at - 1] == " " and row[at] != " ", (header, row)
+    cpu = next(line for line in lines if line.strip().startswith("requests.cpu "))
+    assert cpu.split()[1:] == ["4800m", "4000m", "5000m"]
+    memory = next(line for line in lines if line.strip().startswith("requests.memory "))
+    assert memory.split()[1:] == ["2400Mi", "2400Mi", "2048Mi"]
+
+
+def test_plan_table_shows_a_raw_byte_peak_in_the_unit_of_its_row() -> None:
+    row = {"project": "p", "namespace": "ns", "resource": "requests.memory", "peak": "1234567890",
+           "headroom": "20%", "floor": "1Gi", "used": "1Gi", "recommended": "1413Mi", "hard": "1413Mi", "why": "x"}
+    shown = cli._for_people(row)
+    assert [shown[c] for c in ("peak", "floor", "used", "recommended", "hard")] == [
+        "~1177.4Mi", "1024Mi", "1024Mi", "1413Mi", "1413Mi"]
+    cpu = {**row, "resource": "requests.cpu", "peak": "3300m", "floor": "1", "used": "2", "recommended": "3960m",
+           "hard": "4"}
+    assert [cli._for_people(cpu)[c] for c in ("peak", "floor", "used", "recommended", "hard")] == [
+        "3300m", "1000m", "2000m", "3960m", "4000m"]

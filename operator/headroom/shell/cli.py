@@ -44,7 +44,7 @@ from headroom.core.names import (
     VERSION,
 )
 from headroom.core.planning import Observed, Settings, observe_quota, plan_project, terms_in_force
-from headroom.core.quantity import QuantityError, format_quantity, parse_quantity
+from headroom.core.quantity import QuantityError, format_quantity, format_together, parse_quantity
 from headroom.core.spec import ProjectSpec, SpecError, parse_project
 from headroom.shell.config import ConfigError, OperatorConfig, build_parser, config_from
 
@@ -329,11 +329,23 @@ def expand_change_id(given: str, pending: str) -> str:
     return pending
 
 
+def _together(texts: Sequence[Any], resource: str) -> list[str]:
+    """Quantities from status, shown side by side in one unit ("4800m" and "6000m", not "4800m" and "6");
+    a text that does not parse is shown as it is."""
+    try:
+        values = [None if t in (None, "-") else parse_quantity(str(t)) for t in texts]
+    except QuantityError:
+        return ["-" if t is None else str(t) for t in texts]
+    return format_together(values, resource)
+
+
 def _describe(entry: Mapping[str, Any]) -> str:
-    where = f"{entry.get('namespace')} {entry.get('resource')}"
+    resource = str(entry.get("resource"))
+    where = f"{entry.get('namespace')} {resource}"
+    before, after = _together([entry.get("from"), entry.get("to")], resource)
     if entry.get("from") is None:
-        return f"{where} to {entry.get('to')} (currently unlimited)"
-    return f"{where} from {entry.get('from')} to {entry.get('to')}"
+        return f"{where} to {after} (currently unlimited)"
+    return f"{where} from {before} to {after}"
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -386,21 +398,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif args.output == "yaml":
         print(yaml.safe_dump(out, sort_keys=False))
     else:
-        print(f"Project {args.project}: {status.get('phase', 'unknown')}")
-        for ns in status.get("namespaces") or []:
-            print(f"  {ns['name']} ({ns.get('state')})")
-            for resource in sorted(ns.get("hard") or ns.get("recommended") or {}):
-                print(f"    {resource:<18} hard {ns.get('hard', {}).get(resource, '-'):>8}  "
-                      f"used {ns.get('used', {}).get(resource, '-'):>8}  "
-                      f"recommended {ns.get('recommended', {}).get(resource, '-'):>8}")
-        pending = status.get("pendingChange")
-        if pending:
-            print(f"  pending {pending['id']} since {pending.get('since')}: {pending.get('reason', '')}")
-        for entry in (status.get("history") or [])[-5:]:
-            print(f"  applied {entry.get('id')} at {entry.get('appliedAt')} by {entry.get('approvedBy')}")
-        for c in out["conditions"]:
-            print(f"  {c['type']}={c['status']} ({c['reason']}): {c['message']}")
+        _print_status(args.project, status, out["conditions"])
     return 0
+
+
+def _print_status(project: str, status: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]]) -> None:
+    print(f"Project {project}: {status.get('phase', 'unknown')}")
+    for ns in status.get("namespaces") or []:
+        print(f"  {ns['name']} ({ns.get('state')})")
+        rows = []
+        for resource in sorted(ns.get("hard") or ns.get("recommended") or {}):
+            hard, used, recommended = _together([(ns.get(k) or {}).get(resource) for k in
+                                                 ("hard", "used", "recommended")], resource)
+            rows.append({"resource": resource, "hard": hard, "used": used, "recommended": recommended})
+        if rows:
+            _table(rows, ["resource", "hard", "used", "recommended"], indent="    ")
+    pending = status.get("pendingChange") or {}
+    full = str(pending.get("id") or "")
+    if full:
+        # The full id once; the texts below name it again, and there its short form is enough.
+        print(f"  pending change {full} since {pending.get('since')}")
+        for entry in pending.get("diff") or []:
+            print(f"    {_describe(entry)}")
+        for entry in pending.get("loosens") or []:
+            print(f"    {entry.get('field')} from {entry.get('from')} to {entry.get('to')}")
+    short = str(pending.get("shortId") or full[:19])
+    for entry in (status.get("history") or [])[-5:]:
+        print(f"  applied {entry.get('id')} at {entry.get('appliedAt')} by {entry.get('approvedBy')}")
+    for c in conditions:
+        message = str(c.get("message") or "")
+        print(f"  {c['type']}={c['status']} ({c['reason']}): {message.replace(full, short) if full else message}")
 
 
 # --------------------------------------------------------------------------------------------- plan
@@ -459,8 +486,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     elif args.output == "yaml":
         print(yaml.safe_dump(rows, sort_keys=False))
     else:
-        _table(rows, ["project", "namespace", "resource", "peak", "headroom", "floor", "used",
-                      "recommended", "hard", "why"])
+        _table([_for_people(r) for r in rows], ["project", "namespace", "resource", "peak", "headroom", "floor",
+                                                "used", "recommended", "hard", "why"])
     return 0
 
 
@@ -532,11 +559,25 @@ def _history(config: OperatorConfig, terms: Terms, spec: ProjectSpec, now: datet
     return asyncio.run(source.peaks(query))
 
 
-def _table(rows: Sequence[Mapping[str, str]], columns: Sequence[str]) -> None:
+def _table(rows: Sequence[Mapping[str, str]], columns: Sequence[str], indent: str = "") -> None:
+    # Widths from the content, so a long resource name (hugepages-2Mi, a storage class) shifts the
+    # columns instead of breaking them.
     widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns}
-    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    print(indent + "  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
     for row in rows:
-        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+        print(indent + "  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+
+
+_PLAN_AMOUNTS = ("peak", "floor", "used", "recommended", "hard")
+
+
+def _for_people(row: Mapping[str, str]) -> dict[str, str]:
+    """A plan row as the table shows it: its amounts in one unit ("~1177.4Mi" beside "1413Mi", not a byte
+    count); -o json and yaml keep the exact values."""
+    if row["resource"] == "-":
+        return dict(row)
+    shown = _together([row[c] for c in _PLAN_AMOUNTS], row["resource"])
+    return {**row, **dict(zip(_PLAN_AMOUNTS, shown, strict=True))}
 
 
 # --------------------------------------------------------------------------------------------- main
