@@ -512,6 +512,27 @@ def test_a_watch_ended_by_410_gone_costs_one_relist_and_no_writes(
     assert operator.metric("headroom_reconcile_duration_seconds_count") == reconciles
 
 
+def test_a_new_namespace_gets_its_limitrange_before_any_quota(
+        dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]) -> None:
+    """A quota that tracks requests.cpu refuses pods that do not state it; the LimitRange's defaults
+    state it for them. So the API server must see the LimitRange written before the first quota, or
+    a new namespace refuses such pods until the LimitRange comes. (Here, not with the shared
+    cluster's tests: the order is read from this control plane's audit log.)"""
+    admin = dedicated.admin
+    namespaces = [new_namespace(admin) for _ in range(2)]
+    since = now_utc()
+    run_operator(*empty_history(tmp_path / "h.csv"))
+    create_project(admin, namespaces, quota=SMALL)
+    for ns in namespaces:
+        governed(admin, ns)
+        writes = sorted((r for r in dedicated.audit.records(since)
+                         if r.namespace == ns and r.write and r.code < 300
+                         and r.resource in ("limitranges", "resourcequotas")), key=lambda r: r.at)
+        assert [r.resource for r in writes][:1] == ["limitranges"], \
+            [(r.resource, r.verb, r.at.isoformat()) for r in writes]
+        assert [r.resource for r in writes].count("resourcequotas") >= 2  # counting, then governed
+
+
 def test_a_watch_that_goes_silent_is_noticed_and_processing_resumes(
         dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]) -> None:
     """Every connection of the operator goes through a proxy that, at some moment, stops forwarding

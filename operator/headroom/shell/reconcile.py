@@ -261,6 +261,16 @@ class Reconciler:
         name = body["metadata"]["name"]
         uid = body["metadata"].get("uid", "")
         created_counting = False
+        # LimitRanges first: a quota that tracks requests.cpu (even the counting one, unbounded)
+        # makes the API server refuse every pod that does not state that request, and it is the
+        # LimitRange's defaults that state it for them. Written the other way round, a new
+        # namespace refuses such pods for as long as the LimitRange waits at the write limiter.
+        for desired_lr in plan.limitranges:
+            seen_lr_obj = self.store.limitranges.get(desired_lr.namespace)
+            seen_lr = observe_limitrange(seen_lr_obj) if seen_lr_obj else None
+            if not desired_lr.matches(seen_lr, name, uid):
+                await self.writer.apply_limitrange(body, desired_lr)
+                self.metrics.writes.labels("limitrange").inc()
         for desired in plan.quotas:
             seen_obj = self.store.quotas.get(desired.namespace)
             seen = observe_quota(seen_obj) if seen_obj else None
@@ -272,12 +282,6 @@ class Reconciler:
                 await self.writer.apply_quota(body, desired)
                 self.metrics.writes.labels("resourcequota").inc()
                 created_counting |= seen is None and desired.annotations.get(STATE_ANNOTATION) == COUNTING
-        for desired_lr in plan.limitranges:
-            seen_lr_obj = self.store.limitranges.get(desired_lr.namespace)
-            seen_lr = observe_limitrange(seen_lr_obj) if seen_lr_obj else None
-            if not desired_lr.matches(seen_lr, name, uid):
-                await self.writer.apply_limitrange(body, desired_lr)
-                self.metrics.writes.labels("limitrange").inc()
         for namespace in plan.delete_in:
             await self.writer.delete_owned(namespace)
             self.metrics.writes.labels("delete").inc()
