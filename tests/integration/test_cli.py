@@ -73,6 +73,22 @@ def test_request_approve_and_status_from_a_terminal(
     pending = wait_for(lambda: (custom(admin).get_cluster_custom_object("headroom.dev", "v1alpha1", "projects", name)
                                 .get("status", {}).get("pendingChange") or {}).get("id"), 20, "the pending change")
 
+    # What a reviewer reads before signing off: the 71-character id once, and the short form that
+    # `kubectl get projects` shows in its Pending column (the API server renders the column).
+    shown = headroom(reviewer, "status", name)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count(pending) == 1, shown.stdout
+    assert f"pending change {pending} since" in shown.stdout
+    assert f"    {namespace} requests.cpu from 6 to 9" in shown.stdout
+    request = admin.param_serialize("GET", f"/apis/headroom.dev/v1alpha1/projects/{name}",
+                                    header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+                                    auth_settings=["BearerToken"])
+    response = admin.call_api(*request)
+    response.read()
+    columns = json.loads(response.data)
+    names = [c["name"] for c in columns["columnDefinitions"]]
+    assert columns["rows"][0]["cells"][names.index("Pending")] == pending[:19]
+
     # The owner may not read quotas: the diff still shows what is governed now (from the Project's
     # status), not "currently unlimited"; then the sign-off policy's sentence is the one error line.
     not_allowed = headroom(owner, "approve", name, "--yes")
