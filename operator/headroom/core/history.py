@@ -7,7 +7,9 @@ decoding and recording them is pure and lives here.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -56,9 +58,38 @@ class HistorySource(Protocol):
 
 # --------------------------------------------------------------------------------------------- sampler
 
+# How far back the sampler keeps peaks when nobody says (no Project's lookback is known): an
+# annotation recorded before keeping was tied to the lookback may hold this much.
 MAX_DAYS = 400
 
-DailyPeaks = dict[str, dict[str, Decimal]]  # ISO date -> resource -> peak
+DailyPeaks = dict[str, dict[str, Decimal]]  # day label (ISO date) -> resource -> peak
+
+_DAY = timedelta(days=1)
+
+
+def day_offset(namespace: str) -> timedelta:
+    """Where a namespace's sampler day begins, after 00:00 UTC: a fixed point of the day per namespace.
+
+    With one midnight for everyone, the first reconcile after it starts a new day in every quota's
+    annotation at once (a burst of one write per namespace, which also queues new Projects behind
+    it). Each namespace's day begins at its own moment instead, spread evenly over the 24 hours by a
+    stable hash of its name (the same in every process and after every restart), so a day's
+    bookkeeping costs about N / 86 400 writes a second rather than N in one burst. A day is still
+    24 hours and its peak still the highest use seen in them, so no peak is ever dropped or split.
+    """
+    digest = hashlib.sha256(namespace.encode()).digest()
+    return timedelta(seconds=int.from_bytes(digest[:4], "big") % 86_400)
+
+
+def sampler_day(now: datetime, offset: timedelta = timedelta(0)) -> date:
+    """The label of the sampler day holding `now`: day d runs from d 00:00 UTC + offset for 24 hours."""
+    return (now - offset).date()
+
+
+def keep_days(lookback: timedelta) -> int:
+    """Days of peaks that answer every question over `lookback` (see peak_within): the day holding
+    now - lookback is today - ceil(lookback) at the earliest, so nothing older is ever read."""
+    return max(1, math.ceil(lookback / _DAY))
 
 
 def decode(text: str | None) -> DailyPeaks:
@@ -101,7 +132,28 @@ def record(peaks: DailyPeaks, used: Mapping[str, Decimal], today: date,
     return updated
 
 
-def peak_within(peaks: DailyPeaks, resource: str, now: datetime, lookback: timedelta) -> Decimal | None:
-    start = (now - lookback).date().isoformat()
+def recorded(peaks: DailyPeaks, used: Mapping[str, Decimal], today: date, keep_days: int) -> DailyPeaks | None:
+    """The peaks to write after seeing `used` on `today`, or None when nothing needs writing.
+
+    Something needs writing only when today is a new day or `used` is above today's peak so far.
+    Days older than keep_days leave with that write, never in one of their own: a quota whose
+    annotation holds more days than its lookback needs (kept before keeping followed the lookback,
+    or before the lookback was shortened) sheds them when its own day next begins, not all quotas
+    in one burst on the first reconcile after an upgrade.
+    """
+    if today.isoformat() in peaks and all(value <= peaks[today.isoformat()].get(resource, Decimal(-1))
+                                          for resource, value in used.items()):
+        return None
+    return record(peaks, used, today, keep_days)
+
+
+def peak_within(peaks: DailyPeaks, resource: str, now: datetime, lookback: timedelta,
+                offset: timedelta = timedelta(0)) -> Decimal | None:
+    """The highest daily peak of every sampler day that overlaps [now - lookback, now].
+
+    Days recorded before days had offsets (labelled by UTC date) begin, read this way, `offset`
+    later than they did: they count a little longer, never less.
+    """
+    start = sampler_day(now - lookback, offset).isoformat()
     values = [v[resource] for day, v in peaks.items() if day >= start and resource in v]
     return max(values) if values else None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from headroom.core.history import HistoryResult, decode, encode, record
+from headroom.core.history import HistoryResult, day_offset, decode, encode, keep_days, recorded, sampler_day
 from headroom.core.names import (
     DAILY_PEAKS_ANNOTATION,
     FIELD_MANAGER,
@@ -33,6 +33,7 @@ from headroom.core.planning import (
     Observed,
     Plan,
     Settings,
+    approved_terms,
     invalid_status,
     observe_limitrange,
     observe_quota,
@@ -230,14 +231,17 @@ class Reconciler:
         quotas = {ns: observe_quota(self.store.quotas[ns]) for ns in mine if ns in self.store.quotas}
         extra: dict[str, dict[str, str]] = {}
         if self.sampler:
+            # Keep as many days as the longest lookback this Project may come to use without a new
+            # day of sampling: the one it asks for and the one approved (the tighter is in force,
+            # and either may become the one in force again).
+            keep = keep_days(max(spec.quota.lookback, approved_terms(spec, body).lookback))
             for ns, seen in quotas.items():
                 before = seen.annotations.get(DAILY_PEAKS_ANNOTATION)
                 daily = decode(before)
-                if seen.used is not None:
-                    daily = record(daily, seen.used, now.date())
-                text = encode(daily) if daily else None
-                if text and decode(text) == decode(before):
-                    text = before  # unchanged peaks: keep the exact text, so nothing is written
+                changed = (recorded(daily, seen.used, sampler_day(now, day_offset(ns)), keep)
+                           if seen.used is not None else None)
+                # Unchanged peaks keep the exact text they had, so that nothing is written.
+                text = encode(changed) if changed else before if daily else None
                 if text:
                     extra[ns] = {DAILY_PEAKS_ANNOTATION: text}
         return Observed(

@@ -3,8 +3,10 @@
 The operator already watches the ResourceQuotas it owns, and the API server keeps their
 `status.used` current, so sampling costs no extra request and never lists pods. The peaks live in
 an annotation of the quota itself (an object Headroom owns), so they survive operator restarts and
-leave with the namespace. Only a new daily peak changes the annotation, so it adds at most a few
-writes a day per namespace.
+leave with the namespace. Only a new daily peak changes the annotation: one write when a namespace's
+day begins (at its own moment of the day, see `day_offset`, so not all at midnight), and one more
+whenever use climbs above the day's peak so far. Days older than the longest lookback that the
+Project may use are dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 
-from headroom.core.history import DailyPeaks, HistoryResult, PeakQuery, peak_within
+from headroom.core.history import DailyPeaks, HistoryResult, PeakQuery, day_offset, peak_within
 
 
 class SamplerHistory:
@@ -28,8 +30,9 @@ class SamplerHistory:
         found: dict[tuple[str, str], Decimal] = {}
         for namespace in query.namespaces:
             daily = self._peaks_of(namespace)
+            offset = day_offset(namespace)  # the namespace's own sampler day (see day_offset)
             for resource in query.resources:
-                value = peak_within(daily, resource, query.now, query.lookback)
+                value = peak_within(daily, resource, query.now, query.lookback, offset)
                 if value is not None:
                     found[(namespace, resource)] = value
         return HistoryResult(peaks=found)
