@@ -63,6 +63,23 @@ def _workload(core: kubernetes.client.CoreV1Api, apps: kubernetes.client.AppsV1A
     wait_for(running, 120, f"{REPLICAS} pods of {TEAM} Running")
 
 
+def _only_new_replicas_act(core: kubernetes.client.CoreV1Api,
+                           coordination: kubernetes.client.CoordinationV1Api) -> bool:
+    pods = core.list_namespaced_pod(NS, label_selector="app.kubernetes.io/name=headroom").items
+    if any(p.metadata.deletion_timestamp for p in pods):
+        return False
+    if not all(any(e.name == "HEADROOM_HISTORY_SOURCE" and e.value == "prometheus"
+                   for e in p.spec.containers[0].env or []) for p in pods):
+        return False
+    try:
+        identity = coordination.read_namespaced_lease("headroom", NS).spec.holder_identity
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return True  # one replica, no leader election
+        raise
+    return bool(identity) and any(identity.startswith(f"{p.metadata.name}-") for p in pods)
+
+
 def test_quota_derived_from_real_kube_state_metrics_series(deployed: NodeCluster, exporter: Any) -> None:
     ksm, prometheus = exporter
     admin = deployed.cluster.api_client()
@@ -92,6 +109,10 @@ def test_quota_derived_from_real_kube_state_metrics_series(deployed: NodeCluster
     deployed.kubectl("-n", NS, "set", "env", "deployment/headroom", "HEADROOM_HISTORY_SOURCE=prometheus",
                      f"HEADROOM_PROMETHEUS_URL={prometheus.url}", "HEADROOM_PROMETHEUS_STEP=15s")
     deployed.kubectl("-n", NS, "rollout", "status", "deployment/headroom", "--timeout=240s")
+    # With two replicas (after test_operator_on_node.py), an old pod may still be terminating and hold
+    # the Lease, with the old history source: it would bootstrap the Project on no history at all.
+    wait_for(lambda: _only_new_replicas_act(core, kubernetes.client.CoordinationV1Api(admin)), 90,
+             "the operator's old replicas gone and the Lease, if any, held by a new one")
     start = time.monotonic()
     # ... and governs a Project of that namespace: its quota is the peak plus 20 %.
     custom(admin).create_cluster_custom_object("headroom.dev", "v1alpha1", "projects", project_manifest(
