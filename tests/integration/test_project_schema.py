@@ -189,7 +189,7 @@ def test_crd_is_established_structural_and_as_documented(
         "Team": ".spec.owner.team",
         "Namespaces": ".status.summary.namespaces",
         "Phase": ".status.phase",
-        "Pending": ".status.pendingChange.id",
+        "Pending": ".status.pendingChange.shortId",
         "Utilization": ".status.summary.highestUtilization",
         "Age": ".metadata.creationTimestamp",
     }
