@@ -399,8 +399,8 @@ def _within_recommendation(
         if limit is None:
             beyond.append(f"{change.label} has no recommendation")
         elif change.to_value > limit:
-            asked, recommended = format_together([change.to_value, limit], change.resource)
-            beyond.append(f"{change.label} {asked} is above the recommendation {recommended}")
+            asked, bound = format_together([change.to_value, limit], change.resource)
+            beyond.append(f"{change.label} {asked} is above the recommendation {bound}")
     return beyond
 
 

@@ -304,12 +304,12 @@ class Alerting:
         if owed and not any(p.startswith("webhook: ") for p in problems):
             self._secret_missing.discard(spec.name)
         self.metrics.webhook_secret_missing.set(len(self._secret_missing))
-        delivery: DeliveryOutcome | None = None
+        outcome: DeliveryOutcome | None = None
         if problems:
-            delivery = (False, "WebhookSecretMissing" if spec.name in self._secret_missing else "DeliveryFailed",
+            outcome = (False, "WebhookSecretMissing" if spec.name in self._secret_missing else "DeliveryFailed",
                         "; ".join(problems) + "; retried until it succeeds")
         elif owed or not state.records or all(not r.outbox for r in state.records):
-            delivery = (True, "Delivered", "every alert owed was delivered")
+            outcome = (True, "Delivered", "every alert owed was delivered")
         if failed:
             delays = self._retry.setdefault(spec.name, backoff_delays(base=2.0, cap=300.0))
             self.wake_at(spec.name, now + timedelta(seconds=next(delays)))
@@ -319,7 +319,7 @@ class Alerting:
             if wake is not None:
                 self.wake_at(spec.name, wake)
         conditions = alert_conditions(
-            state, hours=str(hours), hours_problem=hours_problem, delivery=delivery,
+            state, hours=str(hours), hours_problem=hours_problem, delivery=outcome,
             previous=(body.get("status") or {}).get("conditions") or [],
             generation=body.get("metadata", {}).get("generation"), now=now, hysteresis=policy.hysteresis)
         return AlertOutcome(state_to_status(state), conditions)

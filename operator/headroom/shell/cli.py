@@ -219,7 +219,7 @@ def _client(args: argparse.Namespace) -> Any:
         raise CliError(f"no usable kubeconfig ({where}: {_one_line(str(exc))}); pass --kubeconfig and "
                        "--context, or set KUBECONFIG", EXIT_USAGE) from exc
     if user:
-        client.set_default_header("Impersonate-User", user)
+        client.set_default_header("Impersonate-User", user)  # type: ignore[no-untyped-call]
     if groups:
         _impersonate_groups(client, groups)
     return client
@@ -270,7 +270,10 @@ def _whoami(client: Any) -> str:
     with calling("find out who you are (SelfSubjectReview)"):
         review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review(
             kubernetes.client.V1SelfSubjectReview())
-    return str(review.status.user_info.username)
+    user = review.status.user_info if review.status else None
+    if user is None or not user.username:
+        raise CliError("the API server did not say who you are (SelfSubjectReview answered without a user)")
+    return str(user.username)
 
 
 def cmd_request(args: argparse.Namespace) -> int:
@@ -440,9 +443,9 @@ SAMPLER_HINT = ("pass --history-source=prometheus --prometheus-url=URL or --hist
 def cmd_plan(args: argparse.Namespace) -> int:
     # -n/--namespace and -v are kubectl's here (which namespace to show; error details), not the
     # operator's own --namespace and --verbose.
-    settings = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in {"namespace", "verbose"}})
+    given = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in {"namespace", "verbose"}})
     try:
-        config = config_from(settings)
+        config = config_from(given)
     except ConfigError as exc:
         raise CliError(str(exc)) from exc
     only = getattr(args, "namespace", None)
