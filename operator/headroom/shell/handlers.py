@@ -98,6 +98,12 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         settings.watching.inactivity_timeout = WATCH_INACTIVITY_SECONDS
         settings.networking.request_timeout = 30
         settings.networking.error_backoffs = JitteredBackoffs()
+        # Kopf keeps one worker per object while its events come, and that worker holds the last
+        # event's parsed body until it has been idle this long (5 s by default): after a start-up
+        # list of thousands of objects, thousands of bodies at once. The handlers only copy what
+        # the Store needs and return, so a worker has nothing to wait for; a later event of the
+        # same object just starts a new one.
+        settings.queueing.idle_timeout = 0.5
         # One active replica is ensured by the Lease (leader.py), not by Kopf's peering.
         settings.peering.standalone = True
         tasks.append(asyncio.create_task(runtime.prime_with_retry()))
@@ -149,7 +155,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
 
     @kopf.on.event("v1", "resourcequotas", registry=registry)
     async def quota_event(event: Mapping[str, Any], body: kopf.Body, namespace: str | None, **_: Any) -> None:
-        # Drift detection reads who wrote a quota, so its managedFields are kept.
+        # Drift detection reads who wrote a quota: the Store keeps a digest of its managedFields.
         owned_object_event(store.quotas, QUOTA_NAME, True, event, body, namespace or "")
 
     @kopf.on.event("v1", "limitranges", registry=registry)

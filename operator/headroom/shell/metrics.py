@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, SupportsFloat
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from headroom.core.planning import Plan
@@ -15,15 +19,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.utilization = Gauge("headroom_quota_utilization_percent",
-                                 "Used as a percentage of the governed hard value",
-                                 ["project", "namespace", "resource"], registry=r)
-        self.hard = Gauge("headroom_quota_hard", "Governed hard value (cores, bytes or count)",
-                          ["project", "namespace", "resource"], registry=r)
-        self.used = Gauge("headroom_quota_used", "Current use (cores, bytes or count)",
-                          ["project", "namespace", "resource"], registry=r)
-        self.pending_changes = Gauge("headroom_pending_changes", "Projects with a change awaiting sign-off",
-                                     ["project"], registry=r)
+        # The per-Project figures: rendered at scrape time from one small tuple per Project (see
+        # ProjectFigures), not kept as labelled gauge children (about 14 KiB a Project).
+        self.figures = ProjectFigures()
+        r.register(self.figures)
         self.changes_applied = Counter("headroom_changes_applied_total", "Quota changes applied",
                                        ["project"], registry=r)
         self.alerts_sent = Counter("headroom_alerts_sent_total", "Alert notifications delivered",
@@ -42,39 +41,71 @@ class Metrics:
         self.writes = Counter("headroom_api_writes_total", "Writes to the Kubernetes API", ["kind"], registry=r)
         self.history_queries = Counter("headroom_history_queries_total", "Queries to the history source",
                                        ["source"], registry=r)
-        self._series: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}
         self.history_duration = Histogram("headroom_history_fetch_seconds",
                                           "Time to fetch peaks for one lookback", registry=r)
 
     def observe_plan(self, spec: ProjectSpec, plan: Plan) -> None:
-        series: set[tuple[Gauge, tuple[str, ...]]] = set()
-
-        def put(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
-            gauge.labels(*labels).set(value)
-            series.add((gauge, labels))
-
-        for (namespace, resource), pct in plan.utilization.items():
-            put(self.utilization, (spec.name, namespace, resource), float(pct))
-        for namespace, values in plan.governed.items():
-            for resource, value in values.items():
-                put(self.hard, (spec.name, namespace, resource), float(value))
-        for namespace, values in plan.used.items():
-            for resource, value in values.items():
-                put(self.used, (spec.name, namespace, resource), float(value))
-        put(self.pending_changes, (spec.name,), 1 if plan.status.get("pendingChange") else 0)
-        # A namespace that left the Project must not keep its last utilization (and alerts) forever.
-        for gauge, labels in self._series.get(spec.name, set()) - series:
-            gauge.remove(*labels)
-        self._series[spec.name] = series
+        # Replaced whole: a namespace that left the Project does not keep its last utilization (and alerts).
+        self.figures.put(spec.name, plan)
         for event in plan.events:
             if event.reason == "ChangeApplied":
                 self.changes_applied.labels(spec.name).inc()
 
     def forget(self, project: str) -> None:
         """Remove every series of a deleted Project."""
-        for gauge, labels in self._series.pop(project, set()):
-            gauge.remove(*labels)
+        self.figures.forget(project)
 
     def serve(self, port: int) -> None:
         if port:
             start_http_server(port, registry=self.registry)
+
+
+_Row = tuple[str, str, float]  # namespace, resource, value
+
+
+class ProjectFigures(Collector):
+    """headroom_quota_utilization_percent, _hard, _used and headroom_pending_changes, made at scrape time.
+
+    A labelled Gauge keeps a child object (a lock, a value holder, its label tuple) per series: 16
+    series a Project cost about 14 KiB, most of the operator's memory per Project. Here each
+    Project's last plan leaves one tuple of (namespace, resource, value) rows, with the resource
+    names interned, and the series are built only while /metrics is being read. Names, labels and
+    values are those of the gauges they replace (the PrometheusRule and the dashboard use them).
+    The values are the plan's rather than re-read from the store: the plan already holds a change
+    it has just applied, before the watch brings the quota back.
+    """
+
+    def __init__(self) -> None:
+        self._projects: dict[str, tuple[tuple[_Row, ...], tuple[_Row, ...], tuple[_Row, ...], bool]] = {}
+
+    def put(self, project: str, plan: Plan) -> None:
+        def rows(table: Iterator[tuple[str, str, SupportsFloat]]) -> tuple[_Row, ...]:
+            return tuple((ns, sys.intern(r), float(v)) for ns, r, v in table)
+
+        self._projects[project] = (
+            rows((ns, r, pct) for (ns, r), pct in plan.utilization.items()),
+            rows((ns, r, v) for ns, values in plan.governed.items() for r, v in values.items()),
+            rows((ns, r, v) for ns, values in plan.used.items() for r, v in values.items()),
+            bool(plan.status.get("pendingChange")),
+        )
+
+    def forget(self, project: str) -> None:
+        self._projects.pop(project, None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["project", "namespace", "resource"]
+        families = (
+            GaugeMetricFamily("headroom_quota_utilization_percent", "Used as a percentage of the governed hard value",
+                              labels=labels),
+            GaugeMetricFamily("headroom_quota_hard", "Governed hard value (cores, bytes or count)", labels=labels),
+            GaugeMetricFamily("headroom_quota_used", "Current use (cores, bytes or count)", labels=labels),
+        )
+        pending = GaugeMetricFamily("headroom_pending_changes", "Projects with a change awaiting sign-off",
+                                    labels=["project"])
+        for project, (*tables, is_pending) in list(self._projects.items()):
+            for family, table in zip(families, tables, strict=True):
+                for namespace, resource, value in table:
+                    family.add_metric([project, namespace, resource], value)
+            pending.add_metric([project], 1 if is_pending else 0)
+        yield from families
+        yield pending

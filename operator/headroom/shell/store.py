@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headroom.core.history import DailyPeaks, decode
-from headroom.core.names import DAILY_PEAKS_ANNOTATION, PROJECT_LABEL
+from headroom.core.names import DAILY_PEAKS_ANNOTATION, FIELD_MANAGER, GOVERNED_ANNOTATION, PROJECT_LABEL
 
 
 class IndexedDict(dict[str, dict[str, Any]]):
@@ -21,9 +21,11 @@ class IndexedDict(dict[str, dict[str, Any]]):
     is quadratic: at 3000 Projects a derivation cycle spent seconds of CPU in such passes).
     """
 
-    def __init__(self, index_keys: Callable[[Mapping[str, Any]], set[str]]) -> None:
+    def __init__(self, index_keys: Callable[[Mapping[str, Any]], set[str]],
+                 kept: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         super().__init__()
         self._index_keys = index_keys
+        self._kept = kept  # what of a value is kept (applied to every value put in)
         self._index: dict[str, set[str]] = {}
 
     def keys_for(self, index_key: str) -> set[str]:
@@ -39,6 +41,8 @@ class IndexedDict(dict[str, dict[str, Any]]):
                         del self._index[index_key]
 
     def __setitem__(self, key: str, value: dict[str, Any]) -> None:
+        if self._kept is not None:
+            value = self._kept(value)
         self._unindex(key)
         super().__setitem__(key, value)
         for index_key in self._index_keys(value):
@@ -73,8 +77,9 @@ class Store:
 
     # name -> Project, indexed by the namespaces it claims
     projects: IndexedDict = field(default_factory=lambda: IndexedDict(_claimed_namespaces))
-    # namespace -> Headroom's quota, indexed by the Project its label names
-    quotas: IndexedDict = field(default_factory=lambda: IndexedDict(_labelled_project))
+    # namespace -> Headroom's quota, indexed by the Project its label names; of its managedFields only
+    # the digest that drift detection reads (whatever put it here: a watch event, or the start-up list)
+    quotas: IndexedDict = field(default_factory=lambda: IndexedDict(_labelled_project, with_managed_digest))
     limitranges: dict[str, dict[str, Any]] = field(default_factory=dict)
     namespaces: set[str] = field(default_factory=set)
     # namespace -> the Project its headroom.dev/project label names (only labelled namespaces)
@@ -141,8 +146,8 @@ def quota_daily_peaks(store: Store) -> Callable[[str], DailyPeaks]:
 def plain(body: Mapping[str, Any], keep_managed_fields: bool = True) -> dict[str, Any]:
     """A deep plain-dict copy: Kopf's bodies are live views that change under our feet.
 
-    managedFields are kept only where drift detection reads them (quotas): on Projects they would
-    be most of the memory the store holds.
+    managedFields are copied only where asked (quotas, whose store keeps only their digest, see
+    managed_digest): on Projects and LimitRanges they would be most of the memory the store holds.
     """
     def copy(value: Any) -> Any:
         if isinstance(value, Mapping):
@@ -152,3 +157,36 @@ def plain(body: Mapping[str, Any], keep_managed_fields: bool = True) -> dict[str
         return value
     return dict(copy(body))
 
+
+_GOVERNED_KEY = f"f:{GOVERNED_ANNOTATION}"
+
+
+def managed_digest(entries: Any) -> list[dict[str, Any]]:
+    """Of a quota's managedFields, what drift detection reads, in the same shape: the field managers
+    other than Headroom's that own its spec (the quota controller's status updates do not) or its
+    governed-values annotation. A quota only Headroom and the quota controller have written keeps
+    none; a full copy was about half of each stored quota's memory."""
+    digest = []
+    for entry in entries if isinstance(entries, list) else ():
+        if not isinstance(entry, Mapping) or entry.get("manager") == FIELD_MANAGER:
+            continue
+        raw = entry.get("fieldsV1")
+        fields: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        annotations = (fields.get("f:metadata") or {}).get("f:annotations") or {}
+        kept: dict[str, Any] = {}
+        if "f:spec" in fields and entry.get("subresource") != "status":
+            kept["f:spec"] = {}
+        if isinstance(annotations, Mapping) and _GOVERNED_KEY in annotations:
+            kept["f:metadata"] = {"f:annotations": {_GOVERNED_KEY: {}}}
+        if kept:
+            digest.append({"manager": entry.get("manager"), "subresource": entry.get("subresource"),
+                           "fieldsV1": kept})
+    return digest
+
+
+def with_managed_digest(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with its managedFields replaced by their digest (in place: it is the store's own copy)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        meta["managedFields"] = managed_digest(meta["managedFields"])
+    return obj
