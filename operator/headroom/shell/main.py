@@ -1,8 +1,8 @@
-"""`headroom run`: Kopf's watch streams feed the Store; the Reconciler does the rest.
+"""`headroom run`: start-up, health and leadership around the reconciler.
 
-Only low-level Kopf handlers are used (`on.event`): Kopf then stores nothing on the Projects (no
-finalizer, no annotations, no progress in status), which keeps them free of drift for Argo CD and
-Flux, and the reconciler is level-based rather than edge-based.
+The Runtime loads what exists once (three LISTs), then lives on watches (handlers.py feeds the
+store); it re-derives every --resync-interval, serves /healthz and /metrics, and holds the Lease when
+several replicas run.
 """
 
 from __future__ import annotations
