@@ -41,7 +41,7 @@ from tests.harness.faults import (
     stop_apiserver,
     wait_log,
 )
-from tests.harness.kube import Cluster, wait_for
+from tests.harness.kube import Cluster, user_name, wait_for
 from tests.harness.operator import OPERATOR_NAMESPACE, OperatorProcess, custom, project_manifest
 from tests.harness.receivers import Alertmanager, WebhookReceiver, alertmanager_binary
 
@@ -116,11 +116,14 @@ def create_project(client: k8s.ApiClient, namespaces: list[str], **spec: Any) ->
 
 
 def request(client: k8s.ApiClient, project: str, namespace: str, values: dict[str, str]) -> None:
+    """A change request as the sign-off policy wants it (where it is installed): naming who asks."""
     namespaces = get_project(client, project)["spec"]["namespaces"]
     for ns in namespaces:
         if ns["name"] == namespace:
             ns["requested"] = values
-    custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project, {"spec": {"namespaces": namespaces}})
+    custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project, {
+        "metadata": {"annotations": {"headroom.dev/requested-by": user_name(client)}},
+        "spec": {"namespaces": namespaces}})
 
 
 def pending_id(client: k8s.ApiClient, project: str, other_than: str | None = None) -> str:
