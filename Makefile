@@ -3,18 +3,19 @@
 PYTHON ?= .venv/bin/python
 CLUSTER_DIR ?= .cluster
 KIND_CLUSTER ?= headroom
-# make cluster-up NODE=1: also one node (kube-scheduler, containerd, kubelet, kube-proxy) for pods.
-NODE ?= 0
+# make cluster-up: the control plane and one node (kube-scheduler, containerd, kubelet, kube-proxy)
+# for pods; NODE=0 keeps the lighter cluster without a node.
+NODE ?= 1
 IMAGE ?= headroom:dev
 IMAGE_ARCHIVE ?= .cache/image/headroom-dev.oci.tar
 KUBECTL ?= kubectl
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help setup install controlplane cluster-up cluster-down demo test test-unit test-e2e lint bench \
+.PHONY: help setup install controlplane cluster-up cluster-down demo test test-unit test-e2e lint fmt bench \
 	bench-reconcile kind-up kind-down image deploy undeploy
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 setup: ## what the suite needs, installed when missing: Debian packages, .venv, the cluster binary
 	hack/setup.sh
@@ -24,7 +25,7 @@ install: setup ## (the same as setup)
 controlplane: ## build the local control plane binary (cached in .cache/bin)
 	$(PYTHON) -m tests.harness.controlplane build
 
-cluster-up: setup ## start the local control plane (NODE=1: and one node); prints the KUBECONFIG line
+cluster-up: setup ## start the local control plane and one node (NODE=0: none); prints the KUBECONFIG line
 	$(PYTHON) -m tests.harness.controlplane up --state-dir $(CLUSTER_DIR) --node $(NODE)
 
 cluster-down: ## stop the local cluster; removes every process, mount, netns and cgroup it made
@@ -42,8 +43,13 @@ test-e2e: setup ## end-to-end only: the operator's image deployed from manifests
 test-unit: ## the fast unit tests only
 	$(PYTHON) -m pytest -q tests/unit
 
-lint: ## ruff
+lint: ## ruff check, ruff format --check and mypy --strict (as CI runs them)
 	$(PYTHON) -m ruff check operator tests hack bench
+	$(PYTHON) -m ruff format --check operator tests hack bench
+	$(PYTHON) -m mypy
+
+fmt: ## ruff format
+	$(PYTHON) -m ruff format operator tests hack bench
 
 bench: install ## API cost benchmark against the naive baseline (writes bench/results/)
 	$(PYTHON) -m bench.run

@@ -71,8 +71,15 @@ def parse_event(event: dict[str, Any]) -> tuple[str, Request] | None:
     if not resource:
         resource = "(discovery)"  # /api, /apis, /version...: non-resource URLs
     code = int((event.get("responseStatus") or {}).get("code") or 0)
-    return event["auditID"], Request(_timestamp(event["requestReceivedTimestamp"]), actor, event.get("verb", ""),
-                                     resource, ref.get("namespace") or "", ref.get("name") or "", code)
+    return event["auditID"], Request(
+        _timestamp(event["requestReceivedTimestamp"]),
+        actor,
+        event.get("verb", ""),
+        resource,
+        ref.get("namespace") or "",
+        ref.get("name") or "",
+        code,
+    )
 
 
 class AuditLog:
@@ -93,10 +100,15 @@ class AuditLog:
         self.malformed = 0
 
     def apiserver_flags(self) -> list[str]:
-        return [f"--audit-policy-file={self.policy_path}", f"--audit-log-path={self.log_path}",
-                "--audit-log-format=json", "--audit-log-mode=blocking",
-                # No rotation during a run: one file holds every request.
-                "--audit-log-maxsize=100000", "--audit-log-maxbackup=0"]
+        return [
+            f"--audit-policy-file={self.policy_path}",
+            f"--audit-log-path={self.log_path}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+            # No rotation during a run: one file holds every request.
+            "--audit-log-maxsize=100000",
+            "--audit-log-maxbackup=0",
+        ]
 
     # --- tail
 
@@ -171,8 +183,9 @@ def writes_per_project(requests: list[Request]) -> dict[str, dict[int, int]]:
     per: dict[str, Counter[str]] = {}
     for r in requests:
         if r.write and r.resource != "events":
-            per.setdefault(f"{r.verb} {r.resource}", Counter())[r.name if r.resource.startswith("projects")
-                                                               else r.namespace] += 1
+            per.setdefault(f"{r.verb} {r.resource}", Counter())[
+                r.name if r.resource.startswith("projects") else r.namespace
+            ] += 1
     return {key: dict(sorted(Counter(counts.values()).items())) for key, counts in sorted(per.items())}
 
 

@@ -34,8 +34,13 @@ QUOTA_NAME = "baseline"
 FIELD_MANAGER = "baseline-cron"
 MANAGED_BY = "baseline-cron"
 # The same floors as Headroom's built-in minimum, so that both give a new namespace room to start.
-FLOORS = {"requests.cpu": Decimal(1), "requests.memory": Decimal(2**30), "limits.cpu": Decimal(2),
-          "limits.memory": Decimal(2 * 2**30), "pods": Decimal(10)}
+FLOORS = {
+    "requests.cpu": Decimal(1),
+    "requests.memory": Decimal(2**30),
+    "limits.cpu": Decimal(2),
+    "limits.memory": Decimal(2 * 2**30),
+    "pods": Decimal(10),
+}
 
 
 def totals(pods: Sequence[Any]) -> dict[str, Decimal]:
@@ -47,8 +52,10 @@ def totals(pods: Sequence[Any]) -> dict[str, Decimal]:
         sums["pods"] += 1
         for container in item.spec.containers:
             resources = container.resources
-            for kind, values in (("requests", resources.requests if resources else None),
-                                 ("limits", resources.limits if resources else None)):
+            for kind, values in (
+                ("requests", resources.requests if resources else None),
+                ("limits", resources.limits if resources else None),
+            ):
                 for name in ("cpu", "memory"):
                     if values and name in values:
                         sums[f"{kind}.{name}"] += Decimal(parse_quantity(values[name]))
@@ -70,10 +77,16 @@ def quota_hard(sums: dict[str, Decimal], headroom_percent: int = 20) -> dict[str
 
 
 def manifest(namespace: str, hard: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ResourceQuota",
-            "metadata": {"name": QUOTA_NAME, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}},
-            "spec": {"hard": hard}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {
+            "name": QUOTA_NAME,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
+        },
+        "spec": {"hard": hard},
+    }
 
 
 def tick(core: kubernetes.client.CoreV1Api, selector: str, headroom_percent: int) -> dict[str, Any]:
@@ -85,22 +98,33 @@ def tick(core: kubernetes.client.CoreV1Api, selector: str, headroom_percent: int
         try:
             pods = core.list_namespaced_pod(name, _request_timeout=60).items
             core.patch_namespaced_resource_quota(
-                QUOTA_NAME, name, manifest(name, quota_hard(totals(pods), headroom_percent)),
-                field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml",
-                _request_timeout=60)
+                QUOTA_NAME,
+                name,
+                manifest(name, quota_hard(totals(pods), headroom_percent)),
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+                _request_timeout=60,
+            )
         except Exception as exc:  # a naive script logs and goes on with the next namespace
             errors += 1
             print(json.dumps({"error": f"{name}: {exc}"[:300]}), flush=True)
-    return {"start": round(started, 3), "seconds": round(time.time() - started, 3),
-            "namespaces": len(namespaces), "errors": errors}
+    return {
+        "start": round(started, 3),
+        "seconds": round(time.time() - started, 3),
+        "namespaces": len(namespaces),
+        "errors": errors,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.baseline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.baseline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between two runs")
-    parser.add_argument("--selector", default="bench.headroom.dev/quota=baseline",
-                        help="label selector of the namespaces to manage")
+    parser.add_argument(
+        "--selector", default="bench.headroom.dev/quota=baseline", help="label selector of the namespaces to manage"
+    )
     parser.add_argument("--headroom-percent", type=int, default=20)
     parser.add_argument("--once", action="store_true", help="one run, then exit (a real CronJob)")
     args = parser.parse_args(argv)

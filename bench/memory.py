@@ -40,17 +40,39 @@ def _managed_fields(quota: Mapping[str, Any]) -> list[dict[str, Any]]:
     """managedFields as the API server records them for Headroom's quota: its apply, and the quota
     controller's status updates."""
     meta = quota["metadata"]
-    own = {"f:metadata": {"f:annotations": {f"f:{k}": {} for k in meta.get("annotations") or {}},
-                          "f:labels": {f"f:{k}": {} for k in meta.get("labels") or {}},
-                          "f:ownerReferences": {'k:{"uid":"' + o["uid"] + '"}': {} for o in meta.get("ownerReferences")
-                                                or []}},
-           "f:spec": {"f:hard": {f"f:{r}": {} for r in quota["spec"]["hard"]}}}
-    status = {"f:status": {"f:hard": {f"f:{r}": {} for r in quota["spec"]["hard"]},
-                           "f:used": {f"f:{r}": {} for r in quota["spec"]["hard"]}}}
-    return [{"manager": "headroom", "operation": "Apply", "apiVersion": "v1", "time": "2026-01-01T00:00:00Z",
-             "fieldsType": "FieldsV1", "fieldsV1": own},
-            {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
-             "time": "2026-01-01T00:00:01Z", "fieldsType": "FieldsV1", "fieldsV1": status, "subresource": "status"}]
+    own = {
+        "f:metadata": {
+            "f:annotations": {f"f:{k}": {} for k in meta.get("annotations") or {}},
+            "f:labels": {f"f:{k}": {} for k in meta.get("labels") or {}},
+            "f:ownerReferences": {'k:{"uid":"' + o["uid"] + '"}': {} for o in meta.get("ownerReferences") or []},
+        },
+        "f:spec": {"f:hard": {f"f:{r}": {} for r in quota["spec"]["hard"]}},
+    }
+    status = {
+        "f:status": {
+            "f:hard": {f"f:{r}": {} for r in quota["spec"]["hard"]},
+            "f:used": {f"f:{r}": {} for r in quota["spec"]["hard"]},
+        }
+    }
+    return [
+        {
+            "manager": "headroom",
+            "operation": "Apply",
+            "apiVersion": "v1",
+            "time": "2026-01-01T00:00:00Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": own,
+        },
+        {
+            "manager": "kube-controller-manager",
+            "operation": "Update",
+            "apiVersion": "v1",
+            "time": "2026-01-01T00:00:01Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": status,
+            "subresource": "status",
+        },
+    ]
 
 
 class ApiShapedWriter(StoreWriter):
@@ -58,8 +80,9 @@ class ApiShapedWriter(StoreWriter):
         self.writes += 1
         self.version += 1
         quota = quota_manifest(project, desired)
-        quota["metadata"].update(resourceVersion=str(self.version), uid=f"q-{self.version}",
-                                 creationTimestamp="2026-01-01T00:00:00Z")
+        quota["metadata"].update(
+            resourceVersion=str(self.version), uid=f"q-{self.version}", creationTimestamp="2026-01-01T00:00:00Z"
+        )
         quota["status"] = {"hard": dict(desired.hard), "used": {r: USED[r] for r in desired.hard if r in USED}}
         quota["metadata"]["managedFields"] = _managed_fields(quota)
         # As the watch delivers it: parsed anew, nothing shared with what was written.
@@ -79,25 +102,41 @@ async def measure(n: int) -> dict[str, Any]:
     writer = ApiShapedWriter(store)
     metrics = Metrics()
     cache = HistoryCache(InstantHistory(), max_age=timedelta(hours=1), metrics=metrics)
-    reconciler = Reconciler(store=store, writer=writer, history=cache, settings=Settings(),  # type: ignore[arg-type]
-                            metrics=metrics)
+    reconciler = Reconciler(
+        store=store,
+        writer=writer,
+        history=cache,
+        settings=Settings(),  # type: ignore[arg-type]
+        metrics=metrics,
+    )
     for i in range(n):
         namespace = f"team-{i:05d}"
         store.namespaces.add(namespace)
         store.projects[namespace] = {
-            "apiVersion": "headroom.dev/v1alpha1", "kind": "Project",
-            "metadata": {"name": namespace, "uid": f"uid-{i}", "generation": 1,
-                         "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {"owner": {"team": "t"}, "namespaces": [{"name": namespace}]}}
+            "apiVersion": "headroom.dev/v1alpha1",
+            "kind": "Project",
+            "metadata": {
+                "name": namespace,
+                "uid": f"uid-{i}",
+                "generation": 1,
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+            },
+            "spec": {"owner": {"team": "t"}, "namespaces": [{"name": namespace}]},
+        }
     for _phase in ("onboarding", "governing", "steady"):
         # In turns of 200, as the write limiter serves them, not every Project's plan at once.
         names = list(store.projects)
         for start in range(0, len(names), 200):
-            await asyncio.gather(*(reconciler.reconcile(name) for name in names[start:start + 200]))
+            await asyncio.gather(*(reconciler.reconcile(name) for name in names[start : start + 200]))
     scrape = generate_latest(metrics.registry)
     rss, peak = _rss_mib()
-    result: dict[str, Any] = {"projects": n, "rss_mib": round(rss, 1), "rss_peak_mib": round(peak, 1),
-                              "metrics_bytes": len(scrape), "writes": writer.writes}
+    result: dict[str, Any] = {
+        "projects": n,
+        "rss_mib": round(rss, 1),
+        "rss_peak_mib": round(peak, 1),
+        "metrics_bytes": len(scrape),
+        "writes": writer.writes,
+    }
     if tracemalloc.is_tracing():
         result["live_bytes"] = tracemalloc.get_traced_memory()[0]
     return result

@@ -31,16 +31,17 @@ from headroom.shell.metrics import Metrics
 from headroom.shell.reconcile import Reconciler
 from headroom.shell.store import Store
 
-USED = {"requests.cpu": "300m", "requests.memory": "384Mi", "limits.cpu": "600m", "limits.memory": "768Mi",
-        "pods": "3"}
+USED = {"requests.cpu": "300m", "requests.memory": "384Mi", "limits.cpu": "600m", "limits.memory": "768Mi", "pods": "3"}
 
 
 class InstantHistory:
     name = "instant"
 
     async def peaks(self, query: PeakQuery) -> HistoryResult:
-        return HistoryResult(peaks={(ns, r): Decimal(2) for ns in query.namespaces for r in query.resources},
-                             queries=len(query.resources))
+        return HistoryResult(
+            peaks={(ns, r): Decimal(2) for ns in query.namespaces for r in query.resources},
+            queries=len(query.resources),
+        )
 
 
 class StoreWriter:
@@ -78,16 +79,27 @@ async def measure(n: int) -> dict[str, float]:
     writer = StoreWriter(store)
     metrics = Metrics()
     cache = HistoryCache(InstantHistory(), max_age=timedelta(hours=1), metrics=metrics)
-    reconciler = Reconciler(store=store, writer=writer, history=cache, settings=Settings(),  # type: ignore[arg-type]
-                            metrics=metrics)
+    reconciler = Reconciler(
+        store=store,
+        writer=writer,
+        history=cache,
+        settings=Settings(),  # type: ignore[arg-type]
+        metrics=metrics,
+    )
     for i in range(n):
         namespace = f"team-{i:05d}"
         store.namespaces.add(namespace)
         store.projects[namespace] = {
-            "apiVersion": "headroom.dev/v1alpha1", "kind": "Project",
-            "metadata": {"name": namespace, "uid": f"uid-{i}", "generation": 1,
-                         "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {"owner": {"team": "t"}, "namespaces": [{"name": namespace}]}}
+            "apiVersion": "headroom.dev/v1alpha1",
+            "kind": "Project",
+            "metadata": {
+                "name": namespace,
+                "uid": f"uid-{i}",
+                "generation": 1,
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+            },
+            "spec": {"owner": {"team": "t"}, "namespaces": [{"name": namespace}]},
+        }
     result: dict[str, float] = {"projects": n}
     for phase in ("onboarding", "governing", "steady"):
         writer.writes = 0

@@ -1,7 +1,7 @@
 """Ratios and the Markdown report of a benchmark run; also merges the results of several runs.
 
-    python -m bench.report bench/results/A.json bench/results/B.json            # print Markdown
-    python -m bench.report --write bench/results/A.json bench/results/B.json    # -> latest.json/.md
+python -m bench.report bench/results/A.json bench/results/B.json            # print Markdown
+python -m bench.report --write bench/results/A.json bench/results/B.json    # -> latest.json/.md
 """
 
 from __future__ import annotations
@@ -34,19 +34,34 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("Project status Ready p99", "convergence.status_ready.p99_s", "", "s"),
     ("requests during convergence", "convergence.requests.total", "convergence.requests.total", ""),
     ("  of which writes", "convergence.requests.writes", "convergence.requests.writes", ""),
-    ("  writes per project", "convergence.requests.writes_per_project",
-     "convergence.requests.writes_per_project", ""),
+    ("  writes per project", "convergence.requests.writes_per_project", "convergence.requests.writes_per_project", ""),
     ("  LIST calls", "convergence.requests.lists", "convergence.requests.lists", ""),
-    ("  peak requests in one second", "convergence.requests.peak_per_second",
-     "convergence.requests.peak_per_second", ""),
+    (
+        "  peak requests in one second",
+        "convergence.requests.peak_per_second",
+        "convergence.requests.peak_per_second",
+        "",
+    ),
     ("steady state: requests", "steady.requests.total", "steady.requests.total", ""),
-    ("steady state: requests per project per hour", "steady.requests.per_project_per_hour",
-     "steady.requests.per_project_per_hour", ""),
-    ("steady state: writes per project per hour", "steady.requests.writes_per_project_per_hour",
-     "steady.requests.writes_per_project_per_hour", ""),
+    (
+        "steady state: requests per project per hour",
+        "steady.requests.per_project_per_hour",
+        "steady.requests.per_project_per_hour",
+        "",
+    ),
+    (
+        "steady state: writes per project per hour",
+        "steady.requests.writes_per_project_per_hour",
+        "steady.requests.writes_per_project_per_hour",
+        "",
+    ),
     ("steady state: LIST calls", "steady.requests.lists", "steady.requests.lists", ""),
-    ("steady state: peak requests in one second", "steady.requests.peak_per_second",
-     "steady.requests.peak_per_second", ""),
+    (
+        "steady state: peak requests in one second",
+        "steady.requests.peak_per_second",
+        "steady.requests.peak_per_second",
+        "",
+    ),
     ("usage reads per cycle", "history.max_queries_per_cycle", "reads_per_cycle", ""),
     ("RSS after steady state", "steady.process.end.rss_mib", "steady.process.end.rss_mib", "MiB"),
     ("peak RSS (VmHWM)", "steady.process.end.hwm_mib", "steady.process.end.hwm_mib", "MiB"),
@@ -89,18 +104,22 @@ def _ratio_text(value: Any) -> str:
 
 
 def _breakdown(size: dict[str, Any]) -> list[str]:
-    columns = [("Headroom convergence", "headroom", "convergence.requests"),
-               ("Headroom steady", "headroom", "steady.requests"),
-               ("Headroom restart", "headroom", "restart.requests"),
-               ("Headroom start-up", "headroom", "startup"),
-               ("baseline convergence", "baseline", "convergence.requests"),
-               ("baseline steady", "baseline", "steady.requests")]
+    columns = [
+        ("Headroom convergence", "headroom", "convergence.requests"),
+        ("Headroom steady", "headroom", "steady.requests"),
+        ("Headroom restart", "headroom", "restart.requests"),
+        ("Headroom start-up", "headroom", "startup"),
+        ("baseline convergence", "baseline", "convergence.requests"),
+        ("baseline steady", "baseline", "steady.requests"),
+    ]
     data = [(title, _get(size.get(who) or {}, path + ".by_verb_resource") or {}) for title, who, path in columns]
     keys = sorted({k for _, counts in data for k in counts})
     if not keys:
         return []
-    lines = ["| request (audit: verb resource) | " + " | ".join(t for t, _ in data) + " |",
-             "|---|" + "---:|" * len(data)]
+    lines = [
+        "| request (audit: verb resource) | " + " | ".join(t for t, _ in data) + " |",
+        "|---|" + "---:|" * len(data),
+    ]
     for key in keys:
         lines.append(f"| `{key}` | " + " | ".join(_fmt(counts.get(key, 0)) for _, counts in data) + " |")
     return lines
@@ -112,16 +131,20 @@ def render_size(size: dict[str, Any]) -> list[str]:
     if "error" in size:
         return [*lines, f"**Failed:** `{size['error'][:600]}`", ""]
     h, b = size.get("headroom") or {}, size.get("baseline") or {}
-    lines.append(f"{size.get('pods_per_namespace')} Pending pods per namespace; steady state "
-                 f"{size.get('steady_seconds'):.0f} s; Headroom `--resync-interval={h.get('resync_interval')}`; "
-                 f"baseline every {b.get('interval_s', 0):.0f} s; Kubernetes {size.get('kubernetes')}; "
-                 f"Headroom revision {size.get('revision', '?')}; "
-                 f"load average {size.get('loadavg_start')} → {size.get('loadavg_end')}.")
+    lines.append(
+        f"{size.get('pods_per_namespace')} Pending pods per namespace; steady state "
+        f"{size.get('steady_seconds'):.0f} s; Headroom `--resync-interval={h.get('resync_interval')}`; "
+        f"baseline every {b.get('interval_s', 0):.0f} s; Kubernetes {size.get('kubernetes')}; "
+        f"Headroom revision {size.get('revision', '?')}; "
+        f"load average {size.get('loadavg_start')} → {size.get('loadavg_end')}."
+    )
     lines += ["", "| | Headroom | baseline | Headroom ÷ baseline |", "|---|---:|---:|---:|"]
     ratios = size.get("ratios") or {}
     for label, hp, bp, unit in ROWS:
-        lines.append(f"| {label} | {_fmt(_get(h, hp), unit)} | {_fmt(_get(b, bp), unit)} | "
-                     f"{_ratio_text(ratios.get(label.strip()))} |")
+        lines.append(
+            f"| {label} | {_fmt(_get(h, hp), unit)} | {_fmt(_get(b, bp), unit)} | "
+            f"{_ratio_text(ratios.get(label.strip()))} |"
+        )
     restart = _get(h, "restart.requests") or {}
     lines.append(f"| restart over governed quotas: writes | {_fmt(restart.get('writes'))} | n/a | |")
     lines.append(f"| restart over governed quotas: LIST calls | {_fmt(restart.get('lists'))} | n/a | |")
@@ -130,46 +153,62 @@ def render_size(size: dict[str, Any]) -> list[str]:
     conv = h.get("convergence") or {}
     if conv:
         wrong = (conv.get("wrong_values") or {}).get("count")
-        notes.append(f"Headroom: {conv.get('converged')}/{conv.get('projects')} quotas governed; "
-                     f"{wrong} governed with values other than the history's derivation; quiet "
-                     f"{conv.get('quiet_after_governed_s')} s after the last one was governed.")
+        notes.append(
+            f"Headroom: {conv.get('converged')}/{conv.get('projects')} quotas governed; "
+            f"{wrong} governed with values other than the history's derivation; quiet "
+            f"{conv.get('quiet_after_governed_s')} s after the last one was governed."
+        )
     deltas = _get(h, "steady.metric_deltas") or {}
     if deltas:
         cycles = sum(v for k, v in deltas.items() if k.startswith("headroom_history_fetch_seconds_count"))
         reconciles = deltas.get("headroom_reconcile_duration_seconds_count", 0)
-        notes.append(f"Headroom's steady state held {cycles:.0f} history fetches (derivation cycles) and "
-                     f"{reconciles:.0f} reconciles; {_get(h, 'steady.requests.writes')} writes.")
+        notes.append(
+            f"Headroom's steady state held {cycles:.0f} history fetches (derivation cycles) and "
+            f"{reconciles:.0f} reconciles; {_get(h, 'steady.requests.writes')} writes."
+        )
     histogram = conv.get("writes_histogram") or {}
     if histogram:
-        parts = [f"`{key}` " + ", ".join(f"{count}x for {projects}" for count, projects in by_count.items())
-                 for key, by_count in histogram.items()]
+        parts = [
+            f"`{key}` " + ", ".join(f"{count}x for {projects}" for count, projects in by_count.items())
+            for key, by_count in histogram.items()
+        ]
         notes.append("Headroom writes per project during convergence: " + "; ".join(parts) + ".")
     if conv.get("events_by_reason"):
-        notes.append("Events Headroom posted during convergence: " + ", ".join(
-            f"{count} {reason}" for reason, count in conv["events_by_reason"].items()) + ".")
+        notes.append(
+            "Events Headroom posted during convergence: "
+            + ", ".join(f"{count} {reason}" for reason, count in conv["events_by_reason"].items())
+            + "."
+        )
     issues = (h.get("operator_log_issues") or {}).get("count")
     if issues:
-        notes.append(f"The operator logged {issues} warnings or errors (first: "
-                     f"`{(h['operator_log_issues']['first'] or [''])[0][:200]}`).")
+        notes.append(
+            f"The operator logged {issues} warnings or errors (first: "
+            f"`{(h['operator_log_issues']['first'] or [''])[0][:200]}`)."
+        )
     errors = _get(h, "convergence.requests.errors") or {}
     startup_errors = _get(h, "startup.errors") or {}
     if errors or startup_errors:
-        notes.append(f"Refused or failed Headroom requests: start-up {startup_errors or 'none'}, "
-                     f"convergence {errors or 'none'}.")
+        notes.append(
+            f"Refused or failed Headroom requests: start-up {startup_errors or 'none'}, convergence {errors or 'none'}."
+        )
     hist = h.get("history") or {}
     if hist:
-        notes.append(f"History (fake Prometheus, `--resync-interval={hist.get('resync_interval')}`): "
-                     f"{hist.get('startup_queries')} queries at start-up (bursts {hist.get('startup_bursts')}), "
-                     f"then {hist.get('cycles')} cycles of {hist.get('queries_per_cycle')} queries, each query "
-                     f"covering {hist.get('namespaces_per_query')} namespaces; "
-                     f"{_get(hist, 'requests.writes')} API writes in that phase; "
-                     f"{hist.get('cpu_s_after_startup')} s of CPU in the {hist.get('seconds_after_startup')} s "
-                     "after the start-up reconciles.")
+        notes.append(
+            f"History (fake Prometheus, `--resync-interval={hist.get('resync_interval')}`): "
+            f"{hist.get('startup_queries')} queries at start-up (bursts {hist.get('startup_bursts')}), "
+            f"then {hist.get('cycles')} cycles of {hist.get('queries_per_cycle')} queries, each query "
+            f"covering {hist.get('namespaces_per_query')} namespaces; "
+            f"{_get(hist, 'requests.writes')} API writes in that phase; "
+            f"{hist.get('cpu_s_after_startup')} s of CPU in the {hist.get('seconds_after_startup')} s "
+            "after the start-up reconciles."
+        )
     if b:
         ticks = [t for t in b.get("tick_seconds") or [] if t is not None]
         if ticks:
-            notes.append(f"Baseline: {b.get('ticks')} runs, {min(ticks):.1f} to {max(ticks):.1f} s each, "
-                         f"{b.get('tick_errors')} errors.")
+            notes.append(
+                f"Baseline: {b.get('ticks')} runs, {min(ticks):.1f} to {max(ticks):.1f} s each, "
+                f"{b.get('tick_errors')} errors."
+            )
     notes += [str(note) for note in size.get("notes") or []]  # added after a run, from its kept logs
     lines += [f"- {note}" for note in notes]
     breakdown = _breakdown(size)
@@ -180,15 +219,22 @@ def render_size(size: dict[str, Any]) -> list[str]:
 
 def render(results: dict[str, Any]) -> str:
     sizes = sorted(results.get("sizes") or [], key=lambda s: int(s.get("n") or 0))  # in any run order
-    lines = ["# Headroom vs. a naive quota script: API cost", "",
-             f"Run {results.get('started')} to {results.get('finished', '?')}, revision {results.get('revision')}, "
-             f"{_get(results, 'machine.cpus')} CPUs, {_get(results, 'machine.memory_gib')} GiB. "
-             "Method: docs/benchmark.md.", ""]
+    lines = [
+        "# Headroom vs. a naive quota script: API cost",
+        "",
+        f"Run {results.get('started')} to {results.get('finished', '?')}, revision {results.get('revision')}, "
+        f"{_get(results, 'machine.cpus')} CPUs, {_get(results, 'machine.memory_gib')} GiB. "
+        "Method: docs/benchmark.md.",
+        "",
+    ]
     good = [s for s in sizes if "error" not in s]
     if good:
-        lines += ["| N | convergence p50 / p99 (s), Headroom | baseline | steady requests/project/hour, "
-                  "Headroom | baseline | steady writes, Headroom | restart writes | history queries/cycle | "
-                  "RSS MiB, Headroom | baseline |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| N | convergence p50 / p99 (s), Headroom | baseline | steady requests/project/hour, "
+            "Headroom | baseline | steady writes, Headroom | restart writes | history queries/cycle | "
+            "RSS MiB, Headroom | baseline |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for s in good:
             h, b = s.get("headroom") or {}, s.get("baseline") or {}
             lines.append(
@@ -198,7 +244,8 @@ def render(results: dict[str, Any]) -> str:
                 f"| {_fmt(_get(b, 'steady.requests.per_project_per_hour'))} "
                 f"| {_fmt(_get(h, 'steady.requests.writes'))} | {_fmt(_get(h, 'restart.requests.writes'))} "
                 f"| {_fmt(_get(h, 'history.max_queries_per_cycle'))} "
-                f"| {_fmt(_get(h, 'steady.process.end.rss_mib'))} | {_fmt(_get(b, 'steady.process.end.rss_mib'))} |")
+                f"| {_fmt(_get(h, 'steady.process.end.rss_mib'))} | {_fmt(_get(b, 'steady.process.end.rss_mib'))} |"
+            )
         lines.append("")
     for size in sizes:
         lines += render_size(size)
@@ -227,8 +274,9 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--write", action="store_true", help="write bench/results/latest.json and latest.md")
     args = parser.parse_args(argv)

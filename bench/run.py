@@ -72,9 +72,12 @@ def percentile(values: list[float], p: float) -> float | None:
 def latency_summary(sent: dict[str, float], seen: dict[str, tuple[float, Any]]) -> dict[str, Any]:
     latencies = [seen[ns][0] - t for ns, t in sent.items() if ns in seen]
     result: dict[str, Any] = {
-        "projects": len(sent), "converged": len(latencies),
-        "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95),
-        "p99_s": percentile(latencies, 99), "max_s": percentile(latencies, 100),
+        "projects": len(sent),
+        "converged": len(latencies),
+        "p50_s": percentile(latencies, 50),
+        "p95_s": percentile(latencies, 95),
+        "p99_s": percentile(latencies, 99),
+        "max_s": percentile(latencies, 100),
     }
     if latencies:
         result["all_s"] = round(max(seen[ns][0] for ns in sent if ns in seen) - min(sent.values()), 3)
@@ -86,9 +89,9 @@ class BenchOperator(OperatorProcess):
     """The harness's operator process, with a token that outlives a long run."""
 
     def kubeconfig(self) -> Path:
-        return self.cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, "headroom",
-                                                       self.workdir / "operator.kubeconfig",
-                                                       expiration_seconds=TOKEN_SECONDS)
+        return self.cluster.service_account_kubeconfig(
+            OPERATOR_NAMESPACE, "headroom", self.workdir / "operator.kubeconfig", expiration_seconds=TOKEN_SECONDS
+        )
 
     @property
     def pid(self) -> int:
@@ -140,8 +143,7 @@ class Bench:
             time.sleep(0.5)
         return False
 
-    def wait_quiet(self, audit: AuditLog, actor: str, since: float, quiet: float,
-                   timeout: float) -> tuple[float, bool]:
+    def wait_quiet(self, audit: AuditLog, actor: str, since: float, quiet: float, timeout: float) -> tuple[float, bool]:
         """Until `actor` has made no request (watches aside) for `quiet` seconds; (moment, reached)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -160,8 +162,13 @@ class Bench:
         workdir.mkdir(parents=True, exist_ok=True)
         audit = AuditLog(workdir / "audit")
         plane = ControlPlane(workdir / "cluster", apiserver_flags=audit.apiserver_flags(), keep_workdir=args.keep)
-        result: dict[str, Any] = {"n": n, "revision": git_revision(), "pods_per_namespace": args.pods,
-                                  "steady_seconds": args.steady, "loadavg_start": loadavg()}
+        result: dict[str, Any] = {
+            "n": n,
+            "revision": git_revision(),
+            "pods_per_namespace": args.pods,
+            "steady_seconds": args.steady,
+            "loadavg_start": loadavg(),
+        }
         log(f"N={n}: starting the control plane (audit: {audit.log_path})")
         plane.start()
         audit.start()
@@ -200,19 +207,32 @@ class Bench:
         # A new CRD's storage answers 429 "storage is (re)initializing" for a moment: let that pass
         # here, so that it is not counted against the operator's start-up.
         custom = kubernetes.client.CustomObjectsApi(admin)
-        workload.retrying(lambda: custom.list_cluster_custom_object("headroom.dev", "v1alpha1", "projects"),
-                          "list projects", 120)
+        workload.retrying(
+            lambda: custom.list_cluster_custom_object("headroom.dev", "v1alpha1", "projects"), "list projects", 120
+        )
         install_rbac(cluster)
         apply_yaml(admin, REPO / "bench" / "baseline-rbac.yaml")
 
     # --- Headroom
 
-    def headroom(self, n: int, cluster: Cluster, admin: kubernetes.client.ApiClient, audit: AuditLog,
-                 history: Path, workdir: Path) -> dict[str, Any]:
+    def headroom(
+        self,
+        n: int,
+        cluster: Cluster,
+        admin: kubernetes.client.ApiClient,
+        audit: AuditLog,
+        history: Path,
+        workdir: Path,
+    ) -> dict[str, Any]:
         args = self.args
         names = {workload.name_of(i) for i in range(n)}
-        flags = ["--history-source=file", f"--history-file={history}", "--mode=enforce",
-                 f"--resync-interval={args.resync}", *args.operator_arg]
+        flags = [
+            "--history-source=file",
+            f"--history-file={history}",
+            "--mode=enforce",
+            f"--resync-interval={args.resync}",
+            *args.operator_arg,
+        ]
         out: dict[str, Any] = {"resync_interval": args.resync, "flags": flags}
         watcher = quota_watcher(admin, "app.kubernetes.io/managed-by=headroom", governed).start()
         statuses = project_watcher(admin, ready).start()
@@ -255,8 +275,10 @@ class Bench:
             convergence["operator_writes_metric"] = op.counters("headroom_api_writes_total")
             convergence["operator_history_metric"] = op.counters("headroom_history_")
             out["convergence"] = convergence
-            log(f"N={n}: Headroom converged: p50 {convergence['p50_s']}s p99 {convergence['p99_s']}s, "
-                f"{convergence['requests']['writes']} writes; steady state for {args.steady:.0f}s")
+            log(
+                f"N={n}: Headroom converged: p50 {convergence['p50_s']}s p99 {convergence['p99_s']}s, "
+                f"{convergence['requests']['writes']} writes; steady state for {args.steady:.0f}s"
+            )
 
             # Steady state: nothing changes.
             out["steady"] = self.steady("headroom", op.pid, audit, n, lambda: op.counters("headroom_"))
@@ -269,12 +291,17 @@ class Bench:
             reconciled = self.wait_reconciled(op, n, 120 + 0.5 * n)
             t_done, quiet = self.wait_quiet(audit, "headroom", t_restart, self.quiet(n), 120 + 0.2 * n)
             audit.sync()
-            out["restart"] = {"reconciled_all": reconciled, "quiet_reached": quiet,
-                              "requests": tally(audit.select("headroom", t_restart, t_done), n, t_done - t_restart),
-                              "process": _d(sample(op.pid)),
-                              "operator_writes_metric": op.counters("headroom_api_writes_total")}
-            log(f"N={n}: restart: {out['restart']['requests']['writes']} writes, "
-                f"{out['restart']['requests']['lists']} LISTs")
+            out["restart"] = {
+                "reconciled_all": reconciled,
+                "quiet_reached": quiet,
+                "requests": tally(audit.select("headroom", t_restart, t_done), n, t_done - t_restart),
+                "process": _d(sample(op.pid)),
+                "operator_writes_metric": op.counters("headroom_api_writes_total"),
+            }
+            log(
+                f"N={n}: restart: {out['restart']['requests']['writes']} writes, "
+                f"{out['restart']['requests']['lists']} LISTs"
+            )
             op.stop()
 
             out["history"] = self.history_phase(n, cluster, audit, workdir)
@@ -304,8 +331,9 @@ class Bench:
                 wrong.append(f"{ns}: got {governed_hard} want {{{', '.join(f'{r}: {v}' for r, v in want.items())}}}")
         return {"count": len(wrong), "examples": wrong[:5]}
 
-    def steady(self, actor: str, pid: int, audit: AuditLog, n: int,
-               counters: Callable[[], dict[str, float]] | None = None) -> dict[str, Any]:
+    def steady(
+        self, actor: str, pid: int, audit: AuditLog, n: int, counters: Callable[[], dict[str, float]] | None = None
+    ) -> dict[str, Any]:
         t0 = time.time()
         first = sample(pid)
         metrics_before = counters() if counters else {}
@@ -317,16 +345,24 @@ class Bench:
         cpu = cpu_between(first, last)
         out: dict[str, Any] = {
             "requests": tally(audit.select(actor, t0, t1), n, t1 - t0),
-            "process": {"start": _d(first), "end": _d(last), "cpu_s": cpu,
-                        "cpu_s_per_hour": round(cpu * 3600 / (t1 - t0), 2) if cpu is not None else None},
+            "process": {
+                "start": _d(first),
+                "end": _d(last),
+                "cpu_s": cpu,
+                "cpu_s_per_hour": round(cpu * 3600 / (t1 - t0), 2) if cpu is not None else None,
+            },
         }
         if counters:
-            out["metric_deltas"] = {k: v - metrics_before.get(k, 0.0) for k, v in metrics_after.items()
-                                    if ("_total" in k or k.endswith("_count"))
-                                    and v - metrics_before.get(k, 0.0)}
+            out["metric_deltas"] = {
+                k: v - metrics_before.get(k, 0.0)
+                for k, v in metrics_after.items()
+                if ("_total" in k or k.endswith("_count")) and v - metrics_before.get(k, 0.0)
+            }
         r = out["requests"]
-        log(f"steady ({actor}): {r['total']} requests, {r['writes']} writes, {r['lists']} LISTs in "
-            f"{t1 - t0:.0f}s = {r['per_project_per_hour']} requests/project/hour")
+        log(
+            f"steady ({actor}): {r['total']} requests, {r['writes']} writes, {r['lists']} LISTs in "
+            f"{t1 - t0:.0f}s = {r['per_project_per_hour']} requests/project/hour"
+        )
         return out
 
     def history_phase(self, n: int, cluster: Cluster, audit: AuditLog, workdir: Path) -> dict[str, Any]:
@@ -334,8 +370,13 @@ class Bench:
         args = self.args
         resync = parse_duration(args.history_resync).total_seconds()
         fake = FakePrometheus().start()
-        flags = ["--history-source=prometheus", f"--prometheus-url={fake.url}", "--mode=enforce",
-                 f"--resync-interval={args.history_resync}", *args.operator_arg]
+        flags = [
+            "--history-source=prometheus",
+            f"--prometheus-url={fake.url}",
+            "--mode=enforce",
+            f"--resync-interval={args.history_resync}",
+            *args.operator_arg,
+        ]
         op = BenchOperator(cluster, workdir / "operator-prometheus", args=flags)
         try:
             t0 = time.time()
@@ -343,8 +384,10 @@ class Bench:
             self.wait_ready(op, audit, t0)
             reconciled = self.wait_reconciled(op, n, 120 + 0.5 * n)
             t_reconciled, cpu_reconciled = time.time(), sample(op.pid)
-            log(f"N={n}: history phase: waiting for {args.history_cycles} derivation cycles "
-                f"(--resync-interval={args.history_resync})")
+            log(
+                f"N={n}: history phase: waiting for {args.history_cycles} derivation cycles "
+                f"(--resync-interval={args.history_resync})"
+            )
             deadline = time.time() + (args.history_cycles + 1) * resync * 1.2 + 60
             periodic: list[list[Any]] = []
             while time.time() < deadline:
@@ -361,10 +404,12 @@ class Bench:
             startup = [q for q in queries if q.at < t0 + 0.8 * resync]
             sizes = [len(c) for c in periodic]
             result = {
-                "resync_interval": args.history_resync, "reconciled_all": reconciled,
+                "resync_interval": args.history_resync,
+                "reconciled_all": reconciled,
                 "startup_queries": len(startup),
                 "startup_bursts": [len(c) for c in cycles(startup)],
-                "cycles": len(periodic), "queries_per_cycle": sizes,
+                "cycles": len(periodic),
+                "queries_per_cycle": sizes,
                 "max_queries_per_cycle": max(sizes) if sizes else None,
                 "namespaces_per_query": max((q.namespaces for q in queries), default=0),
                 "largest_query_bytes": max((q.bytes for q in queries), default=0),
@@ -384,28 +429,39 @@ class Bench:
 
     # --- baseline
 
-    def baseline(self, n: int, cluster: Cluster, admin: kubernetes.client.ApiClient, audit: AuditLog,
-                 workdir: Path) -> dict[str, Any]:
+    def baseline(
+        self, n: int, cluster: Cluster, admin: kubernetes.client.ApiClient, audit: AuditLog, workdir: Path
+    ) -> dict[str, Any]:
         args = self.args
         names = {workload.name_of(i) for i in range(n)}
-        kubeconfig = cluster.service_account_kubeconfig(BASELINE_NAMESPACE, "baseline",
-                                                        workdir / "baseline.kubeconfig",
-                                                        expiration_seconds=TOKEN_SECONDS)
+        kubeconfig = cluster.service_account_kubeconfig(
+            BASELINE_NAMESPACE, "baseline", workdir / "baseline.kubeconfig", expiration_seconds=TOKEN_SECONDS
+        )
         watcher = quota_watcher(admin, "app.kubernetes.io/managed-by=baseline-cron", lambda _: True).start()
         log_path = workdir / "baseline.log"
         out: dict[str, Any] = {"interval_s": args.baseline_interval}
         with open(log_path, "ab") as handle:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.baseline", f"--interval={args.baseline_interval}",
-                 f"--selector={workload.BASELINE_LABEL}=baseline"],
-                stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.baseline",
+                    f"--interval={args.baseline_interval}",
+                    f"--selector={workload.BASELINE_LABEL}=baseline",
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
                 env={**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(REPO)},
-                preexec_fn=_die_with_parent)
+                preexec_fn=_die_with_parent,
+            )
         try:
             t_start = time.time()
             deadline = time.monotonic() + 60
-            while not (first_run := [r for r in audit.select("baseline", t_start, time.time() + 1)
-                                     if r.verb == "list"]):
+            while not (
+                first_run := [r for r in audit.select("baseline", t_start, time.time() + 1) if r.verb == "list"]
+            ):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the baseline did not start:\n{log_path.read_text()[-2000:]}")
                 time.sleep(0.25)
@@ -427,8 +483,10 @@ class Bench:
             convergence["requests"] = tally(audit.select("baseline", t_label, t_conv), n, t_conv - t_label)
             convergence["process"] = {"start": _d(before), "end": _d(after), "cpu_s": cpu_between(before, after)}
             out["convergence"] = convergence
-            log(f"N={n}: baseline converged: p50 {convergence['p50_s']}s p99 {convergence['p99_s']}s; "
-                f"steady state for {args.steady:.0f}s")
+            log(
+                f"N={n}: baseline converged: p50 {convergence['p50_s']}s p99 {convergence['p99_s']}s; "
+                f"steady state for {args.steady:.0f}s"
+            )
             out["steady"] = self.steady("baseline", proc.pid, audit, n)
         finally:
             proc.terminate()
@@ -466,8 +524,11 @@ def log_issues(directory: Path, limit: int = 8) -> dict[str, Any]:
     """Warnings and errors in the operator's logs: how many, and the first few."""
     lines = []
     for path in sorted(directory.glob("operator-*.log")):
-        lines += [f"{path.name}: {line[:300]}" for line in path.read_text(errors="replace").splitlines()
-                  if " WARNING " in line or " ERROR " in line or "Traceback" in line]
+        lines += [
+            f"{path.name}: {line[:300]}"
+            for line in path.read_text(errors="replace").splitlines()
+            if " WARNING " in line or " ERROR " in line or "Traceback" in line
+        ]
     return {"count": len(lines), "first": lines[:limit]}
 
 
@@ -477,10 +538,12 @@ def _d(s: Sample | None) -> dict[str, Any] | None:
 
 def git_revision() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "operator"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "operator"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -499,22 +562,28 @@ def write_results(results: dict[str, Any], stamp: str, results_dir: Path) -> Pat
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="100,1000,3000", help="comma-separated numbers of Projects")
     parser.add_argument("--steady", type=float, default=600, help="seconds of steady state (each contender)")
     parser.add_argument("--pods", type=int, default=3, help="Pending pods per namespace")
     parser.add_argument("--history-days", type=int, default=7, help="daily samples per namespace and resource")
     parser.add_argument("--resync", default="5m", help="Headroom's --resync-interval in the main phases")
-    parser.add_argument("--history-resync", default="30s",
-                        help="--resync-interval of the phase that counts history queries")
+    parser.add_argument(
+        "--history-resync", default="30s", help="--resync-interval of the phase that counts history queries"
+    )
     parser.add_argument("--history-cycles", type=int, default=3, help="derivation cycles to count")
     parser.add_argument("--baseline-interval", type=float, default=60, help="seconds between baseline runs")
     parser.add_argument("--workers", type=int, default=16, help="threads creating objects")
-    parser.add_argument("--quiet", type=float, default=0,
-                        help="seconds without a request that end convergence and restart (0: 10 s, or N/100 s "
-                             "if more: a pause in the writes, such as a derivation cycle over thousands of Projects, "
-                             "must not pass for the end)")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0,
+        help="seconds without a request that end convergence and restart (0: 10 s, or N/100 s "
+        "if more: a pause in the writes, such as a derivation cycle over thousands of Projects, "
+        "must not pass for the end)",
+    )
     parser.add_argument("--converge-timeout", type=float, default=0, help="0: 300 s + 1 s per Project")
     parser.add_argument("--operator-arg", action="append", default=[], help="extra flag for headroom run")
     parser.add_argument("--only", choices=["both", "headroom", "baseline"], default="both")
@@ -531,8 +600,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "revision": git_revision(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        },
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "sizes": [],
     }

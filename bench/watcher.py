@@ -31,8 +31,14 @@ def ready(obj: dict[str, Any]) -> bool:
 
 
 class Watcher:
-    def __init__(self, lister: Callable[..., Any], args: tuple[Any, ...], label_selector: str,
-                 predicate: Predicate, key: Callable[[dict[str, Any]], str]) -> None:
+    def __init__(
+        self,
+        lister: Callable[..., Any],
+        args: tuple[Any, ...],
+        label_selector: str,
+        predicate: Predicate,
+        key: Callable[[dict[str, Any]], str],
+    ) -> None:
         self.lister, self.args = lister, args
         self.selector = label_selector
         self.predicate = predicate
@@ -68,8 +74,9 @@ class Watcher:
         while not self._stop.is_set():
             try:
                 if version is None:
-                    listed = self.lister(*self.args, label_selector=self.selector, _preload_content=False,
-                                         _request_timeout=120)
+                    listed = self.lister(
+                        *self.args, label_selector=self.selector, _preload_content=False, _request_timeout=120
+                    )
                     body = json.loads(listed.data)
                     now = time.time()
                     for item in body.get("items") or []:
@@ -77,9 +84,15 @@ class Watcher:
                     version = body["metadata"]["resourceVersion"]
                     self._ready.set()
                 watch = kubernetes.watch.Watch()
-                for event in watch.stream(self.lister, *self.args,
-                                          label_selector=self.selector, resource_version=version,
-                                          allow_watch_bookmarks=True, timeout_seconds=20, deserialize=False):
+                for event in watch.stream(
+                    self.lister,
+                    *self.args,
+                    label_selector=self.selector,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=20,
+                    deserialize=False,
+                ):
                     now = time.time()
                     obj = event.get("object") or {}
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
@@ -127,16 +140,25 @@ class Watcher:
 
 def quota_watcher(api: ApiClient, label_selector: str, predicate: Predicate) -> Watcher:
     """ResourceQuotas in every namespace, by namespace."""
-    watcher = Watcher(kubernetes.client.CoreV1Api(api).list_resource_quota_for_all_namespaces, (),
-                      label_selector, predicate, lambda obj: obj.get("metadata", {}).get("namespace", ""))
+    watcher = Watcher(
+        kubernetes.client.CoreV1Api(api).list_resource_quota_for_all_namespaces,
+        (),
+        label_selector,
+        predicate,
+        lambda obj: obj.get("metadata", {}).get("namespace", ""),
+    )
     watcher.what = "quotas"
     return watcher
 
 
 def project_watcher(api: ApiClient, predicate: Predicate) -> Watcher:
     """Projects, by name."""
-    watcher = Watcher(kubernetes.client.CustomObjectsApi(api).list_cluster_custom_object,
-                      ("headroom.dev", "v1alpha1", "projects"), "", predicate,
-                      lambda obj: obj.get("metadata", {}).get("name", ""))
+    watcher = Watcher(
+        kubernetes.client.CustomObjectsApi(api).list_cluster_custom_object,
+        ("headroom.dev", "v1alpha1", "projects"),
+        "",
+        predicate,
+        lambda obj: obj.get("metadata", {}).get("name", ""),
+    )
     watcher.what = "Project statuses"
     return watcher

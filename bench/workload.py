@@ -45,14 +45,23 @@ def peaks_of(index: int) -> dict[str, Decimal]:
     so that a quota governed from real history differs from one governed without it."""
     cpu = Decimal(1000 + 250 * (index % 8)) / 1000
     memory = Decimal((2 + index % 4) * GI)
-    return {"requests.cpu": cpu, "requests.memory": memory, "limits.cpu": 2 * cpu,
-            "limits.memory": 2 * memory, "pods": Decimal(12 + index % 6)}
+    return {
+        "requests.cpu": cpu,
+        "requests.memory": memory,
+        "limits.cpu": 2 * cpu,
+        "limits.memory": 2 * memory,
+        "pods": Decimal(12 + index % 6),
+    }
 
 
 def used_of(pods: int) -> dict[str, Decimal]:
-    per = {"requests.cpu": parse_quantity(POD_REQUESTS["cpu"]), "requests.memory": parse_quantity(
-        POD_REQUESTS["memory"]), "limits.cpu": parse_quantity(POD_LIMITS["cpu"]),
-        "limits.memory": parse_quantity(POD_LIMITS["memory"]), "pods": Decimal(1)}
+    per = {
+        "requests.cpu": parse_quantity(POD_REQUESTS["cpu"]),
+        "requests.memory": parse_quantity(POD_REQUESTS["memory"]),
+        "limits.cpu": parse_quantity(POD_LIMITS["cpu"]),
+        "limits.memory": parse_quantity(POD_LIMITS["memory"]),
+        "pods": Decimal(1),
+    }
     return {r: v * pods for r, v in per.items()}
 
 
@@ -121,9 +130,17 @@ def retrying(call: Callable[[], T], what: str, deadline_seconds: float = 300) ->
 def pod(name: str) -> k8s.V1Pod:
     return k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name=name, labels={"app": "bench"}),
-        spec=k8s.V1PodSpec(automount_service_account_token=False, containers=[k8s.V1Container(
-            name="app", image="registry.invalid/bench:1",
-            resources=k8s.V1ResourceRequirements(requests=dict(POD_REQUESTS), limits=dict(POD_LIMITS)))]))
+        spec=k8s.V1PodSpec(
+            automount_service_account_token=False,
+            containers=[
+                k8s.V1Container(
+                    name="app",
+                    image="registry.invalid/bench:1",
+                    resources=k8s.V1ResourceRequirements(requests=dict(POD_REQUESTS), limits=dict(POD_LIMITS)),
+                )
+            ],
+        ),
+    )
 
 
 def parallel(items: Iterable[T], action: Callable[[T], Any], workers: int) -> list[Any]:
@@ -131,8 +148,9 @@ def parallel(items: Iterable[T], action: Callable[[T], Any], workers: int) -> li
         return list(pool.map(action, items))
 
 
-def create_namespaces(api: ApiClient, count: int, pods: int, run_id: str, workers: int,
-                      progress: Callable[[str], None]) -> float:
+def create_namespaces(
+    api: ApiClient, count: int, pods: int, run_id: str, workers: int, progress: Callable[[str], None]
+) -> float:
     """N namespaces, each with `pods` Pending pods. Returns the seconds it took."""
     core = k8s.CoreV1Api(api)
     done = [0]
@@ -144,8 +162,10 @@ def create_namespaces(api: ApiClient, count: int, pods: int, run_id: str, worker
         body = k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name, labels={RUN_LABEL: run_id}))
         retrying(lambda: core.create_namespace(body, _request_timeout=60), f"namespace {name}")
         for j in range(pods):
-            retrying(lambda j=j: core.create_namespaced_pod(name, pod(f"app-{j}"), _request_timeout=60),
-                     f"pod {name}/app-{j}")
+            retrying(
+                lambda j=j: core.create_namespaced_pod(name, pod(f"app-{j}"), _request_timeout=60),
+                f"pod {name}/app-{j}",
+            )
         with lock:
             done[0] += 1
             if done[0] % max(1, count // 10) == 0:
@@ -157,8 +177,12 @@ def create_namespaces(api: ApiClient, count: int, pods: int, run_id: str, worker
 
 def project_body(index: int) -> dict[str, Any]:
     name = name_of(index)
-    return {"apiVersion": "headroom.dev/v1alpha1", "kind": "Project", "metadata": {"name": name},
-            "spec": {"owner": {"team": f"team-{index % 50:02d}"}, "namespaces": [{"name": name}]}}
+    return {
+        "apiVersion": "headroom.dev/v1alpha1",
+        "kind": "Project",
+        "metadata": {"name": name},
+        "spec": {"owner": {"team": f"team-{index % 50:02d}"}, "namespaces": [{"name": name}]},
+    }
 
 
 def create_projects(api: ApiClient, count: int, workers: int) -> dict[str, float]:
@@ -169,8 +193,12 @@ def create_projects(api: ApiClient, count: int, workers: int) -> dict[str, float
     def one(index: int) -> None:
         body = project_body(index)
         sent[name_of(index)] = time.time()
-        retrying(lambda: custom.create_cluster_custom_object("headroom.dev", "v1alpha1", "projects", body,
-                                                             _request_timeout=60), f"project {name_of(index)}")
+        retrying(
+            lambda: custom.create_cluster_custom_object(
+                "headroom.dev", "v1alpha1", "projects", body, _request_timeout=60
+            ),
+            f"project {name_of(index)}",
+        )
 
     parallel(range(count), one, workers)
     return sent
@@ -184,8 +212,12 @@ def label_for_baseline(api: ApiClient, count: int, workers: int) -> dict[str, fl
     def one(index: int) -> None:
         name = name_of(index)
         sent[name] = time.time()
-        retrying(lambda: core.patch_namespace(name, {"metadata": {"labels": {BASELINE_LABEL: "baseline"}}},
-                                              _request_timeout=60), f"label {name}")
+        retrying(
+            lambda: core.patch_namespace(
+                name, {"metadata": {"labels": {BASELINE_LABEL: "baseline"}}}, _request_timeout=60
+            ),
+            f"label {name}",
+        )
 
     parallel(range(count), one, workers)
     return sent

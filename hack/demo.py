@@ -35,13 +35,30 @@ k8s = kubernetes.client
 
 # Typical daily peaks of the sample namespaces (cores, bytes, pods), with some noise.
 PROFILE = {
-    "payments": {"requests.cpu": 22.0, "requests.memory": 60 * 2**30, "limits.cpu": 30.0,
-                 "limits.memory": 80 * 2**30, "pods": 48, "count/jobs.batch": 0},
-    "payments-batch": {"requests.cpu": 6.0, "requests.memory": 12 * 2**30, "limits.cpu": 8.0,
-                       "limits.memory": 16 * 2**30, "pods": 30, "count/jobs.batch": 12},
+    "payments": {
+        "requests.cpu": 22.0,
+        "requests.memory": 60 * 2**30,
+        "limits.cpu": 30.0,
+        "limits.memory": 80 * 2**30,
+        "pods": 48,
+        "count/jobs.batch": 0,
+    },
+    "payments-batch": {
+        "requests.cpu": 6.0,
+        "requests.memory": 12 * 2**30,
+        "limits.cpu": 8.0,
+        "limits.memory": 16 * 2**30,
+        "pods": 30,
+        "count/jobs.batch": 12,
+    },
     "search": {"requests.cpu": 10.0, "requests.memory": 40 * 2**30, "limits.memory": 48 * 2**30, "pods": 24},
-    "search-indexer": {"requests.cpu": 3.0, "requests.memory": 8 * 2**30, "limits.memory": 12 * 2**30,
-                       "pods": 6, "requests.ephemeral-storage": 120 * 2**30},
+    "search-indexer": {
+        "requests.cpu": 3.0,
+        "requests.memory": 8 * 2**30,
+        "limits.memory": 12 * 2**30,
+        "pods": 6,
+        "requests.ephemeral-storage": 120 * 2**30,
+    },
 }
 
 
@@ -70,9 +87,13 @@ def write_history(path: Path, days: int = 30, seed: int = 7) -> Path:
 
 
 def headroom(kubeconfig: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "headroom.cli", *args], capture_output=True, text=True,
-                            env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-                            cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "headroom.cli", *args],
+        capture_output=True,
+        text=True,
+        env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+    )
     return result.stdout + result.stderr
 
 
@@ -101,17 +122,29 @@ def main(argv: list[str] | None = None) -> int:
         apply_yaml(admin, SAMPLES / "namespaces.yaml")
         core = k8s.CoreV1Api(admin)
         for i in range(3):
-            core.create_namespaced_pod("payments", k8s.V1Pod(
-                metadata=k8s.V1ObjectMeta(name=f"api-{i}"),
-                spec=k8s.V1PodSpec(containers=[k8s.V1Container(
-                    name="api", image="registry.invalid/payments-api:1",
-                    resources=k8s.V1ResourceRequirements(requests={"cpu": "2", "memory": "4Gi"},
-                                                         limits={"cpu": "3", "memory": "6Gi"}))])))
+            core.create_namespaced_pod(
+                "payments",
+                k8s.V1Pod(
+                    metadata=k8s.V1ObjectMeta(name=f"api-{i}"),
+                    spec=k8s.V1PodSpec(
+                        containers=[
+                            k8s.V1Container(
+                                name="api",
+                                image="registry.invalid/payments-api:1",
+                                resources=k8s.V1ResourceRequirements(
+                                    requests={"cpu": "2", "memory": "4Gi"}, limits={"cpu": "3", "memory": "6Gi"}
+                                ),
+                            )
+                        ]
+                    ),
+                ),
+            )
 
         history = write_history(workdir / "history.csv")
         say(f"30 days of usage history written to {history}")
-        operator = OperatorProcess(cluster, workdir / "operator",
-                                   args=["--history-source=file", f"--history-file={history}", "--mode=enforce"])
+        operator = OperatorProcess(
+            cluster, workdir / "operator", args=["--history-source=file", f"--history-file={history}", "--mode=enforce"]
+        )
         operator.start()
         say("Headroom is running as its ServiceAccount; applying manifests/samples (payments, search)")
         for name in ("payments.yaml", "search.yaml"):
@@ -143,10 +176,24 @@ def main(argv: list[str] | None = None) -> int:
         change = status["pendingChange"]["id"]
         reviewer = cluster.impersonate("reviewer@example.com", ["headroom:approvers"])
         k8s.CustomObjectsApi(reviewer).patch_cluster_custom_object(
-            "headroom.dev", "v1alpha1", "projects", "payments", {"metadata": {"annotations": {
-                "headroom.dev/approved-change": change, "headroom.dev/approved-by": "reviewer@example.com"}}})
-        wait_for(lambda: core.read_namespaced_resource_quota("headroom", "payments").spec.hard["requests.cpu"] == "40",
-                 30, "the approved raise")
+            "headroom.dev",
+            "v1alpha1",
+            "projects",
+            "payments",
+            {
+                "metadata": {
+                    "annotations": {
+                        "headroom.dev/approved-change": change,
+                        "headroom.dev/approved-by": "reviewer@example.com",
+                    }
+                }
+            },
+        )
+        wait_for(
+            lambda: core.read_namespaced_resource_quota("headroom", "payments").spec.hard["requests.cpu"] == "40",
+            30,
+            "the approved raise",
+        )
         time.sleep(1.5)
         print(headroom(plane.kubeconfig, "status", "payments"))
 
@@ -154,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             say("done")
             return 0
         say("the demo cluster keeps running; in another shell:")
-        print(f"  export KUBECONFIG={plane.kubeconfig}\n  kubectl get projects\n"
-              f"  python -m headroom.cli status search\n  operator log: {operator.log_path}\nCtrl-C stops everything.")
+        print(
+            f"  export KUBECONFIG={plane.kubeconfig}\n  kubectl get projects\n"
+            f"  python -m headroom.cli status search\n  operator log: {operator.log_path}\nCtrl-C stops everything."
+        )
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
         return 0
@@ -166,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _get_projects(kubeconfig: Path) -> str:
-    result = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "get", "projects"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), "get", "projects"], capture_output=True, text=True
+    )
     return result.stdout + result.stderr
 
 

@@ -31,8 +31,12 @@ def cold_build() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "GOCACHE": f"{tmp}/gocache", "GOMODCACHE": f"{tmp}/gomod", "GOFLAGS": "-modcacherw"}
         started = time.monotonic()
-        subprocess.run(["bash", str(SOURCE_DIR / "build.sh"), f"{tmp}/controlplane"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["bash", str(SOURCE_DIR / "build.sh"), f"{tmp}/controlplane"],
+            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
         return time.monotonic() - started
 
 

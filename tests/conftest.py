@@ -75,15 +75,25 @@ def approval_policy(cluster: Cluster, admin: k8s.ApiClient, crds_installed: None
     apply_yaml(admin, REPO / "manifests" / "approval" / "policy.yaml")
     rbac = k8s.RbacAuthorizationV1Api(admin)
     with contextlib.suppress(ApiException):
-        rbac.create_cluster_role(k8s.V1ClusterRole(
-            metadata=k8s.V1ObjectMeta(name="test-project-editor"),
-            rules=[k8s.V1PolicyRule(api_groups=[GROUP], resources=[PLURAL], verbs=["get", "list", "update", "patch"])]))
-        rbac.create_cluster_role_binding(k8s.V1ClusterRoleBinding(
-            metadata=k8s.V1ObjectMeta(name="test-project-editor"),
-            role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                   name="test-project-editor"),
-            subjects=[k8s.RbacV1Subject(kind="Group", name="system:authenticated",
-                                        api_group="rbac.authorization.k8s.io")]))
+        rbac.create_cluster_role(
+            k8s.V1ClusterRole(
+                metadata=k8s.V1ObjectMeta(name="test-project-editor"),
+                rules=[
+                    k8s.V1PolicyRule(api_groups=[GROUP], resources=[PLURAL], verbs=["get", "list", "update", "patch"])
+                ],
+            )
+        )
+        rbac.create_cluster_role_binding(
+            k8s.V1ClusterRoleBinding(
+                metadata=k8s.V1ObjectMeta(name="test-project-editor"),
+                role_ref=k8s.V1RoleRef(
+                    api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="test-project-editor"
+                ),
+                subjects=[
+                    k8s.RbacV1Subject(kind="Group", name="system:authenticated", api_group="rbac.authorization.k8s.io")
+                ],
+            )
+        )
     # The policy is enforced once the API server has compiled it: probe with a write it must deny.
     probe = f"probe-{uuid.uuid4().hex[:6]}"
     custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, project_manifest(probe, ["probe-ns"]))
@@ -91,12 +101,18 @@ def approval_policy(cluster: Cluster, admin: k8s.ApiClient, crds_installed: None
 
     def denied() -> bool:
         try:
-            as_owner.patch_cluster_custom_object(GROUP, VERSION, PLURAL, probe, {"metadata": {"annotations": {
-                "headroom.dev/approved-change": "sha256:probe"}}})
+            as_owner.patch_cluster_custom_object(
+                GROUP,
+                VERSION,
+                PLURAL,
+                probe,
+                {"metadata": {"annotations": {"headroom.dev/approved-change": "sha256:probe"}}},
+            )
         except ApiException as exc:
             return exc.status == 403
-        custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, probe, {"metadata": {"annotations": {
-            "headroom.dev/approved-change": None}}})
+        custom(admin).patch_cluster_custom_object(
+            GROUP, VERSION, PLURAL, probe, {"metadata": {"annotations": {"headroom.dev/approved-change": None}}}
+        )
         return False
 
     wait_for(denied, 30, "the approval policy to be enforced")
@@ -105,8 +121,9 @@ def approval_policy(cluster: Cluster, admin: k8s.ApiClient, crds_installed: None
 
 
 @pytest.fixture
-def start_operator(cluster: Cluster, rbac_installed: None, tmp_path: Path,
-                   request: pytest.FixtureRequest) -> Iterator[Callable[..., OperatorProcess]]:
+def start_operator(
+    cluster: Cluster, rbac_installed: None, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., OperatorProcess]]:
     """Start Headroom as its ServiceAccount: start_operator("--history-source=file", ...)."""
     started: list[OperatorProcess] = []
 
@@ -141,8 +158,7 @@ def namespace(admin: kubernetes.client.ApiClient, request: pytest.FixtureRequest
 def _report_events(core: kubernetes.client.CoreV1Api, namespace: str) -> None:
     with contextlib.suppress(kubernetes.client.ApiException):
         events = core.list_namespaced_event(namespace).items[-20:]
-        lines = [f"{e.type} {e.reason} {e.involved_object.kind}/{e.involved_object.name}: {e.message}"
-                 for e in events]
+        lines = [f"{e.type} {e.reason} {e.involved_object.kind}/{e.involved_object.name}: {e.message}" for e in events]
         _failure_reports.append(f"recent Events in {namespace}:\n" + "\n".join(lines))
 
 

@@ -128,7 +128,8 @@ def shape_matches(whole: object, part: object) -> bool:
     """Whether every mapping key of `part` exists in `whole` (an edit of it, not an addition)."""
     if isinstance(part, dict):
         return isinstance(whole, dict) and all(
-            k in whole and (not isinstance(v, dict) or shape_matches(whole[k], v)) for k, v in part.items())
+            k in whole and (not isinstance(v, dict) or shape_matches(whole[k], v)) for k, v in part.items()
+        )
     return True
 
 
@@ -142,8 +143,11 @@ def merge(base: object, edit: object, *, add: bool, problems: list[str], path: s
         for k, v in edit.items():
             out[k] = merge(base[k], v, add=add, problems=problems, path=f"{path}{k}.") if k in base else v
         return out
-    named = isinstance(base, list) and isinstance(edit, list) and all(
-        isinstance(x, dict) and "name" in x for x in [*base, *edit])
+    named = (
+        isinstance(base, list)
+        and isinstance(edit, list)
+        and all(isinstance(x, dict) and "name" in x for x in [*base, *edit])
+    )
     if named:
         out = copy.deepcopy(base)
         for item in edit:

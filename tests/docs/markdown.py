@@ -105,7 +105,7 @@ def table_after(doc: Path, heading: str) -> list[list[str]]:
     lines = prose_lines(doc)
     start = next(i for i, line in enumerate(lines) if re.match(rf"^#+\s+{re.escape(heading)}", line))
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("#"):
             break
         if line.startswith("|"):

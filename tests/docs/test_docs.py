@@ -91,8 +91,9 @@ class Reader:
             elif d.get("apiVersion") and d.get("kind"):
                 self.check_manifest(block, d, path)
             elif path is None:
-                self.problem(block, "a fragment must say what it is part of (`# excerpt of <path>` or "
-                                    "`# edit of <path>`)")
+                self.problem(
+                    block, "a fragment must say what it is part of (`# excerpt of <path>` or `# edit of <path>`)"
+                )
         if path:
             target = self.workdir / path
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +131,12 @@ class Reader:
             if isinstance(edited, dict) and edited.get("kind") == "Project":
                 approved = edited.get("metadata", {}).get("annotations", {}).get("headroom.dev/approved-change")
                 pid = self.check_project(block, edited)
-                if approved and part.get("metadata", {}).get("annotations", {}).get(
-                        "headroom.dev/approved-change") and pid and approved != pid:
+                if (
+                    approved
+                    and part.get("metadata", {}).get("annotations", {}).get("headroom.dev/approved-change")
+                    and pid
+                    and approved != pid
+                ):
                     self.problem(block, f"approves {approved}, but {rel} has change id {pid}")
             if mine:
                 wholes[candidates[0]] = edited
@@ -179,8 +184,9 @@ def read(doc: Path, workdir: Path) -> Reader:
     reader = Reader(doc, workdir)
     for block in blocks(doc):
         if block.lang not in LANGS:
-            reader.problem(block, f"a fenced block must say what it is ({', '.join(sorted(LANGS))}), "
-                                  f"not {block.lang or 'nothing'}")
+            reader.problem(
+                block, f"a fenced block must say what it is ({', '.join(sorted(LANGS))}), not {block.lang or 'nothing'}"
+            )
         elif block.lang in ("yaml", "json"):
             reader.yaml_block(block)
         elif block.lang == "console":
@@ -197,14 +203,28 @@ def test_snippets_are_valid_and_console_output_is_what_the_commands_print(doc: P
 def test_every_change_id_shown_is_that_of_a_project_the_document_shows(doc: Path, reader: Reader) -> None:
     text = doc.read_text()
     wrong = sorted({i for i in IDS.findall(text) if not any(known.startswith(i) for known in reader.ids)})
-    assert not wrong, (f"{doc.name} shows ids that belong to none of its Projects {sorted(reader.ids)}: {wrong}")
+    assert not wrong, f"{doc.name} shows ids that belong to none of its Projects {sorted(reader.ids)}: {wrong}"
 
 
 # --- commands that need a cluster: their subcommands, flags, files and targets must exist ----------
 
 GLOBAL_HEADROOM = {"--kubeconfig", "--context", "-n", "--namespace", "--as", "--as-group"}
-KUBECTL_VALUE_FLAGS = {"-n", "--namespace", "-k", "--kustomize", "-f", "--filename", "-o", "--output",
-                       "-l", "--selector", "--context", "--kubeconfig", "-c", "--container"}
+KUBECTL_VALUE_FLAGS = {
+    "-n",
+    "--namespace",
+    "-k",
+    "--kustomize",
+    "-f",
+    "--filename",
+    "-o",
+    "--output",
+    "-l",
+    "--selector",
+    "--context",
+    "--kubeconfig",
+    "-c",
+    "--container",
+}
 
 
 def words_of(command: str) -> list[list[str]]:
@@ -237,8 +257,11 @@ def check_headroom(argv: list[str], ids: set[str] | None) -> list[str]:
         i += 1
     positional = [a for a in rest if not a.startswith("-")]
     if not positional:
-        return [] if all(checks.has_flag(checks.headroom_help(), f) for f in flags_of(rest)) else [
-            f"headroom {' '.join(argv)}: a flag `headroom --help` does not list"]
+        return (
+            []
+            if all(checks.has_flag(checks.headroom_help(), f) for f in flags_of(rest))
+            else [f"headroom {' '.join(argv)}: a flag `headroom --help` does not list"]
+        )
     sub = positional[0]
     if sub not in checks.headroom_subcommands():
         return [f"`headroom {sub}` is not a subcommand ({', '.join(sorted(checks.headroom_subcommands()))})"]
@@ -284,25 +307,38 @@ def check_command(argv: list[str], ids: set[str] | None, cwd: Path = REPO) -> li
     if prog == "kubectl":
         return check_kubectl(args, ids)
     if prog == "make":
-        out = [f"`make {a}`: no such target in the Makefile" for a in args
-               if "=" not in a and a not in checks.make_targets()]
-        return out + [f"`make {a}`: the Makefile has no variable {a.split('=')[0]}" for a in args
-                      if "=" in a and a.split("=")[0] not in checks.make_variables()]
+        out = [
+            f"`make {a}`: no such target in the Makefile"
+            for a in args
+            if "=" not in a and a not in checks.make_targets()
+        ]
+        return out + [
+            f"`make {a}`: the Makefile has no variable {a.split('=')[0]}"
+            for a in args
+            if "=" in a and a.split("=")[0] not in checks.make_variables()
+        ]
     if prog == "python" and args[:1] == ["-m"]:
         res = checks.run([sys.executable, "-m", args[1], "--help"])
         if res.returncode != 0:
             return [f"`python -m {args[1]} --help` fails: {res.stderr.strip()[-300:]}"]
-        return [f"`python -m {args[1]}` has no flag {f}" for f in flags_of(args[2:])
-                if not checks.has_flag(res.stdout, f)]
+        return [
+            f"`python -m {args[1]}` has no flag {f}" for f in flags_of(args[2:]) if not checks.has_flag(res.stdout, f)
+        ]
     if prog == "docker":
-        return [f"docker: {p} does not exist" for flag, p in itertools.pairwise(args)
-                if flag == "-f" and not (REPO / p).exists()]
+        return [
+            f"docker: {p} does not exist"
+            for flag, p in itertools.pairwise(args)
+            if flag == "-f" and not (REPO / p).exists()
+        ]
     if prog == "cd":
         return [] if (REPO / args[0]).is_dir() else [f"cd {args[0]}: no such directory"]
     if prog == "kustomize" and args[:3] == ["edit", "set", "image"]:
         images = [i["name"] for i in yaml.safe_load((cwd / "kustomization.yaml").read_text()).get("images", [])]
-        return [f"kustomize: {cwd.name}/kustomization.yaml has no image {a.split('=')[0]}" for a in args[3:]
-                if a.split("=")[0] not in images]
+        return [
+            f"kustomize: {cwd.name}/kustomization.yaml has no image {a.split('=')[0]}"
+            for a in args[3:]
+            if a.split("=")[0] not in images
+        ]
     if prog == "export":
         name, _, value = args[0].partition("=")
         out = [] if name == "KUBECONFIG" or name in env_names() else [f"export {name}: nothing reads it"]
@@ -328,8 +364,11 @@ def check_line(command: str, ids: set[str] | None) -> list[str]:
 
 
 def sh_lines(block: Block) -> list[str]:
-    return [line for line in block.text.replace("\\\n", " ").splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line
+        for line in block.text.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 @doc_params
@@ -343,8 +382,6 @@ def test_commands_that_need_a_cluster_use_what_exists(doc: Path, reader: Reader)
         if re.match(r"(headroom|kubectl|make|python -m) \S", span):
             problems += [f"{doc.relative_to(REPO)}:{line}: {p}" for p in check_line(span, ids)]
     assert not problems, "\n".join(problems)
-
-
 
 
 @functools.cache
@@ -393,9 +430,11 @@ def test_links_between_docs_resolve(doc: Path) -> None:
 @doc_params
 def test_repository_paths_named_exist(doc: Path) -> None:
     """Paths a reader is sent to (manifests, crds, bench, hack, docs, tests): Headroom's modules aside."""
-    missing = [f"{line}: {span}" for line, span in inline_code(doc)
-               if re.fullmatch(r"(manifests|crds|bench|hack|docs|tests|\.ci)/[\w./-]*", span)
-               and not (REPO / span).exists()]
+    missing = [
+        f"{line}: {span}"
+        for line, span in inline_code(doc)
+        if re.fullmatch(r"(manifests|crds|bench|hack|docs|tests|\.ci)/[\w./-]*", span) and not (REPO / span).exists()
+    ]
     assert not missing, missing
 
 

@@ -36,23 +36,36 @@ class NodeCluster:
         return self.plane.kubeconfig
 
     def kubectl(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["kubectl", f"--kubeconfig={self.kubeconfig}", *args], check=check,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def deploy(self, action: str = "apply") -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        result = subprocess.run([str(REPO / "hack" / "deploy.sh"), action, "headroom:dev"], env=env,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [str(REPO / "hack" / "deploy.sh"), action, "headroom:dev"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if result.returncode != 0:
-            raise AssertionError(f"hack/deploy.sh {action} failed:\n{result.stdout}\n{result.stderr}\n"
-                                 f"{self.kubectl('-n', 'headroom-system', 'get', 'pods,events', check=False).stdout}")
+            raise AssertionError(
+                f"hack/deploy.sh {action} failed:\n{result.stdout}\n{result.stderr}\n"
+                f"{self.kubectl('-n', 'headroom-system', 'get', 'pods,events', check=False).stdout}"
+            )
         return result
 
 
 def _build_image(timings: dict[str, float]) -> Path:
     start = time.monotonic()
-    result = subprocess.run([str(REPO / "hack" / "image" / "build.sh"), str(IMAGE_ARCHIVE)],
-                            capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [str(REPO / "hack" / "image" / "build.sh"), str(IMAGE_ARCHIVE)], capture_output=True, text=True, timeout=1200
+    )
     if result.returncode != 0:
         raise AssertionError(f"building the operator image failed:\n{result.stdout}\n{result.stderr}")
     timings["image build s"] = time.monotonic() - start

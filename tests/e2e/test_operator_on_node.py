@@ -47,8 +47,7 @@ def container_pid(pod: Any) -> int:
 
 
 def proc_status(pid: int) -> dict[str, str]:
-    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if ":\t" in line)
+    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
 
 
 def root_mount_options(pid: int) -> set[str]:
@@ -62,8 +61,12 @@ def root_mount_options(pid: int) -> set[str]:
 def deployment_available(apps: kubernetes.client.AppsV1Api, replicas: int) -> bool:
     d = apps.read_namespaced_deployment("headroom", NS)
     conditions = {c.type: c.status for c in d.status.conditions or []}
-    return (conditions.get("Available") == "True" and (d.status.ready_replicas or 0) == replicas
-            and (d.status.updated_replicas or 0) == replicas and (d.status.replicas or 0) == replicas)
+    return (
+        conditions.get("Available") == "True"
+        and (d.status.ready_replicas or 0) == replicas
+        and (d.status.updated_replicas or 0) == replicas
+        and (d.status.replicas or 0) == replicas
+    )
 
 
 def events(core: kubernetes.client.CoreV1Api, namespace: str, reason: str) -> list[Any]:
@@ -73,8 +76,7 @@ def events(core: kubernetes.client.CoreV1Api, namespace: str, reason: str) -> li
 # --------------------------------------------------------------------------------------------- as shipped
 
 
-def test_deployment_from_manifests_is_available_with_its_restricted_security_context(
-        deployed: NodeCluster) -> None:
+def test_deployment_from_manifests_is_available_with_its_restricted_security_context(deployed: NodeCluster) -> None:
     admin = deployed.cluster.api_client()
     apps, core = kubernetes.client.AppsV1Api(admin), kubernetes.client.CoreV1Api(admin)
     wait_for(lambda: deployment_available(apps, 1), 120, "Deployment headroom Available")
@@ -121,19 +123,22 @@ def test_metrics_answer_through_the_service(deployed: NodeCluster) -> None:
 
 def _pause_pod_spec(resources: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     container: dict[str, Any] = {
-        "name": "app", "image": PAUSE_IMAGE, "imagePullPolicy": "Never",
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "name": "app",
+        "image": PAUSE_IMAGE,
+        "imagePullPolicy": "Never",
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
     }
     if resources:
         container["resources"] = resources
-    return {"containers": [container], "terminationGracePeriodSeconds": 1,
-            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}
+    return {
+        "containers": [container],
+        "terminationGracePeriodSeconds": 1,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
 
 
 def _quota(core: kubernetes.client.CoreV1Api, namespace: str) -> Any:
-    quotas = [q for q in core.list_namespaced_resource_quota(namespace).items
-              if q.metadata.name.startswith("headroom")]
+    quotas = [q for q in core.list_namespaced_resource_quota(namespace).items if q.metadata.name.startswith("headroom")]
     return quotas[0] if len(quotas) == 1 else None
 
 
@@ -165,8 +170,9 @@ def test_enforce_governs_a_sample_project_on_the_node(enforcing: NodeCluster) ->
     assert limit_ranges, "the Project's LimitRange of defaults"
 
     # A pod that sets nothing is admitted with the LimitRange's defaults, and runs.
-    core.create_namespaced_pod(ns, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare"},
-                                    "spec": _pause_pod_spec()})
+    core.create_namespaced_pod(
+        ns, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare"}, "spec": _pause_pod_spec()}
+    )
     bare = core.read_namespaced_pod("bare", ns)
     assert bare.spec.containers[0].resources.requests == sample["defaults"]["requests"]
     assert bare.spec.containers[0].resources.limits == sample["defaults"]["limits"]
@@ -175,18 +181,28 @@ def test_enforce_governs_a_sample_project_on_the_node(enforcing: NodeCluster) ->
     # A Deployment within the quota runs; scaled far past it, the ReplicaSet is refused by the quota.
     # Sized from the quota itself: three such pods fit in what the bare pod left of limits.cpu, while
     # their requests stay small enough for the node's two cores.
-    hard_limits_cpu = parse_quantity(core.read_namespaced_resource_quota(quota.metadata.name, ns)
-                                     .spec.hard["limits.cpu"])
+    hard_limits_cpu = parse_quantity(
+        core.read_namespaced_resource_quota(quota.metadata.name, ns).spec.hard["limits.cpu"]
+    )
     left = hard_limits_cpu - parse_quantity(sample["defaults"]["limits"]["cpu"])
     assert left > 0, f"the quota's limits.cpu {hard_limits_cpu} leaves nothing after the bare pod"
     fits = 3
     per_pod = f"{int(left * 1000 / fits)}m"
     size = {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": per_pod, "memory": "32Mi"}}
     labels = {"app": "web"}
-    apps.create_namespaced_deployment(ns, {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": _pause_pod_spec(size)}}})
+    apps.create_namespaced_deployment(
+        ns,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": _pause_pod_spec(size)},
+            },
+        },
+    )
 
     def running_web() -> list[Any]:
         pods = core.list_namespaced_pod(ns, label_selector="app=web").items
@@ -210,8 +226,7 @@ def test_enforce_governs_a_sample_project_on_the_node(enforcing: NodeCluster) ->
     assert core.read_namespaced_pod("bare", ns).status.phase == "Running"
     used = core.read_namespaced_resource_quota(quota.metadata.name, ns).status.used
     hard = core.read_namespaced_resource_quota(quota.metadata.name, ns).spec.hard
-    print(f"quota of {ns}: hard {json.dumps(hard)}, used {json.dumps(used)}; "
-          f"{len(now_running)} of 30 web pods running")
+    print(f"quota of {ns}: hard {json.dumps(hard)}, used {json.dumps(used)}; {len(now_running)} of 30 web pods running")
     (operator,) = operator_pods(core)
     rss_kib = int(proc_status(container_pid(operator))["VmRSS"].split()[0])
     print(f"operator pod RSS after governing the sample Projects: {rss_kib / 1024:.1f} MiB")
@@ -242,8 +257,16 @@ def test_two_replicas_hand_over_leadership_without_a_double_write(enforcing: Nod
     core, apps = kubernetes.client.CoreV1Api(admin), kubernetes.client.AppsV1Api(admin)
     coordination = kubernetes.client.CoordinationV1Api(admin)
     # docs/operations.md: two replicas, RollingUpdate, HEADROOM_LEADER_ELECT=true.
-    apps.patch_namespaced_deployment("headroom", NS, {"spec": {"replicas": 2, "strategy": {
-        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}}})
+    apps.patch_namespaced_deployment(
+        "headroom",
+        NS,
+        {
+            "spec": {
+                "replicas": 2,
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            }
+        },
+    )
     enforcing.kubectl("-n", NS, "set", "env", "deployment/headroom", "HEADROOM_LEADER_ELECT=true")
     enforcing.kubectl("-n", NS, "rollout", "status", "deployment/headroom", "--timeout=240s")
     wait_for(lambda: deployment_available(apps, 2), 120, "two replicas Available")
@@ -275,10 +298,14 @@ def test_two_replicas_hand_over_leadership_without_a_double_write(enforcing: Nod
         successor = wait_for(taken_over, 60, f"a live replica to take the Lease over from {leader}", interval=0.1)
     except AssertionError as exc:
         lease = coordination.read_namespaced_lease("headroom", NS).spec
-        pods = [(p.metadata.name, p.status.phase, p.metadata.deletion_timestamp) for p in
-                core.list_namespaced_pod(NS, label_selector=SELECTOR).items]
-        raise AssertionError(f"{exc}\nlease: {lease}\npods: {pods}\n{standby}'s log:\n"
-                             f"{core.read_namespaced_pod_log(standby, NS)[-4000:]}") from None
+        pods = [
+            (p.metadata.name, p.status.phase, p.metadata.deletion_timestamp)
+            for p in core.list_namespaced_pod(NS, label_selector=SELECTOR).items
+        ]
+        raise AssertionError(
+            f"{exc}\nlease: {lease}\npods: {pods}\n{standby}'s log:\n"
+            f"{core.read_namespaced_pod_log(standby, NS)[-4000:]}"
+        ) from None
     handover = time.monotonic() - start
     # The standby, or the replica the ReplicaSet starts in the deleted pod's place.
     assert successor == standby or successor not in (leader, standby)

@@ -97,12 +97,19 @@ def ensure_binary(log: Path | None = None) -> Path:
         return BINARY
     if shutil.which("go") is None:
         raise ControlPlaneError("the Go toolchain is needed to build the control plane (go not on PATH)")
-    print(f"building the control plane from {SOURCE_DIR} (a cold build takes many minutes)...",
-          file=sys.stderr, flush=True)
+    print(
+        f"building the control plane from {SOURCE_DIR} (a cold build takes many minutes)...",
+        file=sys.stderr,
+        flush=True,
+    )
     out = open(log, "ab") if log else None  # noqa: SIM115 - closed below
     try:
-        subprocess.run(["bash", str(SOURCE_DIR / "build.sh"), str(BINARY)], check=True,
-                       stdout=out or sys.stderr, stderr=subprocess.STDOUT)
+        subprocess.run(
+            ["bash", str(SOURCE_DIR / "build.sh"), str(BINARY)],
+            check=True,
+            stdout=out or sys.stderr,
+            stderr=subprocess.STDOUT,
+        )
     except subprocess.CalledProcessError as exc:
         raise ControlPlaneError(f"building the control plane failed (exit {exc.returncode})") from exc
     finally:
@@ -127,8 +134,9 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def stop_process(process: subprocess.Popen[Any] | None, timeout: float = 20.0,
-                 sig: signal.Signals = signal.SIGTERM) -> None:
+def stop_process(
+    process: subprocess.Popen[Any] | None, timeout: float = 20.0, sig: signal.Signals = signal.SIGTERM
+) -> None:
     """Signal a child and reap it; SIGKILL if it does not exit in time. Every harness stops its children so."""
     if process is None or process.poll() is not None:
         return
@@ -145,16 +153,23 @@ def _port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def write_kubeconfig(path: Path, server: str, ca_cert: Path, user: dict[str, str],
-                     name: str = "headroom-local") -> Path:
+def write_kubeconfig(
+    path: Path, server: str, ca_cert: Path, user: dict[str, str], name: str = "headroom-local"
+) -> Path:
     import base64
 
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": name, "cluster": {
-            "server": server,
-            "certificate-authority-data": base64.b64encode(ca_cert.read_bytes()).decode()}}],
+        "clusters": [
+            {
+                "name": name,
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_cert.read_bytes()).decode(),
+                },
+            }
+        ],
         "users": [{"name": name, "user": user}],
         "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
         "current-context": name,
@@ -187,8 +202,12 @@ class Component:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
-            self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, start_new_session=True,
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
         log.close()
 
@@ -244,31 +263,43 @@ class ControlPlane:
         if self.node:
             missing = nodelib.missing_tools()
             if missing:
-                raise ControlPlaneError(f"the node needs Debian packages: {' '.join(missing)} "
-                                        "(hack/setup.sh installs them)")
+                raise ControlPlaneError(
+                    f"the node needs Debian packages: {' '.join(missing)} (hack/setup.sh installs them)"
+                )
             self.node_ip = nodelib.node_ip()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki = create_pki(self.workdir / "pki")
-        write_kubeconfig(self.kubeconfig, self.server, self.pki.ca_cert,
-                         _cert_user(self.pki, "headroom-admin"))
-        self.components["etcd"] = Component("etcd", [
-            str(binary), "etcd", f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-url=http://127.0.0.1:{self.etcd_port}",
-            f"--listen-peer-url=http://127.0.0.1:{self.etcd_peer_port}",
-        ], self.log_path("etcd"))
-        self.components["apiserver"] = Component("apiserver", [
-            str(binary), "apiserver", *self._apiserver_args()], self.log_path("apiserver"))
-        self.components["controller-manager"] = Component("controller-manager", [
-            str(binary), "controller-manager",
-            f"--kubeconfig={self.kubeconfig}",
-            "--leader-elect=false",
-            f"--controllers={','.join(CONTROLLERS + (NODE_CONTROLLERS if self.node else ()))}",
-            f"--service-account-private-key-file={self.pki.sa_key}",
-            f"--root-ca-file={self.pki.ca_cert}",
-            "--secure-port=0",
-            # Quicker full resyncs keep quota status fresh after deletions in tests.
-            "--resource-quota-sync-period=15s",
-        ], self.log_path("controller-manager"))
+        write_kubeconfig(self.kubeconfig, self.server, self.pki.ca_cert, _cert_user(self.pki, "headroom-admin"))
+        self.components["etcd"] = Component(
+            "etcd",
+            [
+                str(binary),
+                "etcd",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-url=http://127.0.0.1:{self.etcd_port}",
+                f"--listen-peer-url=http://127.0.0.1:{self.etcd_peer_port}",
+            ],
+            self.log_path("etcd"),
+        )
+        self.components["apiserver"] = Component(
+            "apiserver", [str(binary), "apiserver", *self._apiserver_args()], self.log_path("apiserver")
+        )
+        self.components["controller-manager"] = Component(
+            "controller-manager",
+            [
+                str(binary),
+                "controller-manager",
+                f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                f"--controllers={','.join(CONTROLLERS + (NODE_CONTROLLERS if self.node else ()))}",
+                f"--service-account-private-key-file={self.pki.sa_key}",
+                f"--root-ca-file={self.pki.ca_cert}",
+                "--secure-port=0",
+                # Quicker full resyncs keep quota status fresh after deletions in tests.
+                "--resource-quota-sync-period=15s",
+            ],
+            self.log_path("controller-manager"),
+        )
         try:
             self.start_component("etcd")
             self.start_component("apiserver")
@@ -288,8 +319,12 @@ class ControlPlane:
     def _kubeconfig_for(self, user: str, groups: tuple[str, ...] = ()) -> Path:
         assert self.pki is not None
         self.pki.issue_client(user, groups)
-        return write_kubeconfig(self.workdir / f"{user.replace(':', '-')}.kubeconfig", self.server,
-                                self.pki.ca_cert, _cert_user(self.pki, user))
+        return write_kubeconfig(
+            self.workdir / f"{user.replace(':', '-')}.kubeconfig",
+            self.server,
+            self.pki.ca_cert,
+            _cert_user(self.pki, user),
+        )
 
     def _start_node(self, binary: Path) -> None:
         assert self.pki is not None
@@ -299,29 +334,58 @@ class ControlPlane:
         self._reaper = nodelib.start_reaper(self.node_dir, self.workdir / "node-cleanup.log")
         nodelib.prepare_host(paths)
         configs = nodelib.write_configs(
-            paths, ca_cert=self.pki.ca_cert,
+            paths,
+            ca_cert=self.pki.ca_cert,
             kubelet_kubeconfig=self._kubeconfig_for(f"system:node:{nodelib.NODE_NAME}", ("system:nodes",)),
             proxy_kubeconfig=self._kubeconfig_for("system:kube-proxy"),
-            kubelet_port=free_port(), proxy_metrics_port=free_port(), proxy_healthz_port=free_port())
-        self.components["scheduler"] = Component("scheduler", [
-            str(binary), "scheduler", f"--kubeconfig={self.kubeconfig}",
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
-            "--leader-elect=false", "--secure-port=0",
-        ], self.log_path("scheduler"))
-        self.components["containerd"] = Component("containerd", [
-            "containerd", f"--config={configs['containerd']}",
-        ], self.log_path("containerd"))
-        self.components["kubelet"] = Component("kubelet", [
-            str(binary), "kubelet", f"--config={configs['kubelet']}",
-            f"--kubeconfig={self.workdir / f'system-node-{nodelib.NODE_NAME}.kubeconfig'}",
-            f"--root-dir={paths.kubelet_dir}", f"--cert-dir={paths.kubelet_dir / 'pki'}",
-            f"--hostname-override={nodelib.NODE_NAME}",
-            f"--node-ip={self.node_ip}",
-        ], self.log_path("kubelet"))
-        self.components["proxy"] = Component("proxy", [
-            str(binary), "proxy", f"--config={configs['proxy']}",
-        ], self.log_path("proxy"))
+            kubelet_port=free_port(),
+            proxy_metrics_port=free_port(),
+            proxy_healthz_port=free_port(),
+        )
+        self.components["scheduler"] = Component(
+            "scheduler",
+            [
+                str(binary),
+                "scheduler",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                "--secure-port=0",
+            ],
+            self.log_path("scheduler"),
+        )
+        self.components["containerd"] = Component(
+            "containerd",
+            [
+                "containerd",
+                f"--config={configs['containerd']}",
+            ],
+            self.log_path("containerd"),
+        )
+        self.components["kubelet"] = Component(
+            "kubelet",
+            [
+                str(binary),
+                "kubelet",
+                f"--config={configs['kubelet']}",
+                f"--kubeconfig={self.workdir / f'system-node-{nodelib.NODE_NAME}.kubeconfig'}",
+                f"--root-dir={paths.kubelet_dir}",
+                f"--cert-dir={paths.kubelet_dir / 'pki'}",
+                f"--hostname-override={nodelib.NODE_NAME}",
+                f"--node-ip={self.node_ip}",
+            ],
+            self.log_path("kubelet"),
+        )
+        self.components["proxy"] = Component(
+            "proxy",
+            [
+                str(binary),
+                "proxy",
+                f"--config={configs['proxy']}",
+            ],
+            self.log_path("proxy"),
+        )
         self.start_component("scheduler")
         self.start_component("containerd")
         self.start_component("kubelet")
@@ -330,8 +394,13 @@ class ControlPlane:
     def ctr(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """`ctr` against the node's containerd, in the kubelet's namespace."""
         socket_path = nodelib.NodePaths(self.node_dir).containerd_socket
-        return subprocess.run(["ctr", "--address", str(socket_path), "--namespace", "k8s.io", *args],
-                              check=True, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["ctr", "--address", str(socket_path), "--namespace", "k8s.io", *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def import_image(self, archive: Path) -> None:
         """Load an OCI or Docker archive into the node (nothing can be pulled here)."""
@@ -353,9 +422,14 @@ class ControlPlane:
             f"--service-account-key-file={self.pki.sa_pub}",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
-            *(self._node_apiserver_args() if self.node else [
-                # No kubelets here: nothing should try to reconcile the loopback endpoint.
-                "--endpoint-reconciler-type=none"]),
+            *(
+                self._node_apiserver_args()
+                if self.node
+                else [
+                    # No kubelets here: nothing should try to reconcile the loopback endpoint.
+                    "--endpoint-reconciler-type=none"
+                ]
+            ),
             *self.apiserver_flags,
         ]
 
@@ -364,8 +438,10 @@ class ControlPlane:
         assert self.pki is not None
         crt, key = self.pki.client_cert("headroom-admin")
         return [
-            "--bind-address=0.0.0.0", f"--advertise-address={self.node_ip}",
-            f"--kubelet-client-certificate={crt}", f"--kubelet-client-key={key}",
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.node_ip}",
+            f"--kubelet-client-certificate={crt}",
+            f"--kubelet-client-key={key}",
             "--kubelet-preferred-address-types=InternalIP",
         ]
 
@@ -374,10 +450,15 @@ class ControlPlane:
         component.start()
         if self._reaper is not None and component.process is not None:
             nodelib.record_pid(nodelib.NodePaths(self.node_dir), name, component.process.pid)
-        waiters = {"etcd": self._wait_etcd, "apiserver": self._wait_apiserver,
-                   "controller-manager": self._wait_controller_manager,
-                   "scheduler": self._wait_scheduler, "containerd": self._wait_containerd,
-                   "kubelet": self._wait_kubelet, "proxy": self._wait_proxy}
+        waiters = {
+            "etcd": self._wait_etcd,
+            "apiserver": self._wait_apiserver,
+            "controller-manager": self._wait_controller_manager,
+            "scheduler": self._wait_scheduler,
+            "containerd": self._wait_containerd,
+            "kubelet": self._wait_kubelet,
+            "proxy": self._wait_proxy,
+        }
         waiters[name](component)
 
     def stop_component(self, name: str) -> None:
@@ -389,7 +470,10 @@ class ControlPlane:
         if extra_flags is not None:
             self.apiserver_flags = tuple(extra_flags)
             self.components["apiserver"].args = [
-                self.components["apiserver"].args[0], "apiserver", *self._apiserver_args()]
+                self.components["apiserver"].args[0],
+                "apiserver",
+                *self._apiserver_args(),
+            ]
         self._wait_port_free(self.api_port)
         self.start_component("apiserver")
 
@@ -415,8 +499,7 @@ class ControlPlane:
         self.stop()
 
     def logs(self, lines: int = 40) -> str:
-        return "\n".join(f"----- {name} (last {lines} lines)\n{c.tail(lines)}"
-                         for name, c in self.components.items())
+        return "\n".join(f"----- {name} (last {lines} lines)\n{c.tail(lines)}" for name, c in self.components.items())
 
     # --- readiness
 
@@ -458,9 +541,12 @@ class ControlPlane:
 
     def _wait_controller_manager(self, component: Component) -> None:
         # The ServiceAccount controller creating `default` proves the controllers run.
-        self._poll(component,
-                   lambda: self._get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
-                   "running controllers", 90)
+        self._poll(
+            component,
+            lambda: self._get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+            "running controllers",
+            90,
+        )
 
     def _wait_scheduler(self, component: Component) -> None:
         self._poll(component, lambda: True, "started", 5)
@@ -489,8 +575,10 @@ class ControlPlane:
             node = json.loads(body)
             conditions = node.get("status", {}).get("conditions", [])
             taints = [t["key"] for t in node.get("spec", {}).get("taints", []) or []]
-            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) \
+            return (
+                any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
                 and "node.kubernetes.io/not-ready" not in taints
+            )
 
         self._poll(component, ready, "Ready", 120)
 
@@ -560,21 +648,39 @@ def cmd_up(state_dir: Path, node: bool) -> int:
     for name in ("ready", "error"):
         (state_dir / name).unlink(missing_ok=True)
     log = open(state_dir / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
-    child = subprocess.Popen([sys.executable, "-m", "tests.harness.controlplane", "_supervise",
-                              "--state-dir", str(state_dir), f"--node={int(node)}"],
-                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.harness.controlplane",
+            "_supervise",
+            "--state-dir",
+            str(state_dir),
+            f"--node={int(node)}",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     pid_file.write_text(str(child.pid))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if (state_dir / "ready").exists():
             what = "control plane and one node" if node else "control plane"
-            print(f"{what} {(state_dir / 'ready').read_text()} is up; "
-                  f"logs in {state_dir / 'run'}\nexport KUBECONFIG={state_dir / 'kubeconfig'}")
+            print(
+                f"{what} {(state_dir / 'ready').read_text()} is up; "
+                f"logs in {state_dir / 'run'}\nexport KUBECONFIG={state_dir / 'kubeconfig'}"
+            )
             return 0
         if (state_dir / "error").exists() or child.poll() is not None:
-            print((state_dir / "error").read_text() if (state_dir / "error").exists()
-                  else "the control plane supervisor exited", file=sys.stderr)
+            print(
+                (state_dir / "error").read_text()
+                if (state_dir / "error").exists()
+                else "the control plane supervisor exited",
+                file=sys.stderr,
+            )
             pid_file.unlink(missing_ok=True)
             return 1
         time.sleep(0.5)
@@ -600,12 +706,18 @@ def cmd_down(state_dir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.harness.controlplane",
-                                     description="Run a local Kubernetes control plane.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.harness.controlplane", description="Run a local Kubernetes control plane."
+    )
     parser.add_argument("command", choices=["build", "up", "down", "_supervise", "run"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    parser.add_argument("--node", type=int, choices=[0, 1], default=0,
-                        help="1: also start one node (scheduler, containerd, kubelet, kube-proxy)")
+    parser.add_argument(
+        "--node",
+        type=int,
+        choices=[0, 1],
+        default=0,
+        help="1: also start one node (scheduler, containerd, kubelet, kube-proxy)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "build":

@@ -280,8 +280,9 @@ class FakePrometheus:
         server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
         self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
-                         name=f"fake-prometheus:{self.port}").start()
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name=f"fake-prometheus:{self.port}"
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -306,8 +307,11 @@ AUDIT_POLICY = {
     "omitStages": ["RequestReceived", "ResponseStarted"],
     "rules": [
         # Status patches with their body: what changed, when a test expected no write.
-        {"level": "Request", "users": [OPERATOR_USER],
-         "resources": [{"group": "headroom.dev", "resources": ["projects/status"]}]},
+        {
+            "level": "Request",
+            "users": [OPERATOR_USER],
+            "resources": [{"group": "headroom.dev", "resources": ["projects/status"]}],
+        },
         {"level": "Metadata", "users": [OPERATOR_USER]},
         {"level": "None"},
     ],
@@ -318,8 +322,12 @@ def audit_flags(workdir: Path) -> list[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     policy = workdir / "audit-policy.yaml"
     policy.write_text(yaml.safe_dump(AUDIT_POLICY))
-    return [f"--audit-policy-file={policy}", f"--audit-log-path={workdir / 'audit.log'}",
-            "--audit-log-format=json", "--audit-log-mode=blocking"]
+    return [
+        f"--audit-policy-file={policy}",
+        f"--audit-log-path={workdir / 'audit.log'}",
+        "--audit-log-format=json",
+        "--audit-log-mode=blocking",
+    ]
 
 
 @dataclass(frozen=True)
@@ -360,10 +368,19 @@ class AuditLog:
             at = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
             if since is not None and at < since:
                 continue
-            out.append(AuditRecord(event.get("verb", ""), ref.get("resource", ""), ref.get("subresource", ""),
-                                   ref.get("namespace", ""), ref.get("name", ""),
-                                   int((event.get("responseStatus") or {}).get("code") or 0), at,
-                                   event.get("requestURI", ""), event.get("requestObject")))
+            out.append(
+                AuditRecord(
+                    event.get("verb", ""),
+                    ref.get("resource", ""),
+                    ref.get("subresource", ""),
+                    ref.get("namespace", ""),
+                    ref.get("name", ""),
+                    int((event.get("responseStatus") or {}).get("code") or 0),
+                    at,
+                    event.get("requestURI", ""),
+                    event.get("requestObject"),
+                )
+            )
         return out
 
     def count(self, since: datetime | None = None, **match: Any) -> int:
@@ -426,8 +443,11 @@ def start_apiserver(plane: ControlPlane, flags: Sequence[str] | None = None) -> 
     get a status.used)."""
     if flags is not None:
         plane.apiserver_flags = tuple(flags)
-        plane.components["apiserver"].args = [plane.components["apiserver"].args[0], "apiserver",
-                                              *plane._apiserver_args()]
+        plane.components["apiserver"].args = [
+            plane.components["apiserver"].args[0],
+            "apiserver",
+            *plane._apiserver_args(),
+        ]
     plane._wait_port_free(plane.api_port)
     plane.start_component("apiserver")
     ready = time.monotonic()
@@ -441,10 +461,18 @@ def bump_etcd_revision(plane: ControlPlane, times: int = 3) -> None:
     revision moves past every resourceVersion a client holds. A watch resumed from one of them after
     an API server restart then ends with 410 Gone."""
     for i in range(times):
-        body = json.dumps({"key": base64.b64encode(b"/headroom-tests/bump").decode(),
-                           "value": base64.b64encode(str(i).encode()).decode()}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{plane.etcd_port}/v3/kv/put", data=body,
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        body = json.dumps(
+            {
+                "key": base64.b64encode(b"/headroom-tests/bump").decode(),
+                "value": base64.b64encode(str(i).encode()).decode(),
+            }
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{plane.etcd_port}/v3/kv/put",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(request, timeout=5) as resp:
             assert resp.status == 200
 
@@ -488,11 +516,11 @@ class Recorder:
 
 def wait_log(operator: OperatorProcess, text: str, timeout: float = 30) -> str:
     """Wait until the operator's current log holds `text`; returns the first line that does."""
+
     def probe() -> str | None:
         if not operator.log_path.exists():
             return None
-        return next((line for line in operator.log_path.read_text(errors="replace").splitlines()
-                     if text in line), None)
+        return next((line for line in operator.log_path.read_text(errors="replace").splitlines() if text in line), None)
 
     return wait_for(probe, timeout, f"{text!r} in the operator's log")
 

@@ -32,13 +32,15 @@ class ExporterError(RuntimeError):
 
 def ensure_binary() -> Path:
     """Build kube-state-metrics unless the cached binary was built from the current go.mod/go.sum."""
-    digest = hashlib.sha256(b"".join((SOURCE_DIR / n).read_bytes()
-                                     for n in ("go.mod", "go.sum", "build.sh"))).hexdigest()
+    digest = hashlib.sha256(
+        b"".join((SOURCE_DIR / n).read_bytes() for n in ("go.mod", "go.sum", "build.sh"))
+    ).hexdigest()
     stamp = BINARY.with_suffix(".sha256")
     if BINARY.exists() and stamp.exists() and stamp.read_text().strip() == digest:
         return BINARY
-    result = subprocess.run(["bash", str(SOURCE_DIR / "build.sh"), str(BINARY)], capture_output=True,
-                            text=True, timeout=1800)
+    result = subprocess.run(
+        ["bash", str(SOURCE_DIR / "build.sh"), str(BINARY)], capture_output=True, text=True, timeout=1800
+    )
     if result.returncode != 0:
         raise ExporterError(f"building kube-state-metrics failed:\n{result.stdout}\n{result.stderr}")
     stamp.write_text(digest + "\n")
@@ -82,13 +84,28 @@ class KubeStateMetrics:
         log_path = self.workdir / "kube-state-metrics.log"
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [str(binary), f"--kubeconfig={self.kubeconfig}", "--host=127.0.0.1", f"--port={self.port}",
-                 "--telemetry-host=127.0.0.1", f"--telemetry-port={self.telemetry_port}",
-                 "--resources=pods,namespaces,resourcequotas"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent, start_new_session=True)
-        _wait(lambda: b"kube_pod_info" in _get(f"http://{self.target}/metrics"), self.process,
-              "kube-state-metrics", log_path, 60)
+                [
+                    str(binary),
+                    f"--kubeconfig={self.kubeconfig}",
+                    "--host=127.0.0.1",
+                    f"--port={self.port}",
+                    "--telemetry-host=127.0.0.1",
+                    f"--telemetry-port={self.telemetry_port}",
+                    "--resources=pods,namespaces,resourcequotas",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
+        _wait(
+            lambda: b"kube_pod_info" in _get(f"http://{self.target}/metrics"),
+            self.process,
+            "kube-state-metrics",
+            log_path,
+            60,
+        )
         return self
 
     def metrics(self) -> str:
@@ -120,18 +137,37 @@ class ScrapingPrometheus:
             raise ExporterError("prometheus is not installed (hack/setup.sh installs it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
-        config.write_text(json.dumps({
-            "global": {"scrape_interval": f"{self.interval}s", "evaluation_interval": f"{self.interval}s"},
-            "scrape_configs": [{"job_name": "kube-state-metrics", "honor_labels": True,
-                                "static_configs": [{"targets": [self.target]}]}],
-        }))
+        config.write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": f"{self.interval}s", "evaluation_interval": f"{self.interval}s"},
+                    "scrape_configs": [
+                        {
+                            "job_name": "kube-state-metrics",
+                            "honor_labels": True,
+                            "static_configs": [{"targets": [self.target]}],
+                        }
+                    ],
+                }
+            )
+        )
         log_path = self.workdir / "prometheus.log"
         with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address={self.host}:{self.port}", "--log.level=warn"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir,
-                preexec_fn=_die_with_parent, start_new_session=True)
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address={self.host}:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
         _wait(lambda: _get(f"{self.url}/-/ready") is not None, self.process, "prometheus", log_path, 30)
         return self
 

@@ -20,9 +20,7 @@ from tests.harness.controlplane import ControlPlane, write_kubeconfig
 T = TypeVar("T")
 
 
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 30, what: str = "condition",
-             interval: float = 0.2) -> T:
+def wait_for(probe: Callable[[], T | None], timeout: float = 30, what: str = "condition", interval: float = 0.2) -> T:
     """Call probe until it returns something truthy; raise a readable AssertionError on timeout."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -54,8 +52,7 @@ def _impersonating(client: ApiClient, user: str, groups: list[str]) -> ApiClient
     rest = client.rest_client
     original = rest.request
 
-    def request(method: str, url: str, *args: Any, headers: dict[str, str] | None = None,
-                **kwargs: Any) -> Any:
+    def request(method: str, url: str, *args: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
         merged = HTTPHeaderDict(headers or {})
         merged["Impersonate-User"] = user
         for group in groups:
@@ -90,13 +87,12 @@ class Cluster:
             ca = Path(cluster["certificate-authority"]).read_bytes()
         return cluster["server"], ca
 
-    def service_account_kubeconfig(self, namespace: str, name: str, path: Path,
-                                   expiration_seconds: int = 3600) -> Path:
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path, expiration_seconds: int = 3600) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount with a token from the TokenRequest API."""
         core = kubernetes.client.CoreV1Api(self.api_client())
         request = kubernetes.client.AuthenticationV1TokenRequest(
-            spec=kubernetes.client.V1TokenRequestSpec(audiences=[],
-                                                      expiration_seconds=expiration_seconds))
+            spec=kubernetes.client.V1TokenRequestSpec(audiences=[], expiration_seconds=expiration_seconds)
+        )
         token = core.create_namespaced_service_account_token(name, namespace, request).status.token
         server, ca = self.server_and_ca()
         ca_file = path.with_suffix(".ca.crt")
@@ -113,9 +109,13 @@ def apply_yaml(client: ApiClient, path: Path, field_manager: str = "headroom-tes
             continue
         resource = dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
         namespace = doc["metadata"].get("namespace")
-        result = resource.server_side_apply(body=doc, name=doc["metadata"]["name"],
-                                            namespace=namespace, field_manager=field_manager,
-                                            force_conflicts=True)
+        result = resource.server_side_apply(
+            body=doc,
+            name=doc["metadata"]["name"],
+            namespace=namespace,
+            field_manager=field_manager,
+            force_conflicts=True,
+        )
         applied.append(result.to_dict())
     return applied
 
@@ -131,5 +131,6 @@ def user_name(client: ApiClient) -> str:
     """Who the API server takes this client for. The sign-off policy holds administrators to it too:
     a write that changes a Project's terms names its requester (annotation headroom.dev/requested-by)."""
     review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review(
-        kubernetes.client.V1SelfSubjectReview())
+        kubernetes.client.V1SelfSubjectReview()
+    )
     return str(review.status.user_info.username)

@@ -46,8 +46,13 @@ CNI_CACHE = Path("/var/lib/cni/results")
 # The bridge, cgroup root and nftables tables have fixed names: one node per machine at a time. The
 # reaper holds this lock from before the node starts until after its cleanup.
 LOCK = Path("/run/headroom-node.lock")
-NEEDED_TOOLS = {"containerd": "containerd", "containerd-shim-runc-v2": "containerd", "ctr": "containerd",
-                "runc": "runc", "nft": "nftables"}
+NEEDED_TOOLS = {
+    "containerd": "containerd",
+    "containerd-shim-runc-v2": "containerd",
+    "ctr": "containerd",
+    "runc": "runc",
+    "nft": "nftables",
+}
 
 
 class NodeError(RuntimeError):
@@ -121,18 +126,32 @@ class NodePaths:
 # --------------------------------------------------------------------------------------------- configs
 
 
-def write_configs(paths: NodePaths, *, ca_cert: Path, kubelet_kubeconfig: Path, proxy_kubeconfig: Path,
-                  kubelet_port: int, proxy_metrics_port: int, proxy_healthz_port: int) -> dict[str, Path]:
+def write_configs(
+    paths: NodePaths,
+    *,
+    ca_cert: Path,
+    kubelet_kubeconfig: Path,
+    proxy_kubeconfig: Path,
+    kubelet_port: int,
+    proxy_metrics_port: int,
+    proxy_healthz_port: int,
+) -> dict[str, Path]:
     """containerd, CNI, kubelet and kube-proxy configuration files; returns their paths."""
     w = paths.workdir
-    for d in (paths.containerd_dir, paths.kubelet_dir, paths.pod_logs, paths.cni_conf_dir,
-              w / "cni" / "ipam", w / "volume-plugins"):
+    for d in (
+        paths.containerd_dir,
+        paths.kubelet_dir,
+        paths.pod_logs,
+        paths.cni_conf_dir,
+        w / "cni" / "ipam",
+        w / "volume-plugins",
+    ):
         d.mkdir(parents=True, exist_ok=True)
     cd = paths.containerd_dir
     containerd = cd / "config.toml"
     containerd.write_text(f"""version = 2
-root = "{cd / 'root'}"
-state = "{cd / 'state'}"
+root = "{cd / "root"}"
+state = "{cd / "state"}"
 [grpc]
   address = "{paths.containerd_socket}"
 [ttrpc]
@@ -142,7 +161,7 @@ state = "{cd / 'state'}"
 [metrics]
   address = ""
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{cd / 'opt'}"
+  path = "{cd / "opt"}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "registry.k8s.io/pause:3.10"
   # Root here has no CAP_SYS_RESOURCE: sandboxes may only raise their oom_score_adj.
@@ -161,55 +180,101 @@ state = "{cd / 'state'}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
-        Root = "{cd / 'runc'}"
+        Root = "{cd / "runc"}"
 """)
     # isGateway stays false: it would turn on IP forwarding for the whole machine. The bridge gets the
     # gateway address from us, so host <-> pod traffic is local delivery, never forwarded.
-    (paths.cni_conf_dir / "10-headroom.conflist").write_text(json.dumps({
-        "cniVersion": "0.4.0", "name": CNI_NETWORK,
-        "plugins": [{
-            "type": "bridge", "bridge": BRIDGE, "isGateway": False, "ipMasq": False,
-            "hairpinMode": True,
-            "ipam": {"type": "host-local", "dataDir": str(w / "cni" / "ipam"),
-                     "ranges": [[{"subnet": POD_SUBNET, "gateway": POD_GATEWAY}]],
-                     "routes": [{"dst": "0.0.0.0/0", "gw": POD_GATEWAY}]},
-        }],
-    }, indent=2))
+    (paths.cni_conf_dir / "10-headroom.conflist").write_text(
+        json.dumps(
+            {
+                "cniVersion": "0.4.0",
+                "name": CNI_NETWORK,
+                "plugins": [
+                    {
+                        "type": "bridge",
+                        "bridge": BRIDGE,
+                        "isGateway": False,
+                        "ipMasq": False,
+                        "hairpinMode": True,
+                        "ipam": {
+                            "type": "host-local",
+                            "dataDir": str(w / "cni" / "ipam"),
+                            "ranges": [[{"subnet": POD_SUBNET, "gateway": POD_GATEWAY}]],
+                            "routes": [{"dst": "0.0.0.0/0", "gw": POD_GATEWAY}],
+                        },
+                    }
+                ],
+            },
+            indent=2,
+        )
+    )
     kubelet = paths.kubelet_dir / "config.json"
-    kubelet.write_text(json.dumps({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "address": node_ip(), "port": kubelet_port, "readOnlyPort": 0, "healthzPort": 0,
-        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
-                           "x509": {"clientCAFile": str(ca_cert)}},
-        # Only holders of a certificate from the cluster's CA get past authentication.
-        "authorization": {"mode": "AlwaysAllow"},
-        "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{CGROUP_ROOT}", "cgroupsPerQOS": True,
-        "enforceNodeAllocatable": ["pods"],
-        "containerRuntimeEndpoint": f"unix://{paths.containerd_socket}",
-        "failSwapOn": False, "failCgroupV1": False, "protectKernelDefaults": False,
-        "makeIPTablesUtilChains": False,
-        # The pause image cannot be pulled back: image GC must never delete it.
-        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
-                         "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
-        "podLogsDir": str(paths.pod_logs), "volumePluginDir": str(w / "volume-plugins"),
-        "resolvConf": "/etc/resolv.conf", "maxPods": 60,
-        "nodeStatusUpdateFrequency": "5s", "syncFrequency": "10s",
-        "shutdownGracePeriod": "0s", "serializeImagePulls": False,
-    }, indent=2))
+    kubelet.write_text(
+        json.dumps(
+            {
+                "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                "kind": "KubeletConfiguration",
+                "address": node_ip(),
+                "port": kubelet_port,
+                "readOnlyPort": 0,
+                "healthzPort": 0,
+                "authentication": {
+                    "anonymous": {"enabled": False},
+                    "webhook": {"enabled": False},
+                    "x509": {"clientCAFile": str(ca_cert)},
+                },
+                # Only holders of a certificate from the cluster's CA get past authentication.
+                "authorization": {"mode": "AlwaysAllow"},
+                "cgroupDriver": "cgroupfs",
+                "cgroupRoot": f"/{CGROUP_ROOT}",
+                "cgroupsPerQOS": True,
+                "enforceNodeAllocatable": ["pods"],
+                "containerRuntimeEndpoint": f"unix://{paths.containerd_socket}",
+                "failSwapOn": False,
+                "failCgroupV1": False,
+                "protectKernelDefaults": False,
+                "makeIPTablesUtilChains": False,
+                # The pause image cannot be pulled back: image GC must never delete it.
+                "imageGCHighThresholdPercent": 100,
+                "imageGCLowThresholdPercent": 99,
+                "evictionHard": {
+                    "memory.available": "100Mi",
+                    "nodefs.available": "1%",
+                    "imagefs.available": "1%",
+                    "nodefs.inodesFree": "1%",
+                },
+                "podLogsDir": str(paths.pod_logs),
+                "volumePluginDir": str(w / "volume-plugins"),
+                "resolvConf": "/etc/resolv.conf",
+                "maxPods": 60,
+                "nodeStatusUpdateFrequency": "5s",
+                "syncFrequency": "10s",
+                "shutdownGracePeriod": "0s",
+                "serializeImagePulls": False,
+            },
+            indent=2,
+        )
+    )
     proxy = w / "kube-proxy.json"
-    proxy.write_text(json.dumps({
-        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
-        "mode": "nftables", "clientConnection": {"kubeconfig": str(proxy_kubeconfig)},
-        "hostnameOverride": NODE_NAME, "clusterCIDR": CLUSTER_CIDR,
-        "bindAddress": "0.0.0.0",
-        "healthzBindAddress": f"127.0.0.1:{proxy_healthz_port}",
-        "metricsBindAddress": f"127.0.0.1:{proxy_metrics_port}",
-        # Leave the machine's conntrack settings alone.
-        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
-                      "tcpCloseWaitTimeout": "0s"},
-        "nodePortAddresses": ["primary"],
-    }, indent=2))
+    proxy.write_text(
+        json.dumps(
+            {
+                "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+                "kind": "KubeProxyConfiguration",
+                "mode": "nftables",
+                "clientConnection": {"kubeconfig": str(proxy_kubeconfig)},
+                "hostnameOverride": NODE_NAME,
+                "clusterCIDR": CLUSTER_CIDR,
+                "bindAddress": "0.0.0.0",
+                "healthzBindAddress": f"127.0.0.1:{proxy_healthz_port}",
+                "metricsBindAddress": f"127.0.0.1:{proxy_metrics_port}",
+                # Leave the machine's conntrack settings alone.
+                "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+                "nodePortAddresses": ["primary"],
+            },
+            indent=2,
+        )
+    )
     return {"containerd": containerd, "kubelet": kubelet, "proxy": proxy}
 
 
@@ -242,8 +307,9 @@ def _cgroup_controllers() -> list[Path]:
     """cgroup v1 hierarchies (one per mounted controller), or the unified hierarchy."""
     if (CGROUP_FS / "cgroup.controllers").exists():
         return [CGROUP_FS]
-    return [p for p in sorted(CGROUP_FS.iterdir())
-            if p.is_dir() and not p.is_symlink() and (p / "cgroup.procs").exists()]
+    return [
+        p for p in sorted(CGROUP_FS.iterdir()) if p.is_dir() and not p.is_symlink() and (p / "cgroup.procs").exists()
+    ]
 
 
 def record_pid(paths: NodePaths, name: str, pid: int) -> None:
@@ -269,8 +335,7 @@ def _cgroup_dirs() -> Iterator[Path]:
     for controller in _cgroup_controllers():
         root = controller / CGROUP_ROOT
         if root.is_dir():
-            yield from sorted((p for p in root.rglob("*") if p.is_dir()),
-                              key=lambda p: len(p.parts), reverse=True)
+            yield from sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
             yield root
 
 
@@ -425,7 +490,10 @@ def start_reaper(workdir: Path, log: Path) -> tuple[subprocess.Popen[bytes], int
     with open(log, "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "tests.harness.node", "reap", str(workdir)],
-            stdin=read_end, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=read_end,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             cwd=Path(__file__).resolve().parents[2],
         )
     os.close(read_end)
@@ -434,8 +502,10 @@ def start_reaper(workdir: Path, log: Path) -> tuple[subprocess.Popen[bytes], int
     while not mark.exists():
         if process.poll() is not None:
             os.close(write_end)
-            raise NodeError(f"another local node is running on this machine (lock {LOCK}); one at a "
-                            "time: stop it first (make cluster-down)")
+            raise NodeError(
+                f"another local node is running on this machine (lock {LOCK}); one at a "
+                "time: stop it first (make cluster-down)"
+            )
         if time.monotonic() > deadline:
             stop_reaper(process, write_end)
             raise NodeError(f"the node's reaper did not start; see {log}")
@@ -468,8 +538,7 @@ def _reap(workdir: Path) -> int:
             pass
     problems = cleanup(workdir)
     stamp = time.strftime("%H:%M:%S")
-    print(f"{stamp} node cleanup: " + ("; ".join(problems) if problems else "everything removed"),
-          flush=True)
+    print(f"{stamp} node cleanup: " + ("; ".join(problems) if problems else "everything removed"), flush=True)
     return 1 if problems else 0
 
 

@@ -46,8 +46,9 @@ class OperatorProcess:
     def kubeconfig(self) -> Path:
         if not self.as_service_account:
             return self.cluster.kubeconfig
-        return self.cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, "headroom",
-                                                       self.workdir / "operator.kubeconfig")
+        return self.cluster.service_account_kubeconfig(
+            OPERATOR_NAMESPACE, "headroom", self.workdir / "operator.kubeconfig"
+        )
 
     def start(self) -> OperatorProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -56,10 +57,22 @@ class OperatorProcess:
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "headroom.cli", "run", f"--metrics-port={self.metrics_port}",
-             f"--health-port={self.health_port}", *self.args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO,
-            preexec_fn=_die_with_parent)
+            [
+                sys.executable,
+                "-m",
+                "headroom.cli",
+                "run",
+                f"--metrics-port={self.metrics_port}",
+                f"--health-port={self.health_port}",
+                *self.args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+            preexec_fn=_die_with_parent,
+        )
         log.close()
         return self
 
@@ -100,7 +113,9 @@ class OperatorProcess:
 def project_manifest(name: str, namespaces: list[dict[str, object]] | list[str], **spec: object) -> dict[str, object]:
     ns_list = [{"name": n} if isinstance(n, str) else n for n in namespaces]
     body: dict[str, object] = {
-        "apiVersion": "headroom.dev/v1alpha1", "kind": "Project", "metadata": {"name": name},
+        "apiVersion": "headroom.dev/v1alpha1",
+        "kind": "Project",
+        "metadata": {"name": name},
         "spec": {"owner": {"team": spec.pop("team", name)}, "namespaces": ns_list, **spec},
     }
     return body

@@ -65,8 +65,10 @@ class PrometheusError(RuntimeError):
 def _require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        raise PrometheusError(f"{tool} is not installed; it comes with Debian's `prometheus` package "
-                              "(apt-get install --no-install-recommends prometheus; .ci/run does this)")
+        raise PrometheusError(
+            f"{tool} is not installed; it comes with Debian's `prometheus` package "
+            "(apt-get install --no-install-recommends prometheus; .ci/run does this)"
+        )
     return path
 
 
@@ -96,8 +98,9 @@ class PodSegment:
             raise ValueError(f"segment of {self.namespace}/{self.pod} ends before it starts")
 
 
-def pod(namespace: str, name: str, start: datetime, end: datetime, phase: str = "Running",
-        **containers: Mapping[str, str]) -> PodSegment:
+def pod(
+    namespace: str, name: str, start: datetime, end: datetime, phase: str = "Running", **containers: Mapping[str, str]
+) -> PodSegment:
     """Shorthand: pod(ns, "web-1", t0, t1, app={"requests.cpu": "500m"}, sidecar={...})."""
     return PodSegment(namespace, name, start, end, dict(containers) or {"app": {}}, phase)
 
@@ -129,8 +132,9 @@ def render_openmetrics(segments: Sequence[PodSegment], interval: int = 60) -> st
         key = (metric, _labels({**labels, **_SCRAPE_LABELS}))
         before = series[key].get(at)
         if before is not None and before != value:
-            raise ValueError(f"{metric}{{{key[1]}}} has two values at {at}: {before} and {value}; "
-                             "segments of one pod overlap")
+            raise ValueError(
+                f"{metric}{{{key[1]}}} has two values at {at}: {before} and {value}; segments of one pod overlap"
+            )
         series[key][at] = value
 
     for segment in segments:
@@ -143,13 +147,23 @@ def render_openmetrics(segments: Sequence[PodSegment], interval: int = 60) -> st
                 for resource, quantity in resources.items():
                     kind, _, name = resource.partition(".")
                     if kind not in ("requests", "limits") or name not in _KSM_RESOURCES:
-                        raise ValueError(f"{resource!r}: expected requests.<r> or limits.<r> with r in "
-                                         f"{sorted(_KSM_RESOURCES)}")
+                        raise ValueError(
+                            f"{resource!r}: expected requests.<r> or limits.<r> with r in {sorted(_KSM_RESOURCES)}"
+                        )
                     ksm_resource, unit = _KSM_RESOURCES[name]
                     metric = REQUESTS_METRIC if kind == "requests" else LIMITS_METRIC
-                    put(metric, {**pod_labels, "container": container, "node": "node-1",
-                                 "resource": ksm_resource, "unit": unit},
-                        at, _number(parse_quantity(quantity)))
+                    put(
+                        metric,
+                        {
+                            **pod_labels,
+                            "container": container,
+                            "node": "node-1",
+                            "resource": ksm_resource,
+                            "unit": unit,
+                        },
+                        at,
+                        _number(parse_quantity(quantity)),
+                    )
 
     lines: list[str] = []
     for metric in sorted({m for m, _ in series}):
@@ -163,17 +177,33 @@ def render_openmetrics(segments: Sequence[PodSegment], interval: int = 60) -> st
     return "\n".join(lines) + "\n"
 
 
-def backfill(segments: Sequence[PodSegment], data_dir: Path, workdir: Path, interval: int = 60,
-             block_duration: str = DEFAULT_BLOCK_DURATION) -> Path:
+def backfill(
+    segments: Sequence[PodSegment],
+    data_dir: Path,
+    workdir: Path,
+    interval: int = 60,
+    block_duration: str = DEFAULT_BLOCK_DURATION,
+) -> Path:
     """Write the segments as OpenMetrics and turn them into TSDB blocks in `data_dir`."""
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     source = workdir / f"history-{len(list(workdir.glob('history-*.om')))}.om"
     source.write_text(render_openmetrics(segments, interval))
     result = subprocess.run(
-        [_require("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--quiet",
-         f"--max-block-duration={block_duration}", str(source), str(data_dir)],
-        capture_output=True, text=True, timeout=120)
+        [
+            _require("promtool"),
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            "--quiet",
+            f"--max-block-duration={block_duration}",
+            str(source),
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if result.returncode != 0:
         raise PrometheusError(f"promtool could not backfill {source}:\n{result.stdout}{result.stderr}")
     return source
@@ -228,11 +258,21 @@ class Prometheus:
         self.starts += 1
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
-            [_require("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={self.data_dir}",
-             "--storage.tsdb.retention.time=400d", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir,
-            preexec_fn=_die_with_parent, start_new_session=True)
+            [
+                _require("prometheus"),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.data_dir}",
+                "--storage.tsdb.retention.time=400d",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while not self._ready():
@@ -263,8 +303,9 @@ class Prometheus:
     def query(self, promql: str, at: datetime | None = None) -> list[dict[str, Any]]:
         """An instant query; returns data.result (for checks and for debugging a test)."""
         params = {"query": promql, "time": f"{(at or datetime.now(UTC)).timestamp():.3f}"}
-        request = urllib.request.Request(f"{self.url}/api/v1/query",
-                                         data=urllib.parse.urlencode(params).encode(), method="POST")
+        request = urllib.request.Request(
+            f"{self.url}/api/v1/query", data=urllib.parse.urlencode(params).encode(), method="POST"
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as resp:
                 body = json.loads(resp.read())

@@ -108,8 +108,12 @@ class WebhookReceiver:
                 time.sleep(0.1)
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"webhook-receiver:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"webhook-receiver:{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -204,8 +208,7 @@ class AlertmanagerError(RuntimeError):
 
 def alertmanager_binary() -> str | None:
     for candidate in ALERTMANAGER_BINARIES:
-        found = shutil.which(candidate) if "/" not in candidate else (candidate if Path(candidate).exists()
-                                                                       else None)
+        found = shutil.which(candidate) if "/" not in candidate else (candidate if Path(candidate).exists() else None)
         if found:
             return found
     return None
@@ -234,26 +237,41 @@ class Alertmanager:
         if self.forward_to:
             receiver["webhook_configs"] = [{"url": self.forward_to, "send_resolved": True}]
         return {
-            "route": {"receiver": "default", "group_by": ["alertname", "project", "namespace", "resource"],
-                      "group_wait": "0s", "group_interval": "1s", "repeat_interval": "24h"},
+            "route": {
+                "receiver": "default",
+                "group_by": ["alertname", "project", "namespace", "resource"],
+                "group_wait": "0s",
+                "group_interval": "1s",
+                "repeat_interval": "24h",
+            },
             "receivers": [receiver],
         }
 
     def start(self, timeout: float = 30) -> Alertmanager:
         binary = self.binary or alertmanager_binary()
         if binary is None:
-            raise AlertmanagerError("prometheus-alertmanager is not installed "
-                                    "(apt-get install prometheus-alertmanager)")
+            raise AlertmanagerError(
+                "prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "alertmanager.yml"
         config.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}",
-             # Empty disables clustering; otherwise it binds 0.0.0.0:9094 and gossips.
-             "--cluster.listen-address=", "--log.level=info"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                # Empty disables clustering; otherwise it binds 0.0.0.0:9094 and gossips.
+                "--cluster.listen-address=",
+                "--log.level=info",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while not self.ready():
@@ -305,7 +323,11 @@ class Alertmanager:
         return list(self._get("/api/v2/alerts", params))
 
     def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        request = urllib.request.Request(f"{self.url}/api/v2/alerts", data=json.dumps(alerts).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            f"{self.url}/api/v2/alerts",
+            data=json.dumps(alerts).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with contextlib.closing(urllib.request.urlopen(request, timeout=5)):
             pass

@@ -41,8 +41,10 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ale
     """A real Alertmanager that routes every alert on to a webhook (what its receivers were told)."""
     if alertmanager_binary() is None:
         pytest.skip("prometheus-alertmanager is not installed (.ci/run installs it)")
-    with WebhookReceiver() as forwarded, \
-            Alertmanager(tmp_path_factory.mktemp("alertmanager"), forward_to=forwarded.url) as manager:
+    with (
+        WebhookReceiver() as forwarded,
+        Alertmanager(tmp_path_factory.mktemp("alertmanager"), forward_to=forwarded.url) as manager,
+    ):
         yield manager, forwarded
 
 
@@ -60,11 +62,19 @@ def history_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def operator(start_operator: Callable[..., OperatorProcess], webhook: WebhookReceiver,
-             alertmanager: tuple[Alertmanager, WebhookReceiver], history_file: Path) -> OperatorProcess:
+def operator(
+    start_operator: Callable[..., OperatorProcess],
+    webhook: WebhookReceiver,
+    alertmanager: tuple[Alertmanager, WebhookReceiver],
+    history_file: Path,
+) -> OperatorProcess:
     manager, _ = alertmanager
-    return start_operator("--history-source=file", f"--history-file={history_file}",
-                          f"--webhook-url={webhook.url}", f"--alertmanager-url={manager.url}")
+    return start_operator(
+        "--history-source=file",
+        f"--history-file={history_file}",
+        f"--webhook-url={webhook.url}",
+        f"--alertmanager-url={manager.url}",
+    )
 
 
 @pytest.fixture
@@ -74,8 +84,13 @@ def make_project(admin: k8s.ApiClient) -> Iterator[Callable[..., str]]:
 
     def make(namespace: str, business_hours: str = ALWAYS_OPEN, pods: int = 10, **spec: Any) -> str:
         name = f"alerts-{uuid.uuid4().hex[:8]}"
-        body = project_manifest(name, [namespace], team=f"team-{name[-8:]}",
-                                quota={"resources": ["pods"], "minimum": {"pods": str(pods)}}, **spec)
+        body = project_manifest(
+            name,
+            [namespace],
+            team=f"team-{name[-8:]}",
+            quota={"resources": ["pods"], "minimum": {"pods": str(pods)}},
+            **spec,
+        )
         body["spec"]["owner"].update({"contacts": CONTACTS, "businessHours": business_hours})  # type: ignore[index]
         custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
         created.append(name)
@@ -88,8 +103,11 @@ def make_project(admin: k8s.ApiClient) -> Iterator[Callable[..., str]]:
 
         wait_for(governed, 60, f"ResourceQuota headroom in {namespace} governed with pods={pods}")
         # Pods need the namespace's default ServiceAccount, which a controller creates.
-        wait_for(lambda: core.read_namespaced_service_account("default", namespace), 30,
-                 f"ServiceAccount default in {namespace}")
+        wait_for(
+            lambda: core.read_namespaced_service_account("default", namespace),
+            30,
+            f"ServiceAccount default in {namespace}",
+        )
         return name
 
     yield make
@@ -102,9 +120,13 @@ def make_project(admin: k8s.ApiClient) -> Iterator[Callable[..., str]]:
 
 
 def _pod(name: str) -> k8s.V1Pod:
-    return k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=name), spec=k8s.V1PodSpec(
-        automount_service_account_token=False,
-        containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")]))
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name=name),
+        spec=k8s.V1PodSpec(
+            automount_service_account_token=False,
+            containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")],
+        ),
+    )
 
 
 def create_pods(admin: k8s.ApiClient, namespace: str, count: int, first: int = 0) -> None:
@@ -138,20 +160,25 @@ def alert_records(admin: k8s.ApiClient, name: str) -> list[dict[str, Any]]:
 
 
 def events(admin: k8s.ApiClient, name: str, reason: str) -> list[k8s.CoreV1Event]:
-    return k8s.CoreV1Api(admin).list_namespaced_event(
-        "default", field_selector=f"involvedObject.name={name},reason={reason}").items
+    return (
+        k8s.CoreV1Api(admin)
+        .list_namespaced_event("default", field_selector=f"involvedObject.name={name},reason={reason}")
+        .items
+    )
 
 
 def am_alerts(manager: Alertmanager, name: str) -> list[dict[str, Any]]:
     return manager.alerts(active=True, alertname=ALERTNAME, project=name)
 
 
-def fire(admin: k8s.ApiClient, namespace: str, webhook: WebhookReceiver, name: str,
-         pods: int = 8) -> dict[str, Any]:
+def fire(admin: k8s.ApiClient, namespace: str, webhook: WebhookReceiver, name: str, pods: int = 8) -> dict[str, Any]:
     """Push the namespace to `pods` Pods and wait for the firing notification at the webhook."""
     create_pods(admin, namespace, pods)
-    delivered = wait_for(lambda: webhook.payloads({"project": name, "state": "firing"}), 60,
-                         f"a firing notification for {name} at the webhook")
+    delivered = wait_for(
+        lambda: webhook.payloads({"project": name, "state": "firing"}),
+        60,
+        f"a firing notification for {name} at the webhook",
+    )
     return delivered[0]
 
 
@@ -164,8 +191,13 @@ def settle(seconds: float) -> None:
 
 
 def test_crossing_80_percent_alerts_every_sink_exactly_once(
-        admin: k8s.ApiClient, namespace: str, operator: OperatorProcess, webhook: WebhookReceiver,
-        alertmanager: tuple[Alertmanager, WebhookReceiver], make_project: Callable[..., str]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    webhook: WebhookReceiver,
+    alertmanager: tuple[Alertmanager, WebhookReceiver],
+    make_project: Callable[..., str],
+) -> None:
     manager, forwarded = alertmanager
     name = make_project(namespace)
     team = f"team-{name[-8:]}"
@@ -193,14 +225,23 @@ def test_crossing_80_percent_alerts_every_sink_exactly_once(
     assert len(alerts) == 1
     labels = alerts[0]["labels"]
     assert {k: labels.get(k) for k in ("alertname", "project", "team", "namespace", "resource", "severity")} == {
-        "alertname": ALERTNAME, "project": name, "team": team, "namespace": namespace, "resource": "pods",
-        "severity": "warning"}
+        "alertname": ALERTNAME,
+        "project": name,
+        "team": team,
+        "namespace": namespace,
+        "resource": "pods",
+        "severity": "warning",
+    }
     assert alerts[0]["annotations"]["notification_id"] == payload["id"]
     assert alerts[0]["status"]["state"] == "active"
     # Alertmanager routed it on to its own receiver.
-    wait_for(lambda: [p for p in forwarded.payloads()
-                      if p["status"] == "firing" and p["commonLabels"].get("project") == name], 30,
-             f"Alertmanager to notify its receiver about {name}")
+    wait_for(
+        lambda: [
+            p for p in forwarded.payloads() if p["status"] == "firing" and p["commonLabels"].get("project") == name
+        ],
+        30,
+        f"Alertmanager to notify its receiver about {name}",
+    )
 
     near = wait_for(lambda: condition(admin, name), 30, "condition QuotaNearLimit")
     assert near["status"] == "True", near
@@ -215,9 +256,11 @@ def test_crossing_80_percent_alerts_every_sink_exactly_once(
     assert operator.metric("headroom_alerts_sent_total", {"sink": "alertmanager", "state": "firing"}) >= 1
 
     # The outbox is settled: nothing is owed, nothing is re-sent while usage stays put.
-    record = wait_for(lambda: next((r for r in alert_records(admin, name)
-                                    if r["threshold"] == 80 and "outbox" not in r), None), 30,
-                      "the delivered notification to leave the outbox")
+    record = wait_for(
+        lambda: next((r for r in alert_records(admin, name) if r["threshold"] == 80 and "outbox" not in r), None),
+        30,
+        "the delivered notification to leave the outbox",
+    )
     assert record["state"] == "firing" and record["announced"] is True
     # The reminder is scheduled with the delivery, in the same status write: a business day later.
     sent = datetime.fromisoformat(record["lastSent"])
@@ -231,8 +274,13 @@ def test_crossing_80_percent_alerts_every_sink_exactly_once(
 
 
 def test_outside_business_hours_nothing_is_delivered_until_the_next_opening(
-        admin: k8s.ApiClient, namespace: str, operator: OperatorProcess, webhook: WebhookReceiver,
-        alertmanager: tuple[Alertmanager, WebhookReceiver], make_project: Callable[..., str]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    webhook: WebhookReceiver,
+    alertmanager: tuple[Alertmanager, WebhookReceiver],
+    make_project: Callable[..., str],
+) -> None:
     manager, _ = alertmanager
     berlin = ZoneInfo("Europe/Berlin")
     # A single weekday three days from now: closed now whatever the time, and its opening is known.
@@ -259,8 +307,13 @@ def test_outside_business_hours_nothing_is_delivered_until_the_next_opening(
 
 
 def test_a_failing_receiver_is_retried_until_it_accepts_once(
-        admin: k8s.ApiClient, namespace: str, operator: OperatorProcess, webhook: WebhookReceiver,
-        alertmanager: tuple[Alertmanager, WebhookReceiver], make_project: Callable[..., str]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    webhook: WebhookReceiver,
+    alertmanager: tuple[Alertmanager, WebhookReceiver],
+    make_project: Callable[..., str],
+) -> None:
     manager, _ = alertmanager
     name = make_project(namespace)
     webhook.fail_next(2, where={"project": name})
@@ -283,8 +336,13 @@ def test_a_failing_receiver_is_retried_until_it_accepts_once(
 
 
 def test_a_restarted_operator_sends_nothing_again(
-        admin: k8s.ApiClient, namespace: str, operator: OperatorProcess, webhook: WebhookReceiver,
-        alertmanager: tuple[Alertmanager, WebhookReceiver], make_project: Callable[..., str]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    webhook: WebhookReceiver,
+    alertmanager: tuple[Alertmanager, WebhookReceiver],
+    make_project: Callable[..., str],
+) -> None:
     manager, _ = alertmanager
     name = make_project(namespace)
     fire(admin, namespace, webhook, name)
@@ -295,8 +353,11 @@ def test_a_restarted_operator_sends_nothing_again(
     operator.stop()
     operator.start()
     # The new process has reconciled the Project once it publishes the Project's utilization.
-    wait_for(lambda: operator.metric("headroom_quota_utilization_percent", {"project": name}) == 80, 60,
-             "the restarted operator to reconcile the Project")
+    wait_for(
+        lambda: operator.metric("headroom_quota_utilization_percent", {"project": name}) == 80,
+        60,
+        "the restarted operator to reconcile the Project",
+    )
     settle(10)
 
     assert len(webhook.requests({"project": name})) == 1
@@ -307,8 +368,13 @@ def test_a_restarted_operator_sends_nothing_again(
 
 
 def test_usage_below_threshold_minus_hysteresis_resolves_the_alert_at_both_sinks(
-        admin: k8s.ApiClient, namespace: str, operator: OperatorProcess, webhook: WebhookReceiver,
-        alertmanager: tuple[Alertmanager, WebhookReceiver], make_project: Callable[..., str]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    webhook: WebhookReceiver,
+    alertmanager: tuple[Alertmanager, WebhookReceiver],
+    make_project: Callable[..., str],
+) -> None:
     manager, forwarded = alertmanager
     name = make_project(namespace, pods=20)
     fired = fire(admin, namespace, webhook, name, pods=16)  # 80 %
@@ -318,25 +384,34 @@ def test_usage_below_threshold_minus_hysteresis_resolves_the_alert_at_both_sinks
     # 75 % is not below 80 - 5: the alert holds.
     delete_pods(admin, namespace, range(15, 16))
     wait_for(lambda: quota_used(admin, namespace) == "15", 45, "quota status.used to drop to 15")
-    wait_for(lambda: any(r["threshold"] == 80 and r.get("utilization") == "75" for r in alert_records(admin, name)),
-             30, "the operator to see 75 %")
+    wait_for(
+        lambda: any(r["threshold"] == 80 and r.get("utilization") == "75" for r in alert_records(admin, name)),
+        30,
+        "the operator to see 75 %",
+    )
     assert [p["state"] for p in webhook.payloads({"project": name})] == ["firing"]
     assert condition(admin, name)["status"] == "True"  # type: ignore[index]
 
     # 70 % is: the alert resolves, at every sink.
     delete_pods(admin, namespace, range(14, 15))
-    resolved = wait_for(lambda: webhook.payloads({"project": name, "state": "resolved"}), 60,
-                        "a resolved notification at the webhook")
+    resolved = wait_for(
+        lambda: webhook.payloads({"project": name, "state": "resolved"}), 60, "a resolved notification at the webhook"
+    )
     assert len(resolved) == 1
     assert resolved[0]["threshold"] == 80 and resolved[0]["utilization"] == "70"
     assert resolved[0]["used"] == "14" and resolved[0]["hard"] == "20"
     assert resolved[0]["id"] != fired["id"]
     wait_for(lambda: not am_alerts(manager, name), 30, "Alertmanager to stop listing the alert as active")
-    wait_for(lambda: [p for p in forwarded.payloads()
-                      if p["status"] == "resolved" and p["commonLabels"].get("project") == name], 30,
-             "Alertmanager to notify its receiver that the alert resolved")
-    near = wait_for(lambda: (c := condition(admin, name)) and c["status"] == "False" and c, 30,
-                    "condition QuotaNearLimit False")
+    wait_for(
+        lambda: [
+            p for p in forwarded.payloads() if p["status"] == "resolved" and p["commonLabels"].get("project") == name
+        ],
+        30,
+        "Alertmanager to notify its receiver that the alert resolved",
+    )
+    near = wait_for(
+        lambda: (c := condition(admin, name)) and c["status"] == "False" and c, 30, "condition QuotaNearLimit False"
+    )
     assert near["reason"] == "BelowThresholds"
     wait_for(lambda: events(admin, name, "QuotaBelowLimit"), 30, "Event QuotaBelowLimit on the Project")
     assert operator.metric("headroom_alerts_sent_total", {"sink": "webhook", "state": "resolved"}) >= 1
@@ -346,8 +421,13 @@ def test_usage_below_threshold_minus_hysteresis_resolves_the_alert_at_both_sinks
 
 
 def test_a_notification_owed_when_the_operator_stops_is_delivered_by_the_next_one(
-        admin: k8s.ApiClient, namespace: str, operator: OperatorProcess, webhook: WebhookReceiver,
-        alertmanager: tuple[Alertmanager, WebhookReceiver], make_project: Callable[..., str]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    webhook: WebhookReceiver,
+    alertmanager: tuple[Alertmanager, WebhookReceiver],
+    make_project: Callable[..., str],
+) -> None:
     manager, _ = alertmanager
     name = make_project(namespace)
     webhook.down()  # connection refused, not even an HTTP error
@@ -355,22 +435,32 @@ def test_a_notification_owed_when_the_operator_stops_is_delivered_by_the_next_on
     create_pods(admin, namespace, 8)
 
     def pending() -> dict[str, Any] | None:
-        return next((r for r in alert_records(admin, name)
-                     if r.get("outbox") and "alertmanager" in r.get("deliveredSinks", [])), None)
+        return next(
+            (
+                r
+                for r in alert_records(admin, name)
+                if r.get("outbox") and "alertmanager" in r.get("deliveredSinks", [])
+            ),
+            None,
+        )
 
     record = wait_for(pending, 60, "an outbox entry delivered to Alertmanager but not to the webhook")
     assert record["outbox"]["state"] == "firing"
     assert "webhook" not in record["deliveredSinks"] and "webhook" in record["sinks"]
-    wait_for(lambda: operator.metric("headroom_alert_delivery_failures_total", {"sink": "webhook"}) >= 1, 30,
-             "a failed webhook delivery")
+    wait_for(
+        lambda: operator.metric("headroom_alert_delivery_failures_total", {"sink": "webhook"}) >= 1,
+        30,
+        "a failed webhook delivery",
+    )
     updated = wait_for(lambda: am_alerts(manager, name), 30, "the Alertmanager alert")[0]["updatedAt"]
 
     operator.stop()
     webhook.up()
     operator.start()
 
-    delivered = wait_for(lambda: webhook.delivered({"project": name}), 60,
-                         "the restarted operator to deliver the owed notification")
+    delivered = wait_for(
+        lambda: webhook.delivered({"project": name}), 60, "the restarted operator to deliver the owed notification"
+    )
     assert delivered[0].json["id"] == record["outbox"]["id"] == delivered[0].header("Idempotency-Key")
     wait_for(lambda: not any(r.get("outbox") for r in alert_records(admin, name)), 30, "the outbox to settle")
     settle(3)
@@ -382,18 +472,24 @@ def test_a_notification_owed_when_the_operator_stops_is_delivered_by_the_next_on
 
 
 def test_a_projects_own_webhook_secret_takes_precedence_over_the_operator_default(
-        admin: k8s.ApiClient, namespace: str, operator: OperatorProcess, webhook: WebhookReceiver,
-        make_project: Callable[..., str]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    webhook: WebhookReceiver,
+    make_project: Callable[..., str],
+) -> None:
     core = k8s.CoreV1Api(admin)
     secret = f"hook-{uuid.uuid4().hex[:6]}"
     with WebhookReceiver() as own:
-        core.create_namespaced_secret(OPERATOR_NAMESPACE, k8s.V1Secret(
-            metadata=k8s.V1ObjectMeta(name=secret), string_data={"url": own.url}))
+        core.create_namespaced_secret(
+            OPERATOR_NAMESPACE, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=secret), string_data={"url": own.url})
+        )
         try:
             name = make_project(namespace, alerts={"webhookSecretRef": {"name": secret, "key": "url"}})
             create_pods(admin, namespace, 8)
-            delivered = wait_for(lambda: own.delivered({"project": name}), 60,
-                                 "the firing notification at the Project's own webhook")
+            delivered = wait_for(
+                lambda: own.delivered({"project": name}), 60, "the firing notification at the Project's own webhook"
+            )
             assert delivered[0].json["state"] == "firing"
             settle(2)
             assert len(own.requests({"project": name})) == 1
@@ -404,29 +500,43 @@ def test_a_projects_own_webhook_secret_takes_precedence_over_the_operator_defaul
 
 
 def test_a_missing_webhook_secret_holds_the_teams_alert_and_says_so(
-        admin: k8s.ApiClient, namespace: str, operator: OperatorProcess, webhook: WebhookReceiver,
-        make_project: Callable[..., str]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    webhook: WebhookReceiver,
+    make_project: Callable[..., str],
+) -> None:
     """Never silently to the platform's webhook: the alert waits for the team's own Secret."""
     core = k8s.CoreV1Api(admin)
     secret = f"hook-{uuid.uuid4().hex[:6]}"
     name = make_project(namespace, alerts={"webhookSecretRef": {"name": secret, "key": "url"}})
     create_pods(admin, namespace, 8)
-    held = wait_for(lambda: (c := condition(admin, name, "AlertsDelivered")) and c["status"] == "False" and c, 60,
-                    "condition AlertsDelivered False")
+    held = wait_for(
+        lambda: (c := condition(admin, name, "AlertsDelivered")) and c["status"] == "False" and c,
+        60,
+        "condition AlertsDelivered False",
+    )
     assert held["reason"] == "WebhookSecretMissing"
     assert secret in held["message"] and "waits" in held["message"]
     assert operator.metric("headroom_webhook_secret_missing_projects") == 1
     settle(3)
     assert webhook.requests({"project": name}) == []  # not to the operator's --webhook-url
     with WebhookReceiver() as own:
-        core.create_namespaced_secret(OPERATOR_NAMESPACE, k8s.V1Secret(
-            metadata=k8s.V1ObjectMeta(name=secret), string_data={"url": own.url}))
+        core.create_namespaced_secret(
+            OPERATOR_NAMESPACE, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=secret), string_data={"url": own.url})
+        )
         try:
-            delivered = wait_for(lambda: own.delivered({"project": name}), 60,
-                                 "the held notification at the Project's own webhook once its Secret exists")
+            delivered = wait_for(
+                lambda: own.delivered({"project": name}),
+                60,
+                "the held notification at the Project's own webhook once its Secret exists",
+            )
             assert delivered[0].json["state"] == "firing"
-            wait_for(lambda: (c := condition(admin, name, "AlertsDelivered")) and c["status"] == "True", 30,
-                     "condition AlertsDelivered True")
+            wait_for(
+                lambda: (c := condition(admin, name, "AlertsDelivered")) and c["status"] == "True",
+                30,
+                "condition AlertsDelivered True",
+            )
             assert operator.metric("headroom_webhook_secret_missing_projects") == 0
             settle(2)
             assert len(own.requests({"project": name})) == 1

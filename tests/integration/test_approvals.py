@@ -51,28 +51,49 @@ def request(client: k8s.ApiClient, project: str, namespace: str, values: dict[st
     for ns in namespaces:
         if ns["name"] == namespace:
             ns["requested"] = values
-    custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project, {
-        "metadata": {"annotations": {"headroom.dev/requested-by": who}}, "spec": {"namespaces": namespaces}})
+    custom(client).patch_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        project,
+        {"metadata": {"annotations": {"headroom.dev/requested-by": who}}, "spec": {"namespaces": namespaces}},
+    )
 
 
 def approve(client: k8s.ApiClient, project: str, change: str, who: str) -> None:
-    custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project, {"metadata": {"annotations": {
-        "headroom.dev/approved-change": change, "headroom.dev/approved-by": who}}})
+    custom(client).patch_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        project,
+        {"metadata": {"annotations": {"headroom.dev/approved-change": change, "headroom.dev/approved-by": who}}},
+    )
 
 
 def pending_id(admin: k8s.ApiClient, project: str) -> str:
-    return wait_for(lambda: ((get_project(admin, project).get("status") or {}).get("pendingChange") or {}).get("id"),
-                    20, "a pending change in status")
+    return wait_for(
+        lambda: ((get_project(admin, project).get("status") or {}).get("pendingChange") or {}).get("id"),
+        20,
+        "a pending change in status",
+    )
 
 
 @pytest.fixture
-def governed_project(admin: k8s.ApiClient, namespace: str, approval_policy: None,
-                     start_operator: Callable[..., OperatorProcess]) -> Iterator[tuple[str, str, OperatorProcess]]:
+def governed_project(
+    admin: k8s.ApiClient, namespace: str, approval_policy: None, start_operator: Callable[..., OperatorProcess]
+) -> Iterator[tuple[str, str, OperatorProcess]]:
     operator = start_operator()
     name = f"p-{uuid.uuid4().hex[:8]}"
-    custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, project_manifest(
-        name, [namespace], quota={"resources": ["requests.cpu", "pods"],
-                                  "minimum": {"requests.cpu": "2", "pods": "10"}}))
+    custom(admin).create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        project_manifest(
+            name,
+            [namespace],
+            quota={"resources": ["requests.cpu", "pods"], "minimum": {"requests.cpu": "2", "pods": "10"}},
+        ),
+    )
     assert governed(admin, namespace) == {"requests.cpu": "2", "pods": "10"}
     yield name, namespace, operator
     with contextlib.suppress(ApiException):
@@ -80,7 +101,8 @@ def governed_project(admin: k8s.ApiClient, namespace: str, approval_policy: None
 
 
 def test_a_raise_waits_for_the_exact_approval_then_applies(
-        cluster: Cluster, admin: k8s.ApiClient, governed_project: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, governed_project: tuple[str, str, OperatorProcess]
+) -> None:
     project, namespace, _ = governed_project
     owner = cluster.impersonate("alice", ["payments-devs"])
     approver = cluster.impersonate("bob", APPROVERS)
@@ -103,8 +125,15 @@ def test_a_raise_waits_for_the_exact_approval_then_applies(
     approve(approver, project, change, "bob")
     wait_for(lambda: quota_hard(admin, namespace)["requests.cpu"] == "40", 15, "the approved raise")
     print(f"approved change applied after {time.monotonic() - started:.1f}s")
-    status = wait_for(lambda: (s := get_project(admin, project).get("status") or {}).get("lastAppliedChange")
-                      and "pendingChange" not in s and s, 15, "status to record the change")
+    status = wait_for(
+        lambda: (
+            (s := get_project(admin, project).get("status") or {}).get("lastAppliedChange")
+            and "pendingChange" not in s
+            and s
+        ),
+        15,
+        "status to record the change",
+    )
     assert status["lastAppliedChange"]["id"] == change
     assert status["lastAppliedChange"]["approvedBy"] == "bob"
     assert [h["id"] for h in status["history"]] == [change]
@@ -118,7 +147,8 @@ def test_a_raise_waits_for_the_exact_approval_then_applies(
 
 
 def test_a_new_request_under_an_old_approval_stays_pending(
-        cluster: Cluster, admin: k8s.ApiClient, governed_project: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, governed_project: tuple[str, str, OperatorProcess]
+) -> None:
     project, namespace, _ = governed_project
     owner = cluster.impersonate("alice")
     approver = cluster.impersonate("bob", APPROVERS)
@@ -137,42 +167,71 @@ def test_a_new_request_under_an_old_approval_stays_pending(
 
 
 def test_a_decrease_applies_without_sign_off_but_never_below_current_use(
-        cluster: Cluster, admin: k8s.ApiClient, governed_project: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, governed_project: tuple[str, str, OperatorProcess]
+) -> None:
     project, namespace, _ = governed_project
     core = k8s.CoreV1Api(admin)
     for i in range(4):
-        core.create_namespaced_pod(namespace, k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=f"p{i}"), spec=k8s.V1PodSpec(
-            containers=[k8s.V1Container(name="c", image="registry.invalid/x:1", resources=k8s.V1ResourceRequirements(
-                requests={"cpu": "100m"}, limits={"cpu": "100m"}))])))
+        core.create_namespaced_pod(
+            namespace,
+            k8s.V1Pod(
+                metadata=k8s.V1ObjectMeta(name=f"p{i}"),
+                spec=k8s.V1PodSpec(
+                    containers=[
+                        k8s.V1Container(
+                            name="c",
+                            image="registry.invalid/x:1",
+                            resources=k8s.V1ResourceRequirements(requests={"cpu": "100m"}, limits={"cpu": "100m"}),
+                        )
+                    ]
+                ),
+            ),
+        )
     request(cluster.impersonate("alice"), project, namespace, {"pods": "2"})  # 4 pods run: clamped at 4
     wait_for(lambda: quota_hard(admin, namespace)["pods"] == "4", 20, "the decrease, clamped at use")
-    status = wait_for(lambda: (s := get_project(admin, project)["status"]).get("lastAppliedChange") and s, 15,
-                      "the applied decrease in status")
+    status = wait_for(
+        lambda: (s := get_project(admin, project)["status"]).get("lastAppliedChange") and s,
+        15,
+        "the applied decrease in status",
+    )
     assert status["lastAppliedChange"]["approvedBy"] == "no sign-off needed (decrease)"
     # The rest of the request stays visible, with the reason it cannot go lower yet.
-    wait_for(lambda: "below current use" in ((get_project(admin, project)["status"].get("pendingChange") or {})
-                                             .get("reason", "")), 15, "the clamp to be explained")
+    wait_for(
+        lambda: (
+            "below current use"
+            in ((get_project(admin, project)["status"].get("pendingChange") or {}).get("reason", ""))
+        ),
+        15,
+        "the clamp to be explained",
+    )
     events = core.list_namespaced_event("default", field_selector=f"involvedObject.name={project}").items
     assert any(e.reason == "DecreaseClamped" for e in events)
 
 
 def test_an_operator_killed_after_reading_an_approval_applies_it_exactly_once_after_restart(
-        cluster: Cluster, admin: k8s.ApiClient, governed_project: tuple[str, str, OperatorProcess],
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    cluster: Cluster,
+    admin: k8s.ApiClient,
+    governed_project: tuple[str, str, OperatorProcess],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     project, namespace, operator = governed_project
     request(cluster.impersonate("alice"), project, namespace, {"requests.cpu": "12"})
     change = pending_id(admin, project)
     operator.stop()
     crashing = start_operator(env={"HEADROOM_FAILPOINTS": "approved-change-before-write"})
     approve(cluster.impersonate("bob", APPROVERS), project, change, "bob")
-    wait_for(lambda: crashing.process is not None and crashing.process.poll() == 137, 30,
-             "the operator to die at the failpoint")
+    wait_for(
+        lambda: crashing.process is not None and crashing.process.poll() == 137,
+        30,
+        "the operator to die at the failpoint",
+    )
     assert quota_hard(admin, namespace)["requests.cpu"] == "2"
 
     start_operator()
     wait_for(lambda: quota_hard(admin, namespace)["requests.cpu"] == "12", 20, "the change after restart")
-    status = wait_for(lambda: (s := get_project(admin, project)["status"]).get("lastAppliedChange") and s, 15,
-                      "status after restart")
+    status = wait_for(
+        lambda: (s := get_project(admin, project)["status"]).get("lastAppliedChange") and s, 15, "status after restart"
+    )
     assert [h["id"] for h in status["history"]] == [change]
     time.sleep(3)
     events = k8s.CoreV1Api(admin).list_namespaced_event("default", field_selector=f"involvedObject.name={project}")
@@ -211,30 +270,54 @@ def test_an_approver_can_approve_but_only_in_their_own_name(cluster: Cluster, pl
     approve(approver, plain_project, "sha256:abc", "bob")
 
 
-def test_requesting_and_approving_in_one_write_is_rejected(cluster: Cluster, admin: k8s.ApiClient,
-                                                           plain_project: str) -> None:
+def test_requesting_and_approving_in_one_write_is_rejected(
+    cluster: Cluster, admin: k8s.ApiClient, plain_project: str
+) -> None:
     approver = cluster.impersonate("bob", APPROVERS)
     body = get_project(admin, plain_project)
     namespaces = body["spec"]["namespaces"]
     namespaces[0]["requested"] = {"requests.cpu": "40"}
     identifier = change_id(parse_project({**body, "spec": {**body["spec"], "namespaces": namespaces}}))
-    message = _denied(lambda: custom(approver).patch_cluster_custom_object(GROUP, VERSION, PLURAL, plain_project, {
-        "spec": {"namespaces": namespaces},
-        "metadata": {"annotations": {"headroom.dev/approved-change": identifier, "headroom.dev/approved-by": "bob"}}}))
+    message = _denied(
+        lambda: custom(approver).patch_cluster_custom_object(
+            GROUP,
+            VERSION,
+            PLURAL,
+            plain_project,
+            {
+                "spec": {"namespaces": namespaces},
+                "metadata": {
+                    "annotations": {"headroom.dev/approved-change": identifier, "headroom.dev/approved-by": "bob"}
+                },
+            },
+        )
+    )
     assert "two separate writes" in message
 
 
 def test_a_gitops_controller_may_apply_a_reviewed_request_and_approval_together(
-        cluster: Cluster, admin: k8s.ApiClient, plain_project: str) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, plain_project: str
+) -> None:
     flux = cluster.impersonate("system:serviceaccount:flux-system:kustomize-controller")
     body = get_project(admin, plain_project)
     namespaces = body["spec"]["namespaces"]
     namespaces[0]["requested"] = {"requests.cpu": "40"}
     identifier = change_id(parse_project({**body, "spec": {**body["spec"], "namespaces": namespaces}}))
-    custom(flux).patch_cluster_custom_object(GROUP, VERSION, PLURAL, plain_project, {
-        "spec": {"namespaces": namespaces},
-        "metadata": {"annotations": {"headroom.dev/approved-change": identifier,
-                                     "headroom.dev/approved-by": "reviewer-in-git"}}})
+    custom(flux).patch_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        plain_project,
+        {
+            "spec": {"namespaces": namespaces},
+            "metadata": {
+                "annotations": {
+                    "headroom.dev/approved-change": identifier,
+                    "headroom.dev/approved-by": "reviewer-in-git",
+                }
+            },
+        },
+    )
 
 
 def test_cli_change_id_and_verify_match_the_gitops_files(tmp_path: Path) -> None:

@@ -24,18 +24,31 @@ k8s = kubernetes.client
 def _pod(name: str, cpu: str = "200m") -> k8s.V1Pod:
     return k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name=name),
-        spec=k8s.V1PodSpec(containers=[k8s.V1Container(
-            name="app", image="registry.invalid/app:1",
-            resources=k8s.V1ResourceRequirements(requests={"cpu": cpu}))]),
+        spec=k8s.V1PodSpec(
+            containers=[
+                k8s.V1Container(
+                    name="app",
+                    image="registry.invalid/app:1",
+                    resources=k8s.V1ResourceRequirements(requests={"cpu": cpu}),
+                )
+            ]
+        ),
     )
 
 
 def test_quota_admits_the_first_pod_and_rejects_the_second(admin: k8s.ApiClient, namespace: str) -> None:
     core = k8s.CoreV1Api(admin)
-    core.create_namespaced_resource_quota(namespace, k8s.V1ResourceQuota(
-        metadata=k8s.V1ObjectMeta(name="q"), spec=k8s.V1ResourceQuotaSpec(hard={"pods": "1", "requests.cpu": "1"})))
-    wait_for(lambda: core.read_namespaced_resource_quota("q", namespace).status.hard, 30,
-             "the resourcequota controller to populate status.hard")
+    core.create_namespaced_resource_quota(
+        namespace,
+        k8s.V1ResourceQuota(
+            metadata=k8s.V1ObjectMeta(name="q"), spec=k8s.V1ResourceQuotaSpec(hard={"pods": "1", "requests.cpu": "1"})
+        ),
+    )
+    wait_for(
+        lambda: core.read_namespaced_resource_quota("q", namespace).status.hard,
+        30,
+        "the resourcequota controller to populate status.hard",
+    )
 
     core.create_namespaced_pod(namespace, _pod("first"))
     with pytest.raises(ApiException) as rejected:
@@ -67,10 +80,17 @@ def test_namespace_deletion_completes(admin: k8s.ApiClient) -> None:
 def test_dependent_of_a_deleted_owner_is_garbage_collected(admin: k8s.ApiClient, namespace: str) -> None:
     core = k8s.CoreV1Api(admin)
     owner = core.create_namespaced_config_map(namespace, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="owner")))
-    core.create_namespaced_config_map(namespace, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(
-        name="dependent",
-        owner_references=[k8s.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner",
-                                                uid=owner.metadata.uid)])))
+    core.create_namespaced_config_map(
+        namespace,
+        k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(
+                name="dependent",
+                owner_references=[
+                    k8s.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid)
+                ],
+            )
+        ),
+    )
     core.delete_namespaced_config_map("owner", namespace)
 
     def collected() -> bool:
@@ -81,36 +101,60 @@ def test_dependent_of_a_deleted_owner_is_garbage_collected(admin: k8s.ApiClient,
 
 
 def test_admission_policy_rejects_a_user_but_allows_the_admin(
-        cluster: Cluster, admin: k8s.ApiClient, namespace: str) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, namespace: str
+) -> None:
     reg = k8s.AdmissionregistrationV1Api(admin)
     rbac = k8s.RbacAuthorizationV1Api(admin)
     suffix = uuid.uuid4().hex[:6]
     policy_name, user = f"frozen-{suffix}", f"dev-{suffix}"
-    reg.create_validating_admission_policy(k8s.V1ValidatingAdmissionPolicy(
-        metadata=k8s.V1ObjectMeta(name=policy_name),
-        spec=k8s.V1ValidatingAdmissionPolicySpec(
-            failure_policy="Fail",
-            match_constraints=k8s.V1MatchResources(resource_rules=[k8s.V1NamedRuleWithOperations(
-                api_groups=[""], api_versions=["v1"], operations=["UPDATE"], resources=["configmaps"])]),
-            validations=[k8s.V1Validation(
-                expression="request.userInfo.username == 'headroom-admin' || "
-                           "object.data == oldObject.data",
-                message="only the admin may change this ConfigMap's data")])))
-    reg.create_validating_admission_policy_binding(k8s.V1ValidatingAdmissionPolicyBinding(
-        metadata=k8s.V1ObjectMeta(name=policy_name),
-        spec=k8s.V1ValidatingAdmissionPolicyBindingSpec(
-            policy_name=policy_name, validation_actions=["Deny"],
-            match_resources=k8s.V1MatchResources(namespace_selector=k8s.V1LabelSelector(
-                match_labels={"kubernetes.io/metadata.name": namespace})))))
-    rbac.create_namespaced_role_binding(namespace, k8s.V1RoleBinding(
-        metadata=k8s.V1ObjectMeta(name="dev-edit"),
-        role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="edit"),
-        subjects=[k8s.RbacV1Subject(kind="User", name=user, api_group="rbac.authorization.k8s.io")]))
+    reg.create_validating_admission_policy(
+        k8s.V1ValidatingAdmissionPolicy(
+            metadata=k8s.V1ObjectMeta(name=policy_name),
+            spec=k8s.V1ValidatingAdmissionPolicySpec(
+                failure_policy="Fail",
+                match_constraints=k8s.V1MatchResources(
+                    resource_rules=[
+                        k8s.V1NamedRuleWithOperations(
+                            api_groups=[""], api_versions=["v1"], operations=["UPDATE"], resources=["configmaps"]
+                        )
+                    ]
+                ),
+                validations=[
+                    k8s.V1Validation(
+                        expression="request.userInfo.username == 'headroom-admin' || object.data == oldObject.data",
+                        message="only the admin may change this ConfigMap's data",
+                    )
+                ],
+            ),
+        )
+    )
+    reg.create_validating_admission_policy_binding(
+        k8s.V1ValidatingAdmissionPolicyBinding(
+            metadata=k8s.V1ObjectMeta(name=policy_name),
+            spec=k8s.V1ValidatingAdmissionPolicyBindingSpec(
+                policy_name=policy_name,
+                validation_actions=["Deny"],
+                match_resources=k8s.V1MatchResources(
+                    namespace_selector=k8s.V1LabelSelector(match_labels={"kubernetes.io/metadata.name": namespace})
+                ),
+            ),
+        )
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        k8s.V1RoleBinding(
+            metadata=k8s.V1ObjectMeta(name="dev-edit"),
+            role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="edit"),
+            subjects=[k8s.RbacV1Subject(kind="User", name=user, api_group="rbac.authorization.k8s.io")],
+        ),
+    )
     core = k8s.CoreV1Api(admin)
-    core.create_namespaced_config_map(namespace, k8s.V1ConfigMap(
-        metadata=k8s.V1ObjectMeta(name="settings"), data={"mode": "a"}))
+    core.create_namespaced_config_map(
+        namespace, k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="settings"), data={"mode": "a"})
+    )
     as_user = k8s.CoreV1Api(cluster.impersonate(user, ["developers"]))
     try:
+
         def rejected_for_user() -> bool:
             try:
                 as_user.patch_namespaced_config_map("settings", namespace, {"data": {"mode": "b"}})
@@ -130,17 +174,26 @@ def test_admission_policy_rejects_a_user_but_allows_the_admin(
 
 
 def test_token_request_authenticates_as_the_service_account_and_rbac_limits_it(
-        cluster: Cluster, admin: k8s.ApiClient, namespace: str, tmp_path: Path) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
     core = k8s.CoreV1Api(admin)
     rbac = k8s.RbacAuthorizationV1Api(admin)
     core.create_namespaced_service_account(namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="bot")))
-    rbac.create_namespaced_role(namespace, k8s.V1Role(
-        metadata=k8s.V1ObjectMeta(name="read-configmaps"),
-        rules=[k8s.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "list"])]))
-    rbac.create_namespaced_role_binding(namespace, k8s.V1RoleBinding(
-        metadata=k8s.V1ObjectMeta(name="bot-reads"),
-        role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="read-configmaps"),
-        subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name="bot", namespace=namespace)]))
+    rbac.create_namespaced_role(
+        namespace,
+        k8s.V1Role(
+            metadata=k8s.V1ObjectMeta(name="read-configmaps"),
+            rules=[k8s.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "list"])],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        k8s.V1RoleBinding(
+            metadata=k8s.V1ObjectMeta(name="bot-reads"),
+            role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="read-configmaps"),
+            subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name="bot", namespace=namespace)],
+        ),
+    )
 
     as_bot = client_from_kubeconfig(cluster.service_account_kubeconfig(namespace, "bot", tmp_path / "bot"))
     review = k8s.AuthenticationV1Api(as_bot).create_self_subject_review(k8s.V1SelfSubjectReview())
@@ -186,9 +239,14 @@ def _port_open(port: int) -> bool:
 
 
 def _start_foreground_launcher() -> tuple[subprocess.Popen[str], Path]:
-    launcher = subprocess.Popen([sys.executable, "-m", "tests.harness.controlplane", "run"], cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "tests.harness.controlplane", "run"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert launcher.stdout is not None
     line = launcher.stdout.readline()
     assert line.startswith("export KUBECONFIG="), line
@@ -222,8 +280,13 @@ def test_make_cluster_up_and_down(tmp_path: Path) -> None:
     if os.environ.get("HEADROOM_TEST_KUBECONFIG"):
         pytest.skip("the launcher is only used for the local control plane")
     state = tmp_path / "cluster"
-    up = subprocess.run(["make", "-s", "cluster-up", f"CLUSTER_DIR={state}"], cwd=REPO, capture_output=True,
-                        text=True, timeout=300)
+    up = subprocess.run(
+        ["make", "-s", "cluster-up", f"CLUSTER_DIR={state}", "NODE=0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     try:
         assert up.returncode == 0, up.stderr
         assert f"export KUBECONFIG={state / 'kubeconfig'}" in up.stdout
@@ -233,8 +296,13 @@ def test_make_cluster_up_and_down(tmp_path: Path) -> None:
         components = _children(supervisor)
         assert len(components) == 3
     finally:
-        down = subprocess.run(["make", "-s", "cluster-down", f"CLUSTER_DIR={state}"], cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+        down = subprocess.run(
+            ["make", "-s", "cluster-down", f"CLUSTER_DIR={state}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert down.returncode == 0, down.stderr
     assert not _alive(supervisor) and not any(_alive(p) for p in components)
     assert not (state / "kubeconfig").exists()

@@ -15,8 +15,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.skipif(bool(os.environ.get("HEADROOM_TEST_KUBECONFIG")), reason="the demo starts its own control plane")
 def test_the_demo_shows_derived_quotas_and_a_signed_off_raise() -> None:
-    result = subprocess.run([sys.executable, "-m", "hack.demo", "--once"], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = subprocess.run(
+        [sys.executable, "-m", "hack.demo", "--once"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "kubectl get projects" in out

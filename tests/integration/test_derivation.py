@@ -34,8 +34,13 @@ k8s = kubernetes.client
 GROUP, VERSION, PLURAL = "headroom.dev", "v1alpha1", "projects"
 
 # Floors far below every peak, so that what is asserted is the peak plus headroom.
-LOW_MINIMUM = {"requests.cpu": "100m", "requests.memory": "64Mi", "limits.cpu": "100m",
-               "limits.memory": "64Mi", "pods": "1"}
+LOW_MINIMUM = {
+    "requests.cpu": "100m",
+    "requests.memory": "64Mi",
+    "limits.cpu": "100m",
+    "limits.memory": "64Mi",
+    "pods": "1",
+}
 
 
 # --------------------------------------------------------------------------------------------- history
@@ -50,60 +55,118 @@ def peak_history(ns: str, now: datetime) -> list[PodSegment]:
     name starts with this one, a larger peak older than the 30-day lookback) and a low present.
     Epochs are an hour apart, so the 5-minute staleness of backfilled series never joins two.
     """
+
     def epoch(hours: float) -> tuple[datetime, datetime]:
         return ago(now, hours=hours), ago(now, hours=hours) + timedelta(minutes=30)
 
     ancient, lower, cpu_peak, memory_peak, pods_peak = (
-        (ago(now, days=35), ago(now, days=35) + timedelta(minutes=30)), epoch(30), epoch(20), epoch(10), epoch(5))
+        (ago(now, days=35), ago(now, days=35) + timedelta(minutes=30)),
+        epoch(30),
+        epoch(20),
+        epoch(10),
+        epoch(5),
+    )
     huge = {"requests.cpu": "40", "requests.memory": "40Gi", "limits.cpu": "80", "limits.memory": "80Gi"}
     return [
         # 35 days ago, outside the lookback: far above everything since.
         pod(ns, "ancient", *ancient, app=huge),
         *(pod(ns, f"ancient-{i}", *ancient) for i in range(12)),
         # Lower: cpu 1000m/2, memory 600Mi/800Mi, 2 pods.
-        *(pod(ns, f"lower-{i}", *lower, app={"requests.cpu": "500m", "requests.memory": "300Mi",
-                                               "limits.cpu": "1", "limits.memory": "400Mi"}) for i in range(2)),
+        *(
+            pod(
+                ns,
+                f"lower-{i}",
+                *lower,
+                app={"requests.cpu": "500m", "requests.memory": "300Mi", "limits.cpu": "1", "limits.memory": "400Mi"},
+            )
+            for i in range(2)
+        ),
         # The CPU peak: 1300m + 1000m + 500m + 500m requests, 2000m + 1000m + 333m limits, one pod Pending.
-        pod(ns, "batch-1", *cpu_peak, app={"requests.cpu": "1300m", "requests.memory": "200Mi",
-                                            "limits.cpu": "2", "limits.memory": "250Mi"}),
-        pod(ns, "batch-2", *cpu_peak, app={"requests.cpu": "1", "requests.memory": "200Mi",
-                                            "limits.cpu": "1", "limits.memory": "250Mi"}),
-        pod(ns, "batch-3", *cpu_peak, "Pending",
+        pod(
+            ns,
+            "batch-1",
+            *cpu_peak,
+            app={"requests.cpu": "1300m", "requests.memory": "200Mi", "limits.cpu": "2", "limits.memory": "250Mi"},
+        ),
+        pod(
+            ns,
+            "batch-2",
+            *cpu_peak,
+            app={"requests.cpu": "1", "requests.memory": "200Mi", "limits.cpu": "1", "limits.memory": "250Mi"},
+        ),
+        pod(
+            ns,
+            "batch-3",
+            *cpu_peak,
+            "Pending",
             app={"requests.cpu": "500m", "requests.memory": "100Mi", "limits.cpu": "333m", "limits.memory": "150Mi"},
-            sidecar={"requests.cpu": "500m", "requests.memory": "100Mi"}),
+            sidecar={"requests.cpu": "500m", "requests.memory": "100Mi"},
+        ),
         # Finished pods keep their request series in kube-state-metrics; they hold nothing.
         pod(ns, "job-done", *cpu_peak, "Succeeded", app=huge),
         pod(ns, "job-failed", *cpu_peak, "Failed", app=huge),
         # The memory peak: 500Mi + 500Mi requests, 500Mi + 501Mi limits.
-        pod(ns, "cache-1", *memory_peak, app={"requests.cpu": "250m", "requests.memory": "500Mi",
-                                               "limits.cpu": "500m", "limits.memory": "500Mi"}),
-        pod(ns, "cache-2", *memory_peak, app={"requests.cpu": "250m", "requests.memory": "500Mi",
-                                               "limits.cpu": "500m", "limits.memory": "501Mi"}),
+        pod(
+            ns,
+            "cache-1",
+            *memory_peak,
+            app={"requests.cpu": "250m", "requests.memory": "500Mi", "limits.cpu": "500m", "limits.memory": "500Mi"},
+        ),
+        pod(
+            ns,
+            "cache-2",
+            *memory_peak,
+            app={"requests.cpu": "250m", "requests.memory": "500Mi", "limits.cpu": "500m", "limits.memory": "501Mi"},
+        ),
         # The pods peak: 7 pods, 2 of them still Pending (they hold their requests too).
-        *(pod(ns, f"web-{i}", *pods_peak, "Pending" if i >= 5 else "Running",
-              app={"requests.cpu": "100m", "requests.memory": "64Mi", "limits.cpu": "200m", "limits.memory": "128Mi"})
-          for i in range(7)),
+        *(
+            pod(
+                ns,
+                f"web-{i}",
+                *pods_peak,
+                "Pending" if i >= 5 else "Running",
+                app={"requests.cpu": "100m", "requests.memory": "64Mi", "limits.cpu": "200m", "limits.memory": "128Mi"},
+            )
+            for i in range(7)
+        ),
         # A namespace whose name starts with this one: a regex without anchors would add it.
         *(pod(f"{ns}-shadow", f"big-{i}", *cpu_peak, app=huge) for i in range(12)),
         # The present: far below the peaks.
-        pod(ns, "web-now", ago(now, minutes=30), ago(now, minutes=1),
-            app={"requests.cpu": "200m", "requests.memory": "100Mi", "limits.cpu": "400m", "limits.memory": "200Mi"}),
+        pod(
+            ns,
+            "web-now",
+            ago(now, minutes=30),
+            ago(now, minutes=1),
+            app={"requests.cpu": "200m", "requests.memory": "100Mi", "limits.cpu": "400m", "limits.memory": "200Mi"},
+        ),
     ]
 
 
-PEAKS = {"requests.cpu": "3300m", "requests.memory": "1000Mi", "limits.cpu": "3333m",
-         "limits.memory": "1001Mi", "pods": "7"}
+PEAKS = {
+    "requests.cpu": "3300m",
+    "requests.memory": "1000Mi",
+    "limits.cpu": "3333m",
+    "limits.memory": "1001Mi",
+    "pods": "7",
+}
 # peak x 1.2, rounded up to whole millicores, whole Mi, whole pods.
-DERIVED = {"requests.cpu": "3960m", "requests.memory": "1200Mi",
-           "limits.cpu": "4",         # 3333m x 1.2 = 3999.6m -> 4000m
-           "limits.memory": "1202Mi",  # 1001Mi x 1.2 = 1201.2Mi -> 1202Mi
-           "pods": "9"}                # 7 x 1.2 = 8.4 -> 9
+DERIVED = {
+    "requests.cpu": "3960m",
+    "requests.memory": "1200Mi",
+    "limits.cpu": "4",  # 3333m x 1.2 = 3999.6m -> 4000m
+    "limits.memory": "1202Mi",  # 1001Mi x 1.2 = 1201.2Mi -> 1202Mi
+    "pods": "9",
+}  # 7 x 1.2 = 8.4 -> 9
 
 
 def simple_history(ns: str, now: datetime, cpu: str = "1", memory: str = "500Mi", pods: int = 1) -> list[PodSegment]:
     """`pods` pods three hours ago whose requests and limits add up to cpu and memory each."""
-    share = {"requests.cpu": str(parse_quantity(cpu) / pods), "limits.cpu": str(parse_quantity(cpu) / pods),
-             "requests.memory": str(parse_quantity(memory) / pods), "limits.memory": str(parse_quantity(memory) / pods)}
+    share = {
+        "requests.cpu": str(parse_quantity(cpu) / pods),
+        "limits.cpu": str(parse_quantity(cpu) / pods),
+        "requests.memory": str(parse_quantity(memory) / pods),
+        "limits.memory": str(parse_quantity(memory) / pods),
+    }
     return [pod(ns, f"app-{i}", ago(now, hours=3), ago(now, hours=2), app=share) for i in range(pods)]
 
 
@@ -111,8 +174,13 @@ def simple_history(ns: str, now: datetime, cpu: str = "1", memory: str = "500Mi"
 
 
 def prometheus_args(prometheus: Prometheus, *extra: str) -> list[str]:
-    return ["--history-source=prometheus", f"--prometheus-url={prometheus.url}", "--prometheus-step=1m",
-            "--prometheus-timeout=5", *extra]
+    return [
+        "--history-source=prometheus",
+        f"--prometheus-url={prometheus.url}",
+        "--prometheus-step=1m",
+        "--prometheus-timeout=5",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -123,8 +191,11 @@ def create_project(admin: k8s.ApiClient) -> Iterator[Callable[..., dict[str, Any
     def create(namespaces: list[str], **spec: Any) -> dict[str, Any]:
         name = f"d-{uuid.uuid4().hex[:8]}"
         names.append(name)
-        return dict(custom(admin).create_cluster_custom_object(
-            GROUP, VERSION, PLURAL, project_manifest(name, namespaces, **spec)))
+        return dict(
+            custom(admin).create_cluster_custom_object(
+                GROUP, VERSION, PLURAL, project_manifest(name, namespaces, **spec)
+            )
+        )
 
     yield create
     for name in names:
@@ -140,8 +211,9 @@ def condition(project: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in (project.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
 
 
-def wait_condition(admin: k8s.ApiClient, name: str, kind: str, status: str, reason: str,
-                   timeout: float = 30) -> dict[str, Any]:
+def wait_condition(
+    admin: k8s.ApiClient, name: str, kind: str, status: str, reason: str, timeout: float = 30
+) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         project = get_project(admin, name)
         found = condition(project, kind)
@@ -150,8 +222,9 @@ def wait_condition(admin: k8s.ApiClient, name: str, kind: str, status: str, reas
     try:
         return wait_for(probe, timeout, f"{kind}={status} ({reason}) on Project {name}")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}; conditions now: {get_project(admin, name).get('status', {}).get('conditions')}"
-                             ) from None
+        raise AssertionError(
+            f"{exc}; conditions now: {get_project(admin, name).get('status', {}).get('conditions')}"
+        ) from None
 
 
 def read_quota(admin: k8s.ApiClient, namespace: str) -> Any:
@@ -200,26 +273,56 @@ def run_plan(project: dict[str, Any], prometheus: Prometheus, tmp_path: Path) ->
     file.write_text(yaml.safe_dump(manifest))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADROOM_")}
     result = subprocess.run(
-        [sys.executable, "-m", "headroom.cli", "plan", "-f", str(file), "--history-source=prometheus",
-         f"--prometheus-url={prometheus.url}", "--prometheus-step=1m", "-o", "json"],
-        capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "headroom.cli",
+            "plan",
+            "-f",
+            str(file),
+            "--history-source=prometheus",
+            f"--prometheus-url={prometheus.url}",
+            "--prometheus-step=1m",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=REPO,
+    )
     assert result.returncode == 0, f"headroom plan failed ({result.returncode}):\n{result.stdout}{result.stderr}"
     rows = json.loads(result.stdout)
     return {row["resource"]: row for row in rows}
 
 
 def make_pod(name: str, requests: dict[str, str], limits: dict[str, str]) -> k8s.V1Pod:
-    return k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=name), spec=k8s.V1PodSpec(containers=[k8s.V1Container(
-        name="app", image="registry.invalid/app:1",
-        resources=k8s.V1ResourceRequirements(requests=requests, limits=limits))]))
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name=name),
+        spec=k8s.V1PodSpec(
+            containers=[
+                k8s.V1Container(
+                    name="app",
+                    image="registry.invalid/app:1",
+                    resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
+                )
+            ]
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------- tests
 
 
 def test_quota_is_exactly_the_peak_plus_headroom_rounded_up(
-        admin: k8s.ApiClient, namespace: str, create_project: Callable[..., dict[str, Any]], tmp_path: Path,
-        prometheus_factory: Callable[..., Prometheus], start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    create_project: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+    prometheus_factory: Callable[..., Prometheus],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     prometheus = prometheus_factory(peak_history(namespace, datetime.now(UTC)))
     # The traps are armed: counting finished pods, or looking back further, would give other peaks.
     requests_cpu = f'sum(kube_pod_container_resource_requests{{namespace="{namespace}", resource="cpu"}})'
@@ -232,7 +335,8 @@ def test_quota_is_exactly_the_peak_plus_headroom_rounded_up(
     quota = quota_in_state(admin, namespace, "governed")
     assert quota.spec.hard == DERIVED
     assert json.loads(quota.metadata.annotations["headroom.dev/governed-hard"]) == {
-        r: str(parse_quantity(v)) for r, v in DERIVED.items()}
+        r: str(parse_quantity(v)) for r, v in DERIVED.items()
+    }
 
     name = project["metadata"]["name"]
     status = wait_condition(admin, name, "HistoryAvailable", "True", "HistoryFound")
@@ -246,8 +350,13 @@ def test_quota_is_exactly_the_peak_plus_headroom_rounded_up(
 
 
 def test_plan_prints_the_values_the_operator_applies(
-        admin: k8s.ApiClient, namespace: str, create_project: Callable[..., dict[str, Any]], tmp_path: Path,
-        prometheus_factory: Callable[..., Prometheus], start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    create_project: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+    prometheus_factory: Callable[..., Prometheus],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     prometheus = prometheus_factory(peak_history(namespace, datetime.now(UTC)))
     start_operator(*prometheus_args(prometheus))
     project = create_project([namespace], quota={"headroomPercent": 20, "minimum": LOW_MINIMUM})
@@ -261,17 +370,23 @@ def test_plan_prints_the_values_the_operator_applies(
 
 
 def test_float_noise_in_a_summed_cpu_peak_does_not_add_a_millicore(
-        namespace: str, tmp_path: Path, prometheus_factory: Callable[..., Prometheus]) -> None:
+    namespace: str, tmp_path: Path, prometheus_factory: Callable[..., Prometheus]
+) -> None:
     now = datetime.now(UTC)
-    prometheus = prometheus_factory([
-        pod(namespace, f"worker-{i}", ago(now, hours=3), ago(now, hours=2), app={"requests.cpu": "1100m"})
-        for i in range(3)])
-    summed = prometheus.query(f'sum(kube_pod_container_resource_requests{{namespace="{namespace}"}})',
-                              ago(now, hours=2, minutes=30))[0]["value"][1]
+    prometheus = prometheus_factory(
+        [
+            pod(namespace, f"worker-{i}", ago(now, hours=3), ago(now, hours=2), app={"requests.cpu": "1100m"})
+            for i in range(3)
+        ]
+    )
+    summed = prometheus.query(
+        f'sum(kube_pod_container_resource_requests{{namespace="{namespace}"}})', ago(now, hours=2, minutes=30)
+    )[0]["value"][1]
     if summed != "3.3000000000000003":
         pytest.skip(f"this Prometheus sums 3 x 1.1 without float noise ({summed})")
-    project = project_manifest("float-noise", [namespace], quota={
-        "resources": ["requests.cpu"], "minimum": {"requests.cpu": "100m"}})
+    project = project_manifest(
+        "float-noise", [namespace], quota={"resources": ["requests.cpu"], "minimum": {"requests.cpu": "100m"}}
+    )
 
     rows = run_plan(project, prometheus, tmp_path)
 
@@ -280,8 +395,12 @@ def test_float_noise_in_a_summed_cpu_peak_does_not_add_a_millicore(
 
 
 def test_floor_and_current_use_win_over_a_lower_peak(
-        admin: k8s.ApiClient, namespace: str, create_project: Callable[..., dict[str, Any]],
-        prometheus_factory: Callable[..., Prometheus], start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    create_project: Callable[..., dict[str, Any]],
+    prometheus_factory: Callable[..., Prometheus],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     # History: 1 cpu, 500Mi, 1 pod -> peak + 20% is 1200m, 600Mi, 2 pods.
     prometheus = prometheus_factory(simple_history(namespace, datetime.now(UTC), cpu="1", memory="500Mi"))
     # Already running before the Project: 2700m requests, 3 cpu limits, 3 pods (all above peak + 20%),
@@ -289,30 +408,55 @@ def test_floor_and_current_use_win_over_a_lower_peak(
     # There is no scheduler: the pods stay Pending, and the quota counts them as it counts any pod.
     core = k8s.CoreV1Api(admin)
     for i in range(3):
-        core.create_namespaced_pod(namespace, make_pod(f"running-{i}", {"cpu": "900m", "memory": "100Mi"},
-                                                       {"cpu": "1", "memory": "150Mi"}))
+        core.create_namespaced_pod(
+            namespace, make_pod(f"running-{i}", {"cpu": "900m", "memory": "100Mi"}, {"cpu": "1", "memory": "150Mi"})
+        )
     start_operator(*prometheus_args(prometheus))
     project = create_project([namespace], quota={"minimum": {**LOW_MINIMUM, "requests.memory": "2Gi"}})
 
     quota = quota_in_state(admin, namespace, "governed")
     # limits.memory: peak + 20 % is 600Mi, but a limit is never below the request beside it (2Gi).
-    assert quota.spec.hard == {"requests.cpu": "2700m", "requests.memory": "2Gi", "limits.cpu": "3",
-                               "limits.memory": "2Gi", "pods": "3"}
-    entry = namespace_status(wait_condition(admin, project["metadata"]["name"], "HistoryAvailable", "True",
-                                            "HistoryFound"))
-    assert entry["reasons"] == {"requests.cpu": "current use", "requests.memory": "minimum",
-                                "limits.cpu": "current use", "limits.memory": "at least requests.memory",
-                                "pods": "current use"}
-    assert entry["used"] == {"requests.cpu": "2700m", "requests.memory": "300Mi", "limits.cpu": "3",
-                             "limits.memory": "450Mi", "pods": "3"}
+    assert quota.spec.hard == {
+        "requests.cpu": "2700m",
+        "requests.memory": "2Gi",
+        "limits.cpu": "3",
+        "limits.memory": "2Gi",
+        "pods": "3",
+    }
+    entry = namespace_status(
+        wait_condition(admin, project["metadata"]["name"], "HistoryAvailable", "True", "HistoryFound")
+    )
+    assert entry["reasons"] == {
+        "requests.cpu": "current use",
+        "requests.memory": "minimum",
+        "limits.cpu": "current use",
+        "limits.memory": "at least requests.memory",
+        "pods": "current use",
+    }
+    assert entry["used"] == {
+        "requests.cpu": "2700m",
+        "requests.memory": "300Mi",
+        "limits.cpu": "3",
+        "limits.memory": "450Mi",
+        "pods": "3",
+    }
     # Governed at current use: full, but nothing already running is over its quota.
-    assert quota.status.used == {"requests.cpu": "2700m", "requests.memory": "300Mi", "limits.cpu": "3",
-                                 "limits.memory": "450Mi", "pods": "3"}
+    assert quota.status.used == {
+        "requests.cpu": "2700m",
+        "requests.memory": "300Mi",
+        "limits.cpu": "3",
+        "limits.memory": "450Mi",
+        "pods": "3",
+    }
 
 
 def test_namespace_without_series_gets_the_minimum_and_says_so(
-        admin: k8s.ApiClient, namespace: str, create_project: Callable[..., dict[str, Any]],
-        prometheus_factory: Callable[..., Prometheus], start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    create_project: Callable[..., dict[str, Any]],
+    prometheus_factory: Callable[..., Prometheus],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     # Prometheus answers, with history for other namespaces only.
     prometheus = prometheus_factory(simple_history(f"{namespace}-other", datetime.now(UTC), cpu="30", pods=3))
     start_operator(*prometheus_args(prometheus))
@@ -320,8 +464,13 @@ def test_namespace_without_series_gets_the_minimum_and_says_so(
 
     quota = quota_in_state(admin, namespace, "governed")
     # The built-in floors.
-    assert quota.spec.hard == {"requests.cpu": "1", "requests.memory": "1Gi", "limits.cpu": "2",
-                               "limits.memory": "2Gi", "pods": "10"}
+    assert quota.spec.hard == {
+        "requests.cpu": "1",
+        "requests.memory": "1Gi",
+        "limits.cpu": "2",
+        "limits.memory": "2Gi",
+        "pods": "10",
+    }
     status = wait_condition(admin, project["metadata"]["name"], "HistoryAvailable", "False", "NoHistory")
     assert namespace in condition(status, "HistoryAvailable")["message"]
     assert condition(status, "Ready")["status"] == "True"
@@ -331,14 +480,23 @@ def test_namespace_without_series_gets_the_minimum_and_says_so(
 
 
 def test_prometheus_outage_leaves_governed_quota_alone_until_it_answers_again(
-        admin: k8s.ApiClient, namespace: str, create_project: Callable[..., dict[str, Any]],
-        prometheus_factory: Callable[..., Prometheus], start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    create_project: Callable[..., dict[str, Any]],
+    prometheus_factory: Callable[..., Prometheus],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     prometheus = prometheus_factory(simple_history(namespace, datetime.now(UTC), cpu="5", memory="5Gi", pods=5))
     operator = start_operator(*prometheus_args(prometheus, "--resync-interval=5s"))
     name = create_project([namespace], quota={"minimum": LOW_MINIMUM})["metadata"]["name"]
     governed = quota_facts(quota_in_state(admin, namespace, "governed"))
-    assert governed[0] == {"requests.cpu": "6", "requests.memory": "6Gi", "limits.cpu": "6",
-                           "limits.memory": "6Gi", "pods": "6"}
+    assert governed[0] == {
+        "requests.cpu": "6",
+        "requests.memory": "6Gi",
+        "limits.cpu": "6",
+        "limits.memory": "6Gi",
+        "pods": "6",
+    }
     wait_condition(admin, name, "HistoryAvailable", "True", "HistoryFound")
 
     def unchanged() -> None:
@@ -360,8 +518,10 @@ def test_prometheus_outage_leaves_governed_quota_alone_until_it_answers_again(
 
     def reconciled_without_history() -> bool:
         try:
-            return (operator.metric("headroom_history_queries_total") >= 5
-                    and operator.metric("headroom_reconcile_duration_seconds_count") >= 1)
+            return (
+                operator.metric("headroom_history_queries_total") >= 5
+                and operator.metric("headroom_reconcile_duration_seconds_count") >= 1
+            )
         except OSError:
             return False  # its metrics endpoint is not up yet
 
@@ -376,10 +536,15 @@ def test_prometheus_outage_leaves_governed_quota_alone_until_it_answers_again(
 
 
 def test_prometheus_down_at_bootstrap_keeps_counting_and_never_guesses(
-        admin: k8s.ApiClient, namespace: str, create_project: Callable[..., dict[str, Any]],
-        prometheus_factory: Callable[..., Prometheus], start_operator: Callable[..., OperatorProcess]) -> None:
-    prometheus = prometheus_factory(simple_history(namespace, datetime.now(UTC), cpu="5", memory="5Gi", pods=5),
-                                    start=False)
+    admin: k8s.ApiClient,
+    namespace: str,
+    create_project: Callable[..., dict[str, Any]],
+    prometheus_factory: Callable[..., Prometheus],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    prometheus = prometheus_factory(
+        simple_history(namespace, datetime.now(UTC), cpu="5", memory="5Gi", pods=5), start=False
+    )
     start_operator(*prometheus_args(prometheus, "--resync-interval=5s"))
     name = create_project([namespace], quota={"minimum": LOW_MINIMUM})["metadata"]["name"]
 
@@ -400,6 +565,11 @@ def test_prometheus_down_at_bootstrap_keeps_counting_and_never_guesses(
 
     prometheus.start()
     quota = quota_in_state(admin, namespace, "governed", timeout=30)
-    assert quota.spec.hard == {"requests.cpu": "6", "requests.memory": "6Gi", "limits.cpu": "6",
-                               "limits.memory": "6Gi", "pods": "6"}
+    assert quota.spec.hard == {
+        "requests.cpu": "6",
+        "requests.memory": "6Gi",
+        "limits.cpu": "6",
+        "limits.memory": "6Gi",
+        "pods": "6",
+    }
     wait_condition(admin, name, "HistoryAvailable", "True", "HistoryFound")

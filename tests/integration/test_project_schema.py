@@ -131,8 +131,7 @@ class Projects:
     def name() -> str:
         return f"schema-{uuid.uuid4().hex[:8]}"
 
-    def create(self, body: Body, strict: bool = True,
-               api: kubernetes.client.CustomObjectsApi | None = None) -> Body:
+    def create(self, body: Body, strict: bool = True, api: kubernetes.client.CustomObjectsApi | None = None) -> Body:
         kwargs = {"field_validation": "Strict"} if strict else {}
         result = (api or self.api).create_cluster_custom_object(GROUP, VERSION, PLURAL, body, **kwargs)
         self.created.append(result["metadata"]["name"])
@@ -169,10 +168,10 @@ def _rejection(projects: Projects, body: Body, strict: bool = True) -> tuple[int
 
 
 def test_crd_is_established_structural_and_as_documented(
-        admin_client: kubernetes.client.ApiClient, crds_installed: None) -> None:
+    admin_client: kubernetes.client.ApiClient, crds_installed: None
+) -> None:
     # Being installed at all proves the API server accepted every CEL rule's estimated cost.
-    crd = kubernetes.client.ApiextensionsV1Api(admin_client).read_custom_resource_definition(
-        "projects.headroom.dev")
+    crd = kubernetes.client.ApiextensionsV1Api(admin_client).read_custom_resource_definition("projects.headroom.dev")
     conditions = {c.type: c.status for c in crd.status.conditions or []}
     assert conditions.get("Established") == "True"
     assert conditions.get("NamesAccepted") == "True"
@@ -250,28 +249,52 @@ VALID: list[Any] = [
     pytest.param(_set("spec.alerts.cooldown", "1d12h"), id="cooldown"),
     pytest.param(_set("spec.quota.headroomPercent", 0), id="headroom-0"),
     pytest.param(_set("spec.quota.headroomPercent", 1000), id="headroom-1000"),
-    pytest.param(_set("spec.quota.resources", ["requests.cpu", "requests.ephemeral-storage",
-                                               "limits.ephemeral-storage", "requests.storage",
-                                               "persistentvolumeclaims", "services", "configmaps",
-                                               "secrets", "count/jobs.batch", "count/deployments.apps"]),
-                 id="every-kind-of-resource"),
-    pytest.param(_set("spec.namespaces.0.requested", {"requests.cpu": "1.5", "requests.memory": "64Gi",
-                                                      "limits.cpu": "500m", "pods": 30,
-                                                      "count/jobs.batch": "1e3"}),
-                 id="quantity-notations-and-plain-numbers"),
+    pytest.param(
+        _set(
+            "spec.quota.resources",
+            [
+                "requests.cpu",
+                "requests.ephemeral-storage",
+                "limits.ephemeral-storage",
+                "requests.storage",
+                "persistentvolumeclaims",
+                "services",
+                "configmaps",
+                "secrets",
+                "count/jobs.batch",
+                "count/deployments.apps",
+            ],
+        ),
+        id="every-kind-of-resource",
+    ),
+    pytest.param(
+        _set(
+            "spec.namespaces.0.requested",
+            {
+                "requests.cpu": "1.5",
+                "requests.memory": "64Gi",
+                "limits.cpu": "500m",
+                "pods": 30,
+                "count/jobs.batch": "1e3",
+            },
+        ),
+        id="quantity-notations-and-plain-numbers",
+    ),
     pytest.param(_set("spec.quota.minimum", {"requests.cpu": "0", "pods": 0}), id="zero-quantities"),
-    pytest.param(_set("spec.owner.businessHours",
-                      "Mon-Thu 08:00-16:00 UTC, Fri 08:00-12:00 UTC"), id="business-hours-two-ranges"),
-    pytest.param(_set("spec.owner.businessHours", "Fri-Mon 22:00-06:00 America/Port-au-Prince"),
-                 id="business-hours-over-midnight"),
-    pytest.param(_set("spec.owner.businessHours", "Sat 00:00-24:00 Etc/GMT+5"),
-                 id="business-hours-whole-day"),
+    pytest.param(
+        _set("spec.owner.businessHours", "Mon-Thu 08:00-16:00 UTC, Fri 08:00-12:00 UTC"), id="business-hours-two-ranges"
+    ),
+    pytest.param(
+        _set("spec.owner.businessHours", "Fri-Mon 22:00-06:00 America/Port-au-Prince"),
+        id="business-hours-over-midnight",
+    ),
+    pytest.param(_set("spec.owner.businessHours", "Sat 00:00-24:00 Etc/GMT+5"), id="business-hours-whole-day"),
     pytest.param(_set("spec.alerts.thresholds", [100]), id="one-threshold"),
-    pytest.param(_set("spec.alerts.thresholds", [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]),
-                 id="ten-thresholds"),
+    pytest.param(_set("spec.alerts.thresholds", [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]), id="ten-thresholds"),
     pytest.param(_set("spec.quota.enforcement", "Observe"), id="observe"),
-    pytest.param(_set("spec.defaults", {"requests": {"cpu": "1"}, "limits": {"cpu": 1}}),
-                 id="default-request-equal-to-limit"),
+    pytest.param(
+        _set("spec.defaults", {"requests": {"cpu": "1"}, "limits": {"cpu": 1}}), id="default-request-equal-to-limit"
+    ),
     pytest.param(_set("spec.namespaces", _namespaces(500)), id="500-namespaces"),
     pytest.param(_set("spec.namespaces.0.name", "a" * 63), id="63-character-namespace"),
 ]
@@ -306,104 +329,241 @@ def test_unknown_fields_are_pruned_without_strict_validation(projects: Projects)
 
 INVALID: list[Any] = [
     pytest.param(_drop("spec.owner.team"), 422, ["spec.owner.team", "Required value"], id="no-team"),
-    pytest.param(_set("spec.owner.team", "Payments Team"), 422, ["spec.owner.team", "DNS label"],
-                 id="team-not-a-label"),
+    pytest.param(
+        _set("spec.owner.team", "Payments Team"), 422, ["spec.owner.team", "DNS label"], id="team-not-a-label"
+    ),
     pytest.param(_drop("spec.namespaces"), 422, ["spec.namespaces", "Required value"], id="no-namespaces"),
-    pytest.param(_set("spec.namespaces", []), 422, ["spec.namespaces", "at least 1 items"],
-                 id="empty-namespaces"),
-    pytest.param(_set("spec.namespaces", _namespaces(501)), 422,
-                 ["spec.namespaces", "must have at most 500 items"], id="501-namespaces"),
-    pytest.param(_set("spec.namespaces", [{"name": "payments"}, {"name": "payments"}]), 422,
-                 ["spec.namespaces[1]", "Duplicate value", "payments"], id="duplicate-namespaces"),
-    pytest.param(_set("spec.namespaces.0.name", "Payments_1"), 422,
-                 ["spec.namespaces[0].name", "DNS-1123 label", "'Payments_1'"], id="bad-namespace-name"),
-    pytest.param(_set("spec.namespaces.0.name", "a" * 64), 422,
-                 ["spec.namespaces[0].name", "may not be more than 63"], id="namespace-name-too-long"),
-    pytest.param(_set("spec.quota.resources", ["requests.cpu", "gpus"]), 422,
-                 ["spec.quota.resources[1]", "'gpus' is not a resource Headroom can govern"],
-                 id="unknown-resource"),
-    pytest.param(_set("spec.quota.resources", ["request.cpu"]), 422,
-                 ["spec.quota.resources[0]", "'request.cpu'"], id="misspelt-resource"),
-    pytest.param(_set("spec.quota.resources", ["pods", "pods"]), 422,
-                 ["spec.quota.resources[1]", "Duplicate value"], id="resource-twice"),
-    pytest.param(_set("spec.quota.headroomPercent", -1), 422,
-                 ["spec.quota.headroomPercent", "greater than or equal to 0"], id="negative-headroom"),
-    pytest.param(_set("spec.quota.headroomPercent", 1001), 422,
-                 ["spec.quota.headroomPercent", "less than or equal to 1000"], id="headroom-over-1000"),
-    pytest.param(_set("spec.quota.headroomPercent", "twenty"), 422,
-                 ["spec.quota.headroomPercent", "must be of type integer"], id="non-numeric-headroom"),
-    pytest.param(_set("spec.quota.lookback", "30 days"), 422,
-                 ["spec.quota.lookback", "must be a positive duration such as 30d", "'30 days'"],
-                 id="lookback-in-words"),
-    pytest.param(_set("spec.quota.lookback", "0d"), 422, ["spec.quota.lookback", "positive duration"],
-                 id="lookback-zero"),
-    pytest.param(_set("spec.quota.lookback", "12h1d"), 422, ["spec.quota.lookback", "in that order"],
-                 id="lookback-units-out-of-order"),
-    pytest.param(_set("spec.alerts.cooldown", "1 day"), 422, ["spec.alerts.cooldown", "duration"],
-                 id="cooldown-in-words"),
-    pytest.param(_set("spec.namespaces.0.requested", {"requests.cpu": "lots"}), 422,
-                 ["spec.namespaces[0].requested", "non-negative quantities", "'lots'"],
-                 id="quantity-does-not-parse"),
-    pytest.param(_set("spec.quota.minimum", {"requests.cpu": "-1"}), 422,
-                 ["spec.quota.minimum[requests.cpu]", "non-negative quantities", "'-1'"],
-                 id="negative-quantity"),
-    pytest.param(_set("spec.quota.minimum", {"pods": -3}), 422,
-                 ["spec.quota.minimum[pods]", "non-negative", "'-3'"], id="negative-plain-number"),
-    pytest.param(_set("spec.defaults.limits", {"memory": "512 MB"}), 422,
-                 ["spec.defaults.limits", "'512 MB'"], id="quantity-with-space"),
-    pytest.param(_set("spec.namespaces.0.requested", {"cpus": "4"}), 422,
-                 ["spec.namespaces[0].requested", "keys must be quota resource names"],
-                 id="requested-unknown-resource"),
-    pytest.param(_set("spec.quota.minimum", {"requests.gpu": "1"}), 422,
-                 ["spec.quota.minimum", "keys must be quota resource names"], id="minimum-unknown-resource"),
-    pytest.param(_set("spec.defaults.requests", {"requests.cpu": "100m"}), 422,
-                 ["spec.defaults.requests", "keys must be cpu, memory or ephemeral-storage"],
-                 id="defaults-with-quota-names"),
-    pytest.param(_set("spec.defaults", {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}), 422,
-                 ["spec.defaults", "at most the default limit"], id="default-request-above-limit"),
-    pytest.param(_set("spec.quota.enforcement", "Strict"), 422,
-                 ["spec.quota.enforcement", "Unsupported value", '"Enforce"', '"Observe"'],
-                 id="bad-enforcement"),
-    pytest.param(_set("spec.alerts.thresholds", [90, 80, 100]), 422,
-                 ["spec.alerts.thresholds", "strictly increasing"], id="thresholds-not-increasing"),
-    pytest.param(_set("spec.alerts.thresholds", [80, 80, 100]), 422,
-                 ["spec.alerts.thresholds", "strictly increasing"], id="thresholds-repeated"),
-    pytest.param(_set("spec.alerts.thresholds", [0, 80]), 422,
-                 ["spec.alerts.thresholds[0]", "greater than or equal to 1"], id="threshold-0"),
-    pytest.param(_set("spec.alerts.thresholds", [80, 101]), 422,
-                 ["spec.alerts.thresholds[1]", "less than or equal to 100"], id="threshold-101"),
-    pytest.param(_set("spec.alerts.thresholds", []), 422,
-                 ["spec.alerts.thresholds", "at least 1 items"], id="no-thresholds"),
-    pytest.param(_set("spec.alerts.thresholds", list(range(50, 100, 4))), 422,
-                 ["spec.alerts.thresholds", "at most 10 items"], id="too-many-thresholds"),
-    pytest.param(_set("spec.alerts.hysteresis", 51), 422,
-                 ["spec.alerts.hysteresis", "less than or equal to 50"], id="hysteresis-over-50"),
-    pytest.param(_set("spec.alerts.webhookSecretRef", {"key": "url"}), 422,
-                 ["spec.alerts.webhookSecretRef.name", "Required value"], id="secret-ref-without-name"),
-    pytest.param(_set("spec.owner.businessHours", "whenever"), 422,
-                 ["spec.owner.businessHours", "DAYS HH:MM-HH:MM ZONE", "'whenever'"],
-                 id="business-hours-words"),
-    pytest.param(_set("spec.owner.businessHours", "Mon-Fri 09:00-17:00"), 422,
-                 ["spec.owner.businessHours"], id="business-hours-without-zone"),
-    pytest.param(_set("spec.owner.businessHours", "Mon-Fri 9-17 UTC"), 422,
-                 ["spec.owner.businessHours"], id="business-hours-short-times"),
-    pytest.param(_set("spec.owner.holidays", ["25.12.2026"]), 422,
-                 ["spec.owner.holidays[0]", "must be of type date"], id="holiday-not-iso"),
-    pytest.param(_set("spec.owner.holidays", ["2026-02-30"]), 422,
-                 ["spec.owner.holidays[0]", "must be of type date"], id="holiday-not-a-day"),
-    pytest.param(_set("spec.owner.contacts", [f"#c{i}" for i in range(21)]), 422,
-                 ["spec.owner.contacts", "at most 20 items"], id="too-many-contacts"),
-    pytest.param(_set("metadata.name", "payments.prod"), 422,
-                 ["metadata.name must be a DNS-1123 label"], id="project-name-not-a-label"),
+    pytest.param(_set("spec.namespaces", []), 422, ["spec.namespaces", "at least 1 items"], id="empty-namespaces"),
+    pytest.param(
+        _set("spec.namespaces", _namespaces(501)),
+        422,
+        ["spec.namespaces", "must have at most 500 items"],
+        id="501-namespaces",
+    ),
+    pytest.param(
+        _set("spec.namespaces", [{"name": "payments"}, {"name": "payments"}]),
+        422,
+        ["spec.namespaces[1]", "Duplicate value", "payments"],
+        id="duplicate-namespaces",
+    ),
+    pytest.param(
+        _set("spec.namespaces.0.name", "Payments_1"),
+        422,
+        ["spec.namespaces[0].name", "DNS-1123 label", "'Payments_1'"],
+        id="bad-namespace-name",
+    ),
+    pytest.param(
+        _set("spec.namespaces.0.name", "a" * 64),
+        422,
+        ["spec.namespaces[0].name", "may not be more than 63"],
+        id="namespace-name-too-long",
+    ),
+    pytest.param(
+        _set("spec.quota.resources", ["requests.cpu", "gpus"]),
+        422,
+        ["spec.quota.resources[1]", "'gpus' is not a resource Headroom can govern"],
+        id="unknown-resource",
+    ),
+    pytest.param(
+        _set("spec.quota.resources", ["request.cpu"]),
+        422,
+        ["spec.quota.resources[0]", "'request.cpu'"],
+        id="misspelt-resource",
+    ),
+    pytest.param(
+        _set("spec.quota.resources", ["pods", "pods"]),
+        422,
+        ["spec.quota.resources[1]", "Duplicate value"],
+        id="resource-twice",
+    ),
+    pytest.param(
+        _set("spec.quota.headroomPercent", -1),
+        422,
+        ["spec.quota.headroomPercent", "greater than or equal to 0"],
+        id="negative-headroom",
+    ),
+    pytest.param(
+        _set("spec.quota.headroomPercent", 1001),
+        422,
+        ["spec.quota.headroomPercent", "less than or equal to 1000"],
+        id="headroom-over-1000",
+    ),
+    pytest.param(
+        _set("spec.quota.headroomPercent", "twenty"),
+        422,
+        ["spec.quota.headroomPercent", "must be of type integer"],
+        id="non-numeric-headroom",
+    ),
+    pytest.param(
+        _set("spec.quota.lookback", "30 days"),
+        422,
+        ["spec.quota.lookback", "must be a positive duration such as 30d", "'30 days'"],
+        id="lookback-in-words",
+    ),
+    pytest.param(
+        _set("spec.quota.lookback", "0d"), 422, ["spec.quota.lookback", "positive duration"], id="lookback-zero"
+    ),
+    pytest.param(
+        _set("spec.quota.lookback", "12h1d"),
+        422,
+        ["spec.quota.lookback", "in that order"],
+        id="lookback-units-out-of-order",
+    ),
+    pytest.param(
+        _set("spec.alerts.cooldown", "1 day"), 422, ["spec.alerts.cooldown", "duration"], id="cooldown-in-words"
+    ),
+    pytest.param(
+        _set("spec.namespaces.0.requested", {"requests.cpu": "lots"}),
+        422,
+        ["spec.namespaces[0].requested", "non-negative quantities", "'lots'"],
+        id="quantity-does-not-parse",
+    ),
+    pytest.param(
+        _set("spec.quota.minimum", {"requests.cpu": "-1"}),
+        422,
+        ["spec.quota.minimum[requests.cpu]", "non-negative quantities", "'-1'"],
+        id="negative-quantity",
+    ),
+    pytest.param(
+        _set("spec.quota.minimum", {"pods": -3}),
+        422,
+        ["spec.quota.minimum[pods]", "non-negative", "'-3'"],
+        id="negative-plain-number",
+    ),
+    pytest.param(
+        _set("spec.defaults.limits", {"memory": "512 MB"}),
+        422,
+        ["spec.defaults.limits", "'512 MB'"],
+        id="quantity-with-space",
+    ),
+    pytest.param(
+        _set("spec.namespaces.0.requested", {"cpus": "4"}),
+        422,
+        ["spec.namespaces[0].requested", "keys must be quota resource names"],
+        id="requested-unknown-resource",
+    ),
+    pytest.param(
+        _set("spec.quota.minimum", {"requests.gpu": "1"}),
+        422,
+        ["spec.quota.minimum", "keys must be quota resource names"],
+        id="minimum-unknown-resource",
+    ),
+    pytest.param(
+        _set("spec.defaults.requests", {"requests.cpu": "100m"}),
+        422,
+        ["spec.defaults.requests", "keys must be cpu, memory or ephemeral-storage"],
+        id="defaults-with-quota-names",
+    ),
+    pytest.param(
+        _set("spec.defaults", {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}),
+        422,
+        ["spec.defaults", "at most the default limit"],
+        id="default-request-above-limit",
+    ),
+    pytest.param(
+        _set("spec.quota.enforcement", "Strict"),
+        422,
+        ["spec.quota.enforcement", "Unsupported value", '"Enforce"', '"Observe"'],
+        id="bad-enforcement",
+    ),
+    pytest.param(
+        _set("spec.alerts.thresholds", [90, 80, 100]),
+        422,
+        ["spec.alerts.thresholds", "strictly increasing"],
+        id="thresholds-not-increasing",
+    ),
+    pytest.param(
+        _set("spec.alerts.thresholds", [80, 80, 100]),
+        422,
+        ["spec.alerts.thresholds", "strictly increasing"],
+        id="thresholds-repeated",
+    ),
+    pytest.param(
+        _set("spec.alerts.thresholds", [0, 80]),
+        422,
+        ["spec.alerts.thresholds[0]", "greater than or equal to 1"],
+        id="threshold-0",
+    ),
+    pytest.param(
+        _set("spec.alerts.thresholds", [80, 101]),
+        422,
+        ["spec.alerts.thresholds[1]", "less than or equal to 100"],
+        id="threshold-101",
+    ),
+    pytest.param(
+        _set("spec.alerts.thresholds", []), 422, ["spec.alerts.thresholds", "at least 1 items"], id="no-thresholds"
+    ),
+    pytest.param(
+        _set("spec.alerts.thresholds", list(range(50, 100, 4))),
+        422,
+        ["spec.alerts.thresholds", "at most 10 items"],
+        id="too-many-thresholds",
+    ),
+    pytest.param(
+        _set("spec.alerts.hysteresis", 51),
+        422,
+        ["spec.alerts.hysteresis", "less than or equal to 50"],
+        id="hysteresis-over-50",
+    ),
+    pytest.param(
+        _set("spec.alerts.webhookSecretRef", {"key": "url"}),
+        422,
+        ["spec.alerts.webhookSecretRef.name", "Required value"],
+        id="secret-ref-without-name",
+    ),
+    pytest.param(
+        _set("spec.owner.businessHours", "whenever"),
+        422,
+        ["spec.owner.businessHours", "DAYS HH:MM-HH:MM ZONE", "'whenever'"],
+        id="business-hours-words",
+    ),
+    pytest.param(
+        _set("spec.owner.businessHours", "Mon-Fri 09:00-17:00"),
+        422,
+        ["spec.owner.businessHours"],
+        id="business-hours-without-zone",
+    ),
+    pytest.param(
+        _set("spec.owner.businessHours", "Mon-Fri 9-17 UTC"),
+        422,
+        ["spec.owner.businessHours"],
+        id="business-hours-short-times",
+    ),
+    pytest.param(
+        _set("spec.owner.holidays", ["25.12.2026"]),
+        422,
+        ["spec.owner.holidays[0]", "must be of type date"],
+        id="holiday-not-iso",
+    ),
+    pytest.param(
+        _set("spec.owner.holidays", ["2026-02-30"]),
+        422,
+        ["spec.owner.holidays[0]", "must be of type date"],
+        id="holiday-not-a-day",
+    ),
+    pytest.param(
+        _set("spec.owner.contacts", [f"#c{i}" for i in range(21)]),
+        422,
+        ["spec.owner.contacts", "at most 20 items"],
+        id="too-many-contacts",
+    ),
+    pytest.param(
+        _set("metadata.name", "payments.prod"),
+        422,
+        ["metadata.name must be a DNS-1123 label"],
+        id="project-name-not-a-label",
+    ),
     pytest.param(_set("spec.colour", "blue"), 400, ['unknown field "spec.colour"'], id="unknown-field"),
-    pytest.param(_set("spec.quota.headroom", 50), 400, ['unknown field "spec.quota.headroom"'],
-                 id="unknown-nested-field"),
+    pytest.param(
+        _set("spec.quota.headroom", 50), 400, ['unknown field "spec.quota.headroom"'], id="unknown-nested-field"
+    ),
 ]
 
 
 @pytest.mark.parametrize(("mutate", "status", "fragments"), INVALID)
 def test_invalid_project_is_rejected_naming_the_field(
-        projects: Projects, mutate: Mutation, status: int, fragments: list[str]) -> None:
+    projects: Projects, mutate: Mutation, status: int, fragments: list[str]
+) -> None:
     body = _full(projects.name())
     mutate(body)
 
@@ -420,7 +580,8 @@ def test_update_is_validated_like_create(projects: Projects) -> None:
 
     with pytest.raises(ApiException) as caught:
         projects.api.patch_cluster_custom_object(
-            GROUP, VERSION, PLURAL, name, {"spec": {"quota": {"lookback": "a month"}}})
+            GROUP, VERSION, PLURAL, name, {"spec": {"quota": {"lookback": "a month"}}}
+        )
 
     assert caught.value.status == 422
     assert "spec.quota.lookback" in api_error_message(caught.value)
@@ -430,20 +591,37 @@ def test_update_is_validated_like_create(projects: Projects) -> None:
 
 
 def test_status_takes_the_operators_fields_and_shows_them_in_columns(
-        projects: Projects, admin_client: kubernetes.client.ApiClient) -> None:
+    projects: Projects, admin_client: kubernetes.client.ApiClient
+) -> None:
     name = projects.create(_minimal(projects.name()))["metadata"]["name"]
     status = {
         "phase": "PendingApproval",
         "observedGeneration": 1,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "QuotasApplied",
-                        "message": "2 namespaces", "lastTransitionTime": "2026-11-26T09:00:00Z",
-                        "observedGeneration": 1}],
-        "namespaces": [{"name": "payments", "peak": {"requests.cpu": "3200m"},
-                        "recommended": {"requests.cpu": "3840m"}, "hard": {"requests.cpu": "4"},
-                        "used": {"requests.cpu": "3"}, "missing": False}],
-        "pendingChange": {"id": "c-1a2b", "since": "2026-11-26T09:00:00Z",
-                          "diff": [{"namespace": "payments", "resource": "requests.cpu",
-                                    "from": "4", "to": "40"}]},
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "QuotasApplied",
+                "message": "2 namespaces",
+                "lastTransitionTime": "2026-11-26T09:00:00Z",
+                "observedGeneration": 1,
+            }
+        ],
+        "namespaces": [
+            {
+                "name": "payments",
+                "peak": {"requests.cpu": "3200m"},
+                "recommended": {"requests.cpu": "3840m"},
+                "hard": {"requests.cpu": "4"},
+                "used": {"requests.cpu": "3"},
+                "missing": False,
+            }
+        ],
+        "pendingChange": {
+            "id": "c-1a2b",
+            "since": "2026-11-26T09:00:00Z",
+            "diff": [{"namespace": "payments", "resource": "requests.cpu", "from": "4", "to": "40"}],
+        },
         "lastAppliedChange": {"id": "c-0001", "approvedBy": "bob", "appliedAt": "2026-11-20T10:00:00Z"},
         "history": [{"at": "2026-11-20T10:00:00Z", "change": "c-0001", "hard": {"requests.cpu": "4"}}],
         "alerts": [{"namespace": "payments", "resource": "requests.cpu", "threshold": 80, "sentAt": "x"}],
@@ -456,8 +634,10 @@ def test_status_takes_the_operators_fields_and_shows_them_in_columns(
     assert projects.get(name)["status"] == status
     # What `kubectl get projects` prints: the server-side Table with the printer columns.
     response = admin_client.rest_client.request(
-        "GET", f"{admin_client.configuration.host}/apis/{GROUP}/{VERSION}/{PLURAL}/{name}",
-        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"})
+        "GET",
+        f"{admin_client.configuration.host}/apis/{GROUP}/{VERSION}/{PLURAL}/{name}",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    )
     table = json.loads(response.data if response.data is not None else response.read())
     headers = [c["name"] for c in table["columnDefinitions"]]
     row = dict(zip(headers, table["rows"][0]["cells"], strict=True))
@@ -472,8 +652,8 @@ def test_spec_cannot_be_written_through_status(projects: Projects) -> None:
     name = projects.create(_minimal(projects.name()))["metadata"]["name"]
 
     projects.api.patch_cluster_custom_object_status(
-        GROUP, VERSION, PLURAL, name,
-        {"spec": {"owner": {"team": "intruders"}}, "status": {"phase": "Ready"}})
+        GROUP, VERSION, PLURAL, name, {"spec": {"owner": {"team": "intruders"}}, "status": {"phase": "Ready"}}
+    )
 
     assert projects.get(name)["spec"]["owner"]["team"] == "payments"
 
@@ -504,8 +684,9 @@ class SignOff:
     carry this instance's label, so that it never affects other tests. `settings` replaces the values
     of the policy's settings variables (approversGroup, gitopsUsers) as a kustomize patch would."""
 
-    def __init__(self, cluster: Cluster, admin: kubernetes.client.ApiClient,
-                 settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, cluster: Cluster, admin: kubernetes.client.ApiClient, settings: dict[str, str] | None = None
+    ) -> None:
         self.cluster = cluster
         self.admin = admin
         self.settings = settings or {}
@@ -527,15 +708,20 @@ class SignOff:
         binding["spec"]["matchResources"] = {"objectSelector": {"matchLabels": self.label}}
         admission.create_validating_admission_policy_binding(binding)
         rbac = kubernetes.client.RbacAuthorizationV1Api(self.admin)
-        rbac.create_cluster_role({
-            "metadata": {"name": self.rbac},
-            "rules": [{"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["*"]}]})
-        rbac.create_cluster_role_binding({
-            "metadata": {"name": self.rbac},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": self.rbac},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}
-                         for group in ("developers", APPROVERS, PLATFORM)]
-                        + [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": GITOPS}]})
+        rbac.create_cluster_role(
+            {"metadata": {"name": self.rbac}, "rules": [{"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["*"]}]}
+        )
+        rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": self.rbac},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": self.rbac},
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}
+                    for group in ("developers", APPROVERS, PLATFORM)
+                ]
+                + [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": GITOPS}],
+            }
+        )
         # Policies take effect asynchronously: wait until a self-approval is refused.
         probe = self.body("probe", {APPROVED_CHANGE: "c-probe"})
 
@@ -554,15 +740,18 @@ class SignOff:
         self.projects.cleanup()
         admission = kubernetes.client.AdmissionregistrationV1Api(self.admin)
         rbac = kubernetes.client.RbacAuthorizationV1Api(self.admin)
-        for delete in (lambda: admission.delete_validating_admission_policy_binding(self.policy),
-                       lambda: admission.delete_validating_admission_policy(self.policy),
-                       lambda: rbac.delete_cluster_role_binding(self.rbac),
-                       lambda: rbac.delete_cluster_role(self.rbac)):
+        for delete in (
+            lambda: admission.delete_validating_admission_policy_binding(self.policy),
+            lambda: admission.delete_validating_admission_policy(self.policy),
+            lambda: rbac.delete_cluster_role_binding(self.rbac),
+            lambda: rbac.delete_cluster_role(self.rbac),
+        ):
             with contextlib.suppress(ApiException):
                 delete()
 
-    def body(self, name: str, annotations: dict[str, str] | None = None,
-             requested: dict[str, str] | None = None) -> Body:
+    def body(
+        self, name: str, annotations: dict[str, str] | None = None, requested: dict[str, str] | None = None
+    ) -> Body:
         body = _minimal(f"{name}-{self.label['headroom.dev/test-policy']}")
         body["metadata"]["labels"] = dict(self.label)
         body["metadata"]["annotations"] = dict(annotations or {})
@@ -571,8 +760,13 @@ class SignOff:
         return body
 
     def api(self, user: str) -> kubernetes.client.CustomObjectsApi:
-        groups = {"alice": ["developers"], "bob": ["developers", APPROVERS], "carol": [APPROVERS],
-                  "dave": [PLATFORM], GITOPS: ["system:serviceaccounts"]}[user]
+        groups = {
+            "alice": ["developers"],
+            "bob": ["developers", APPROVERS],
+            "carol": [APPROVERS],
+            "dave": [PLATFORM],
+            GITOPS: ["system:serviceaccounts"],
+        }[user]
         return kubernetes.client.CustomObjectsApi(self.cluster.impersonate(user, groups))
 
     def create(self, user: str, body: Body) -> Body:
@@ -592,8 +786,7 @@ def _installed(policy: SignOff) -> Iterator[SignOff]:
 
 
 @pytest.fixture
-def sign_off(cluster: Cluster, admin_client: kubernetes.client.ApiClient,
-             crds_installed: None) -> Iterator[SignOff]:
+def sign_off(cluster: Cluster, admin_client: kubernetes.client.ApiClient, crds_installed: None) -> Iterator[SignOff]:
     with _installed(SignOff(cluster, admin_client)) as policy:
         yield policy
 
@@ -614,37 +807,67 @@ def _both(cpu: str, annotations: dict[str, str | None]) -> Body:
 # and no sign-off), and None if it must be allowed, else fragments of the denial message.
 SIGN_OFF_UPDATES: list[Any] = [
     pytest.param("alice", _both("8", {REQUESTED_BY: "alice"}), None, id="developer-requests-a-raise"),
-    pytest.param("alice", _request("8"), ["set annotation headroom.dev/requested-by=alice in the same write"],
-                 id="developer-request-names-no-requester"),
-    pytest.param("alice", _both("8", {REQUESTED_BY: "bob"}), ["requested-by must be your own user name (alice)"],
-                 id="developer-cannot-request-in-another-name"),
-    pytest.param("bob", _annotate({APPROVED_CHANGE: "c-1", APPROVED_BY: "bob", REQUESTED_BY: "bob"}),
-                 ["you requested this change", "four eyes"], id="approver-cannot-sign-off-own-request"),
-    pytest.param("alice", _annotate({APPROVED_CHANGE: "c-1"}),
-                 ["only members of group headroom:approvers may sign off", "kubectl headroom approve"],
-                 id="developer-cannot-sign-off"),
-    pytest.param("bob", _annotate({APPROVED_CHANGE: "c-1", APPROVED_BY: "bob"}), None,
-                 id="approver-signs-off-as-self"),
-    pytest.param("carol", _annotate({APPROVED_CHANGE: "c-1"}), ["a sign-off names its approver"],
-                 id="approver-signs-off-without-name"),
-    pytest.param("bob", _annotate({APPROVED_CHANGE: "c-1", APPROVED_BY: "carol"}),
-                 ["headroom.dev/approved-by must be your own user name (bob)", 'not "carol"'],
-                 id="approver-cannot-sign-as-someone-else"),
-    pytest.param("alice", _annotate({APPROVED_BY: "bob"}),
-                 ["headroom.dev/approved-by must be your own user name (alice)"],
-                 id="developer-cannot-claim-an-approval"),
-    pytest.param("bob", _both("8", {APPROVED_CHANGE: "c-1", APPROVED_BY: "bob"}),
-                 ["two separate writes, by two people"], id="approver-cannot-request-and-sign-at-once"),
-    pytest.param(GITOPS, _both("8", {APPROVED_CHANGE: "c-1", APPROVED_BY: "reviewer@example.com"}), None,
-                 id="gitops-may-request-and-sign-at-once"),
-    pytest.param("alice", _annotate({"team.example.com/note": "hello"}), None,
-                 id="other-annotations-are-free"),
+    pytest.param(
+        "alice",
+        _request("8"),
+        ["set annotation headroom.dev/requested-by=alice in the same write"],
+        id="developer-request-names-no-requester",
+    ),
+    pytest.param(
+        "alice",
+        _both("8", {REQUESTED_BY: "bob"}),
+        ["requested-by must be your own user name (alice)"],
+        id="developer-cannot-request-in-another-name",
+    ),
+    pytest.param(
+        "bob",
+        _annotate({APPROVED_CHANGE: "c-1", APPROVED_BY: "bob", REQUESTED_BY: "bob"}),
+        ["you requested this change", "four eyes"],
+        id="approver-cannot-sign-off-own-request",
+    ),
+    pytest.param(
+        "alice",
+        _annotate({APPROVED_CHANGE: "c-1"}),
+        ["only members of group headroom:approvers may sign off", "kubectl headroom approve"],
+        id="developer-cannot-sign-off",
+    ),
+    pytest.param("bob", _annotate({APPROVED_CHANGE: "c-1", APPROVED_BY: "bob"}), None, id="approver-signs-off-as-self"),
+    pytest.param(
+        "carol",
+        _annotate({APPROVED_CHANGE: "c-1"}),
+        ["a sign-off names its approver"],
+        id="approver-signs-off-without-name",
+    ),
+    pytest.param(
+        "bob",
+        _annotate({APPROVED_CHANGE: "c-1", APPROVED_BY: "carol"}),
+        ["headroom.dev/approved-by must be your own user name (bob)", 'not "carol"'],
+        id="approver-cannot-sign-as-someone-else",
+    ),
+    pytest.param(
+        "alice",
+        _annotate({APPROVED_BY: "bob"}),
+        ["headroom.dev/approved-by must be your own user name (alice)"],
+        id="developer-cannot-claim-an-approval",
+    ),
+    pytest.param(
+        "bob",
+        _both("8", {APPROVED_CHANGE: "c-1", APPROVED_BY: "bob"}),
+        ["two separate writes, by two people"],
+        id="approver-cannot-request-and-sign-at-once",
+    ),
+    pytest.param(
+        GITOPS,
+        _both("8", {APPROVED_CHANGE: "c-1", APPROVED_BY: "reviewer@example.com"}),
+        None,
+        id="gitops-may-request-and-sign-at-once",
+    ),
+    pytest.param("alice", _annotate({"team.example.com/note": "hello"}), None, id="other-annotations-are-free"),
 ]
 
 
 @pytest.mark.parametrize(("user", "patch", "denied"), SIGN_OFF_UPDATES)
-def test_sign_off_policy_on_update(sign_off: SignOff, user: str, patch: Body,
-                                   denied: list[str] | None) -> None:
+def test_sign_off_policy_on_update(sign_off: SignOff, user: str, patch: Body, denied: list[str] | None) -> None:
     created = sign_off.create("alice", sign_off.body("proj", requested={"requests.cpu": "4"}))
     name = created["metadata"]["name"]
 
@@ -675,27 +898,46 @@ def test_sign_off_lifecycle(sign_off: SignOff) -> None:
     assert caught.value.status == 403
     # The operator's status writes go to the subresource and are not the policy's concern.
     sign_off.projects.api.patch_cluster_custom_object_status(
-        GROUP, VERSION, PLURAL, name,
-        {"status": {"phase": "PendingApproval", "pendingChange": {"id": "c-8"}}})
+        GROUP, VERSION, PLURAL, name, {"status": {"phase": "PendingApproval", "pendingChange": {"id": "c-8"}}}
+    )
 
 
 CREATES: list[Any] = [
     pytest.param("alice", {}, None, None, id="developer-creates-a-project"),
     pytest.param("alice", {}, {"requests.cpu": "4"}, None, id="developer-creates-with-a-request"),
-    pytest.param("alice", {APPROVED_CHANGE: "c-1"}, None, ["only members of group headroom:approvers"],
-                 id="developer-cannot-create-signed-off"),
-    pytest.param("bob", {APPROVED_CHANGE: "c-1", APPROVED_BY: "bob"}, None, None,
-                 id="approver-creates-signed-off"),
-    pytest.param("bob", {APPROVED_CHANGE: "c-1"}, {"requests.cpu": "4"},
-                 ["two separate writes, by two people"], id="approver-cannot-create-requested-and-signed"),
-    pytest.param(GITOPS, {APPROVED_CHANGE: "c-1", APPROVED_BY: "reviewer"}, {"requests.cpu": "4"}, None,
-                 id="gitops-creates-requested-and-signed"),
+    pytest.param(
+        "alice",
+        {APPROVED_CHANGE: "c-1"},
+        None,
+        ["only members of group headroom:approvers"],
+        id="developer-cannot-create-signed-off",
+    ),
+    pytest.param("bob", {APPROVED_CHANGE: "c-1", APPROVED_BY: "bob"}, None, None, id="approver-creates-signed-off"),
+    pytest.param(
+        "bob",
+        {APPROVED_CHANGE: "c-1"},
+        {"requests.cpu": "4"},
+        ["two separate writes, by two people"],
+        id="approver-cannot-create-requested-and-signed",
+    ),
+    pytest.param(
+        GITOPS,
+        {APPROVED_CHANGE: "c-1", APPROVED_BY: "reviewer"},
+        {"requests.cpu": "4"},
+        None,
+        id="gitops-creates-requested-and-signed",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("user", "annotations", "requested", "denied"), CREATES)
-def test_sign_off_policy_on_create(sign_off: SignOff, user: str, annotations: dict[str, str],
-                                   requested: dict[str, str] | None, denied: list[str] | None) -> None:
+def test_sign_off_policy_on_create(
+    sign_off: SignOff,
+    user: str,
+    annotations: dict[str, str],
+    requested: dict[str, str] | None,
+    denied: list[str] | None,
+) -> None:
     body = sign_off.body("new", annotations, requested)
 
     if denied is None:
@@ -719,11 +961,13 @@ def test_policy_settings_come_first_for_the_documented_patch() -> None:
     assert "paramKind" not in policy["spec"]
 
 
-def test_sign_off_policy_with_other_settings(cluster: Cluster, admin_client: kubernetes.client.ApiClient,
-                                             crds_installed: None) -> None:
+def test_sign_off_policy_with_other_settings(
+    cluster: Cluster, admin_client: kubernetes.client.ApiClient, crds_installed: None
+) -> None:
     admission = kubernetes.client.AdmissionregistrationV1Api(admin_client)
-    if any(b.spec.policy_name == "headroom-approvals"
-           for b in admission.list_validating_admission_policy_binding().items):
+    if any(
+        b.spec.policy_name == "headroom-approvals" for b in admission.list_validating_admission_policy_binding().items
+    ):
         pytest.skip("the shipped headroom-approvals policy is bound cluster-wide here and would refuse dave")
     settings = {"approversGroup": f"'{PLATFORM}'", "gitopsUsers": "[]"}
     with _installed(SignOff(cluster, admin_client, settings)) as policy:

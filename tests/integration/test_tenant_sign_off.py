@@ -41,12 +41,16 @@ def team_rbac_only(cluster: Cluster, admin: k8s.ApiClient, approval_policy: None
     with contextlib.suppress(ApiException):
         blanket = rbac.read_cluster_role_binding("test-project-editor")
         rbac.delete_cluster_role_binding("test-project-editor")
-    applied = [*apply_yaml(admin, REPO / "manifests" / "examples" / "team-editor-rbac.yaml"),
-               *apply_yaml(admin, REPO / "manifests" / "approval" / "approvers-rbac.yaml")]
+    applied = [
+        *apply_yaml(admin, REPO / "manifests" / "examples" / "team-editor-rbac.yaml"),
+        *apply_yaml(admin, REPO / "manifests" / "approval" / "approvers-rbac.yaml"),
+    ]
     # RBAC is effective once the authorizer's cache has it: probe with the team's own read.
-    wait_for(lambda: _can(cluster, "dana", TEAM, "update", PROJECT) and not _can(cluster, "dana", TEAM, "update",
-                                                                               "billing"),
-             20, "the example RBAC to be in force")
+    wait_for(
+        lambda: _can(cluster, "dana", TEAM, "update", PROJECT) and not _can(cluster, "dana", TEAM, "update", "billing"),
+        20,
+        "the example RBAC to be in force",
+    )
     yield
     for obj in applied:
         if obj["kind"] == "ClusterRoleBinding" and obj["metadata"]["name"].startswith("headroom-project-editor"):
@@ -60,8 +64,12 @@ def team_rbac_only(cluster: Cluster, admin: k8s.ApiClient, approval_policy: None
 
 def _can(cluster: Cluster, user: str, groups: list[str], verb: str, name: str) -> bool:
     review = k8s.AuthorizationV1Api(cluster.impersonate(user, groups)).create_self_subject_access_review(
-        k8s.V1SelfSubjectAccessReview(spec=k8s.V1SelfSubjectAccessReviewSpec(resource_attributes=k8s.V1ResourceAttributes(
-            group=GROUP, resource=PLURAL, verb=verb, name=name))))
+        k8s.V1SelfSubjectAccessReview(
+            spec=k8s.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=k8s.V1ResourceAttributes(group=GROUP, resource=PLURAL, verb=verb, name=name)
+            )
+        )
+    )
     return bool(review.status.allowed)
 
 
@@ -81,8 +89,9 @@ def edit_spec(client: k8s.ApiClient, who: str, change: Callable[[dict[str, Any]]
 
 
 def approve(client: k8s.ApiClient, change: str, who: str) -> None:
-    patch(client, {"metadata": {"annotations": {"headroom.dev/approved-change": change,
-                                                "headroom.dev/approved-by": who}}})
+    patch(
+        client, {"metadata": {"annotations": {"headroom.dev/approved-change": change, "headroom.dev/approved-by": who}}}
+    )
 
 
 def denied(write: Callable[[], object]) -> str:
@@ -94,6 +103,7 @@ def denied(write: Callable[[], object]) -> str:
 
 def settled(admin: k8s.ApiClient, name: str = PROJECT, timeout: float = 30) -> dict[str, Any]:
     """The status once the operator has seen the current generation and published its pending change (if any)."""
+
     def probe() -> dict[str, Any] | None:
         body = get_project(admin, name)
         status = body.get("status") or {}
@@ -134,17 +144,27 @@ def make_namespace(admin: k8s.ApiClient, prefix: str, labels: dict[str, str] | N
 
 
 @pytest.fixture
-def payments(admin: k8s.ApiClient, team_rbac_only: None, start_operator: Callable[..., OperatorProcess],
-             ) -> Iterator[tuple[str, str, OperatorProcess]]:
+def payments(
+    admin: k8s.ApiClient,
+    team_rbac_only: None,
+    start_operator: Callable[..., OperatorProcess],
+) -> Iterator[tuple[str, str, OperatorProcess]]:
     """Project "payments" created by the platform with two namespaces, both governed: cpu 2, pods 10."""
     a, b = make_namespace(admin, "pay-a"), make_namespace(admin, "pay-b")
     operator = start_operator()
     with contextlib.suppress(ApiException):
         custom(admin).delete_cluster_custom_object(GROUP, VERSION, PLURAL, PROJECT)
         wait_for(lambda: not _exists(admin, PROJECT), 20, "an earlier payments Project to go")
-    custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, project_manifest(
-        PROJECT, [a, b], quota={"resources": ["requests.cpu", "pods"],
-                                "minimum": {"requests.cpu": "2", "pods": "10"}}))
+    custom(admin).create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        project_manifest(
+            PROJECT,
+            [a, b],
+            quota={"resources": ["requests.cpu", "pods"], "minimum": {"requests.cpu": "2", "pods": "10"}},
+        ),
+    )
     assert governed(admin, a) == {"requests.cpu": "2", "pods": "10"}
     assert governed(admin, b) == {"requests.cpu": "2", "pods": "10"}
     yield a, b, operator
@@ -177,7 +197,8 @@ def still(admin: k8s.ApiClient, namespace: str, expected: dict[str, str] | None,
 
 
 def test_a_namespace_the_team_adds_is_not_governed_until_the_platform_confirms_it(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     dana = cluster.impersonate("dana", TEAM)
     free = make_namespace(admin, "unclaimed")
     try:
@@ -211,7 +232,8 @@ def test_a_namespace_the_team_adds_is_not_governed_until_the_platform_confirms_i
 
 
 def test_a_sign_off_confirms_a_claim_without_the_label(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     dana = cluster.impersonate("dana", TEAM)
     extra = make_namespace(admin, "pay-c")
     try:
@@ -226,7 +248,8 @@ def test_a_sign_off_confirms_a_claim_without_the_label(
 
 
 def test_kube_system_is_never_governed_even_with_a_sign_off(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     before = hard(admin, "kube-system")
     dana = cluster.impersonate("dana", TEAM)
 
@@ -248,16 +271,26 @@ def test_kube_system_is_never_governed_even_with_a_sign_off(
 
 
 def test_another_teams_namespace_stays_theirs(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     theirs = make_namespace(admin, "billing")
     name = f"billing-{uuid.uuid4().hex[:6]}"
-    custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, project_manifest(
-        name, [theirs], quota={"resources": ["requests.cpu", "pods"], "minimum": {"requests.cpu": "3", "pods": "5"}}))
+    custom(admin).create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        project_manifest(
+            name, [theirs], quota={"resources": ["requests.cpu", "pods"], "minimum": {"requests.cpu": "3", "pods": "5"}}
+        ),
+    )
     try:
         assert governed(admin, theirs) == {"requests.cpu": "3", "pods": "5"}
         # payments is older, which used to win a contested namespace; an unconfirmed claim wins nothing.
-        edit_spec(cluster.impersonate("dana", TEAM), "dana", lambda spec: spec["namespaces"].append(
-            {"name": theirs, "requested": {"requests.cpu": "1"}}))
+        edit_spec(
+            cluster.impersonate("dana", TEAM),
+            "dana",
+            lambda spec: spec["namespaces"].append({"name": theirs, "requested": {"requests.cpu": "1"}}),
+        )
         assert entry(settled(admin), theirs)["state"] == "Unconfirmed"
         assert entry(settled(admin, name), theirs)["state"] == "Governed"
         still(admin, theirs, {"requests.cpu": "3", "pods": "5"})
@@ -267,10 +300,14 @@ def test_another_teams_namespace_stays_theirs(
 
 
 def test_a_namespace_taken_out_keeps_its_quota(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     b = payments[1]
-    edit_spec(cluster.impersonate("dana", TEAM), "dana",
-              lambda spec: spec.__setitem__("namespaces", [ns for ns in spec["namespaces"] if ns["name"] != b]))
+    edit_spec(
+        cluster.impersonate("dana", TEAM),
+        "dana",
+        lambda spec: spec.__setitem__("namespaces", [ns for ns in spec["namespaces"] if ns["name"] != b]),
+    )
     status = settled(admin)
     assert [r["name"] for r in status["released"]] == [b]
     still(admin, b, {"requests.cpu": "2", "pods": "10"})
@@ -280,18 +317,32 @@ def test_a_namespace_taken_out_keeps_its_quota(
 
 
 def test_four_eyes_means_two_people(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     a = payments[0]
     lee = cluster.impersonate("lee", [*TEAM, *APPROVERS])  # a team lead who is also an approver
 
     def raise_cpu(value: str) -> Callable[[dict[str, Any]], None]:
         def change(spec: dict[str, Any]) -> None:
             spec["namespaces"][0]["requested"] = {"requests.cpu": value}
+
         return change
 
     # A change of the request must name its requester, and only as oneself.
-    message = denied(lambda: patch(lee, {"spec": {**get_project(lee)["spec"], "namespaces": [
-        {"name": a, "requested": {"requests.cpu": "8"}}, *get_project(lee)["spec"]["namespaces"][1:]]}}))
+    message = denied(
+        lambda: patch(
+            lee,
+            {
+                "spec": {
+                    **get_project(lee)["spec"],
+                    "namespaces": [
+                        {"name": a, "requested": {"requests.cpu": "8"}},
+                        *get_project(lee)["spec"]["namespaces"][1:],
+                    ],
+                }
+            },
+        )
+    )
     assert "headroom.dev/requested-by=lee" in message
     message = denied(lambda: edit_spec(lee, "dana", raise_cpu("8")))
     assert "must be your own user name (lee)" in message
@@ -301,13 +352,19 @@ def test_four_eyes_means_two_people(
     message = denied(lambda: approve(lee, change, "lee"))
     assert "you requested this change" in message and "four eyes" in message
     # Nor may the requester hand the request to someone else's name, or drop it.
-    assert "own user name" in denied(lambda: patch(lee, {"metadata": {"annotations": {
-        "headroom.dev/requested-by": "bob"}}}))
-    assert "own user name" in denied(lambda: patch(lee, {"metadata": {"annotations": {
-        "headroom.dev/requested-by": None}}}))
+    assert "own user name" in denied(
+        lambda: patch(lee, {"metadata": {"annotations": {"headroom.dev/requested-by": "bob"}}})
+    )
+    assert "own user name" in denied(
+        lambda: patch(lee, {"metadata": {"annotations": {"headroom.dev/requested-by": None}}})
+    )
     # A sign-off names its approver.
-    assert "names its approver" in denied(lambda: patch(cluster.impersonate("bob", APPROVERS), {"metadata": {
-        "annotations": {"headroom.dev/approved-change": change}}}))
+    assert "names its approver" in denied(
+        lambda: patch(
+            cluster.impersonate("bob", APPROVERS),
+            {"metadata": {"annotations": {"headroom.dev/approved-change": change}}},
+        )
+    )
     still(admin, a, {"requests.cpu": "2", "pods": "10"})
 
     # Signing off first and asking afterwards is the same person too: the operator refuses it.
@@ -336,13 +393,15 @@ def _id_if(admin: k8s.ApiClient, change: Callable[[dict[str, Any]], None]) -> st
 
 
 def test_an_approval_is_used_once(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     a = payments[0]
     dana, bob = cluster.impersonate("dana", TEAM), cluster.impersonate("bob", APPROVERS)
 
     def ask(value: str) -> Callable[[dict[str, Any]], None]:
         def change(spec: dict[str, Any]) -> None:
             spec["namespaces"][0]["requested"] = {"requests.cpu": value}
+
         return change
 
     edit_spec(dana, "dana", ask("4"))
@@ -370,10 +429,12 @@ def test_an_approval_is_used_once(
 
 
 def test_switching_enforcement_off_waits_for_sign_off(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     a = payments[0]
-    edit_spec(cluster.impersonate("dana", TEAM), "dana",
-              lambda spec: spec["quota"].__setitem__("enforcement", "Observe"))
+    edit_spec(
+        cluster.impersonate("dana", TEAM), "dana", lambda spec: spec["quota"].__setitem__("enforcement", "Observe")
+    )
     status = settled(admin)
     assert status["summary"]["enforcement"] == "Enforce"
     assert [item["field"] for item in status["pendingChange"]["loosens"]] == ["spec.quota.enforcement"]
@@ -383,33 +444,43 @@ def test_switching_enforcement_off_waits_for_sign_off(
 
 
 def test_a_dropped_resource_stays_limited_until_signed_off(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     a = payments[0]
-    edit_spec(cluster.impersonate("dana", TEAM), "dana",
-              lambda spec: spec["quota"].__setitem__("resources", ["pods"]))
+    edit_spec(cluster.impersonate("dana", TEAM), "dana", lambda spec: spec["quota"].__setitem__("resources", ["pods"]))
     status = settled(admin)
     assert status["pendingChange"]["loosens"] == [
-        {"field": "spec.quota.resources", "from": "limits requests.cpu", "to": "does not limit requests.cpu"}]
+        {"field": "spec.quota.resources", "from": "limits requests.cpu", "to": "does not limit requests.cpu"}
+    ]
     still(admin, a, {"requests.cpu": "2", "pods": "10"})
     approve(cluster.impersonate("bob", APPROVERS), status["pendingChange"]["id"], "bob")
     wait_for(lambda: hard(admin, a) == {"pods": "10"}, 20, "requests.cpu to leave the quota once signed off")
 
 
 def test_auto_approval_cannot_be_widened_by_the_team(
-        cluster: Cluster, admin: k8s.ApiClient, team_rbac_only: None,
-        start_operator: Callable[..., OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, team_rbac_only: None, start_operator: Callable[..., OperatorProcess]
+) -> None:
     ns = make_namespace(admin, "pay-auto")
     start_operator("--auto-approve-within-recommendation")
     with contextlib.suppress(ApiException):
         custom(admin).delete_cluster_custom_object(GROUP, VERSION, PLURAL, PROJECT)
         wait_for(lambda: not _exists(admin, PROJECT), 20, "an earlier payments Project to go")
-    custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, project_manifest(
-        PROJECT, [ns], quota={"resources": ["requests.cpu", "pods"], "minimum": {"requests.cpu": "2", "pods": "10"}}))
+    custom(admin).create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        PLURAL,
+        project_manifest(
+            PROJECT, [ns], quota={"resources": ["requests.cpu", "pods"], "minimum": {"requests.cpu": "2", "pods": "10"}}
+        ),
+    )
     try:
         assert governed(admin, ns) == {"requests.cpu": "2", "pods": "10"}
         # A decrease needs nobody.
-        edit_spec(cluster.impersonate("dana", TEAM), "dana",
-                  lambda spec: spec["namespaces"][0].__setitem__("requested", {"pods": "8"}))
+        edit_spec(
+            cluster.impersonate("dana", TEAM),
+            "dana",
+            lambda spec: spec["namespaces"][0].__setitem__("requested", {"pods": "8"}),
+        )
         wait_for(lambda: hard(admin, ns) == {"requests.cpu": "2", "pods": "8"}, 20, "a decrease")
 
         # Raising its own floor to 50 would move the recommendation to 50: the whole change waits.
@@ -427,27 +498,43 @@ def test_auto_approval_cannot_be_widened_by_the_team(
 
 
 def test_nobody_rewrites_who_signed_off(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     dana = cluster.impersonate("dana", TEAM)
     edit_spec(dana, "dana", lambda spec: spec["namespaces"][0].__setitem__("requested", {"requests.cpu": "3"}))
     approve(cluster.impersonate("bob", APPROVERS), settled(admin)["pendingChange"]["id"], "bob")
     for rewrite in ("dana", None):
-        message = denied(lambda rewrite=rewrite: patch(dana, {"metadata": {"annotations": {  # type: ignore[misc]
-            "headroom.dev/approved-by": rewrite}}}))
+        message = denied(
+            lambda rewrite=rewrite: patch(
+                dana,
+                {
+                    "metadata": {
+                        "annotations": {  # type: ignore[misc]
+                            "headroom.dev/approved-by": rewrite
+                        }
+                    }
+                },
+            )
+        )
         assert "approved-by must be your own user name (dana)" in message
-    wait_for(lambda: get_project(admin)["status"].get("lastAppliedChange", {}).get("approvedBy") == "bob", 20,
-             "the change recorded as approved by bob")
+    wait_for(
+        lambda: get_project(admin)["status"].get("lastAppliedChange", {}).get("approvedBy") == "bob",
+        20,
+        "the change recorded as approved by bob",
+    )
 
 
 def test_raising_a_container_default_names_its_requester_and_waits(
-        cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]) -> None:
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
     dana = cluster.impersonate("dana", TEAM)
 
     def bigger(spec: dict[str, Any]) -> None:
         spec["defaults"] = {"requests": {"cpu": "50"}, "limits": {"cpu": "50"}}
 
-    assert "headroom.dev/requested-by=dana" in denied(lambda: patch(dana, {"spec": {"defaults": {
-        "requests": {"cpu": "50"}, "limits": {"cpu": "50"}}}}))
+    assert "headroom.dev/requested-by=dana" in denied(
+        lambda: patch(dana, {"spec": {"defaults": {"requests": {"cpu": "50"}, "limits": {"cpu": "50"}}}})
+    )
     edit_spec(dana, "dana", bigger)
     fields = {item["field"] for item in settled(admin)["pendingChange"]["loosens"]}
     assert {"spec.defaults.requests.cpu", "spec.defaults.limits.cpu"} <= fields

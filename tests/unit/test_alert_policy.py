@@ -36,9 +36,7 @@ BOTH = frozenset({"webhook", "alertmanager"})
 CPU = ("team-a", "requests.cpu")
 
 
-def utc(
-    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0
-) -> datetime:
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, micro: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
 
 
@@ -274,9 +272,7 @@ def test_key_removed_from_input_resolves() -> None:
 def test_threshold_removed_from_policy_resolves() -> None:
     state, sent = run(AlertState(), {CPU: D(85)}, MON_10)
     state = deliver(state, sent, MON_10)
-    state, sent = run(
-        state, {CPU: D(85)}, MON_10 + timedelta(minutes=1), policy=AlertPolicy(thresholds=(90,))
-    )
+    state, sent = run(state, {CPU: D(85)}, MON_10 + timedelta(minutes=1), policy=AlertPolicy(thresholds=(90,)))
     assert summary(sent) == [(80, RESOLVED)]
 
 
@@ -878,8 +874,12 @@ def test_random_walk_invariants_and_restart_equivalence(seed: int) -> None:
 
 def test_status_amounts_read_like_the_quota_and_survive_a_restart() -> None:
     memory = ("team-a", "requests.memory")
-    state, _ = run(AlertState(), {memory: Usage(D(2400) * 1024**2 * 9 // 10, D(2516582400))}, MON_10,
-                   policy=AlertPolicy(thresholds=(80,)))
+    state, _ = run(
+        AlertState(),
+        {memory: Usage(D(2400) * 1024**2 * 9 // 10, D(2516582400))},
+        MON_10,
+        policy=AlertPolicy(thresholds=(80,)),
+    )
     (item,) = state_to_status(state)
     # "2400Mi", as the quota's own spec.hard says, not the byte count "2516582400".
     assert (item["used"], item["hard"], item["outbox"]["hard"]) == ("2160Mi", "2400Mi", "2400Mi")
@@ -897,6 +897,14 @@ def test_near_limit_condition_gives_amounts_in_one_unit_and_where_the_alert_clea
     state, _ = run(AlertState(), {CPU: Usage(D("4.5"), D(5))}, MON_10, policy=AlertPolicy(thresholds=(90,)))
     # Hysteresis keeps it firing at 89.74 %: the message must not claim ">= 90%" next to that.
     state, _ = run(state, {CPU: Usage(D("4.487"), D(5))}, MON_10, policy=AlertPolicy(thresholds=(90,)))
-    near = alert_conditions(state, hours="Mon-Fri 09:00-17:00 UTC", hours_problem=None, delivery=None,
-                            previous=[], generation=1, now=MON_10, hysteresis=D(5))[0]
+    near = alert_conditions(
+        state,
+        hours="Mon-Fri 09:00-17:00 UTC",
+        hours_problem=None,
+        delivery=None,
+        previous=[],
+        generation=1,
+        now=MON_10,
+        hysteresis=D(5),
+    )[0]
     assert near["message"] == "team-a requests.cpu at 89.7% (4487m of 5000m; alert at 90%, until below 85%)"

@@ -27,8 +27,9 @@ ID_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
 def project(requested: dict[str, Any] | None = None, name: str = "payments", **quota: Any) -> ProjectSpec:
     namespaces = [{"name": ns, "requested": values} for ns, values in (requested or {"ns": {}}).items()]
-    return parse_project({"metadata": {"name": name},
-                          "spec": {"owner": {"team": "t"}, "namespaces": namespaces, "quota": quota}})
+    return parse_project(
+        {"metadata": {"name": name}, "spec": {"owner": {"team": "t"}, "namespaces": namespaces, "quota": quota}}
+    )
 
 
 def cid(requested: dict[str, Any] | None = None, name: str = "payments", **quota: Any) -> str:
@@ -91,15 +92,23 @@ def test_defaults_written_out_give_the_same_id_and_so_does_the_rest_of_the_spec(
     explicit = project({"ns": {"requests.cpu": "1"}}, headroomPercent=20, lookback="30d")
     assert change_id(explicit) == cid({"ns": {"requests.cpu": "1"}})
     plain = project({"ns": {"requests.cpu": "1"}})
-    relabelled = parse_project({"metadata": {"name": "payments"}, "spec": {
-        "owner": {"team": "other", "contacts": ["a@example.com"]},
-        "namespaces": [{"name": "ns", "requested": {"requests.cpu": "1"}}]}})
+    relabelled = parse_project(
+        {
+            "metadata": {"name": "payments"},
+            "spec": {
+                "owner": {"team": "other", "contacts": ["a@example.com"]},
+                "namespaces": [{"name": "ns", "requested": {"requests.cpu": "1"}}],
+            },
+        }
+    )
     assert change_id(relabelled) == change_id(plain)
 
 
 def test_a_new_reason_makes_a_new_change() -> None:
-    base = {"metadata": {"name": "payments"},
-            "spec": {"owner": {"team": "t"}, "namespaces": [{"name": "ns", "requested": {"pods": "4"}}]}}
+    base = {
+        "metadata": {"name": "payments"},
+        "spec": {"owner": {"team": "t"}, "namespaces": [{"name": "ns", "requested": {"pods": "4"}}]},
+    }
     again = {**base, "spec": {**base["spec"], "reason": "TICKET-2: the sale again"}}
     assert change_id(parse_project(again)) != change_id(parse_project(base))
 
@@ -188,21 +197,15 @@ def test_empty_pending_change_is_not_a_pure_decrease() -> None:
 # --- decide ---
 
 
-def make_pending(
-    requested: dict[str, dict[str, Decimal]], applied: dict[str, dict[str, Decimal]]
-) -> PendingChange:
+def make_pending(requested: dict[str, dict[str, Decimal]], applied: dict[str, dict[str, Decimal]]) -> PendingChange:
     pending = pending_change(cid(requested), requested, applied)
     assert pending is not None
     return pending
 
 
 RAISE = make_pending({"web": {"requests.cpu": D(8)}}, {"web": {"requests.cpu": D(4)}})
-DECREASE = make_pending(
-    {"web": {"requests.cpu": D(2), "pods": D(10)}}, {"web": {"requests.cpu": D(4), "pods": D(30)}}
-)
-MIXED = make_pending(
-    {"web": {"requests.cpu": D(8), "pods": D(10)}}, {"web": {"requests.cpu": D(4), "pods": D(30)}}
-)
+DECREASE = make_pending({"web": {"requests.cpu": D(2), "pods": D(10)}}, {"web": {"requests.cpu": D(4), "pods": D(30)}})
+MIXED = make_pending({"web": {"requests.cpu": D(8), "pods": D(10)}}, {"web": {"requests.cpu": D(4), "pods": D(30)}})
 USED = {"web": {"requests.cpu": D(3), "pods": D(12)}}
 
 
@@ -234,10 +237,7 @@ def test_decrease_above_use_is_not_clamped() -> None:
 
 def test_clamped_message_formats_quantities() -> None:
     clamp = ClampedTarget("web", "requests.memory", requested=GI, used=1536 * MI)
-    assert (
-        clamp.message
-        == "web requests.memory: requested 1024Mi is below current use 1536Mi, so it was set to 1536Mi"
-    )
+    assert clamp.message == "web requests.memory: requested 1024Mi is below current use 1536Mi, so it was set to 1536Mi"
 
 
 def test_a_change_is_described_in_one_unit() -> None:
@@ -245,7 +245,8 @@ def test_a_change_is_described_in_one_unit() -> None:
     change = ResourceChange("web", "requests.cpu", D("4.8"), D(6))
     assert change.describe() == "web requests.cpu from 4800m to 6000m"
     assert ResourceChange("web", "limits.memory", 2 * GI, 2560 * MI).describe() == (
-        "web limits.memory from 2048Mi to 2560Mi")
+        "web limits.memory from 2048Mi to 2560Mi"
+    )
     assert ResourceChange("web", "pods", None, D(20)).describe() == "web pods to 20 (currently unlimited)"
 
 
@@ -270,9 +271,7 @@ def test_raise_without_approval_waits() -> None:
 
 def test_raise_with_matching_approval_applies() -> None:
     decision = decide(RAISE, Approval(RAISE.id), USED, {}, False)
-    assert decision == ChangeDecision(
-        "apply", f"change {RAISE.id} is approved", {"web": {"requests.cpu": D(8)}}, ()
-    )
+    assert decision == ChangeDecision("apply", f"change {RAISE.id} is approved", {"web": {"requests.cpu": D(8)}}, ())
 
 
 def test_approval_with_surrounding_whitespace_still_matches() -> None:

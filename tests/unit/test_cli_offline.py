@@ -15,8 +15,19 @@ REPO = Path(__file__).resolve().parents[2]
 PENDING = "sha256:8d9d1a2b" + "0" * 56
 
 
-@pytest.mark.parametrize("given", [PENDING, "sha256:8d9d1a2b", "8d9d1a2b", "sha256:8d9d", "8D9D1A2B",
-                                   "sha256:8d9d...", "sha256:8d9d\u2026", " 8d9d1a2b "])
+@pytest.mark.parametrize(
+    "given",
+    [
+        PENDING,
+        "sha256:8d9d1a2b",
+        "8d9d1a2b",
+        "sha256:8d9d",
+        "8D9D1A2B",
+        "sha256:8d9d...",
+        "sha256:8d9d\u2026",
+        " 8d9d1a2b ",
+    ],
+)
 def test_a_short_id_expands_to_the_pending_id(given: str) -> None:
     assert expand_change_id(given, PENDING) == PENDING
 
@@ -39,8 +50,14 @@ def test_something_that_is_no_id_is_a_usage_error(given: str) -> None:
 
 def headroom(*args: str, kubeconfig: str = "/nonexistent/kubeconfig") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADROOM_", "KUBERNETES_"))}
-    return subprocess.run([sys.executable, "-m", "headroom.cli", *args], capture_output=True, text=True,
-                          env={**env, "KUBECONFIG": kubeconfig}, cwd=REPO, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "headroom.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**env, "KUBECONFIG": kubeconfig},
+        cwd=REPO,
+        timeout=60,
+    )
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -77,16 +94,16 @@ current-context: dead
 def test_impersonating_groups_needs_a_user() -> None:
     result = headroom("approve", "payments", "--as-group", "headroom:approvers")
     assert result.returncode == EXIT_USAGE
-    assert one_line(result) == ("error: --as-group needs --as: the API server impersonates groups only together "
-                                "with a user")
+    assert one_line(result) == (
+        "error: --as-group needs --as: the API server impersonates groups only together with a user"
+    )
 
 
 def test_plan_of_a_file_with_the_sampler_says_what_to_pass() -> None:
     result = headroom("plan", "-f", str(REPO / "manifests" / "samples" / "payments.yaml"))
     assert result.returncode == EXIT_USAGE
     line = one_line(result)
-    assert "pass --history-source=prometheus --prometheus-url=URL or --history-source=file --history-file=FILE" \
-        in line
+    assert "pass --history-source=prometheus --prometheus-url=URL or --history-source=file --history-file=FILE" in line
 
 
 def test_request_without_a_namespace_asks_for_one() -> None:
@@ -95,23 +112,39 @@ def test_request_without_a_namespace_asks_for_one() -> None:
     assert one_line(result) == "error: which namespace? give it after the Project, or with -n NAMESPACE"
 
 
-@pytest.mark.parametrize(("setting", "flag"), [("HEADROOM_LEADER_ELECT=maybe", "--leader-elect"),
-                                               ("HEADROOM_API_QPS=nan", "--api-qps"),
-                                               ("HEADROOM_PROMETHEUS_STEP=banana", "--prometheus-step")])
+@pytest.mark.parametrize(
+    ("setting", "flag"),
+    [
+        ("HEADROOM_LEADER_ELECT=maybe", "--leader-elect"),
+        ("HEADROOM_API_QPS=nan", "--api-qps"),
+        ("HEADROOM_PROMETHEUS_STEP=banana", "--prometheus-step"),
+    ],
+)
 def test_run_refuses_invalid_configuration_in_one_line(setting: str, flag: str) -> None:
     name, _, value = setting.partition("=")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADROOM_", "KUBERNETES_"))}
-    result = subprocess.run([sys.executable, "-m", "headroom.cli", "run"], capture_output=True, text=True,
-                            env={**env, name: value}, cwd=REPO, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "headroom.cli", "run"],
+        capture_output=True,
+        text=True,
+        env={**env, name: value},
+        cwd=REPO,
+        timeout=60,
+    )
     assert result.returncode == EXIT_USAGE
     assert one_line(result).startswith(f"error: invalid configuration: {flag}")
 
 
 def test_run_without_a_cluster_says_where_it_looked() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADROOM_", "KUBERNETES_"))}
-    result = subprocess.run([sys.executable, "-m", "headroom.cli", "run", "--metrics-port=0", "--health-port=0"],
-                            capture_output=True, text=True, env={**env, "KUBECONFIG": "/nonexistent/kubeconfig"},
-                            cwd=REPO, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "headroom.cli", "run", "--metrics-port=0", "--health-port=0"],
+        capture_output=True,
+        text=True,
+        env={**env, "KUBECONFIG": "/nonexistent/kubeconfig"},
+        cwd=REPO,
+        timeout=60,
+    )
     assert result.returncode == EXIT_USAGE
     assert one_line(result).startswith("error: cannot find the cluster (")
 
@@ -134,6 +167,7 @@ def test_a_server_that_speaks_no_tls_is_unreachable(tmp_path: Path) -> None:
                 return
             with conn:
                 conn.sendall(b"HTTP/1.1 200 OK\r\n\r\nnot tls")
+
     threading.Thread(target=serve_garbage, daemon=True).start()
     kubeconfig = tmp_path / "plain"
     kubeconfig.write_text(f"""apiVersion: v1
@@ -207,21 +241,39 @@ current-context: x
 
 def _status_with_pending() -> dict[str, object]:
     full = "sha256:" + "4e0d2e29a1b2" + "c" * 52
-    reason = (f"change {full} raises payments requests.cpu from 4800m to 6 and needs sign-off: no approval yet "
-              f"(set annotation headroom.dev/approved-change={full} on the Project to approve it)")
+    reason = (
+        f"change {full} raises payments requests.cpu from 4800m to 6 and needs sign-off: no approval yet "
+        f"(set annotation headroom.dev/approved-change={full} on the Project to approve it)"
+    )
     return {
         "phase": "Pending",
-        "namespaces": [{"name": "payments", "state": "Governed",
-                        "hard": {"requests.cpu": "4800m", "requests.memory": "2400Mi",
-                                 "requests.nvidia.com/gpu": "2", "hugepages-2Mi": "1Gi"},
-                        "used": {"requests.cpu": "4", "requests.memory": "2516582400",
-                                 "requests.nvidia.com/gpu": "1", "hugepages-2Mi": "0"},
-                        "recommended": {"requests.cpu": "5", "requests.memory": "2Gi"}}],
-        "pendingChange": {"id": full, "shortId": full[:19], "since": "2026-03-02T10:00:00Z", "reason": reason,
-                          "diff": [{"namespace": "payments", "resource": "requests.cpu", "from": "4800m",
-                                    "to": "6"}]},
-        "conditions": [{"type": "ChangePending", "status": "True", "reason": "AwaitingSignOff",
-                        "message": reason}],
+        "namespaces": [
+            {
+                "name": "payments",
+                "state": "Governed",
+                "hard": {
+                    "requests.cpu": "4800m",
+                    "requests.memory": "2400Mi",
+                    "requests.nvidia.com/gpu": "2",
+                    "hugepages-2Mi": "1Gi",
+                },
+                "used": {
+                    "requests.cpu": "4",
+                    "requests.memory": "2516582400",
+                    "requests.nvidia.com/gpu": "1",
+                    "hugepages-2Mi": "0",
+                },
+                "recommended": {"requests.cpu": "5", "requests.memory": "2Gi"},
+            }
+        ],
+        "pendingChange": {
+            "id": full,
+            "shortId": full[:19],
+            "since": "2026-03-02T10:00:00Z",
+            "reason": reason,
+            "diff": [{"namespace": "payments", "resource": "requests.cpu", "from": "4800m", "to": "6"}],
+        },
+        "conditions": [{"type": "ChangePending", "status": "True", "reason": "AwaitingSignOff", "message": reason}],
     }
 
 
@@ -237,9 +289,13 @@ def test_status_shows_the_pending_id_once_and_each_row_in_one_unit(capsys: pytes
     lines = out.splitlines()
     header = next(line for line in lines if "RESOURCE" in line)
     # Every value starts under its heading, whatever the length of the resource names.
-    rows = lines[lines.index(header) + 1:lines.index(header) + 5]
-    assert [r.split()[0] for r in rows] == ["hugepages-2Mi", "requests.cpu", "requests.memory",
-                                            "requests.nvidia.com/gpu"]
+    rows = lines[lines.index(header) + 1 : lines.index(header) + 5]
+    assert [r.split()[0] for r in rows] == [
+        "hugepages-2Mi",
+        "requests.cpu",
+        "requests.memory",
+        "requests.nvidia.com/gpu",
+    ]
     for row in rows:
         for column in ("HARD", "USED", "RECOMMENDED"):
             at = header.index(column)
@@ -251,12 +307,39 @@ def test_status_shows_the_pending_id_once_and_each_row_in_one_unit(capsys: pytes
 
 
 def test_plan_table_shows_a_raw_byte_peak_in_the_unit_of_its_row() -> None:
-    row = {"project": "p", "namespace": "ns", "resource": "requests.memory", "peak": "1234567890",
-           "headroom": "20%", "floor": "1Gi", "used": "1Gi", "recommended": "1413Mi", "hard": "1413Mi", "why": "x"}
+    row = {
+        "project": "p",
+        "namespace": "ns",
+        "resource": "requests.memory",
+        "peak": "1234567890",
+        "headroom": "20%",
+        "floor": "1Gi",
+        "used": "1Gi",
+        "recommended": "1413Mi",
+        "hard": "1413Mi",
+        "why": "x",
+    }
     shown = cli._for_people(row)
     assert [shown[c] for c in ("peak", "floor", "used", "recommended", "hard")] == [
-        "~1177.4Mi", "1024Mi", "1024Mi", "1413Mi", "1413Mi"]
-    cpu = {**row, "resource": "requests.cpu", "peak": "3300m", "floor": "1", "used": "2", "recommended": "3960m",
-           "hard": "4"}
+        "~1177.4Mi",
+        "1024Mi",
+        "1024Mi",
+        "1413Mi",
+        "1413Mi",
+    ]
+    cpu = {
+        **row,
+        "resource": "requests.cpu",
+        "peak": "3300m",
+        "floor": "1",
+        "used": "2",
+        "recommended": "3960m",
+        "hard": "4",
+    }
     assert [cli._for_people(cpu)[c] for c in ("peak", "floor", "used", "recommended", "hard")] == [
-        "3300m", "1000m", "2000m", "3960m", "4000m"]
+        "3300m",
+        "1000m",
+        "2000m",
+        "3960m",
+        "4000m",
+    ]

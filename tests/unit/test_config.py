@@ -41,24 +41,27 @@ def test_defaults() -> None:
 
 
 def test_environment_variables(history_file: Path) -> None:
-    config = parse_config([], {
-        "HEADROOM_HISTORY_SOURCE": "file",
-        "HEADROOM_HISTORY_FILE": str(history_file),
-        "HEADROOM_MODE": "Observe",
-        "HEADROOM_RESYNC_INTERVAL": "1h30m",
-        "HEADROOM_WEBHOOK_URL": "https://hooks.example.com/x",
-        "HEADROOM_ALERTMANAGER_URL": "http://alertmanager:9093",
-        "HEADROOM_AUTO_APPROVE_WITHIN_RECOMMENDATION": "true",
-        "HEADROOM_NAMESPACE": "platform",
-        "HEADROOM_API_QPS": "2.5",
-        "HEADROOM_API_BURST": "5",
-        "HEADROOM_METRICS_PORT": "0",
-        "HEADROOM_HEALTH_PORT": "9000",
-        "HEADROOM_LEADER_ELECT": "yes",
-        "HEADROOM_LEASE_NAME": "headroom-a",
-        "HEADROOM_PROMETHEUS_STEP": "1m",
-        "HEADROOM_PROMETHEUS_TIMEOUT": "12.5",
-    })
+    config = parse_config(
+        [],
+        {
+            "HEADROOM_HISTORY_SOURCE": "file",
+            "HEADROOM_HISTORY_FILE": str(history_file),
+            "HEADROOM_MODE": "Observe",
+            "HEADROOM_RESYNC_INTERVAL": "1h30m",
+            "HEADROOM_WEBHOOK_URL": "https://hooks.example.com/x",
+            "HEADROOM_ALERTMANAGER_URL": "http://alertmanager:9093",
+            "HEADROOM_AUTO_APPROVE_WITHIN_RECOMMENDATION": "true",
+            "HEADROOM_NAMESPACE": "platform",
+            "HEADROOM_API_QPS": "2.5",
+            "HEADROOM_API_BURST": "5",
+            "HEADROOM_METRICS_PORT": "0",
+            "HEADROOM_HEALTH_PORT": "9000",
+            "HEADROOM_LEADER_ELECT": "yes",
+            "HEADROOM_LEASE_NAME": "headroom-a",
+            "HEADROOM_PROMETHEUS_STEP": "1m",
+            "HEADROOM_PROMETHEUS_TIMEOUT": "12.5",
+        },
+    )
     assert config.history_source == "file"
     assert config.history_file == history_file
     assert config.mode == "observe"  # case does not matter in the environment
@@ -76,8 +79,19 @@ def test_environment_variables(history_file: Path) -> None:
     assert config.prometheus_timeout == 12.5
 
 
-@pytest.mark.parametrize(("text", "expected"), [("true", True), ("1", True), ("ON", True), ("false", False),
-                                                ("0", False), ("", False), ("no", False), ("Off", False)])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("true", True),
+        ("1", True),
+        ("ON", True),
+        ("false", False),
+        ("0", False),
+        ("", False),
+        ("no", False),
+        ("Off", False),
+    ],
+)
 def test_boolean_environment_values(text: str, expected: bool) -> None:
     config = parse_config([], {"HEADROOM_AUTO_APPROVE_WITHIN_RECOMMENDATION": text})
     assert config.auto_approve_within_recommendation is expected
@@ -85,11 +99,29 @@ def test_boolean_environment_values(text: str, expected: bool) -> None:
 
 def test_flags_win_over_environment(tmp_path: Path, history_file: Path) -> None:
     config = parse_config(
-        ["--mode", "observe", "--history-source", "prometheus", "--prometheus-url", "http://prom:9090",
-         "--api-qps", "7", "--resync-interval", "30s", "--namespace", "from-flag"],
-        {"HEADROOM_MODE": "enforce", "HEADROOM_HISTORY_SOURCE": "file",
-         "HEADROOM_HISTORY_FILE": str(tmp_path / "missing.csv"), "HEADROOM_PROMETHEUS_URL": "http://other:1",
-         "HEADROOM_API_QPS": "1", "HEADROOM_RESYNC_INTERVAL": "1h", "HEADROOM_NAMESPACE": "from-env"},
+        [
+            "--mode",
+            "observe",
+            "--history-source",
+            "prometheus",
+            "--prometheus-url",
+            "http://prom:9090",
+            "--api-qps",
+            "7",
+            "--resync-interval",
+            "30s",
+            "--namespace",
+            "from-flag",
+        ],
+        {
+            "HEADROOM_MODE": "enforce",
+            "HEADROOM_HISTORY_SOURCE": "file",
+            "HEADROOM_HISTORY_FILE": str(tmp_path / "missing.csv"),
+            "HEADROOM_PROMETHEUS_URL": "http://other:1",
+            "HEADROOM_API_QPS": "1",
+            "HEADROOM_RESYNC_INTERVAL": "1h",
+            "HEADROOM_NAMESPACE": "from-env",
+        },
     )
     assert config.mode == "observe"
     assert config.history_source == "prometheus"
@@ -107,10 +139,15 @@ def test_boolean_flags() -> None:
 
 
 def test_prometheus_queries_from_flags() -> None:
-    config = parse_config([
-        "--prometheus-query", 'pods=count by (namespace) (up{{namespace=~"{namespaces}"}})',
-        "--prometheus-query", ' requests.cpu =sum by (namespace) (x{{namespace=~"{namespaces}"}})',
-    ], {})
+    config = parse_config(
+        [
+            "--prometheus-query",
+            'pods=count by (namespace) (up{{namespace=~"{namespaces}"}})',
+            "--prometheus-query",
+            ' requests.cpu =sum by (namespace) (x{{namespace=~"{namespaces}"}})',
+        ],
+        {},
+    )
     assert config.prometheus_queries == {
         "pods": 'count by (namespace) (up{{namespace=~"{namespaces}"}})',
         "requests.cpu": 'sum by (namespace) (x{{namespace=~"{namespaces}"}})',
@@ -130,45 +167,48 @@ def test_file_source_with_a_file(history_file: Path) -> None:
 # --------------------------------------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize(("argv", "environ", "flag"), [
-    (["--history-source=prometheus"], {}, "--prometheus-url"),
-    ([], {"HEADROOM_HISTORY_SOURCE": "prometheus"}, "--prometheus-url"),
-    (["--history-source=file"], {}, "--history-file"),
-    (["--history-source=prometheus", "--prometheus-url=ftp://prom:9090"], {}, "--prometheus-url"),
-    (["--prometheus-url=prom:9090"], {}, "--prometheus-url"),
-    (["--prometheus-url=http://"], {}, "--prometheus-url"),
-    (["--webhook-url=hooks.example.com/x"], {}, "--webhook-url"),
-    (["--alertmanager-url=file:///etc/passwd"], {}, "--alertmanager-url"),
-    ([], {"HEADROOM_MODE": "audit"}, "--mode"),
-    ([], {"HEADROOM_HISTORY_SOURCE": "influx"}, "--history-source"),
-    (["--resync-interval=4s"], {}, "--resync-interval"),
-    (["--resync-interval=0s"], {}, "--resync-interval"),
-    (["--prometheus-query=pods"], {}, "--prometheus-query"),
-    (["--prometheus-query=pods=count(up)"], {}, "--prometheus-query"),  # no {namespaces}
-    (["--metrics-port=65536"], {}, "--metrics-port"),
-    (["--metrics-port=-1"], {}, "--metrics-port"),
-    ([], {"HEADROOM_HEALTH_PORT": "70000"}, "--health-port"),
-    ([], {"HEADROOM_METRICS_PORT": "http"}, "--metrics-port"),
-    ([], {"HEADROOM_API_QPS": "fast"}, "--api-qps"),
-    (["--api-qps=0"], {}, "--api-qps"),
-    (["--api-burst=0"], {}, "--api-burst"),
-    (["--prometheus-step=banana"], {}, "--prometheus-step"),
-    (["--prometheus-step=5"], {}, "--prometheus-step"),  # PromQL needs a unit
-    (["--prometheus-step=0m"], {}, "--prometheus-step"),
-    ([], {"HEADROOM_PROMETHEUS_STEP": "5 minutes"}, "--prometheus-step"),
-    (["--prometheus-timeout=-1"], {}, "--prometheus-timeout"),
-    (["--prometheus-timeout=0"], {}, "--prometheus-timeout"),
-    ([], {"HEADROOM_PROMETHEUS_TIMEOUT": "nan"}, "--prometheus-timeout"),
-    (["--namespace=Not A Namespace!"], {}, "--namespace"),
-    ([], {"HEADROOM_NAMESPACE": "a" * 64}, "--namespace"),
-    (["--lease-name=my lease"], {}, "--lease-name"),
-    ([], {"HEADROOM_LEASE_NAME": "Headroom"}, "--lease-name"),
-    ([], {"HEADROOM_API_QPS": "nan"}, "--api-qps"),
-    ([], {"HEADROOM_API_QPS": "inf"}, "--api-qps"),
-    ([], {"HEADROOM_LEADER_ELECT": "maybe"}, "--leader-elect"),
-    ([], {"HEADROOM_AUTO_APPROVE_WITHIN_RECOMMENDATION": "sometimes"}, "--auto-approve-within-recommendation"),
-    ([], {"HEADROOM_VERBOSE": "loud"}, "--verbose"),
-])
+@pytest.mark.parametrize(
+    ("argv", "environ", "flag"),
+    [
+        (["--history-source=prometheus"], {}, "--prometheus-url"),
+        ([], {"HEADROOM_HISTORY_SOURCE": "prometheus"}, "--prometheus-url"),
+        (["--history-source=file"], {}, "--history-file"),
+        (["--history-source=prometheus", "--prometheus-url=ftp://prom:9090"], {}, "--prometheus-url"),
+        (["--prometheus-url=prom:9090"], {}, "--prometheus-url"),
+        (["--prometheus-url=http://"], {}, "--prometheus-url"),
+        (["--webhook-url=hooks.example.com/x"], {}, "--webhook-url"),
+        (["--alertmanager-url=file:///etc/passwd"], {}, "--alertmanager-url"),
+        ([], {"HEADROOM_MODE": "audit"}, "--mode"),
+        ([], {"HEADROOM_HISTORY_SOURCE": "influx"}, "--history-source"),
+        (["--resync-interval=4s"], {}, "--resync-interval"),
+        (["--resync-interval=0s"], {}, "--resync-interval"),
+        (["--prometheus-query=pods"], {}, "--prometheus-query"),
+        (["--prometheus-query=pods=count(up)"], {}, "--prometheus-query"),  # no {namespaces}
+        (["--metrics-port=65536"], {}, "--metrics-port"),
+        (["--metrics-port=-1"], {}, "--metrics-port"),
+        ([], {"HEADROOM_HEALTH_PORT": "70000"}, "--health-port"),
+        ([], {"HEADROOM_METRICS_PORT": "http"}, "--metrics-port"),
+        ([], {"HEADROOM_API_QPS": "fast"}, "--api-qps"),
+        (["--api-qps=0"], {}, "--api-qps"),
+        (["--api-burst=0"], {}, "--api-burst"),
+        (["--prometheus-step=banana"], {}, "--prometheus-step"),
+        (["--prometheus-step=5"], {}, "--prometheus-step"),  # PromQL needs a unit
+        (["--prometheus-step=0m"], {}, "--prometheus-step"),
+        ([], {"HEADROOM_PROMETHEUS_STEP": "5 minutes"}, "--prometheus-step"),
+        (["--prometheus-timeout=-1"], {}, "--prometheus-timeout"),
+        (["--prometheus-timeout=0"], {}, "--prometheus-timeout"),
+        ([], {"HEADROOM_PROMETHEUS_TIMEOUT": "nan"}, "--prometheus-timeout"),
+        (["--namespace=Not A Namespace!"], {}, "--namespace"),
+        ([], {"HEADROOM_NAMESPACE": "a" * 64}, "--namespace"),
+        (["--lease-name=my lease"], {}, "--lease-name"),
+        ([], {"HEADROOM_LEASE_NAME": "Headroom"}, "--lease-name"),
+        ([], {"HEADROOM_API_QPS": "nan"}, "--api-qps"),
+        ([], {"HEADROOM_API_QPS": "inf"}, "--api-qps"),
+        ([], {"HEADROOM_LEADER_ELECT": "maybe"}, "--leader-elect"),
+        ([], {"HEADROOM_AUTO_APPROVE_WITHIN_RECOMMENDATION": "sometimes"}, "--auto-approve-within-recommendation"),
+        ([], {"HEADROOM_VERBOSE": "loud"}, "--verbose"),
+    ],
+)
 def test_invalid_configuration_names_the_flag(argv: list[str], environ: dict[str, str], flag: str) -> None:
     with pytest.raises(ConfigError, match=flag):
         parse_config(argv, environ)
@@ -201,15 +241,19 @@ def test_unparsable_resync_interval_names_the_flag(text: str) -> None:
         parse_config([f"--resync-interval={text}"], {})
 
 
-@pytest.mark.parametrize(("argv", "env", "flag"), [
-    (["--mode=audit"], {}, "--mode"),
-    (["--history-source=influx"], {}, "--history-source"),
-    (["--metrics-port=http"], {}, "--metrics-port"),
-    ([], {"HEADROOM_MODE": "audit"}, "--mode"),
-    ([], {"HEADROOM_METRICS_PORT": "http"}, "--metrics-port"),
-])
-def test_a_bad_value_names_the_flag_whether_given_as_flag_or_variable(argv: list[str], env: dict[str, str],
-                                                                        flag: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "env", "flag"),
+    [
+        (["--mode=audit"], {}, "--mode"),
+        (["--history-source=influx"], {}, "--history-source"),
+        (["--metrics-port=http"], {}, "--metrics-port"),
+        ([], {"HEADROOM_MODE": "audit"}, "--mode"),
+        ([], {"HEADROOM_METRICS_PORT": "http"}, "--metrics-port"),
+    ],
+)
+def test_a_bad_value_names_the_flag_whether_given_as_flag_or_variable(
+    argv: list[str], env: dict[str, str], flag: str
+) -> None:
     with pytest.raises(ConfigError, match=flag):
         parse_config(argv, env)
 
@@ -231,10 +275,16 @@ def test_kubernetes_names_are_accepted() -> None:
 
 
 def test_protected_namespaces_default_to_the_system_ones_and_can_be_replaced() -> None:
-    assert set(parse_config([], {}).protected_namespaces) == {"kube-system", "kube-public", "kube-node-lease",
-                                                              "default"}
+    assert set(parse_config([], {}).protected_namespaces) == {
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "default",
+    }
     assert parse_config(["--protected-namespaces", "kube-system, infra"], {}).protected_namespaces == (
-        "infra", "kube-system")
+        "infra",
+        "kube-system",
+    )
     assert parse_config([], {"HEADROOM_PROTECTED_NAMESPACES": "ops"}).protected_namespaces == ("ops",)
     with pytest.raises(ConfigError, match="--protected-namespaces"):
         parse_config(["--protected-namespaces", "Not A Namespace!"], {})

@@ -165,16 +165,18 @@ def test_default_minimum() -> None:
 def test_a_floor_fits_one_container_that_relies_on_the_limitrange_defaults() -> None:
     # The search sample: ephemeral-storage requested 1Gi by default, no history, no minimum.
     container = {"requests.ephemeral-storage": 20 * GI, "limits.memory": 3 * GI}
-    results = derive_namespace(["requests.ephemeral-storage", "limits.memory", "requests.cpu"], {}, {}, 20, {},
-                               container)
+    results = derive_namespace(
+        ["requests.ephemeral-storage", "limits.memory", "requests.cpu"], {}, {}, 20, {}, container
+    )
     assert results["requests.ephemeral-storage"].recommended == 20 * GI
     assert results["limits.memory"].recommended == 3 * GI
     assert results["requests.cpu"].recommended == D(1)
 
 
 def test_limits_are_never_below_the_requests_beside_them() -> None:
-    results = derive_namespace(["requests.memory", "limits.memory", "limits.cpu"],
-                               {"requests.memory": 50 * GI}, {}, 4, {})
+    results = derive_namespace(
+        ["requests.memory", "limits.memory", "limits.cpu"], {"requests.memory": 50 * GI}, {}, 4, {}
+    )
     assert results["limits.memory"].recommended == 52 * GI  # not the 2Gi floor
     assert results["limits.memory"].reason == "at least requests.memory"
     assert results["limits.cpu"].recommended == D(2)  # no requests.cpu governed: its own floor

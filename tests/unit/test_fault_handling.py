@@ -209,8 +209,9 @@ def test_a_namespace_wanted_while_a_batch_is_being_fetched_gets_its_own_answer()
         async def peaks(self, query: PeakQuery) -> HistoryResult:
             self.queries.append(query.namespaces)
             await asyncio.sleep(0.2)
-            return HistoryResult(peaks={(ns, r): Decimal(7) for ns in query.namespaces for r in query.resources},
-                                 queries=1)
+            return HistoryResult(
+                peaks={(ns, r): Decimal(7) for ns in query.namespaces for r in query.resources}, queries=1
+            )
 
     source = Echo()
     cache = HistoryCache(source, max_age=timedelta(minutes=5), metrics=Metrics(), batch_window=0.05)
@@ -236,8 +237,9 @@ def test_a_refresh_that_completes_an_open_batch_early_does_not_stall_a_waiter() 
 
         async def peaks(self, query: PeakQuery) -> HistoryResult:
             await asyncio.sleep(0.2)
-            return HistoryResult(peaks={(ns, r): Decimal(3) for ns in query.namespaces for r in query.resources},
-                                 queries=1)
+            return HistoryResult(
+                peaks={(ns, r): Decimal(3) for ns in query.namespaces for r in query.resources}, queries=1
+            )
 
     cache = HistoryCache(Slow(), max_age=timedelta(minutes=5), metrics=Metrics(), batch_window=1.0)
     outcome: list[HistoryResult] = []
@@ -372,8 +374,15 @@ def test_a_conflict_while_acquiring_means_another_candidate_won() -> None:
 
 def test_hold_retries_a_conflict_and_keeps_the_lease() -> None:
     api = Coordination()
-    elector = LeaderElector(api, "ns", "headroom", "me", renew_seconds=0.05, retry_seconds=0.05,  # type: ignore[arg-type]
-                            lease_seconds=2)
+    elector = LeaderElector(
+        api,
+        "ns",
+        "headroom",
+        "me",
+        renew_seconds=0.05,
+        retry_seconds=0.05,  # type: ignore[arg-type]
+        lease_seconds=2,
+    )
     assert elector.try_acquire_or_renew()
     api.conflict_next = True
 
@@ -411,4 +420,3 @@ def test_a_pause_point_pauses_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
     first, second = asyncio.run(run())
     assert first >= 0.2 and second < 0.1
-

@@ -19,10 +19,15 @@ D = Decimal
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
-def query(namespaces: set[str] | None = None, resources: set[str] | None = None,
-          lookback: timedelta = timedelta(days=7), now: datetime = NOW) -> PeakQuery:
-    return PeakQuery(frozenset(namespaces or {"ns"}), frozenset(resources or {"requests.cpu", "requests.memory"}),
-                     lookback, now)
+def query(
+    namespaces: set[str] | None = None,
+    resources: set[str] | None = None,
+    lookback: timedelta = timedelta(days=7),
+    now: datetime = NOW,
+) -> PeakQuery:
+    return PeakQuery(
+        frozenset(namespaces or {"ns"}), frozenset(resources or {"requests.cpu", "requests.memory"}), lookback, now
+    )
 
 
 def read(path: Path, q: PeakQuery | None = None) -> HistoryResult:
@@ -51,8 +56,11 @@ def test_csv_peak_is_the_maximum_per_namespace_and_resource(tmp_path: Path) -> N
     result = read(path, query({"ns", "other"}))
     assert result.error is None
     assert result.complete
-    assert result.peaks == {("ns", "requests.cpu"): D(2), ("ns", "requests.memory"): GI,
-                            ("other", "requests.cpu"): D(64)}
+    assert result.peaks == {
+        ("ns", "requests.cpu"): D(2),
+        ("ns", "requests.memory"): GI,
+        ("other", "requests.cpu"): D(64),
+    }
 
 
 def test_namespaces_and_resources_outside_the_query_are_ignored(tmp_path: Path) -> None:
@@ -104,19 +112,26 @@ def test_lookback_window_bounds(tmp_path: Path) -> None:
 
 def test_json_file(tmp_path: Path) -> None:
     path = tmp_path / "history.json"
-    path.write_text(json.dumps([
-        {"time": "2026-03-08T00:00:00Z", "namespace": "ns", "resource": "requests.memory", "value": "1500Mi"},
-        {"time": 1773050400, "namespace": "ns", "resource": "requests.memory", "value": "2Gi"},
-        {"time": "2026-03-09T00:00:00+01:00", "namespace": "ns", "resource": "requests.cpu", "value": 3},
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {"time": "2026-03-08T00:00:00Z", "namespace": "ns", "resource": "requests.memory", "value": "1500Mi"},
+                {"time": 1773050400, "namespace": "ns", "resource": "requests.memory", "value": "2Gi"},
+                {"time": "2026-03-09T00:00:00+01:00", "namespace": "ns", "resource": "requests.cpu", "value": 3},
+            ]
+        )
+    )
     assert read(path).peaks == {("ns", "requests.memory"): 2 * GI, ("ns", "requests.cpu"): D(3)}
 
 
-@pytest.mark.parametrize(("row", "expected"), [
-    ("yesterday,ns,requests.cpu,1", "yesterday"),
-    ("2026-03-09T10:00:00,ns,requests.cpu,1", "no time zone"),
-    ("2026-03-09T10:00:00Z,ns,requests.cpu,lots", "lots"),
-])
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ("yesterday,ns,requests.cpu,1", "yesterday"),
+        ("2026-03-09T10:00:00,ns,requests.cpu,1", "no time zone"),
+        ("2026-03-09T10:00:00Z,ns,requests.cpu,lots", "lots"),
+    ],
+)
 def test_bad_rows_give_a_clear_error_naming_the_line(tmp_path: Path, row: str, expected: str) -> None:
     path = csv_file(tmp_path, "2026-03-09T09:00:00Z,ns,requests.cpu,1", row)
     result = read(path)
@@ -220,13 +235,17 @@ def test_record_drops_days_older_than_keep_days() -> None:
 
 
 def test_encode_decode_round_trip() -> None:
-    peaks = {"2026-03-09": {"requests.cpu": D("1.5"), "requests.memory": GI},
-             "2026-03-10": {"pods": D(12), "requests.cpu": D("0.25")}}
+    peaks = {
+        "2026-03-09": {"requests.cpu": D("1.5"), "requests.memory": GI},
+        "2026-03-10": {"pods": D(12), "requests.cpu": D("0.25")},
+    }
     text = encode(peaks)
     assert decode(text) == peaks
     # Compact and in a stable order, so an unchanged mapping never causes a write.
-    assert text == ('{"2026-03-09":{"requests.cpu":"1.5","requests.memory":"1073741824"},'
-                    '"2026-03-10":{"pods":"12","requests.cpu":"0.25"}}')
+    assert text == (
+        '{"2026-03-09":{"requests.cpu":"1.5","requests.memory":"1073741824"},'
+        '"2026-03-10":{"pods":"12","requests.cpu":"0.25"}}'
+    )
     assert encode(decode(text)) == text
 
 
@@ -236,13 +255,15 @@ def test_decode_tolerates_garbage(text: str | None) -> None:
 
 
 def test_decode_keeps_what_is_intact() -> None:
-    text = json.dumps({
-        "2026-03-08": {"pods": "3"},
-        "2026-13-45": {"pods": "4"},  # not a date
-        "yesterday": {"pods": "5"},
-        "2026-03-09": "broken",
-        "2026-03-10": {"pods": "many"},
-    })
+    text = json.dumps(
+        {
+            "2026-03-08": {"pods": "3"},
+            "2026-13-45": {"pods": "4"},  # not a date
+            "yesterday": {"pods": "5"},
+            "2026-03-09": "broken",
+            "2026-03-10": {"pods": "many"},
+        }
+    )
     assert decode(text) == {"2026-03-08": {"pods": D(3)}}
 
 
@@ -255,8 +276,12 @@ def test_decode_drops_values_that_cannot_be_usage(bad: str) -> None:
 
 
 def test_peak_within_honours_the_lookback() -> None:
-    peaks = {"2026-03-06": {"pods": D(50)}, "2026-03-07": {"pods": D(20)}, "2026-03-10": {"pods": D(8)},
-             "2026-03-09": {"requests.cpu": D(4)}}
+    peaks = {
+        "2026-03-06": {"pods": D(50)},
+        "2026-03-07": {"pods": D(20)},
+        "2026-03-10": {"pods": D(8)},
+        "2026-03-09": {"requests.cpu": D(4)},
+    }
     # 3 days back from 2026-03-10 12:00 is 2026-03-07 12:00: that whole day counts, the 6th does not.
     assert peak_within(peaks, "pods", NOW, timedelta(days=3)) == D(20)
     assert peak_within(peaks, "pods", NOW, timedelta(days=4)) == D(50)
@@ -275,8 +300,11 @@ def test_sampler_history_reads_each_namespace() -> None:
         asked.append(namespace)
         return daily.get(namespace, {})
 
-    result = asyncio.run(SamplerHistory(peaks_of).peaks(
-        query({"a", "b", "c"}, {"pods", "requests.cpu", "requests.memory"}, timedelta(days=30))))
+    result = asyncio.run(
+        SamplerHistory(peaks_of).peaks(
+            query({"a", "b", "c"}, {"pods", "requests.cpu", "requests.memory"}, timedelta(days=30))
+        )
+    )
     assert result.peaks == {("a", "pods"): D(6), ("a", "requests.cpu"): D(2)}
     assert result.error is None
     assert sorted(asked) == ["a", "b", "c"]
@@ -295,17 +323,19 @@ def test_peak_query_wraps_the_template_in_a_max_over_time_subquery() -> None:
 def test_default_requests_cpu_query() -> None:
     promql = peak_query(DEFAULT_QUERIES["requests.cpu"], frozenset({"ns"}), 3600, "1m")
     assert promql == (
-        'max_over_time((sum by (namespace) (kube_pod_container_resource_requests'
+        "max_over_time((sum by (namespace) (kube_pod_container_resource_requests"
         '{resource="cpu", unit="core", namespace=~"ns"} * on (namespace, pod) group_left () '
         'max by (namespace, pod) (kube_pod_status_phase{phase=~"Pending|Running", namespace=~"ns"} == 1)))'
-        '[3600s:1m])'
+        "[3600s:1m])"
     )
 
 
 def test_default_pods_query_counts_live_pods() -> None:
     promql = peak_query(DEFAULT_QUERIES["pods"], frozenset({"ns"}), 60, "30s")
-    assert promql == ('max_over_time((count by (namespace) (max by (namespace, pod) (kube_pod_status_phase'
-                      '{phase=~"Pending|Running", namespace=~"ns"} == 1)))[60s:30s])')
+    assert promql == (
+        "max_over_time((count by (namespace) (max by (namespace, pod) (kube_pod_status_phase"
+        '{phase=~"Pending|Running", namespace=~"ns"} == 1)))[60s:30s])'
+    )
 
 
 def test_default_memory_and_limits_queries_use_their_series() -> None:
@@ -315,8 +345,9 @@ def test_default_memory_and_limits_queries_use_their_series() -> None:
     assert 'kube_pod_container_resource_limits{resource="cpu", unit="core"' in limits
 
 
-@pytest.mark.parametrize("bad", ["Payments", "a.b", "a_b", 'x"} or vector(1) #', "-lead", "trail-", "",
-                                 "a" * 64, "ns|.*"])
+@pytest.mark.parametrize(
+    "bad", ["Payments", "a.b", "a_b", 'x"} or vector(1) #', "-lead", "trail-", "", "a" * 64, "ns|.*"]
+)
 def test_peak_query_refuses_what_is_not_a_namespace_name(bad: str) -> None:
     with pytest.raises(ValueError, match="not namespace names"):
         peak_query(DEFAULT_QUERIES["pods"], frozenset({"good", bad}), 60, "1m")
@@ -327,15 +358,18 @@ def test_peak_query_accepts_the_longest_dns_label() -> None:
     assert f'namespace=~"{name}"' in peak_query(DEFAULT_QUERIES["pods"], frozenset({name}), 60, "1m")
 
 
-@pytest.mark.parametrize(("raw", "resource", "expected"), [
-    ("3.3000000000000003", "requests.cpu", "3.3"),  # 1.1 + 1.1 + 1.1 in float64
-    ("0.30000000000000004", "limits.cpu", "0.3"),
-    ("1073741824.0000002", "requests.memory", "1073741824"),
-    ("6.999999999999999", "pods", "7"),
-    ("0.0000004", "requests.cpu", "0"),  # below a millionth of a core: noise
-    ("0.1234565", "requests.cpu", "0.123456"),  # halves go to even
-    ("0.1234575", "requests.cpu", "0.123458"),
-])
+@pytest.mark.parametrize(
+    ("raw", "resource", "expected"),
+    [
+        ("3.3000000000000003", "requests.cpu", "3.3"),  # 1.1 + 1.1 + 1.1 in float64
+        ("0.30000000000000004", "limits.cpu", "0.3"),
+        ("1073741824.0000002", "requests.memory", "1073741824"),
+        ("6.999999999999999", "pods", "7"),
+        ("0.0000004", "requests.cpu", "0"),  # below a millionth of a core: noise
+        ("0.1234565", "requests.cpu", "0.123456"),  # halves go to even
+        ("0.1234575", "requests.cpu", "0.123458"),
+    ],
+)
 def test_denoise_drops_float_noise(raw: str, resource: str, expected: str) -> None:
     assert _denoise(D(raw), resource) == D(expected)
 

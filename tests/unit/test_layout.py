@@ -14,9 +14,28 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "headroom"
 CORE = sorted((PACKAGE / "core").rglob("*.py"))
 # Libraries that do I/O, read a clock or randomness, or reach the process environment.
-FORBIDDEN = ("headroom.shell", "headroom.cli", "kopf", "kubernetes", "aiohttp", "prometheus_client", "asyncio",
-             "time", "random", "os", "socket", "subprocess", "threading", "urllib", "http", "logging", "pathlib",
-             "shutil", "sys", "yaml")
+FORBIDDEN = (
+    "headroom.shell",
+    "headroom.cli",
+    "kopf",
+    "kubernetes",
+    "aiohttp",
+    "prometheus_client",
+    "asyncio",
+    "time",
+    "random",
+    "os",
+    "socket",
+    "subprocess",
+    "threading",
+    "urllib",
+    "http",
+    "logging",
+    "pathlib",
+    "shutil",
+    "sys",
+    "yaml",
+)
 CLOCK_READS = ("datetime.now", "date.today", "datetime.utcnow", "datetime.today")
 
 
@@ -32,14 +51,21 @@ def _imports(path: Path) -> list[str]:
 
 
 def test_there_is_a_core() -> None:
-    assert {p.name for p in CORE} >= {"quantity.py", "spec.py", "derivation.py", "changes.py", "planning.py",
-                                       "alert_policy.py", "business_hours.py", "names.py"}
+    assert {p.name for p in CORE} >= {
+        "quantity.py",
+        "spec.py",
+        "derivation.py",
+        "changes.py",
+        "planning.py",
+        "alert_policy.py",
+        "business_hours.py",
+        "names.py",
+    }
 
 
 @pytest.mark.parametrize("path", CORE, ids=lambda p: p.name)
 def test_core_imports_nothing_that_does_io(path: Path) -> None:
-    bad = [name for name in _imports(path)
-           if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)]
+    bad = [name for name in _imports(path) if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)]
     assert not bad, f"{path.name} imports {bad}: the core must stay pure (move the I/O to headroom/shell)"
 
 
@@ -50,8 +76,9 @@ def test_core_reads_no_clock(path: Path) -> None:
 
 
 def test_the_shell_may_use_the_core_but_never_the_other_way() -> None:
-    shell_modules = {p.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".")
-                     for p in (PACKAGE / "shell").rglob("*.py")}
+    shell_modules = {
+        p.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", ".") for p in (PACKAGE / "shell").rglob("*.py")
+    }
     assert shell_modules, "no shell?"
     for path in CORE:
         for name in _imports(path):

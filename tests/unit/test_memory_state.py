@@ -28,14 +28,19 @@ def plan(namespaces: dict[str, tuple[Decimal, Decimal]], pending: bool = False) 
         utilization={(ns, "requests.cpu"): used * 100 / hard for ns, (hard, used) in namespaces.items()},
         governed={ns: {"requests.cpu": hard} for ns, (hard, _) in namespaces.items()},
         used={ns: {"requests.cpu": used} for ns, (_, used) in namespaces.items()},
-        status={"pendingChange": {"id": "x"}} if pending else {}, events=())
+        status={"pendingChange": {"id": "x"}} if pending else {},
+        events=(),
+    )
 
 
 def scraped(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = generate_latest(metrics.registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples
-            if s.name.startswith(("headroom_quota_", "headroom_pending_changes"))}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith(("headroom_quota_", "headroom_pending_changes"))
+    }
 
 
 def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -46,8 +51,10 @@ def test_per_project_series_are_scraped_with_their_names_labels_and_values() -> 
     metrics = Metrics()
     metrics.observe_plan(SimpleNamespace(name="shop"), plan({"web": (D(4), D(3)), "db": (D(2), D(1))}, pending=True))
     seen = scraped(metrics)
-    assert seen[key("headroom_quota_utilization_percent", project="shop", namespace="web",
-                    resource="requests.cpu")] == 75.0
+    assert (
+        seen[key("headroom_quota_utilization_percent", project="shop", namespace="web", resource="requests.cpu")]
+        == 75.0
+    )
     assert seen[key("headroom_quota_hard", project="shop", namespace="db", resource="requests.cpu")] == 2.0
     assert seen[key("headroom_quota_used", project="shop", namespace="db", resource="requests.cpu")] == 1.0
     assert seen[key("headroom_pending_changes", project="shop")] == 1.0
@@ -64,16 +71,32 @@ def test_a_namespace_that_left_and_a_deleted_project_leave_no_series() -> None:
 
 
 def quota(*editors: dict[str, Any]) -> dict[str, Any]:
-    own = {"manager": FIELD_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
-           "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{GOVERNED_ANNOTATION}": {}, "f:headroom.dev/state": {}}},
-                        "f:spec": {"f:hard": {"f:requests.cpu": {}}}}}
-    controller = {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
-                  "fieldsV1": {"f:status": {"f:hard": {"f:requests.cpu": {}}, "f:used": {"f:requests.cpu": {}}}}}
-    return {"metadata": {"name": "headroom", "namespace": "web", "labels": {"headroom.dev/project": "shop"},
-                         "annotations": {GOVERNED_ANNOTATION: '{"requests.cpu":"4"}', "headroom.dev/state": "governed"},
-                         "managedFields": [own, controller, *editors]},
-            "spec": {"hard": {"requests.cpu": "4"}}, "status": {"hard": {"requests.cpu": "4"},
-                                                               "used": {"requests.cpu": "3"}}}
+    own = {
+        "manager": FIELD_MANAGER,
+        "operation": "Apply",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {
+            "f:metadata": {"f:annotations": {f"f:{GOVERNED_ANNOTATION}": {}, "f:headroom.dev/state": {}}},
+            "f:spec": {"f:hard": {"f:requests.cpu": {}}},
+        },
+    }
+    controller = {
+        "manager": "kube-controller-manager",
+        "operation": "Update",
+        "subresource": "status",
+        "fieldsV1": {"f:status": {"f:hard": {"f:requests.cpu": {}}, "f:used": {"f:requests.cpu": {}}}},
+    }
+    return {
+        "metadata": {
+            "name": "headroom",
+            "namespace": "web",
+            "labels": {"headroom.dev/project": "shop"},
+            "annotations": {GOVERNED_ANNOTATION: '{"requests.cpu":"4"}', "headroom.dev/state": "governed"},
+            "managedFields": [own, controller, *editors],
+        },
+        "spec": {"hard": {"requests.cpu": "4"}},
+        "status": {"hard": {"requests.cpu": "4"}, "used": {"requests.cpu": "3"}},
+    }
 
 
 def test_a_quota_only_headroom_and_the_quota_controller_wrote_keeps_no_managed_fields() -> None:
@@ -84,19 +107,31 @@ def test_a_quota_only_headroom_and_the_quota_controller_wrote_keeps_no_managed_f
 
 
 def test_the_digest_names_the_same_editors_as_the_whole_managed_fields() -> None:
-    spec_edit = {"manager": "kubectl-edit", "operation": "Update",
-                 "fieldsV1": {"f:spec": {"f:hard": {"f:requests.cpu": {}}}}}
-    annotation_edit = {"manager": "argocd", "operation": "Apply",
-                       "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{GOVERNED_ANNOTATION}": {}}}}}
-    label_edit = {"manager": "kubectl-label", "operation": "Update",
-                  "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}}}
+    spec_edit = {
+        "manager": "kubectl-edit",
+        "operation": "Update",
+        "fieldsV1": {"f:spec": {"f:hard": {"f:requests.cpu": {}}}},
+    }
+    annotation_edit = {
+        "manager": "argocd",
+        "operation": "Apply",
+        "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{GOVERNED_ANNOTATION}": {}}}},
+    }
+    label_edit = {
+        "manager": "kubectl-label",
+        "operation": "Update",
+        "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}},
+    }
     whole = quota(spec_edit, annotation_edit, label_edit)
     store = Store()
     store.quotas["web"] = copy.deepcopy(whole)
     kept = store.quotas["web"]
     assert observe_quota(kept).governed_edited_by == observe_quota(whole).governed_edited_by == ("argocd",)
-    spec_writers = {m["manager"] for m in kept["metadata"]["managedFields"]
-                    if m.get("subresource") != "status" and "f:spec" in m["fieldsV1"]}
+    spec_writers = {
+        m["manager"]
+        for m in kept["metadata"]["managedFields"]
+        if m.get("subresource") != "status" and "f:spec" in m["fieldsV1"]
+    }
     assert spec_writers == {"kubectl-edit"}
     # Put in again (a re-list): the digest of a digest is the same digest.
     store.quotas["web"] = copy.deepcopy(kept)

@@ -50,10 +50,16 @@ CPU_PODS = ["requests.cpu", "pods"]
 # --------------------------------------------------------------------------------------------- builders
 
 
-def project(namespaces: tuple[str, ...] = ("ns",), *, requested: Mapping[str, Mapping[str, str]] | None = None,
-            quota: Mapping[str, Any] | None = None, defaults: Mapping[str, Any] | None = None,
-            annotations: Mapping[str, str] | None = None, status: Mapping[str, Any] | None = None,
-            generation: int = 1) -> tuple[ProjectSpec, dict[str, Any]]:
+def project(
+    namespaces: tuple[str, ...] = ("ns",),
+    *,
+    requested: Mapping[str, Mapping[str, str]] | None = None,
+    quota: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    status: Mapping[str, Any] | None = None,
+    generation: int = 1,
+) -> tuple[ProjectSpec, dict[str, Any]]:
     """A Project object as the API returns it, and its parsed spec (new, unless `generation` > 1)."""
     entries: list[dict[str, Any]] = []
     for ns in namespaces:
@@ -69,17 +75,29 @@ def project(namespaces: tuple[str, ...] = ("ns",), *, requested: Mapping[str, Ma
     metadata: dict[str, Any] = {"name": NAME, "uid": UID, "generation": generation}
     if annotations:
         metadata["annotations"] = dict(annotations)
-    body: dict[str, Any] = {"apiVersion": "headroom.dev/v1alpha1", "kind": "Project", "metadata": metadata,
-                            "spec": spec}
+    body: dict[str, Any] = {
+        "apiVersion": "headroom.dev/v1alpha1",
+        "kind": "Project",
+        "metadata": metadata,
+        "spec": spec,
+    }
     if status is not None:
         body["status"] = status
     return parse_project(body), body
 
 
-def rq(namespace: str = "ns", *, hard: Mapping[str, str], used: Mapping[str, str] | None = None,
-       state: str | None = None, governed: Mapping[str, str] | None = None,
-       applied: Mapping[str, Any] | None = None, owner: str = NAME, owner_uid: str = UID,
-       annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+def rq(
+    namespace: str = "ns",
+    *,
+    hard: Mapping[str, str],
+    used: Mapping[str, str] | None = None,
+    state: str | None = None,
+    governed: Mapping[str, str] | None = None,
+    applied: Mapping[str, Any] | None = None,
+    owner: str = NAME,
+    owner_uid: str = UID,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """A ResourceQuota as the API server returns it (status only once the quota controller reported)."""
     notes: dict[str, str] = dict(annotations or {})
     if state is not None:
@@ -97,8 +115,16 @@ def rq(namespace: str = "ns", *, hard: Mapping[str, str], used: Mapping[str, str
             "namespace": namespace,
             "labels": {"app.kubernetes.io/managed-by": "headroom", PROJECT_LABEL: owner},
             "annotations": notes,
-            "ownerReferences": [{"apiVersion": "headroom.dev/v1alpha1", "kind": "Project", "name": owner,
-                                 "uid": owner_uid, "controller": True, "blockOwnerDeletion": False}],
+            "ownerReferences": [
+                {
+                    "apiVersion": "headroom.dev/v1alpha1",
+                    "kind": "Project",
+                    "name": owner,
+                    "uid": owner_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": False,
+                }
+            ],
         },
         "spec": {"hard": dict(hard)},
     }
@@ -110,21 +136,35 @@ def rq(namespace: str = "ns", *, hard: Mapping[str, str], used: Mapping[str, str
 HUGE = {"requests.cpu": "1M", "requests.memory": "1Ei", "limits.cpu": "1M", "limits.memory": "1Ei", "pods": "1M"}
 
 
-def counting(namespace: str = "ns", used: Mapping[str, str] | None = None,
-             resources: tuple[str, ...] | list[str] = ALL, **kwargs: Any) -> dict[str, Any]:
+def counting(
+    namespace: str = "ns",
+    used: Mapping[str, str] | None = None,
+    resources: tuple[str, ...] | list[str] = ALL,
+    **kwargs: Any,
+) -> dict[str, Any]:
     return rq(namespace, hard={r: HUGE[r] for r in resources}, used=used, state="counting", **kwargs)
 
 
-def governed_rq(namespace: str = "ns", governed: Mapping[str, str] | None = None,
-                used: Mapping[str, str] | None = None, **kwargs: Any) -> dict[str, Any]:
+def governed_rq(
+    namespace: str = "ns",
+    governed: Mapping[str, str] | None = None,
+    used: Mapping[str, str] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
     values = dict(governed or {"requests.cpu": "4", "pods": "20"})
     return rq(namespace, hard=values, used=used, state="governed", governed=values, **kwargs)
 
 
-def observed(quotas: Mapping[str, dict[str, Any]] | None = None, *, present: set[str] | None = None,
-             peaks: Mapping[tuple[str, str], Decimal] | None = None, history_error: str | None = None,
-             partial: bool = False, claimed: Mapping[str, str] | None = None,
-             extra: Mapping[str, Mapping[str, str]] | None = None) -> Observed:
+def observed(
+    quotas: Mapping[str, dict[str, Any]] | None = None,
+    *,
+    present: set[str] | None = None,
+    peaks: Mapping[tuple[str, str], Decimal] | None = None,
+    history_error: str | None = None,
+    partial: bool = False,
+    claimed: Mapping[str, str] | None = None,
+    extra: Mapping[str, Mapping[str, str]] | None = None,
+) -> Observed:
     quotas = quotas or {}
     return Observed(
         project_uid=UID,
@@ -139,8 +179,9 @@ def observed(quotas: Mapping[str, dict[str, Any]] | None = None, *, present: set
     )
 
 
-def plan(spec: ProjectSpec, body: dict[str, Any], seen: Observed, settings: Settings | None = None,
-         now: datetime = NOW) -> Plan:
+def plan(
+    spec: ProjectSpec, body: dict[str, Any], seen: Observed, settings: Settings | None = None, now: datetime = NOW
+) -> Plan:
     return plan_project(spec, body, seen, settings or Settings(), now)
 
 
@@ -172,12 +213,24 @@ def values(text: Mapping[str, str]) -> dict[str, Decimal]:
     return {r: parse_quantity(v) for r, v in text.items()}
 
 
-def expected_id(project_name: str, request: Mapping[str, Mapping[str, str]],
-                namespaces: tuple[str, ...] = ("ns",), resources: list[str] = CPU_PODS) -> str:
+def expected_id(
+    project_name: str,
+    request: Mapping[str, Mapping[str, str]],
+    namespaces: tuple[str, ...] = ("ns",),
+    resources: list[str] = CPU_PODS,
+) -> str:
     """The README's definition, computed independently: sha256 of the Project's terms and request."""
-    terms = {"project": project_name, "namespaces": {ns: dict(request.get(ns, {})) for ns in namespaces},
-             "resources": sorted(resources), "headroomPercent": 20, "lookback": 30 * 86400, "minimum": {},
-             "enforcement": "", "reason": "", "defaults": {"requests": {}, "limits": {}}}
+    terms = {
+        "project": project_name,
+        "namespaces": {ns: dict(request.get(ns, {})) for ns in namespaces},
+        "resources": sorted(resources),
+        "headroomPercent": 20,
+        "lookback": 30 * 86400,
+        "minimum": {},
+        "enforcement": "",
+        "reason": "",
+        "defaults": {"requests": {}, "limits": {}},
+    }
     body = json.dumps(terms, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
@@ -200,10 +253,14 @@ PEAKS = {
     ("ns", "limits.memory"): 3 * GI,  # x1.2 = 3686.4Mi -> 3687Mi, but 4Gi is in use -> 4Gi
     ("ns", "pods"): D(9),  # x1.2 = 10.8 -> rounds UP to 11 (above the 10-pod floor)
 }
-USED = {"requests.cpu": "2", "requests.memory": "900Mi", "limits.cpu": "1500m", "limits.memory": "4Gi",
-        "pods": "5"}
-DERIVED = {"requests.cpu": D("3.96"), "requests.memory": 1202 * MI, "limits.cpu": D("3.96"),
-           "limits.memory": 4 * GI, "pods": D(11)}
+USED = {"requests.cpu": "2", "requests.memory": "900Mi", "limits.cpu": "1500m", "limits.memory": "4Gi", "pods": "5"}
+DERIVED = {
+    "requests.cpu": D("3.96"),
+    "requests.memory": 1202 * MI,
+    "limits.cpu": D("3.96"),
+    "limits.memory": 4 * GI,
+    "pods": D(11),
+}
 
 
 # --------------------------------------------------------------------------------------------- bootstrap
@@ -253,8 +310,13 @@ def test_counting_with_use_and_history_becomes_governed_peak_plus_20_percent() -
 
     assert result.governed == {"ns": DERIVED}
     quota = quota_in(result)
-    assert quota.hard == {"limits.cpu": "3960m", "limits.memory": "4Gi", "pods": "11", "requests.cpu": "3960m",
-                          "requests.memory": "1202Mi"}
+    assert quota.hard == {
+        "limits.cpu": "3960m",
+        "limits.memory": "4Gi",
+        "pods": "11",
+        "requests.cpu": "3960m",
+        "requests.memory": "1202Mi",
+    }
     assert quota.annotations[STATE] == "governed"
     assert governed_annotation(quota) == DERIVED
     entry = ns_entry(result)
@@ -262,8 +324,13 @@ def test_counting_with_use_and_history_becomes_governed_peak_plus_20_percent() -
     assert entry["enforced"] is True
     assert values(entry["hard"]) == DERIVED
     assert values(entry["used"]) == values(USED)
-    assert entry["reasons"] == {"limits.cpu": "at least requests.cpu", "limits.memory": "current use",
-                                "pods": "peak+20%", "requests.cpu": "peak+20%", "requests.memory": "peak+20%"}
+    assert entry["reasons"] == {
+        "limits.cpu": "at least requests.cpu",
+        "limits.memory": "current use",
+        "pods": "peak+20%",
+        "requests.cpu": "peak+20%",
+        "requests.memory": "peak+20%",
+    }
     assert result.status["phase"] == "Ready"
     assert condition(result, "Ready")["status"] == "True"
     history = condition(result, "HistoryAvailable")
@@ -285,8 +352,14 @@ def test_project_minimum_beats_a_small_peak() -> None:
 def test_headroom_percent_from_the_spec() -> None:
     spec, body = project(quota={"resources": ["requests.cpu"], "headroomPercent": 50})
     # 2.001 cores x 1.5 = 3.0015 -> rounded up to a whole millicore: 3002m
-    result = plan(spec, body, observed({"ns": counting(used={"requests.cpu": "1"}, resources=["requests.cpu"])},
-                                       peaks={("ns", "requests.cpu"): D("2.001")}))
+    result = plan(
+        spec,
+        body,
+        observed(
+            {"ns": counting(used={"requests.cpu": "1"}, resources=["requests.cpu"])},
+            peaks={("ns", "requests.cpu"): D("2.001")},
+        ),
+    )
     assert quota_in(result).hard == {"requests.cpu": "3002m"}
 
 
@@ -300,16 +373,21 @@ def test_no_history_at_all_uses_the_floor_or_current_use() -> None:
     assert "ns" in history["message"]
 
 
-@pytest.mark.parametrize(("error", "partial", "reason"), [
-    ("connection refused", False, "HistoryUnavailable"),
-    (None, True, "HistoryPartial"),
-])
-def test_counting_with_failed_history_never_guesses_a_small_quota(error: str | None, partial: bool,
-                                                                 reason: str) -> None:
+@pytest.mark.parametrize(
+    ("error", "partial", "reason"),
+    [
+        ("connection refused", False, "HistoryUnavailable"),
+        (None, True, "HistoryPartial"),
+    ],
+)
+def test_counting_with_failed_history_never_guesses_a_small_quota(
+    error: str | None, partial: bool, reason: str
+) -> None:
     spec, body = project()
     # A partial answer may still hold a (misleadingly low) peak: it must not be used for a first quota.
-    seen = observed({"ns": counting(used=USED)}, peaks={("ns", "requests.cpu"): D("0.1")},
-                    history_error=error, partial=partial)
+    seen = observed(
+        {"ns": counting(used=USED)}, peaks={("ns", "requests.cpu"): D("0.1")}, history_error=error, partial=partial
+    )
     result = plan(spec, body, seen)
 
     assert result.governed == {}
@@ -336,8 +414,10 @@ def test_governed_quota_is_kept_when_history_fails() -> None:
 def test_governed_values_do_not_follow_a_new_recommendation() -> None:
     """After the bootstrap the governed values change only through a change request."""
     spec, body = project(quota={"resources": CPU_PODS})
-    seen = observed({"ns": governed_rq(used={"requests.cpu": "3", "pods": "11"})},
-                    peaks={("ns", "requests.cpu"): D(10), ("ns", "pods"): D(50)})
+    seen = observed(
+        {"ns": governed_rq(used={"requests.cpu": "3", "pods": "11"})},
+        peaks={("ns", "requests.cpu"): D(10), ("ns", "pods"): D(50)},
+    )
     result = plan(spec, body, seen)
     assert result.governed == {"ns": {"requests.cpu": D(4), "pods": D(20)}}
     # ...but the recommendation is published next to it: 10 x 1.2 = 12 cores, 50 x 1.2 = 60 pods.
@@ -348,12 +428,16 @@ def test_governed_values_do_not_follow_a_new_recommendation() -> None:
 # --------------------------------------------------------------------------------------------- Observe mode
 
 
-@pytest.mark.parametrize(("settings", "quota"), [
-    (Settings(default_enforcement="Observe"), {}),
-    (Settings(default_enforcement="Enforce"), {"enforcement": "Observe"}),
-])
-def test_observe_mode_writes_nothing_and_publishes_what_it_would_apply(settings: Settings,
-                                                                        quota: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("settings", "quota"),
+    [
+        (Settings(default_enforcement="Observe"), {}),
+        (Settings(default_enforcement="Enforce"), {"enforcement": "Observe"}),
+    ],
+)
+def test_observe_mode_writes_nothing_and_publishes_what_it_would_apply(
+    settings: Settings, quota: dict[str, Any]
+) -> None:
     spec, body = project(quota=quota or None)
     result = plan(spec, body, observed(present={"ns"}, peaks=PEAKS), settings)
 
@@ -363,8 +447,10 @@ def test_observe_mode_writes_nothing_and_publishes_what_it_would_apply(settings:
     assert entry["state"] == "Observed"
     would = entry["wouldApply"]
     assert values(would["hard"]) == {**DERIVED, "limits.memory": 3687 * MI}  # no use known: peak+20% only
-    assert would["limitRange"] == {"default": {"cpu": "1", "memory": "512Mi"},
-                                   "defaultRequest": {"cpu": "100m", "memory": "128Mi"}}
+    assert would["limitRange"] == {
+        "default": {"cpu": "1", "memory": "512Mi"},
+        "defaultRequest": {"cpu": "100m", "memory": "128Mi"},
+    }
     assert result.status["phase"] == "Observing"
     assert condition(result, "Ready")["reason"] == "Observing"
     assert result.status["summary"]["enforcement"] == "Observe"
@@ -373,8 +459,13 @@ def test_observe_mode_writes_nothing_and_publishes_what_it_would_apply(settings:
 
 def test_switching_to_observe_removes_headroom_objects_and_keeps_the_enforced_values_for_later() -> None:
     spec, body = project(quota={"resources": CPU_PODS, "enforcement": "Observe"})
-    result = plan(spec, body, observed({"ns": governed_rq(governed={"requests.cpu": "40", "pods": "20"},
-                                                         used={"requests.cpu": "3", "pods": "11"})}))
+    result = plan(
+        spec,
+        body,
+        observed(
+            {"ns": governed_rq(governed={"requests.cpu": "40", "pods": "20"}, used={"requests.cpu": "3", "pods": "11"})}
+        ),
+    )
     assert result.quotas == () and result.delete_in == ("ns",)
     assert values(ns_entry(result)["hard"]) == {"requests.cpu": D(40), "pods": D(20)}
 
@@ -386,8 +477,9 @@ def test_switching_to_observe_removes_headroom_objects_and_keeps_the_enforced_va
 
 def test_spec_enforce_overrides_an_observing_operator() -> None:
     spec, body = project(quota={"enforcement": "Enforce"})
-    result = plan(spec, body, observed({"ns": counting(used=USED)}, peaks=PEAKS),
-                  Settings(default_enforcement="Observe"))
+    result = plan(
+        spec, body, observed({"ns": counting(used=USED)}, peaks=PEAKS), Settings(default_enforcement="Observe")
+    )
     assert values(quota_in(result).hard) == DERIVED
     assert result.status["phase"] == "Ready"
 
@@ -397,10 +489,18 @@ def test_spec_enforce_overrides_an_observing_operator() -> None:
 GOV_USED = {"requests.cpu": "3", "pods": "11"}
 
 
-def governed_project(request: Mapping[str, str] | None = None, *, annotations: Mapping[str, str] | None = None,
-                     status: Mapping[str, Any] | None = None) -> tuple[ProjectSpec, dict[str, Any]]:
-    return project(quota={"resources": CPU_PODS}, requested={"ns": request} if request else None,
-                   annotations=annotations, status=status)
+def governed_project(
+    request: Mapping[str, str] | None = None,
+    *,
+    annotations: Mapping[str, str] | None = None,
+    status: Mapping[str, Any] | None = None,
+) -> tuple[ProjectSpec, dict[str, Any]]:
+    return project(
+        quota={"resources": CPU_PODS},
+        requested={"ns": request} if request else None,
+        annotations=annotations,
+        status=status,
+    )
 
 
 def test_raise_without_approval_waits_and_publishes_the_pending_change() -> None:
@@ -457,15 +557,18 @@ def test_equal_quantities_in_other_units_give_the_same_change_id() -> None:
 
 def test_approved_raise_is_applied_and_recorded() -> None:
     change = expected_id(NAME, {"ns": {"requests.cpu": "8"}})
-    spec, body = governed_project({"requests.cpu": "8"},
-                                  annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"})
+    spec, body = governed_project({"requests.cpu": "8"}, annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"})
     result = plan(spec, body, observed({"ns": governed_rq(used=GOV_USED)}))
 
     quota = quota_in(result)
     assert quota.hard == {"pods": "20", "requests.cpu": "8"}
     assert governed_annotation(quota) == {"requests.cpu": D(8), "pods": D(20)}
-    record = {"id": change, "approvedBy": "alice", "appliedAt": NOW_ISO,
-              "diff": [{"namespace": "ns", "resource": "requests.cpu", "from": "4", "to": "8"}]}
+    record = {
+        "id": change,
+        "approvedBy": "alice",
+        "appliedAt": NOW_ISO,
+        "diff": [{"namespace": "ns", "resource": "requests.cpu", "from": "4", "to": "8"}],
+    }
     assert json.loads(quota.annotations[APPLIED]) == record
     assert reasons(result) == ["ChangeApplied"]
     assert change in result.events[0].message
@@ -481,8 +584,12 @@ def test_approved_raise_is_applied_and_recorded() -> None:
 
 def test_approved_change_only_touches_the_namespaces_it_changes() -> None:
     change = expected_id(NAME, {"a": {"requests.cpu": "8"}}, namespaces=("a", "b"))
-    spec, body = project(("a", "b"), quota={"resources": CPU_PODS}, requested={"a": {"requests.cpu": "8"}},
-                         annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"})
+    spec, body = project(
+        ("a", "b"),
+        quota={"resources": CPU_PODS},
+        requested={"a": {"requests.cpu": "8"}},
+        annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"},
+    )
     seen = observed({"a": governed_rq("a", used=GOV_USED), "b": governed_rq("b", used=GOV_USED)})
     result = plan(spec, body, seen)
     assert quota_in(result, "a").hard["requests.cpu"] == "8"
@@ -495,29 +602,38 @@ def test_approved_change_only_touches_the_namespaces_it_changes() -> None:
 def test_applied_record_on_the_quota_recovers_a_lost_status_write() -> None:
     """Crash after the quota write, before the status write: the next pass records it, once."""
     change = expected_id(NAME, {"ns": {"requests.cpu": "8"}})
-    record = {"id": change, "approvedBy": "alice", "appliedAt": "2026-03-10T11:59:00Z",
-              "diff": [{"namespace": "ns", "resource": "requests.cpu", "from": "4", "to": "8"}]}
+    record = {
+        "id": change,
+        "approvedBy": "alice",
+        "appliedAt": "2026-03-10T11:59:00Z",
+        "diff": [{"namespace": "ns", "resource": "requests.cpu", "from": "4", "to": "8"}],
+    }
     quota = governed_rq(governed={"requests.cpu": "8", "pods": "20"}, used=GOV_USED, applied=record)
-    spec, body = governed_project({"requests.cpu": "8"},
-                                  annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"},
-                                  status={"phase": "Pending"})
+    spec, body = governed_project(
+        {"requests.cpu": "8"}, annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"}, status={"phase": "Pending"}
+    )
     seen = observed({"ns": quota})
     result = plan(spec, body, seen)
 
     # The Event was lost with the status write; it is posted now, once.
     assert reasons(result) == ["ChangeApplied"]
     assert result.status["history"] == [record]
-    assert result.status["lastAppliedChange"] == {"id": change, "approvedBy": "alice",
-                                                  "appliedAt": "2026-03-10T11:59:00Z"}
+    assert result.status["lastAppliedChange"] == {
+        "id": change,
+        "approvedBy": "alice",
+        "appliedAt": "2026-03-10T11:59:00Z",
+    }
     assert "pendingChange" not in result.status
     # The quota already says so: nothing to write there.
     assert quota_in(result).matches(seen.quotas["ns"], NAME, UID)
 
     # Once the status holds it, another pass adds no second entry.
     older = {"id": "sha256:" + "0" * 64, "approvedBy": "bob", "appliedAt": "2026-03-01T00:00:00Z", "diff": []}
-    spec, body = governed_project({"requests.cpu": "8"},
-                                  annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"},
-                                  status={**result.status, "history": [older, record]})
+    spec, body = governed_project(
+        {"requests.cpu": "8"},
+        annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"},
+        status={**result.status, "history": [older, record]},
+    )
     again = plan(spec, body, seen, now=LATER)
     assert again.events == ()
     assert again.status["history"] == [older, record]
@@ -565,8 +681,7 @@ def test_clamped_decrease_stays_visible_as_pending_without_new_events() -> None:
     first = plan(spec, body, observed({"ns": governed_rq(used=GOV_USED)}))
     # The next pass sees the quota at 3 cores (use is still 3).
     applied = json.loads(quota_in(first).annotations[APPLIED])
-    seen = observed({"ns": governed_rq(governed={"requests.cpu": "3", "pods": "20"}, used=GOV_USED,
-                                       applied=applied)})
+    seen = observed({"ns": governed_rq(governed={"requests.cpu": "3", "pods": "20"}, used=GOV_USED, applied=applied)})
     spec, body = governed_project({"requests.cpu": "2"}, status=first.status)
     second = plan(spec, body, seen, now=LATER)
 
@@ -619,8 +734,11 @@ def test_without_auto_approval_a_raise_within_recommendation_waits() -> None:
 def test_request_for_a_namespace_not_governed_yet_waits_under_the_full_id() -> None:
     change = expected_id(NAME, {"ns": {"requests.cpu": "8"}})
     # Even an approval of exactly this change waits: the namespace has no governed quota yet.
-    spec, body = project(quota={"resources": CPU_PODS}, requested={"ns": {"requests.cpu": "8"}},
-                         annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"})
+    spec, body = project(
+        quota={"resources": CPU_PODS},
+        requested={"ns": {"requests.cpu": "8"}},
+        annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"},
+    )
     result = plan(spec, body, observed({"ns": counting(resources=CPU_PODS)}))
     assert result.governed == {}
     assert quota_in(result).annotations[STATE] == "counting"
@@ -638,8 +756,12 @@ def test_change_id_covers_the_whole_request_while_a_namespace_is_missing() -> No
     """The published id equals `headroom change-id` (the whole request), and nothing is applied in part."""
     request = {"ns": {"requests.cpu": "8"}, "later": {"pods": "30"}}
     change = expected_id(NAME, request, namespaces=("ns", "later"))
-    spec, body = project(("ns", "later"), quota={"resources": CPU_PODS}, requested=request,
-                         annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"})
+    spec, body = project(
+        ("ns", "later"),
+        quota={"resources": CPU_PODS},
+        requested=request,
+        annotations={APPROVED_CHANGE: change, APPROVED_BY: "alice"},
+    )
     result = plan(spec, body, observed({"ns": governed_rq(used=GOV_USED)}, present={"ns"}))
     assert result.status["pendingChange"]["id"] == change
     assert result.governed["ns"]["requests.cpu"] == D(4)
@@ -666,8 +788,11 @@ def test_missing_namespace_waits_with_a_message() -> None:
 
 def test_namespace_claimed_by_an_older_project_is_a_conflict() -> None:
     spec, body = project(("ns", "shared"), quota={"resources": CPU_PODS})
-    result = plan(spec, body, observed({"ns": governed_rq(used=GOV_USED)}, present={"ns", "shared"},
-                                       claimed={"shared": "billing"}))
+    result = plan(
+        spec,
+        body,
+        observed({"ns": governed_rq(used=GOV_USED)}, present={"ns", "shared"}, claimed={"shared": "billing"}),
+    )
     entry = ns_entry(result, "shared")
     assert entry["state"] == "Conflict"
     assert "billing" in entry["message"]
@@ -691,8 +816,13 @@ def test_quota_labelled_with_another_project_is_a_conflict() -> None:
 def test_namespace_removed_from_the_spec_keeps_its_quota() -> None:
     # Taking a namespace out of a Project must not unbound it: its quota stays as last governed.
     spec, body = project(quota={"resources": CPU_PODS}, generation=4)
-    seen = observed({"ns": governed_rq(used=GOV_USED), "old": governed_rq("old", used=GOV_USED),
-                     "theirs": governed_rq("theirs", owner="billing", owner_uid="x")})
+    seen = observed(
+        {
+            "ns": governed_rq(used=GOV_USED),
+            "old": governed_rq("old", used=GOV_USED),
+            "theirs": governed_rq("theirs", owner="billing", owner_uid="x"),
+        }
+    )
     result = plan(spec, body, seen)
     assert result.delete_in == ()
     assert result.released == ("old",)
@@ -715,8 +845,12 @@ def test_all_namespaces_governed_makes_the_project_ready() -> None:
 def test_added_resource_is_bootstrapped_and_existing_values_are_kept() -> None:
     spec, body = project(quota={"resources": CPU_PODS})
     # Governed before with requests.cpu only; the quota now also counts pods (12 in use).
-    quota = rq(hard={"requests.cpu": "4", "pods": "1M"}, used={"requests.cpu": "3", "pods": "12"},
-               state="governed", governed={"requests.cpu": "4"})
+    quota = rq(
+        hard={"requests.cpu": "4", "pods": "1M"},
+        used={"requests.cpu": "3", "pods": "12"},
+        state="governed",
+        governed={"requests.cpu": "4"},
+    )
     peaks = {("ns", "requests.cpu"): D(10), ("ns", "pods"): D(20)}  # pods: 20 x 1.2 = 24
     result = plan(spec, body, observed({"ns": quota}, peaks=peaks))
     # requests.cpu stays 4 although 10 x 1.2 = 12 is recommended: it changes only by request.
@@ -768,8 +902,12 @@ def test_condition_transition_times_move_only_when_the_status_flips() -> None:
     # Use reported two hours later: Ready flips to True and its time moves; history stays found.
     spec, body = project(quota={"resources": CPU_PODS}, status=second.status)
     flip_at = NOW + timedelta(hours=2)
-    third = plan(spec, body, observed({"ns": counting(used={"requests.cpu": "1", "pods": "1"}, resources=CPU_PODS)},
-                                      peaks=peaks), now=flip_at)
+    third = plan(
+        spec,
+        body,
+        observed({"ns": counting(used={"requests.cpu": "1", "pods": "1"}, resources=CPU_PODS)}, peaks=peaks),
+        now=flip_at,
+    )
     ready = condition(third, "Ready")
     assert (ready["status"], ready["lastTransitionTime"]) == ("True", "2026-03-10T14:00:00Z")
     history = condition(third, "HistoryAvailable")
@@ -796,8 +934,13 @@ def test_the_status_written_at_bootstrap_is_the_one_the_next_reconcile_computes(
     # had the tie followed that order, every new namespace would cost a second status write.
     spec, body = project()
     used = {"requests.cpu": "1", "limits.cpu": "2", "requests.memory": "1Gi", "limits.memory": "2Gi", "pods": "1"}
-    peaks = {("ns", "requests.cpu"): D(1), ("ns", "limits.cpu"): D(2), ("ns", "requests.memory"): D(GI),
-             ("ns", "limits.memory"): D(2 * GI), ("ns", "pods"): D(1)}
+    peaks = {
+        ("ns", "requests.cpu"): D(1),
+        ("ns", "limits.cpu"): D(2),
+        ("ns", "requests.memory"): D(GI),
+        ("ns", "limits.memory"): D(2 * GI),
+        ("ns", "pods"): D(1),
+    }
     first = plan(spec, body, observed({"ns": counting(used=used)}, peaks=peaks))
     written = json.loads(quota_in(first).annotations[GOVERNED_HARD])
     body["status"] = first.status
@@ -817,11 +960,13 @@ def test_utilization_is_empty_before_use_is_known() -> None:
 
 
 def test_limitrange_from_spec_defaults() -> None:
-    spec, body = project(defaults={"requests": {"cpu": "250m", "memory": "256Mi"},
-                                   "limits": {"cpu": "2", "memory": "1Gi"}})
+    spec, body = project(
+        defaults={"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+    )
     result = plan(spec, body, observed())
-    assert result.limitranges == (DesiredLimitRange("ns", {"cpu": "2", "memory": "1Gi"},
-                                                    {"cpu": "250m", "memory": "256Mi"}),)
+    assert result.limitranges == (
+        DesiredLimitRange("ns", {"cpu": "2", "memory": "1Gi"}, {"cpu": "250m", "memory": "256Mi"}),
+    )
 
 
 def test_limitrange_built_in_defaults() -> None:
@@ -831,10 +976,13 @@ def test_limitrange_built_in_defaults() -> None:
     assert limitrange.default_request == {"cpu": "100m", "memory": "128Mi"}
 
 
-@pytest.mark.parametrize("defaults", [
-    {"requests": {"cpu": "2", "memory": "1Gi"}},  # above the built-in limits 1 cpu / 512Mi
-    {"limits": {"cpu": "50m", "memory": "64Mi"}},  # below the built-in requests 100m / 128Mi
-])
+@pytest.mark.parametrize(
+    "defaults",
+    [
+        {"requests": {"cpu": "2", "memory": "1Gi"}},  # above the built-in limits 1 cpu / 512Mi
+        {"limits": {"cpu": "50m", "memory": "64Mi"}},  # below the built-in requests 100m / 128Mi
+    ],
+)
 def test_limitrange_default_request_never_exceeds_default_limit(defaults: dict[str, Any]) -> None:
     spec, body = project(defaults=defaults)
     (limitrange,) = plan(spec, body, observed()).limitranges
@@ -846,10 +994,18 @@ def test_limitrange_default_request_never_exceeds_default_limit(defaults: dict[s
 def test_limitrange_matches_what_the_api_returns() -> None:
     spec, body = project()
     (desired,) = plan(spec, body, observed()).limitranges
-    obj = {"metadata": {"name": "headroom-defaults", "labels": {PROJECT_LABEL: NAME},
-                        "ownerReferences": [{"uid": UID}]},
-           "spec": {"limits": [{"type": "Container", "default": {"cpu": "1000m", "memory": "512Mi"},
-                                "defaultRequest": {"cpu": "0.1", "memory": "128Mi"}}]}}
+    obj = {
+        "metadata": {"name": "headroom-defaults", "labels": {PROJECT_LABEL: NAME}, "ownerReferences": [{"uid": UID}]},
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "default": {"cpu": "1000m", "memory": "512Mi"},
+                    "defaultRequest": {"cpu": "0.1", "memory": "128Mi"},
+                }
+            ]
+        },
+    }
     assert desired.matches(observe_limitrange(obj), NAME, UID)
     obj["spec"]["limits"][0]["default"]["cpu"] = "2"
     assert not desired.matches(observe_limitrange(obj), NAME, UID)
@@ -872,8 +1028,9 @@ def test_extra_annotations_ride_along_on_every_quota() -> None:
 
 
 def test_observe_quota_reads_what_the_api_returns() -> None:
-    seen = observe_quota(governed_rq(governed={"requests.cpu": "4", "pods": "20"},
-                                     used={"requests.cpu": "500m", "pods": "3"}))
+    seen = observe_quota(
+        governed_rq(governed={"requests.cpu": "4", "pods": "20"}, used={"requests.cpu": "500m", "pods": "3"})
+    )
     assert seen.project == NAME
     assert seen.state == "governed"
     assert seen.governed == {"requests.cpu": D(4), "pods": D(20)}
@@ -882,8 +1039,7 @@ def test_observe_quota_reads_what_the_api_returns() -> None:
 
 
 def test_observe_quota_tolerates_a_damaged_annotation() -> None:
-    obj = rq(hard={"pods": "5"}, state="governed", annotations={GOVERNED_HARD: "{not json",
-                                                               APPLIED: "[1, 2]"})
+    obj = rq(hard={"pods": "5"}, state="governed", annotations={GOVERNED_HARD: "{not json", APPLIED: "[1, 2]"})
     seen = observe_quota(obj)
     assert seen.governed == {}
     assert seen.applied_change is None
@@ -894,13 +1050,19 @@ DESIRED = DesiredQuota("ns", {"requests.cpu": "1", "pods": "10"}, {STATE: "gover
 
 
 def test_desired_quota_matches_the_same_amounts_in_other_units() -> None:
-    seen = observe_quota(rq(hard={"requests.cpu": "1000m", "pods": "1e1"}, state="governed",
-                            annotations={"headroom.dev/daily-peaks": "{}"}))
+    seen = observe_quota(
+        rq(
+            hard={"requests.cpu": "1000m", "pods": "1e1"},
+            state="governed",
+            annotations={"headroom.dev/daily-peaks": "{}"},
+        )
+    )
     assert DESIRED.matches(seen, NAME, UID)
 
 
-@pytest.mark.parametrize("change", ["hard", "missing resource", "annotation", "no annotation", "owner uid",
-                                    "project label"])
+@pytest.mark.parametrize(
+    "change", ["hard", "missing resource", "annotation", "no annotation", "owner uid", "project label"]
+)
 def test_desired_quota_does_not_match_when_something_differs(change: str) -> None:
     hard = {"requests.cpu": "1000m", "pods": "10"}
     kwargs: dict[str, Any] = {"state": "governed"}
@@ -926,16 +1088,22 @@ def test_desired_quota_does_not_match_nothing() -> None:
 def _edited_by(obj: dict[str, Any], manager: str) -> dict[str, Any]:
     obj["metadata"]["managedFields"] = [
         {"manager": "headroom", "operation": "Apply", "fieldsV1": {"f:spec": {"f:hard": {}}}},
-        {"manager": manager, "operation": "Update",
-         "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{GOVERNED_HARD}": {}}}}}]
+        {
+            "manager": manager,
+            "operation": "Update",
+            "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{GOVERNED_HARD}": {}}}},
+        },
+    ]
     return obj
 
 
 def test_governed_values_edited_by_hand_are_restored_from_what_the_project_published() -> None:
     spec, body = governed_project()
     body["status"] = {"namespaces": [{"name": "ns", "hard": {"requests.cpu": "4", "pods": "20"}}]}
-    tampered = _edited_by(governed_rq(governed={"requests.cpu": "100m", "pods": "1"},
-                                      used={"requests.cpu": "0", "pods": "0"}), "kubectl-edit")
+    tampered = _edited_by(
+        governed_rq(governed={"requests.cpu": "100m", "pods": "1"}, used={"requests.cpu": "0", "pods": "0"}),
+        "kubectl-edit",
+    )
     result = plan(spec, body, observed({"ns": tampered}))
     assert values(quota_in(result).hard) == {"requests.cpu": Decimal(4), "pods": Decimal(20)}
     assert governed_annotation(quota_in(result)) == {"requests.cpu": Decimal(4), "pods": Decimal(20)}

@@ -402,9 +402,7 @@ def test_custom_thresholds() -> None:
 def test_ephemeral_storage_defaults() -> None:
     limits = {"requests": {"ephemeral-storage": "1Gi"}, "limits": {"ephemeral-storage": "2Gi"}}
     project = parse_project(with_field("spec.defaults", limits))
-    assert project.defaults == LimitDefaults(
-        requests={"ephemeral-storage": GI}, limits={"ephemeral-storage": 2 * GI}
-    )
+    assert project.defaults == LimitDefaults(requests={"ephemeral-storage": GI}, limits={"ephemeral-storage": 2 * GI})
 
 
 @pytest.mark.parametrize(

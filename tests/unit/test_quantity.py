@@ -68,9 +68,7 @@ def test_parse_quantity_is_exact(text: str | int | Decimal, expected: Decimal) -
     assert isinstance(value, Decimal)
 
 
-@pytest.mark.parametrize(
-    ("text", "digits"), [("1000m", "1"), ("1e3", "1000"), ("0.50", "0.5"), ("1Ki", "1024")]
-)
+@pytest.mark.parametrize(("text", "digits"), [("1000m", "1"), ("1e3", "1000"), ("0.50", "0.5"), ("1Ki", "1024")])
 def test_parsed_values_have_plain_representation(text: str, digits: str) -> None:
     assert str(parse_quantity(text)) == digits
 
@@ -122,9 +120,7 @@ def test_parse_quantity_rejects_garbage(text: str) -> None:
         parse_quantity(text)
 
 
-@pytest.mark.parametrize(
-    "value", [True, False, 0.5, 1.0, None, [1], {"cpu": 1}, D("NaN"), D("Infinity"), 10**40]
-)
+@pytest.mark.parametrize("value", [True, False, 0.5, 1.0, None, [1], {"cpu": 1}, D("NaN"), D("Infinity"), 10**40])
 def test_parse_quantity_rejects_non_quantities(value: object) -> None:
     with pytest.raises(QuantityError):
         parse_quantity(value)  # type: ignore[arg-type]

@@ -38,8 +38,9 @@ _real_sleep = asyncio.sleep
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     time = FakeTime()
     # Only kube_io's view of asyncio changes; the event loop itself keeps the real one.
-    monkeypatch.setattr(kube_io, "asyncio", types.SimpleNamespace(Lock=asyncio.Lock, Event=asyncio.Event,
-                                                                  sleep=time.sleep))
+    monkeypatch.setattr(
+        kube_io, "asyncio", types.SimpleNamespace(Lock=asyncio.Lock, Event=asyncio.Event, sleep=time.sleep)
+    )
     return time
 
 

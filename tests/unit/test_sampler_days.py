@@ -56,8 +56,10 @@ def test_a_namespaces_day_begins_at_the_same_moment_in_every_process() -> None:
     assert day_offset("payments") == day_offset("payments")
     assert all(timedelta(0) <= day_offset(ns) < timedelta(days=1) for ns in NAMESPACES)
     # The name, not the process's hash seed, decides: a fixed value, checked once.
-    assert day_offset("payments").total_seconds() == int.from_bytes(
-        hashlib.sha256(b"payments").digest()[:4], "big") % 86_400
+    assert (
+        day_offset("payments").total_seconds()
+        == int.from_bytes(hashlib.sha256(b"payments").digest()[:4], "big") % 86_400
+    )
 
 
 def test_nothing_to_write_when_use_stays_within_todays_peak() -> None:

@@ -39,13 +39,23 @@ FLOORS = {"requests.cpu": "2", "pods": "10"}
 
 
 # What one container gets from the built-in LimitRange defaults.
-BUILT_IN_CONTAINER = {"requests.cpu": D("0.1"), "requests.memory": D(128 * 2**20), "limits.cpu": D(1),
-                      "limits.memory": D(512 * 2**20)}
+BUILT_IN_CONTAINER = {
+    "requests.cpu": D("0.1"),
+    "requests.memory": D(128 * 2**20),
+    "limits.cpu": D(1),
+    "limits.memory": D(512 * 2**20),
+}
 
 
 def terms(**overrides: Any) -> Terms:
-    base = Terms(("requests.cpu", "pods"), 20, timedelta(days=30), {"requests.cpu": D(2), "pods": D(10)}, None,
-                 BUILT_IN_CONTAINER)
+    base = Terms(
+        ("requests.cpu", "pods"),
+        20,
+        timedelta(days=30),
+        {"requests.cpu": D(2), "pods": D(10)},
+        None,
+        BUILT_IN_CONTAINER,
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -55,8 +65,9 @@ def approved_status(**overrides: Any) -> dict[str, Any]:
     return {"observedGeneration": 1, "approved": record}
 
 
-def with_labels(seen: Observed, labels: dict[str, str] | None = None,
-                released: frozenset[str] = frozenset()) -> Observed:
+def with_labels(
+    seen: Observed, labels: dict[str, str] | None = None, released: frozenset[str] = frozenset()
+) -> Observed:
     return dataclasses.replace(seen, namespace_labels=labels or {}, released_by_others=released)
 
 
@@ -68,8 +79,11 @@ def with_labels(seen: Observed, labels: dict[str, str] | None = None,
     [
         (terms(headroom_percent=50), "spec.quota.headroomPercent", {"headroom_percent": 20}),
         (terms(lookback=timedelta(days=90)), "spec.quota.lookback", {"lookback": timedelta(days=30)}),
-        (terms(minimum={"requests.cpu": D(500), "pods": D(10)}), "spec.quota.minimum[requests.cpu]",
-         {"minimum": {"requests.cpu": D(2), "pods": D(10)}}),
+        (
+            terms(minimum={"requests.cpu": D(500), "pods": D(10)}),
+            "spec.quota.minimum[requests.cpu]",
+            {"minimum": {"requests.cpu": D(2), "pods": D(10)}},
+        ),
         (terms(enforcement="Observe"), "spec.quota.enforcement", {"enforcement": None}),
         (terms(resources=("pods",)), "spec.quota.resources", {"resources": ("pods", "requests.cpu")}),
     ],
@@ -82,8 +96,13 @@ def test_each_loosened_term_is_held_at_the_approved_value(asked: Terms, field: s
 
 
 def test_tightening_applies_at_once_and_needs_nobody() -> None:
-    asked = terms(headroom_percent=10, lookback=timedelta(days=7), minimum={"requests.cpu": D(1), "pods": D(5)},
-                  enforcement="Enforce", resources=("requests.cpu", "pods", "limits.cpu"))
+    asked = terms(
+        headroom_percent=10,
+        lookback=timedelta(days=7),
+        minimum={"requests.cpu": D(1), "pods": D(5)},
+        enforcement="Enforce",
+        resources=("requests.cpu", "pods", "limits.cpu"),
+    )
     in_force, loosened = tighter_terms(asked, terms(), "Enforce")
     assert loosened == ()
     assert in_force.headroom_percent == 10 and in_force.lookback == timedelta(days=7)
@@ -92,8 +111,9 @@ def test_tightening_applies_at_once_and_needs_nobody() -> None:
 
 def test_a_floor_left_out_falls_back_to_the_built_in_one_and_that_can_loosen_too() -> None:
     # Removing an explicit floor of 0 pods brings back the built-in 10: more room, so a raise.
-    _, loosened = tighter_terms(terms(minimum={"requests.cpu": D(2)}),
-                                terms(minimum={"requests.cpu": D(2), "pods": D(0)}), "Enforce")
+    _, loosened = tighter_terms(
+        terms(minimum={"requests.cpu": D(2)}), terms(minimum={"requests.cpu": D(2), "pods": D(0)}), "Enforce"
+    )
     assert [(c.subject, c.from_text, c.to_text) for c in loosened] == [("spec.quota.minimum[pods]", "0", "10")]
 
 
@@ -101,7 +121,8 @@ def test_observe_is_a_loosening_only_when_it_lifts_enforcement() -> None:
     # The platform running the operator in observe mode is the platform's decision, not the team's.
     assert tighter_terms(terms(), terms(), "Observe")[1] == ()
     assert [c.subject for c in tighter_terms(terms(), terms(enforcement="Enforce"), "Observe")[1]] == [
-        "spec.quota.enforcement"]
+        "spec.quota.enforcement"
+    ]
 
 
 def test_terms_round_trip_through_status() -> None:
@@ -150,16 +171,35 @@ def test_what_a_sign_off_is_not(approval: Approval, says: str) -> None:
     ],
 )
 def test_judge_claim(kwargs: dict[str, Any], state: str) -> None:
-    args: dict[str, Any] = {"label": None, "quota_project": None, "approved_namespaces": (),
-                            "listed_at_creation": False, "protected": frozenset({"kube-system"}), "signed_off": False}
+    args: dict[str, Any] = {
+        "label": None,
+        "quota_project": None,
+        "approved_namespaces": (),
+        "listed_at_creation": False,
+        "protected": frozenset({"kube-system"}),
+        "signed_off": False,
+    }
     assert judge_claim("payments", "ns", **{**args, **kwargs}).state == state
 
 
-@pytest.mark.parametrize("how", [{"listed_at_creation": True}, {"signed_off": True}, {"quota_project": "payments"},
-                                 {"approved_namespaces": ["kube-system"]}])
+@pytest.mark.parametrize(
+    "how",
+    [
+        {"listed_at_creation": True},
+        {"signed_off": True},
+        {"quota_project": "payments"},
+        {"approved_namespaces": ["kube-system"]},
+    ],
+)
 def test_a_protected_namespace_needs_the_label_whatever_else(how: dict[str, Any]) -> None:
-    args: dict[str, Any] = {"label": None, "quota_project": None, "approved_namespaces": (),
-                            "listed_at_creation": False, "protected": frozenset({"kube-system"}), "signed_off": False}
+    args: dict[str, Any] = {
+        "label": None,
+        "quota_project": None,
+        "approved_namespaces": (),
+        "listed_at_creation": False,
+        "protected": frozenset({"kube-system"}),
+        "signed_off": False,
+    }
     assert judge_claim("payments", "kube-system", **{**args, **how}).state == "refused"
     assert judge_claim("payments", "kube-system", **{**args, **how, "label": "payments"}).state == "confirmed"
 
@@ -168,22 +208,25 @@ def test_a_protected_namespace_needs_the_label_whatever_else(how: dict[str, Any]
 
 
 def test_a_namespace_added_later_is_not_governed_and_joins_the_pending_change() -> None:
-    spec, body = project(("ns", "extra"), quota={"resources": CPU_PODS, "minimum": FLOORS},
-                         status=approved_status(), generation=2)
+    spec, body = project(
+        ("ns", "extra"), quota={"resources": CPU_PODS, "minimum": FLOORS}, status=approved_status(), generation=2
+    )
     result = plan(spec, body, with_labels(observed({"ns": governed_rq(used=GOV_USED)}, present={"ns", "extra"})))
     assert ns_entry(result, "extra")["state"] == "Unconfirmed"
     assert [q.namespace for q in result.quotas] == ["ns"]
     pending = result.status["pendingChange"]
-    assert pending["loosens"] == [{"field": "spec.namespaces[extra]", "from": "not governed by this Project",
-                                   "to": f"governed by Project {NAME}"}]
+    assert pending["loosens"] == [
+        {"field": "spec.namespaces[extra]", "from": "not governed by this Project", "to": f"governed by Project {NAME}"}
+    ]
     assert pending["id"] == change_id(spec)
     assert result.status["phase"] == "Waiting"
 
 
 def test_the_platform_label_confirms_a_claim_and_the_bootstrap_uses_the_approved_floor() -> None:
     floors = {"requests.cpu": "500", "pods": "10"}
-    spec, body = project(("ns", "extra"), quota={"resources": CPU_PODS, "minimum": floors},
-                         status=approved_status(), generation=2)
+    spec, body = project(
+        ("ns", "extra"), quota={"resources": CPU_PODS, "minimum": floors}, status=approved_status(), generation=2
+    )
     fresh = counting("extra", used={"requests.cpu": "0", "pods": "0"}, resources=CPU_PODS)
     seen = observed({"ns": governed_rq(used=GOV_USED), "extra": fresh})
     result = plan(spec, body, with_labels(seen, {"extra": NAME}))
@@ -193,25 +236,35 @@ def test_the_platform_label_confirms_a_claim_and_the_bootstrap_uses_the_approved
 
 
 def test_a_signed_off_claim_is_governed_and_the_approval_is_used() -> None:
-    spec, body = project(("ns", "extra"), quota={"resources": CPU_PODS, "minimum": FLOORS},
-                         status=approved_status(), generation=2)
+    spec, body = project(
+        ("ns", "extra"), quota={"resources": CPU_PODS, "minimum": FLOORS}, status=approved_status(), generation=2
+    )
     change = change_id(spec)
-    spec, body = project(("ns", "extra"), quota={"resources": CPU_PODS, "minimum": FLOORS}, status=approved_status(),
-                         generation=2, annotations={APPROVED_CHANGE: change, APPROVED_BY: "bob", REQUESTED_BY: "dana"})
+    spec, body = project(
+        ("ns", "extra"),
+        quota={"resources": CPU_PODS, "minimum": FLOORS},
+        status=approved_status(),
+        generation=2,
+        annotations={APPROVED_CHANGE: change, APPROVED_BY: "bob", REQUESTED_BY: "dana"},
+    )
     result = plan(spec, body, with_labels(observed({"ns": governed_rq(used=GOV_USED)}, present={"ns", "extra"})))
     assert quota_in(result, "extra").annotations["headroom.dev/state"] == "counting"
     assert result.status["approved"]["changeId"] == change
     assert "ChangeApplied" in reasons(result)
     # Once used, the same annotation approves nothing more, but the claim stays confirmed.
-    again = plan(spec, {**body, "status": result.status},
-                 with_labels(observed({"ns": governed_rq(used=GOV_USED)}, present={"ns", "extra"})))
+    again = plan(
+        spec,
+        {**body, "status": result.status},
+        with_labels(observed({"ns": governed_rq(used=GOV_USED)}, present={"ns", "extra"})),
+    )
     assert "pendingChange" not in again.status
     assert [q.namespace for q in again.quotas] == ["ns", "extra"]
 
 
 def test_kube_system_is_refused_and_a_quota_there_is_removed() -> None:
-    spec, body = project(("ns", "kube-system"), quota={"resources": CPU_PODS, "minimum": FLOORS},
-                         status=approved_status(), generation=2)
+    spec, body = project(
+        ("ns", "kube-system"), quota={"resources": CPU_PODS, "minimum": FLOORS}, status=approved_status(), generation=2
+    )
     seen = observed({"ns": governed_rq(used=GOV_USED), "kube-system": governed_rq("kube-system", used=GOV_USED)})
     result = plan(spec, body, with_labels(seen))
     assert ns_entry(result, "kube-system")["state"] == "Refused"
@@ -243,8 +296,13 @@ def test_a_second_request_for_values_applied_before_needs_a_new_change() -> None
     spec, _ = project(quota={"resources": CPU_PODS, "minimum": FLOORS}, requested=request)
     used_once = change_id(spec)
     status = {**approved_status(), "history": [{"id": used_once, "approvedBy": "bob"}]}
-    spec, body = project(quota={"resources": CPU_PODS, "minimum": FLOORS}, requested=request, status=status,
-                         generation=5, annotations={APPROVED_CHANGE: used_once, APPROVED_BY: "bob"})
+    spec, body = project(
+        quota={"resources": CPU_PODS, "minimum": FLOORS},
+        requested=request,
+        status=status,
+        generation=5,
+        annotations={APPROVED_CHANGE: used_once, APPROVED_BY: "bob"},
+    )
     result = plan(spec, body, with_labels(observed({"ns": governed_rq(used=GOV_USED)})))
     assert result.governed["ns"]["requests.cpu"] == D(4)
     assert "used once" in result.status["pendingChange"]["reason"]
@@ -253,9 +311,13 @@ def test_a_second_request_for_values_applied_before_needs_a_new_change() -> None
 def test_the_requester_cannot_be_the_approver() -> None:
     request = {"ns": {"requests.cpu": "8"}}
     spec, _ = project(quota={"resources": CPU_PODS, "minimum": FLOORS}, requested=request)
-    spec, body = project(quota={"resources": CPU_PODS, "minimum": FLOORS}, requested=request, generation=2,
-                         status=approved_status(),
-                         annotations={APPROVED_CHANGE: change_id(spec), APPROVED_BY: "lee", REQUESTED_BY: "lee"})
+    spec, body = project(
+        quota={"resources": CPU_PODS, "minimum": FLOORS},
+        requested=request,
+        generation=2,
+        status=approved_status(),
+        annotations={APPROVED_CHANGE: change_id(spec), APPROVED_BY: "lee", REQUESTED_BY: "lee"},
+    )
     result = plan(spec, body, with_labels(observed({"ns": governed_rq(used=GOV_USED)})))
     assert result.governed["ns"]["requests.cpu"] == D(4)
     assert "same person (lee)" in result.status["pendingChange"]["reason"]
@@ -264,8 +326,12 @@ def test_the_requester_cannot_be_the_approver() -> None:
 def test_auto_approval_bound_comes_from_the_approved_terms() -> None:
     # With the team's floor of 50 the recommendation would be 50; the approved floor (2) decides.
     request = {"ns": {"requests.cpu": "40"}}
-    spec, body = project(quota={"resources": CPU_PODS, "minimum": {"requests.cpu": "50", "pods": "10"}},
-                         requested=request, status=approved_status(), generation=2)
+    spec, body = project(
+        quota={"resources": CPU_PODS, "minimum": {"requests.cpu": "50", "pods": "10"}},
+        requested=request,
+        status=approved_status(),
+        generation=2,
+    )
     auto = Settings(auto_approve_within_recommendation=True)
     result = plan(spec, body, with_labels(observed({"ns": governed_rq(used=GOV_USED)})), settings=auto)
     assert result.governed["ns"]["requests.cpu"] == D(4)
@@ -286,8 +352,10 @@ def test_an_edit_before_headroom_recorded_anything_gets_only_the_built_in_terms(
 
 def test_a_resource_without_history_is_reported_as_such() -> None:
     spec, body = project(quota={"resources": ["requests.cpu", "requests.ephemeral-storage"]})
-    seen = observed({"ns": counting(used={"requests.cpu": "0", "requests.ephemeral-storage": "0"},
-                                    resources=["requests.cpu"])}, peaks={("ns", "requests.cpu"): D(1)})
+    seen = observed(
+        {"ns": counting(used={"requests.cpu": "0", "requests.ephemeral-storage": "0"}, resources=["requests.cpu"])},
+        peaks={("ns", "requests.cpu"): D(1)},
+    )
     history = next(c for c in plan(spec, body, seen).status["conditions"] if c["type"] == "HistoryAvailable")
     assert (history["status"], history["reason"]) == ("False", "NoHistory")
     assert "ns (requests.ephemeral-storage)" in history["message"]
@@ -295,10 +363,14 @@ def test_a_resource_without_history_is_reported_as_such() -> None:
 
 def test_the_search_sample_enforced_admits_a_pod_that_relies_on_its_defaults() -> None:
     # No history, no minimum for ephemeral storage; the LimitRange gives each container 1Gi of it.
-    quota = {"resources": ["requests.cpu", "requests.memory", "limits.memory", "requests.ephemeral-storage"],
-             "enforcement": "Enforce"}
-    defaults = {"requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "1Gi"},
-                "limits": {"memory": "1Gi", "ephemeral-storage": "4Gi"}}
+    quota = {
+        "resources": ["requests.cpu", "requests.memory", "limits.memory", "requests.ephemeral-storage"],
+        "enforcement": "Enforce",
+    }
+    defaults = {
+        "requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "1Gi"},
+        "limits": {"memory": "1Gi", "ephemeral-storage": "4Gi"},
+    }
     spec, body = project(quota=quota, defaults=defaults)
     used = {"requests.cpu": "0", "requests.memory": "52Gi", "limits.memory": "0", "requests.ephemeral-storage": "0"}
     big = {"requests.cpu": "1M", "requests.memory": "1Ei", "limits.memory": "1Ei", "requests.ephemeral-storage": "1Ei"}
@@ -309,8 +381,12 @@ def test_the_search_sample_enforced_admits_a_pod_that_relies_on_its_defaults() -
 
 
 def test_raising_the_container_defaults_is_a_raise() -> None:
-    spec, body = project(quota={"resources": CPU_PODS, "minimum": FLOORS}, status=approved_status(), generation=2,
-                         defaults={"requests": {"cpu": "500"}, "limits": {"cpu": "500"}})
+    spec, body = project(
+        quota={"resources": CPU_PODS, "minimum": FLOORS},
+        status=approved_status(),
+        generation=2,
+        defaults={"requests": {"cpu": "500"}, "limits": {"cpu": "500"}},
+    )
     result = plan(spec, body, with_labels(observed({"ns": governed_rq(used=GOV_USED)})))
     fields = {c["field"] for c in result.status["pendingChange"]["loosens"]}
     assert {"spec.defaults.requests.cpu", "spec.defaults.limits.cpu"} <= fields

@@ -20,8 +20,9 @@ NOON = datetime(2026, 3, 10, 12, tzinfo=UTC)
 
 def test_status_metric_and_alert_agree_at_80_percent() -> None:
     spec, body = project(quota={"resources": ["requests.cpu", "pods"]})
-    seen = observed({"ns": governed_rq(governed={"requests.cpu": "10", "pods": "20"},
-                                       used={"requests.cpu": "7996m", "pods": "1"})})
+    seen = observed(
+        {"ns": governed_rq(governed={"requests.cpu": "10", "pods": "20"}, used={"requests.cpu": "7996m", "pods": "1"})}
+    )
     result = plan(spec, body, seen)
     assert result.utilization[("ns", "requests.cpu")] == D(80)  # what the metric exports
     assert result.status["summary"]["highestUtilization"] == "80% ns/requests.cpu"
@@ -37,15 +38,23 @@ def test_alert_conditions_reach_the_status_as_values_not_through_a_shared_list()
     from headroom.core.planning import with_alerts
 
     spec, body = project(quota={"resources": ["requests.cpu", "pods"]})
-    seen = observed({"ns": governed_rq(governed={"requests.cpu": "10", "pods": "20"},
-                                       used={"requests.cpu": "9", "pods": "1"})})
+    seen = observed(
+        {"ns": governed_rq(governed={"requests.cpu": "10", "pods": "20"}, used={"requests.cpu": "9", "pods": "1"})}
+    )
     result = plan(spec, body, seen)
     before = [dict(c) for c in result.status["conditions"]]
     usage = {("ns", "requests.cpu"): Usage(D(9), D(10))}
     hours = parse_business_hours("Mon-Sun 00:00-24:00 UTC")
     state, _ = evaluate(AlertState(), usage, AlertPolicy(thresholds=(80,)), hours, NOON, {"webhook"})
-    added = alert_conditions(state, hours=str(hours), hours_problem=None, delivery=(True, "Delivered", "ok"),
-                             previous=[], generation=1, now=NOON)
+    added = alert_conditions(
+        state,
+        hours=str(hours),
+        hours_problem=None,
+        delivery=(True, "Delivered", "ok"),
+        previous=[],
+        generation=1,
+        now=NOON,
+    )
     status = with_alerts(result.status, [], added)
     kinds = {c["type"]: c for c in status["conditions"]}
     assert kinds["QuotaNearLimit"]["status"] == "True" and kinds["QuotaNearLimit"]["reason"] == "Above80Percent"

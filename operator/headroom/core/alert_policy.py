@@ -255,9 +255,7 @@ def evaluate(
     keys = set(previous)
     for (namespace, resource), seen in observations.items():
         keys.update(
-            AlertKey(namespace, resource, threshold)
-            for threshold in policy.thresholds
-            if seen.utilization >= threshold
+            AlertKey(namespace, resource, threshold) for threshold in policy.thresholds if seen.utilization >= threshold
         )
     records = []
     for key in sorted(keys):
@@ -637,27 +635,56 @@ def describe_firing(record: AlertRecord, hysteresis: Decimal | None = None) -> s
         used, hard = format_together([record.used, record.hard], key.resource)
         amounts = f"{used} of {hard}; "
     clears = f", until below {format_percent(key.threshold - hysteresis)}" if hysteresis else ""
-    return (f"{key.namespace} {key.resource} at {format_percent(record.utilization)} "
-            f"({amounts}alert at {key.threshold}%{clears})")
+    return (
+        f"{key.namespace} {key.resource} at {format_percent(record.utilization)} "
+        f"({amounts}alert at {key.threshold}%{clears})"
+    )
 
 
-def alert_conditions(state: AlertState, *, hours: str, hours_problem: str | None, delivery: DeliveryOutcome | None,
-                     previous: Sequence[Mapping[str, Any]], generation: int | None,
-                     now: datetime, hysteresis: Decimal | None = None) -> list[dict[str, Any]]:
+def alert_conditions(
+    state: AlertState,
+    *,
+    hours: str,
+    hours_problem: str | None,
+    delivery: DeliveryOutcome | None,
+    previous: Sequence[Mapping[str, Any]],
+    generation: int | None,
+    now: datetime,
+    hysteresis: Decimal | None = None,
+) -> list[dict[str, Any]]:
     """The conditions alerting adds to a Project's status: QuotaNearLimit, BusinessHoursValid and
     AlertsDelivered (kept as it was when `delivery` is None: nothing was attempted or settled)."""
     firing = firing_alerts(state)
     if firing:
         top = max(firing, key=lambda r: (r.key.threshold, r.utilization or 0))
-        near = condition("QuotaNearLimit", True, f"Above{top.key.threshold}Percent", "; ".join(
-            describe_firing(r, hysteresis) for r in firing), generation=generation, previous=previous, now=now)
+        near = condition(
+            "QuotaNearLimit",
+            True,
+            f"Above{top.key.threshold}Percent",
+            "; ".join(describe_firing(r, hysteresis) for r in firing),
+            generation=generation,
+            previous=previous,
+            now=now,
+        )
     else:
-        near = condition("QuotaNearLimit", False, "BelowThresholds", "every quota is below its alert thresholds",
-                         generation=generation, previous=previous, now=now)
-    valid = condition("BusinessHoursValid", hours_problem is None,
-                      "Parsed" if hours_problem is None else "InvalidBusinessHours",
-                      hours_problem or f"alerts are sent during {hours}",
-                      generation=generation, previous=previous, now=now)
+        near = condition(
+            "QuotaNearLimit",
+            False,
+            "BelowThresholds",
+            "every quota is below its alert thresholds",
+            generation=generation,
+            previous=previous,
+            now=now,
+        )
+    valid = condition(
+        "BusinessHoursValid",
+        hours_problem is None,
+        "Parsed" if hours_problem is None else "InvalidBusinessHours",
+        hours_problem or f"alerts are sent during {hours}",
+        generation=generation,
+        previous=previous,
+        now=now,
+    )
     conditions = [near, valid]
     if delivery is not None:
         conditions.append(condition("AlertsDelivered", *delivery, generation=generation, previous=previous, now=now))

@@ -316,9 +316,7 @@ def _never_opens(hours: BusinessHours, after: datetime) -> BusinessHoursError:
 def is_open(hours: BusinessHours, at: datetime) -> bool:
     """Whether ``at`` (timezone-aware) falls inside an occurrence; openings inclusive, closings not."""
     moment = _to_utc(at, "at")
-    return any(
-        i.start <= moment < i.end for i in _intervals(hours, moment, moment + timedelta(microseconds=1))
-    )
+    return any(i.start <= moment < i.end for i in _intervals(hours, moment, moment + timedelta(microseconds=1)))
 
 
 def next_opening(hours: BusinessHours, after: datetime) -> datetime:

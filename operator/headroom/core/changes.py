@@ -69,8 +69,10 @@ def change_id(spec: ProjectSpec) -> str:
         "minimum": {r: canonical(v) for r, v in spec.quota.minimum.items()},
         "enforcement": spec.quota.enforcement or "",
         "reason": spec.reason or "",
-        "defaults": {"requests": {r: canonical(v) for r, v in spec.defaults.requests.items()},
-                     "limits": {r: canonical(v) for r, v in spec.defaults.limits.items()}},
+        "defaults": {
+            "requests": {r: canonical(v) for r, v in spec.defaults.requests.items()},
+            "limits": {r: canonical(v) for r, v in spec.defaults.limits.items()},
+        },
     }
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return ID_PREFIX + hashlib.sha256(text.encode("ascii")).hexdigest()
@@ -108,8 +110,7 @@ class Terms:
         quota = spec.quota
         floors = {r: quota.minimum.get(r, default_minimum(r)) for r in (*quota.resources, *quota.minimum)}
         container = one_container(*container_defaults(spec.defaults.requests, spec.defaults.limits))
-        return cls(tuple(quota.resources), quota.headroom_percent, quota.lookback, floors, quota.enforcement,
-                   container)
+        return cls(tuple(quota.resources), quota.headroom_percent, quota.lookback, floors, quota.enforcement, container)
 
     def limitrange_defaults(self) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
         """The LimitRange's (default limits, default requests) that give one container `container`."""
@@ -118,11 +119,14 @@ class Terms:
         return limits, requests
 
     def to_status(self) -> dict[str, Any]:
-        return {"resources": list(self.resources), "headroomPercent": self.headroom_percent,
-                "lookback": format_duration(self.lookback),
-                "minimum": {r: format_quantity(v, r) for r, v in sorted(self.minimum.items())},
-                "enforcement": self.enforcement,
-                "container": {r: format_quantity(v, r) for r, v in sorted(self.container.items())}}
+        return {
+            "resources": list(self.resources),
+            "headroomPercent": self.headroom_percent,
+            "lookback": format_duration(self.lookback),
+            "minimum": {r: format_quantity(v, r) for r, v in sorted(self.minimum.items())},
+            "enforcement": self.enforcement,
+            "container": {r: format_quantity(v, r) for r, v in sorted(self.container.items())},
+        }
 
     @classmethod
     def from_status(cls, raw: Any) -> Terms | None:
@@ -138,8 +142,14 @@ class Terms:
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
         enforcement = raw.get("enforcement")
-        return cls(resources, percent, lookback, minimum,
-                   enforcement if enforcement in ("Enforce", "Observe") else None, container)
+        return cls(
+            resources,
+            percent,
+            lookback,
+            minimum,
+            enforcement if enforcement in ("Enforce", "Observe") else None,
+            container,
+        )
 
 
 @dataclass(frozen=True)
@@ -157,8 +167,7 @@ class SettingChange:
         return {"field": self.subject, "from": self.from_text, "to": self.to_text}
 
 
-def tighter_terms(asked: Terms, approved: Terms, default_enforcement: str
-                  ) -> tuple[Terms, tuple[SettingChange, ...]]:
+def tighter_terms(asked: Terms, approved: Terms, default_enforcement: str) -> tuple[Terms, tuple[SettingChange, ...]]:
     """The terms in force while nothing is signed off, and what `asked` loosens beyond `approved`.
 
     Field by field, the tighter of the two holds: what the Project asks where it tightens (that
@@ -171,14 +180,16 @@ def tighter_terms(asked: Terms, approved: Terms, default_enforcement: str
 
     percent = asked.headroom_percent
     if asked.headroom_percent > approved.headroom_percent:
-        loosened.append(SettingChange("spec.quota.headroomPercent", str(approved.headroom_percent),
-                                      str(asked.headroom_percent)))
+        loosened.append(
+            SettingChange("spec.quota.headroomPercent", str(approved.headroom_percent), str(asked.headroom_percent))
+        )
         percent = approved.headroom_percent
     lookback = asked.lookback
     if asked.lookback > approved.lookback:
         # A longer window can only find a higher peak.
-        loosened.append(SettingChange("spec.quota.lookback", format_duration(approved.lookback),
-                                      format_duration(asked.lookback)))
+        loosened.append(
+            SettingChange("spec.quota.lookback", format_duration(approved.lookback), format_duration(asked.lookback))
+        )
         lookback = approved.lookback
     minimum: dict[str, Decimal] = {}
     for r in sorted({*asked.minimum, *approved.minimum}):
@@ -193,13 +204,17 @@ def tighter_terms(asked: Terms, approved: Terms, default_enforcement: str
         want, had = asked.container.get(r, Decimal(0)), approved.container.get(r, Decimal(0))
         if want > had:
             kind, name = r.split(".", 1)
-            loosened.append(SettingChange(f"spec.defaults.{kind}.{name}", format_quantity(had, r) if had else "none",
-                                          format_quantity(want, r)))
+            loosened.append(
+                SettingChange(
+                    f"spec.defaults.{kind}.{name}", format_quantity(had, r) if had else "none", format_quantity(want, r)
+                )
+            )
         if min(want, had) > 0:
             container[r] = min(want, had)
     enforcement = asked.enforcement
-    if (asked.enforcement or default_enforcement) == "Observe" and \
-            (approved.enforcement or default_enforcement) == "Enforce":
+    if (asked.enforcement or default_enforcement) == "Observe" and (
+        approved.enforcement or default_enforcement
+    ) == "Enforce":
         loosened.append(SettingChange("spec.quota.enforcement", "Enforce", "Observe (quotas not enforced)"))
         enforcement = approved.enforcement
     return Terms(resources, percent, lookback, minimum, enforcement, container), tuple(loosened)
@@ -315,12 +330,16 @@ def approval_problem(identifier: str, approval: Approval) -> str | None:
     if approved != identifier:
         return f"the approval annotation names a different change ({approved}), so it approves nothing ({how})"
     if identifier in approval.used:
-        return (f"the approval names change {identifier}, which was already applied once: an approval is used "
-                "once. To ask for these terms again, make it a new change (for example a new spec.reason) "
-                "and have it signed off")
+        return (
+            f"the approval names change {identifier}, which was already applied once: an approval is used "
+            "once. To ask for these terms again, make it a new change (for example a new spec.reason) "
+            "and have it signed off"
+        )
     if approval.approved_by and approval.requested_by and approval.approved_by == approval.requested_by:
-        return (f"the change was requested and signed off by the same person ({approval.approved_by}); four "
-                "eyes means two people: another approver must sign it off")
+        return (
+            f"the change was requested and signed off by the same person ({approval.approved_by}); four "
+            "eyes means two people: another approver must sign it off"
+        )
     return None
 
 
@@ -336,8 +355,10 @@ class ClampedTarget:
     @property
     def message(self) -> str:
         requested, used = format_together([self.requested, self.used], self.resource)
-        return (f"{self.namespace} {self.resource}: requested {requested} is below current use {used}, "
-                f"so it was set to {used}")
+        return (
+            f"{self.namespace} {self.resource}: requested {requested} is below current use {used}, "
+            f"so it was set to {used}"
+        )
 
 
 @dataclass(frozen=True)
@@ -389,9 +410,7 @@ def _apply(pending: PendingChange, used: Mapping[str, Mapping[str, Decimal]], wh
     return ChangeDecision("apply", reason, targets, clamped)
 
 
-def _within_recommendation(
-    pending: PendingChange, recommended: Mapping[str, Mapping[str, Decimal]]
-) -> list[str]:
+def _within_recommendation(pending: PendingChange, recommended: Mapping[str, Mapping[str, Decimal]]) -> list[str]:
     """The raises that exceed (or have no) recommendation, described for a person."""
     beyond: list[str] = []
     for change in pending.raises:
@@ -432,9 +451,7 @@ def decide(
         beyond = [f"{s.subject} needs sign-off" for s in pending.loosened]
         beyond += _within_recommendation(pending, recommended)
         if not beyond:
-            return _apply(
-                pending, used, f"change {pending.id} raises quotas only up to the current recommendation"
-            )
+            return _apply(pending, used, f"change {pending.id} raises quotas only up to the current recommendation")
 
     reason = f"change {pending.id} raises {pending.describe_raises()} and needs sign-off: {problem}"
     if beyond:
@@ -442,9 +459,7 @@ def decide(
     return ChangeDecision("wait", reason, {})
 
 
-def append_history(
-    history: list[dict[str, Any]], entry: dict[str, Any], limit: int = 20
-) -> list[dict[str, Any]]:
+def append_history(history: list[dict[str, Any]], entry: dict[str, Any], limit: int = 20) -> list[dict[str, Any]]:
     """A new history list with `entry` appended, keeping only the newest `limit` entries.
 
     Reconciles repeat, so recording the same change twice in a row is a no-op.

@@ -38,23 +38,38 @@ class Claim:
     why: str  # for a person: how it was confirmed, or what confirms it
 
     def as_loosening(self, project: str) -> SettingChange:
-        return SettingChange(f"spec.namespaces[{self.namespace}]", "not governed by this Project",
-                             f"governed by Project {project}")
+        return SettingChange(
+            f"spec.namespaces[{self.namespace}]", "not governed by this Project", f"governed by Project {project}"
+        )
 
 
-def judge_claim(project: str, namespace: str, *, label: str | None, quota_project: str | None,
-                approved_namespaces: Collection[str], listed_at_creation: bool,
-                protected: Collection[str], signed_off: bool) -> Claim:
+def judge_claim(
+    project: str,
+    namespace: str,
+    *,
+    label: str | None,
+    quota_project: str | None,
+    approved_namespaces: Collection[str],
+    listed_at_creation: bool,
+    protected: Collection[str],
+    signed_off: bool,
+) -> Claim:
     """Decide one claim of `project` on `namespace` from what the cluster and status show."""
     if label is not None and label != project:
-        return Claim(namespace, "refused",
-                     f"namespace {namespace} is labelled {PROJECT_LABEL}={label}: it belongs to Project {label}")
+        return Claim(
+            namespace,
+            "refused",
+            f"namespace {namespace} is labelled {PROJECT_LABEL}={label}: it belongs to Project {label}",
+        )
     if label == project:
         return Claim(namespace, "confirmed", f"the Namespace is labelled {PROJECT_LABEL}={project}")
     if namespace in protected:
-        return Claim(namespace, "refused",
-                     f"namespace {namespace} is protected (a system namespace or Headroom's own) and is never "
-                     f"governed unless the platform labels it {PROJECT_LABEL}={project}")
+        return Claim(
+            namespace,
+            "refused",
+            f"namespace {namespace} is protected (a system namespace or Headroom's own) and is never "
+            f"governed unless the platform labels it {PROJECT_LABEL}={project}",
+        )
     if quota_project == project:
         return Claim(namespace, "confirmed", "Headroom governs it for this Project already")
     if namespace in approved_namespaces:
@@ -63,7 +78,10 @@ def judge_claim(project: str, namespace: str, *, label: str | None, quota_projec
         return Claim(namespace, "confirmed", "listed when the Project was created")
     if signed_off:
         return Claim(namespace, "confirmed", "its addition was signed off")
-    return Claim(namespace, "unconfirmed",
-                 f"namespace {namespace} was added to the Project after it was created, so the claim needs "
-                 f"confirming: the platform labels the Namespace {PROJECT_LABEL}={project}, or an approver signs off "
-                 "the pending change")
+    return Claim(
+        namespace,
+        "unconfirmed",
+        f"namespace {namespace} was added to the Project after it was created, so the claim needs "
+        f"confirming: the platform labels the Namespace {PROJECT_LABEL}={project}, or an approver signs off "
+        "the pending change",
+    )

@@ -16,14 +16,28 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def condition(kind: str, ok: bool, reason: str, message: str, *, generation: int | None,
-              previous: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, Any]:
+def condition(
+    kind: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    previous: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
     """One condition of a status; its transition time moves only when its status flips."""
     status = "True" if ok else "False"
     before = next((c for c in previous if c.get("type") == kind), None)
     since = before.get("lastTransitionTime") if before and before.get("status") == status else None
-    return {"type": kind, "status": status, "reason": reason, "message": message[:MAX_MESSAGE],
-            "observedGeneration": generation, "lastTransitionTime": since or rfc3339(now)}
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message[:MAX_MESSAGE],
+        "observedGeneration": generation,
+        "lastTransitionTime": since or rfc3339(now),
+    }
 
 
 def merge_conditions(base: Iterable[Mapping[str, Any]], more: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -68,28 +68,33 @@ def default_minimum(resource: str) -> Decimal:
     return DEFAULT_MINIMUM.get(resource, _FALLBACK_MINIMUM[resource_kind(resource)])
 
 
-def container_defaults(requests: Mapping[str, Decimal], limits: Mapping[str, Decimal]
-                       ) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+def container_defaults(
+    requests: Mapping[str, Decimal], limits: Mapping[str, Decimal]
+) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
     """The LimitRange's (default limits, default requests): the Project's, or the built-in ones.
 
     A built-in default never contradicts one the Project sets (the API server refuses a LimitRange
     whose default request is above its default limit).
     """
     default_limits = dict(limits) or {r: max(v, requests.get(r, v)) for r, v in BUILTIN_DEFAULT_LIMITS.items()}
-    default_requests = dict(requests) or {r: min(v, default_limits.get(r, v))
-                                          for r, v in BUILTIN_DEFAULT_REQUESTS.items()}
+    default_requests = dict(requests) or {
+        r: min(v, default_limits.get(r, v)) for r, v in BUILTIN_DEFAULT_REQUESTS.items()
+    }
     return default_limits, default_requests
 
 
-def one_container(default_limits: Mapping[str, Decimal], default_requests: Mapping[str, Decimal]
-                  ) -> dict[str, Decimal]:
+def one_container(default_limits: Mapping[str, Decimal], default_requests: Mapping[str, Decimal]) -> dict[str, Decimal]:
     """What one container that sets nothing is given, as quota resources (requests.cpu, limits.memory, ...).
 
     Kubernetes gives such a container the default request, or the default limit where only that is set.
     """
     given = {f"limits.{r}": v for r, v in default_limits.items()}
-    given.update({f"requests.{r}": default_requests.get(r, default_limits.get(r, Decimal(0)))
-                  for r in {*default_limits, *default_requests}})
+    given.update(
+        {
+            f"requests.{r}": default_requests.get(r, default_limits.get(r, Decimal(0)))
+            for r in {*default_limits, *default_requests}
+        }
+    )
     return {r: v for r, v in given.items() if v > 0}
 
 
@@ -190,9 +195,9 @@ def derive_namespace(
         for resource in resources
     }
     for resource, derivation in derived.items():
-        paired = derived.get("requests." + resource.removeprefix("limits.")) if resource.startswith("limits.") \
-            else None
+        paired = derived.get("requests." + resource.removeprefix("limits.")) if resource.startswith("limits.") else None
         if paired is not None and paired.recommended > derivation.recommended:
-            derived[resource] = replace(derivation, recommended=paired.recommended,
-                                        reason=f"at least {paired.resource}")
+            derived[resource] = replace(
+                derivation, recommended=paired.recommended, reason=f"at least {paired.resource}"
+            )
     return derived

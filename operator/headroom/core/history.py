@@ -116,12 +116,13 @@ def decode(text: str | None) -> DailyPeaks:
 
 
 def encode(peaks: DailyPeaks) -> str:
-    return json.dumps({day: {r: canonical(v) for r, v in sorted(values.items())}
-                       for day, values in sorted(peaks.items())}, separators=(",", ":"))
+    return json.dumps(
+        {day: {r: canonical(v) for r, v in sorted(values.items())} for day, values in sorted(peaks.items())},
+        separators=(",", ":"),
+    )
 
 
-def record(peaks: DailyPeaks, used: Mapping[str, Decimal], today: date,
-           keep_days: int = MAX_DAYS) -> DailyPeaks:
+def record(peaks: DailyPeaks, used: Mapping[str, Decimal], today: date, keep_days: int = MAX_DAYS) -> DailyPeaks:
     """Raise today's peaks to `used`; drop days older than keep_days. Returns a new mapping."""
     oldest = (today - timedelta(days=keep_days)).isoformat()
     updated = {day: dict(values) for day, values in peaks.items() if day >= oldest}
@@ -141,14 +142,16 @@ def recorded(peaks: DailyPeaks, used: Mapping[str, Decimal], today: date, keep_d
     or before the lookback was shortened) sheds them when its own day next begins, not all quotas
     in one burst on the first reconcile after an upgrade.
     """
-    if today.isoformat() in peaks and all(value <= peaks[today.isoformat()].get(resource, Decimal(-1))
-                                          for resource, value in used.items()):
+    if today.isoformat() in peaks and all(
+        value <= peaks[today.isoformat()].get(resource, Decimal(-1)) for resource, value in used.items()
+    ):
         return None
     return record(peaks, used, today, keep_days)
 
 
-def peak_within(peaks: DailyPeaks, resource: str, now: datetime, lookback: timedelta,
-                offset: timedelta = timedelta(0)) -> Decimal | None:
+def peak_within(
+    peaks: DailyPeaks, resource: str, now: datetime, lookback: timedelta, offset: timedelta = timedelta(0)
+) -> Decimal | None:
     """The highest daily peak of every sampler day that overlaps [now - lookback, now].
 
     Days recorded before days had offsets (labelled by UTC date) begin, read this way, `offset`

@@ -96,10 +96,16 @@ class ObservedQuota:
 def _edited_by_others(meta: Mapping[str, Any], annotation: str) -> tuple[str, ...]:
     """Who, besides Headroom, owns an annotation of ours (server-side apply's field ownership)."""
     key = f"f:{annotation}"
-    return tuple(sorted({
-        str(entry.get("manager")) for entry in meta.get("managedFields") or []
-        if entry.get("manager") != FIELD_MANAGER
-        and key in (((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {})}))
+    return tuple(
+        sorted(
+            {
+                str(entry.get("manager"))
+                for entry in meta.get("managedFields") or []
+                if entry.get("manager") != FIELD_MANAGER
+                and key in (((entry.get("fieldsV1") or {}).get("f:metadata") or {}).get("f:annotations") or {})
+            }
+        )
+    )
 
 
 def _values(raw: Mapping[str, Any] | None) -> Values:
@@ -218,10 +224,13 @@ class DesiredLimitRange:
     default_request: Mapping[str, str]
 
     def matches(self, seen: ObservedLimitRange | None, project: str, project_uid: str) -> bool:
-        return (seen is not None and project_uid in seen.owner_uids
-                and seen.labels.get(PROJECT_LABEL) == project
-                and _values(self.default) == seen.default
-                and _values(self.default_request) == seen.default_request)
+        return (
+            seen is not None
+            and project_uid in seen.owner_uids
+            and seen.labels.get(PROJECT_LABEL) == project
+            and _values(self.default) == seen.default
+            and _values(self.default_request) == seen.default_request
+        )
 
 
 @dataclass(frozen=True)
@@ -319,8 +328,9 @@ class _TermsInForce:
         return self.problem is None
 
 
-def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed, settings: Settings,
-                 now: datetime) -> Plan:
+def plan_project(
+    spec: ProjectSpec, body: Mapping[str, Any], observed: Observed, settings: Settings, now: datetime
+) -> Plan:
     """Decide the desired objects and status of one Project. Pure: no I/O, `now` is given."""
     work = _Pass(spec, body, observed, settings, now, _terms_in_force(spec, body, observed, settings))
     for ns in spec.namespaces:
@@ -328,16 +338,30 @@ def plan_project(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
     _decide_change(work)
     quotas, limitranges = _desired_objects(work)
     delete_in, released = _leaving(work)
-    utilization = {(name, r): pct for name, values in work.governed.items() for r, hard in values.items()
-                   if r in work.used.get(name, {})
-                   and (pct := utilization_percent(work.used[name][r], hard)) is not None}
+    utilization = {
+        (name, r): pct
+        for name, values in work.governed.items()
+        for r, hard in values.items()
+        if r in work.used.get(name, {}) and (pct := utilization_percent(work.used[name][r], hard)) is not None
+    }
     status = _status(work, utilization, released)
-    return Plan(quotas, limitranges, delete_in, status, tuple(work.events), utilization, work.used,
-                work.governed, released, work.derivations)
+    return Plan(
+        quotas,
+        limitranges,
+        delete_in,
+        status,
+        tuple(work.events),
+        utilization,
+        work.used,
+        work.governed,
+        released,
+        work.derivations,
+    )
 
 
-def _terms_in_force(spec: ProjectSpec, body: Mapping[str, Any], observed: Observed,
-                    settings: Settings) -> _TermsInForce:
+def _terms_in_force(
+    spec: ProjectSpec, body: Mapping[str, Any], observed: Observed, settings: Settings
+) -> _TermsInForce:
     """Pass 0: what was approved (or set when the Project was created) holds until a loosening is
     signed off; tightening holds at once."""
     old_status = body.get("status") or {}
@@ -346,26 +370,39 @@ def _terms_in_force(spec: ProjectSpec, body: Mapping[str, Any], observed: Observ
     asked = Terms.of(spec)
     in_force, loosened_terms = tighter_terms(asked, approved_terms(spec, body), settings.default_enforcement)
     used_ids = {str(h.get("id")) for h in old_status.get("history") or [] if isinstance(h, Mapping)}
-    used_ids |= {str(q.applied_change["id"]) for q in observed.quotas.values()
-                 if q.project == spec.name and q.applied_change and "id" in q.applied_change}
+    used_ids |= {
+        str(q.applied_change["id"])
+        for q in observed.quotas.values()
+        if q.project == spec.name and q.applied_change and "id" in q.applied_change
+    }
     if approved_before.get("changeId"):
         used_ids.add(str(approved_before["changeId"]))
     approval = Approval(spec.approved_change, spec.approved_by, spec.requested_by, frozenset(used_ids))
     problem = approval_problem(identifier, approval)
-    claims = {ns.name: judge_claim(
-        spec.name, ns.name, label=observed.namespace_labels.get(ns.name),
-        quota_project=observed.quotas[ns.name].project if ns.name in observed.quotas else None,
-        approved_namespaces=approved_before.get("namespaces") or (),
-        listed_at_creation=body.get("metadata", {}).get("generation") == 1,
-        protected=settings.protected_namespaces, signed_off=False) for ns in spec.namespaces}
+    claims = {
+        ns.name: judge_claim(
+            spec.name,
+            ns.name,
+            label=observed.namespace_labels.get(ns.name),
+            quota_project=observed.quotas[ns.name].project if ns.name in observed.quotas else None,
+            approved_namespaces=approved_before.get("namespaces") or (),
+            listed_at_creation=body.get("metadata", {}).get("generation") == 1,
+            protected=settings.protected_namespaces,
+            signed_off=False,
+        )
+        for ns in spec.namespaces
+    }
     loosened = (*(c.as_loosening(spec.name) for c in claims.values() if c.state == "unconfirmed"), *loosened_terms)
     if problem is None:  # signed off: the loosening holds, and the claims it adds are confirmed
         in_force = asked
-        claims = {name: Claim(name, "confirmed", "its addition was signed off") if c.state == "unconfirmed" else c
-                  for name, c in claims.items()}
+        claims = {
+            name: Claim(name, "confirmed", "its addition was signed off") if c.state == "unconfirmed" else c
+            for name, c in claims.items()
+        }
     enforced = (in_force.enforcement or settings.default_enforcement) == "Enforce"
-    return _TermsInForce(identifier, in_force, enforced, approval, problem, claims, loosened,
-                         approved_before.get("changeId"))
+    return _TermsInForce(
+        identifier, in_force, enforced, approval, problem, claims, loosened, approved_before.get("changeId")
+    )
 
 
 def _plan_namespace(work: _Pass, ns: NamespaceSpec) -> None:
@@ -377,8 +414,12 @@ def _plan_namespace(work: _Pass, ns: NamespaceSpec) -> None:
     if claim.state != "confirmed":
         work.wait(name, "Refused" if claim.state == "refused" else "Unconfirmed", claim.why)
     elif name in observed.claimed_by_others:
-        work.wait(name, "Conflict", f"namespace {name} is already governed by Project "
-                                    f"{observed.claimed_by_others[name]}; remove it from one of the two")
+        work.wait(
+            name,
+            "Conflict",
+            f"namespace {name} is already governed by Project "
+            f"{observed.claimed_by_others[name]}; remove it from one of the two",
+        )
     elif name not in observed.namespaces_present:
         work.wait(name, "Missing", f"namespace {name} does not exist yet; its quota is applied when it appears")
     elif seen is not None and seen.project not in (None, work.spec.name) and name not in observed.released_by_others:
@@ -399,8 +440,9 @@ def _derive(work: _Pass, name: str, seen: ObservedQuota | None) -> dict[str, Der
     unknown = [r for r, v in peaks.items() if v is None]
     if unknown:
         work.no_history.append(name if len(unknown) == len(peaks) else f"{name} ({', '.join(unknown)})")
-    derivations = derive_namespace(terms.resources, peaks, used or {}, terms.headroom_percent, terms.minimum,
-                                   terms.container)
+    derivations = derive_namespace(
+        terms.resources, peaks, used or {}, terms.headroom_percent, terms.minimum, terms.container
+    )
     work.derivations[name] = derivations
     work.recommended[name] = {r: d.recommended for r, d in derivations.items()}
     entry["peak"] = _text({r: p for r, p in peaks.items() if p is not None})
@@ -422,16 +464,17 @@ def _observe_only(work: _Pass, name: str, seen: ObservedQuota | None) -> None:
     entry = work.entries[name]
     limits, requests = work.terms.in_force.limitrange_defaults()
     entry["state"] = "Observed"
-    entry["wouldApply"] = {"hard": _text(work.recommended[name]),
-                           "limitRange": {"default": _text(limits), "defaultRequest": _text(requests)}}
+    entry["wouldApply"] = {
+        "hard": _text(work.recommended[name]),
+        "limitRange": {"default": _text(limits), "defaultRequest": _text(requests)},
+    }
     mine = seen is not None and seen.state == GOVERNED and seen.project == work.spec.name
     kept = seen.governed if seen is not None and mine else _values(_previous_entry(work, name).get("hard"))
     if kept:
         entry["hard"] = _text(kept)
 
 
-def _govern(work: _Pass, ns: NamespaceSpec, seen: ObservedQuota | None,
-            derivations: Mapping[str, Derivation]) -> None:
+def _govern(work: _Pass, ns: NamespaceSpec, seen: ObservedQuota | None, derivations: Mapping[str, Derivation]) -> None:
     """What is governed in one namespace before any change request: kept, restored or bootstrapped."""
     name, resources = ns.name, work.terms.in_force.resources
     used = work.used.get(name)
@@ -444,10 +487,15 @@ def _govern(work: _Pass, ns: NamespaceSpec, seen: ObservedQuota | None,
         if seen.governed_edited_by and previous:
             # Changed by hand, not through a signed-off change: what this Project last published holds.
             base = previous
-            work.events.append(Event("Warning", "GovernedValuesRestored",
-                                     f"annotation {GOVERNED_ANNOTATION} of ResourceQuota {QUOTA_NAME} in {name} was "
-                                     f"changed by {', '.join(seen.governed_edited_by)}; restored (change quotas "
-                                     "through the Project's requested values instead)"))
+            work.events.append(
+                Event(
+                    "Warning",
+                    "GovernedValuesRestored",
+                    f"annotation {GOVERNED_ANNOTATION} of ResourceQuota {QUOTA_NAME} in {name} was "
+                    f"changed by {', '.join(seen.governed_edited_by)}; restored (change quotas "
+                    "through the Project's requested values instead)",
+                )
+            )
         # Resources that left the terms leave the quota; new ones are bootstrapped once counted.
         governed = {r: v for r, v in base.items() if r in resources or r in ns.requested}
         missing = [r for r in resources if r not in governed and used is not None and r in used]
@@ -469,18 +517,24 @@ def _decide_change(work: _Pass) -> None:
     work.blocked = sorted(ns for ns in spec.requested if ns not in work.governed)
     pending = work.pending = pending_change(terms.identifier, spec.requested, work.governed, terms.loosened)
     if pending is not None and work.blocked:
-        why = (f"change {pending.id} waits until {', '.join(work.blocked)} is governed (its first quota is not in "
-               "place yet)")
+        why = (
+            f"change {pending.id} waits until {', '.join(work.blocked)} is governed (its first quota is not in "
+            "place yet)"
+        )
         if not terms.signed_off and (pending.raises or pending.loosened):
             why += f"; it raises {pending.describe_raises()} and needs sign-off: {terms.problem}"
         work.decision = ChangeDecision("wait", why, {})
         return
-    work.decision = decide(pending, terms.approval, work.used, work.recommended,
-                           work.settings.auto_approve_within_recommendation)
+    work.decision = decide(
+        pending, terms.approval, work.used, work.recommended, work.settings.auto_approve_within_recommendation
+    )
     if work.decision.action != "apply" or pending is None:
         return
-    changed = {ns: targets for ns, targets in work.decision.targets.items()
-               if any(work.governed[ns].get(r) != v for r, v in targets.items())}
+    changed = {
+        ns: targets
+        for ns, targets in work.decision.targets.items()
+        if any(work.governed[ns].get(r) != v for r, v in targets.items())
+    }
     if changed or pending.loosened:
         _record_applied(work, pending, changed)
     if changed:
@@ -490,17 +544,27 @@ def _decide_change(work: _Pass) -> None:
 def _record_applied(work: _Pass, pending: PendingChange, changed: Mapping[str, Mapping[str, Decimal]]) -> None:
     spec, terms = work.spec, work.terms
     work.consumed = terms.signed_off
-    approved_by = (spec.approved_by or "unknown" if terms.signed_off else
-                   "auto-approval" if pending.raises else "no sign-off needed (decrease)")
-    work.applied = {"id": pending.id, "approvedBy": approved_by, "appliedAt": rfc3339(work.now),
-                    "diff": [c.to_status() for c in pending.changes]}
+    approved_by = (
+        spec.approved_by or "unknown"
+        if terms.signed_off
+        else "auto-approval"
+        if pending.raises
+        else "no sign-off needed (decrease)"
+    )
+    work.applied = {
+        "id": pending.id,
+        "approvedBy": approved_by,
+        "appliedAt": rfc3339(work.now),
+        "diff": [c.to_status() for c in pending.changes],
+    }
     if pending.loosened:
         work.applied["loosens"] = [c.to_status() for c in pending.loosened]
     for ns, targets in changed.items():
         work.governed[ns] = {**work.governed[ns], **targets}
     described = "; ".join([*(c.describe() for c in pending.changes), *(c.describe() for c in pending.loosened)])
-    work.events.append(Event("Normal", "ChangeApplied",
-                                f"applied change {pending.id} (approved by {approved_by}): {described}"))
+    work.events.append(
+        Event("Normal", "ChangeApplied", f"applied change {pending.id} (approved by {approved_by}): {described}")
+    )
 
 
 def _desired_objects(work: _Pass) -> tuple[tuple[DesiredQuota, ...], tuple[DesiredLimitRange, ...]]:
@@ -545,8 +609,11 @@ def _leaving(work: _Pass) -> tuple[tuple[str, ...], tuple[str, ...]]:
     ours = {ns for ns, q in observed.quotas.items() if q.project == work.spec.name}
     mine_lr = {ns for ns, lr in observed.limitranges.items() if observed.project_uid in lr.owner_uids}
     observing = {n for n, e in work.entries.items() if e.get("state") == "Observed" and n in ours | mine_lr}
-    protected = {ns for ns in ours if ns in work.settings.protected_namespaces
-                 and (ns not in claims or claims[ns].state != "confirmed")}
+    protected = {
+        ns
+        for ns in ours
+        if ns in work.settings.protected_namespaces and (ns not in claims or claims[ns].state != "confirmed")
+    }
     delete_in = tuple(sorted(observing | protected))
     released = tuple(sorted(ns for ns in ours if ns not in work.spec.namespace_names and ns not in delete_in))
     return delete_in, released
@@ -570,8 +637,13 @@ def approved_terms(spec: ProjectSpec, body: Mapping[str, Any]) -> Terms:
         return recorded
     if body.get("metadata", {}).get("generation") == 1 or "observedGeneration" in old_status:
         return Terms.of(spec)
-    return Terms(tuple(spec.quota.resources), DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK,
-                 {r: default_minimum(r) for r in spec.quota.resources}, None)
+    return Terms(
+        tuple(spec.quota.resources),
+        DEFAULT_HEADROOM_PERCENT,
+        DEFAULT_LOOKBACK,
+        {r: default_minimum(r) for r in spec.quota.resources},
+        None,
+    )
 
 
 def terms_in_force(spec: ProjectSpec, body: Mapping[str, Any], settings: Settings) -> Terms:
@@ -583,8 +655,7 @@ def _bootstrap_value(derivation: Derivation, used: Values) -> Decimal:
     return max(derivation.recommended, used.get(derivation.resource, Decimal(0)))
 
 
-def _status(work: _Pass, utilization: Mapping[tuple[str, str], Decimal],
-            released: tuple[str, ...]) -> dict[str, Any]:
+def _status(work: _Pass, utilization: Mapping[tuple[str, str], Decimal], released: tuple[str, ...]) -> dict[str, Any]:
     """The status, rendered once from what the pass decided."""
     spec = work.spec
     status: dict[str, Any] = {"observedGeneration": work.generation, "namespaces": list(work.entries.values())}
@@ -595,16 +666,27 @@ def _status(work: _Pass, utilization: Mapping[tuple[str, str], Decimal],
         before = work.old_status.get("pendingChange") or {}
         since = before.get("since") if before.get("id") == work.pending.id else None
         # shortId: what `kubectl get projects` shows and `headroom approve --id` accepts.
-        status["pendingChange"] = {"id": work.pending.id, "shortId": short_id(work.pending.id),
-                                   "since": since or rfc3339(work.now),
-                                   **work.pending.to_status(), "reason": work.decision.reason}
+        status["pendingChange"] = {
+            "id": work.pending.id,
+            "shortId": short_id(work.pending.id),
+            "since": since or rfc3339(work.now),
+            **work.pending.to_status(),
+            "reason": work.decision.reason,
+        }
         if not since and work.decision.action == "wait":
             work.events.append(Event("Normal", "ChangePending", work.decision.reason))
     all_done = all(e.get("state") in ("Governed", "Observed") for e in work.entries.values())
     status["conditions"] = _conditions(work, all_done, still_pending)
     enforced = work.terms.enforced
-    status["phase"] = ("Observing" if not enforced and all_done else "Pending" if still_pending and all_done else
-                       "Ready" if all_done else "Waiting")
+    status["phase"] = (
+        "Observing"
+        if not enforced and all_done
+        else "Pending"
+        if still_pending and all_done
+        else "Ready"
+        if all_done
+        else "Waiting"
+    )
     # Ties go to the first (namespace, resource) by name: the order in which the quota listed its
     # resources must not change the status, or every reconcile would rewrite it.
     top = max(sorted(utilization.items()), key=lambda kv: kv[1], default=None)
@@ -614,14 +696,22 @@ def _status(work: _Pass, utilization: Mapping[tuple[str, str], Decimal],
         "enforcement": "Enforce" if enforced else "Observe",
     }
     spent = work.pending.id if work.consumed and work.pending is not None else work.terms.changed_before
-    status["approved"] = {"terms": work.terms.in_force.to_status(),
-                          "namespaces": sorted(n for n, c in work.terms.claims.items() if c.state == "confirmed"),
-                          **({"changeId": spent} if spent else {})}
+    status["approved"] = {
+        "terms": work.terms.in_force.to_status(),
+        "namespaces": sorted(n for n, c in work.terms.claims.items() if c.state == "confirmed"),
+        **({"changeId": spent} if spent else {}),
+    }
     if released:
-        status["released"] = [{"name": ns, "message": (
-            f"namespace {ns} left the Project; its quota stays in force as last governed. The platform lifts "
-            f"it by deleting ResourceQuota {QUOTA_NAME} there, or a Project that governs {ns} takes it over")}
-            for ns in released]
+        status["released"] = [
+            {
+                "name": ns,
+                "message": (
+                    f"namespace {ns} left the Project; its quota stays in force as last governed. The platform lifts "
+                    f"it by deleting ResourceQuota {QUOTA_NAME} there, or a Project that governs {ns} takes it over"
+                ),
+            }
+            for ns in released
+        ]
     return status
 
 
@@ -630,16 +720,28 @@ def _history(work: _Pass) -> dict[str, Any]:
     a status write lost to a crash is recovered from it, and append_history ignores an id it holds."""
     history = list(work.old_status.get("history") or [])
     last_applied = work.old_status.get("lastAppliedChange")
-    records = [work.applied] if work.applied else [
-        q.applied_change for q in work.observed.quotas.values()
-        if q.project == work.spec.name and q.applied_change and "id" in q.applied_change]
+    records = (
+        [work.applied]
+        if work.applied
+        else [
+            q.applied_change
+            for q in work.observed.quotas.values()
+            if q.project == work.spec.name and q.applied_change and "id" in q.applied_change
+        ]
+    )
     for record in sorted(records, key=lambda r: str(r.get("appliedAt", ""))):
         if not any(h.get("id") == record["id"] for h in history):
             history = append_history(history, dict(record))
             if record is not work.applied:
                 # The Event is posted after the status write; a crash before it lost the Event too.
-                work.events.append(Event("Normal", "ChangeApplied", f"applied change {record['id']} (approved by "
-                                         f"{record.get('approvedBy', 'unknown')}), recorded after a restart"))
+                work.events.append(
+                    Event(
+                        "Normal",
+                        "ChangeApplied",
+                        f"applied change {record['id']} (approved by "
+                        f"{record.get('approvedBy', 'unknown')}), recorded after a restart",
+                    )
+                )
         last_applied = {k: record[k] for k in ("id", "approvedBy", "appliedAt") if k in record}
     out: dict[str, Any] = {"history": history} if history else {}
     if last_applied:
@@ -648,46 +750,74 @@ def _history(work: _Pass) -> dict[str, Any]:
 
 
 def _conditions(work: _Pass, all_done: bool, still_pending: bool) -> list[dict[str, Any]]:
-    def cond(kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
-        return condition(kind, ok, reason, message, generation=work.generation,
-                         previous=work.old_status.get("conditions") or [], now=work.now)
-
-    if all_done and not work.terms.enforced:
-        ready = cond("Ready", True, "Observing",
-                     "observe mode: nothing is written; what would be applied is in status.namespaces[].wouldApply")
-    elif all_done:
-        ready = cond("Ready", True, "Governed", "all namespaces are governed")
-    else:
-        ready = cond("Ready", False, "Waiting",
-                     "; ".join(work.waiting) or "waiting for the quota controller to report current use")
-    observed = work.observed
-    if observed.history_error is not None:
-        history = cond("HistoryAvailable", False, "HistoryUnavailable",
-                       f"history is unavailable ({observed.history_error}); quotas are left as they are and no "
-                       "quota is lowered until it answers")
-    elif observed.history_partial:
-        history = cond("HistoryAvailable", False, "HistoryPartial",
-                       "history answered only in part (missing or unusable series); quotas are left as they are "
-                       "and new ones wait for a complete answer")
-    elif work.no_history:
-        history = cond("HistoryAvailable", False, "NoHistory", "no usage history for " + ", ".join(work.no_history)
-                       + ": the minimum (or current use, if higher) applies")
-    else:
-        history = cond("HistoryAvailable", True, "HistoryFound", "peaks known for every namespace and resource")
+    """The Project's conditions: (type, ok, reason, message) each, decided here, stamped by condition()."""
+    decided = [_ready(work, all_done), _history_available(work.observed, work.no_history)]
     if still_pending:
-        pending = cond("ChangePending", True, "AwaitingSignOff" if work.decision.action == "wait" else "Clamped",
-                       work.decision.reason)
+        kind = "AwaitingSignOff" if work.decision.action == "wait" else "Clamped"
+        decided.append(("ChangePending", True, kind, work.decision.reason))
     else:
-        pending = cond("ChangePending", False, "NoChange", "no change is pending")
-    conditions = [ready, history, pending]
+        decided.append(("ChangePending", False, "NoChange", "no change is pending"))
     if work.blocked:
-        conditions.append(cond("ChangeBlocked", True, "NamespaceNotGoverned",
-                               f"requested values for {', '.join(work.blocked)} wait until the namespace is governed"))
-    return conditions
+        blocked = ", ".join(work.blocked)
+        decided.append(
+            (
+                "ChangeBlocked",
+                True,
+                "NamespaceNotGoverned",
+                f"requested values for {blocked} wait until the namespace is governed",
+            )
+        )
+    previous = work.old_status.get("conditions") or []
+    return [condition(*c, generation=work.generation, previous=previous, now=work.now) for c in decided]
 
 
-def with_alerts(status: Mapping[str, Any], records: list[dict[str, Any]],
-                conditions: list[dict[str, Any]]) -> dict[str, Any]:
+_Decided = tuple[str, bool, str, str]
+
+
+def _ready(work: _Pass, all_done: bool) -> _Decided:
+    if all_done and not work.terms.enforced:
+        return (
+            "Ready",
+            True,
+            "Observing",
+            "observe mode: nothing is written; what would be applied is in status.namespaces[].wouldApply",
+        )
+    if all_done:
+        return ("Ready", True, "Governed", "all namespaces are governed")
+    waiting = "; ".join(work.waiting) or "waiting for the quota controller to report current use"
+    return ("Ready", False, "Waiting", waiting)
+
+
+def _history_available(observed: Observed, no_history: list[str]) -> _Decided:
+    if observed.history_error is not None:
+        return (
+            "HistoryAvailable",
+            False,
+            "HistoryUnavailable",
+            f"history is unavailable ({observed.history_error}); quotas are left as they are and no "
+            "quota is lowered until it answers",
+        )
+    if observed.history_partial:
+        return (
+            "HistoryAvailable",
+            False,
+            "HistoryPartial",
+            "history answered only in part (missing or unusable series); quotas are left as they are "
+            "and new ones wait for a complete answer",
+        )
+    if no_history:
+        return (
+            "HistoryAvailable",
+            False,
+            "NoHistory",
+            f"no usage history for {', '.join(no_history)}: the minimum (or current use, if higher) applies",
+        )
+    return ("HistoryAvailable", True, "HistoryFound", "peaks known for every namespace and resource")
+
+
+def with_alerts(
+    status: Mapping[str, Any], records: list[dict[str, Any]], conditions: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The Project's status with what alerting decided: composed once, here, from values."""
     return {**status, "alerts": records, "conditions": merge_conditions(status.get("conditions") or [], conditions)}
 
@@ -697,7 +827,12 @@ def invalid_status(body: Mapping[str, Any], error: Exception, now: datetime) -> 
     the field (the schema normally refuses such a Project first)."""
     generation = body.get("metadata", {}).get("generation")
     old = dict(body.get("status") or {})
-    ready = condition("Ready", False, "InvalidSpec", str(error), generation=generation,
-                      previous=old.get("conditions") or [], now=now)
-    return {**{k: v for k, v in old.items() if k != "conditions"}, "phase": "Invalid",
-            "observedGeneration": generation, "conditions": [ready]}
+    ready = condition(
+        "Ready", False, "InvalidSpec", str(error), generation=generation, previous=old.get("conditions") or [], now=now
+    )
+    return {
+        **{k: v for k, v in old.items() if k != "conditions"},
+        "phase": "Invalid",
+        "observedGeneration": generation,
+        "conditions": [ready],
+    }

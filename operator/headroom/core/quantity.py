@@ -122,8 +122,7 @@ def parse_quantity(text: str | int | Decimal) -> Decimal:
         raise QuantityError(f"{text!r} is a boolean, not a quantity", text)
     if isinstance(text, float):
         raise QuantityError(
-            f'{text!r} is a floating-point number; write quantities as strings (e.g. "{text!r}") '
-            "so they stay exact",
+            f'{text!r} is a floating-point number; write quantities as strings (e.g. "{text!r}") so they stay exact',
             text,
         )
     if isinstance(text, int):

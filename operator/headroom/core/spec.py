@@ -459,18 +459,14 @@ def _secret_ref(raw: Any, path: str) -> SecretKeyRef | None:
 def _alerts(raw: Any) -> AlertSettings:
     path = "spec.alerts"
     section = _mapping(raw, path)
-    _no_unknown_fields(
-        section, path, ("thresholds", "hysteresis", "cooldown", "urgentWhenFull", "webhookSecretRef")
-    )
+    _no_unknown_fields(section, path, ("thresholds", "hysteresis", "cooldown", "urgentWhenFull", "webhookSecretRef"))
     thresholds = DEFAULT_THRESHOLDS
     if section.get("thresholds") is not None:
         listed = _list(section["thresholds"], f"{path}.thresholds")
         if not listed:
             raise SpecError(f"{path}.thresholds", "must list at least one percentage")
         if len(listed) > MAX_THRESHOLDS:
-            raise SpecError(
-                f"{path}.thresholds", f"lists {len(listed)} percentages; at most {MAX_THRESHOLDS}"
-            )
+            raise SpecError(f"{path}.thresholds", f"lists {len(listed)} percentages; at most {MAX_THRESHOLDS}")
         values: list[int] = []
         for index, threshold in enumerate(listed):
             value = _integer(threshold, f"{path}.thresholds[{index}]", None, 1, 100)
@@ -478,16 +474,13 @@ def _alerts(raw: Any) -> AlertSettings:
             if values and value <= values[-1]:
                 raise SpecError(
                     f"{path}.thresholds[{index}]",
-                    f"{value} does not follow {values[-1]}; thresholds must be strictly increasing, "
-                    "e.g. [80, 90, 100]",
+                    f"{value} does not follow {values[-1]}; thresholds must be strictly increasing, e.g. [80, 90, 100]",
                 )
             values.append(value)
         thresholds = tuple(values)
     return AlertSettings(
         thresholds=thresholds,
-        hysteresis=_integer(
-            section.get("hysteresis"), f"{path}.hysteresis", DEFAULT_HYSTERESIS, 0, MAX_HYSTERESIS
-        ),
+        hysteresis=_integer(section.get("hysteresis"), f"{path}.hysteresis", DEFAULT_HYSTERESIS, 0, MAX_HYSTERESIS),
         cooldown=_positive_duration(section.get("cooldown"), f"{path}.cooldown"),
         urgent_when_full=_boolean(section.get("urgentWhenFull"), f"{path}.urgentWhenFull", False),
         webhook_secret_ref=_secret_ref(section.get("webhookSecretRef"), f"{path}.webhookSecretRef"),
@@ -511,12 +504,8 @@ def parse_project(obj: Mapping[str, Any]) -> ProjectSpec:
     approved_change = _string(
         annotations.get(APPROVED_CHANGE_ANNOTATION), f"metadata.annotations[{APPROVED_CHANGE_ANNOTATION}]"
     )
-    approved_by = _string(
-        annotations.get(APPROVED_BY_ANNOTATION), f"metadata.annotations[{APPROVED_BY_ANNOTATION}]"
-    )
-    requested_by = _string(
-        annotations.get(REQUESTED_BY_ANNOTATION), f"metadata.annotations[{REQUESTED_BY_ANNOTATION}]"
-    )
+    approved_by = _string(annotations.get(APPROVED_BY_ANNOTATION), f"metadata.annotations[{APPROVED_BY_ANNOTATION}]")
+    requested_by = _string(annotations.get(REQUESTED_BY_ANNOTATION), f"metadata.annotations[{REQUESTED_BY_ANNOTATION}]")
 
     spec = _mapping(obj.get("spec"), "spec", required=True)
     _no_unknown_fields(spec, "spec", ("owner", "namespaces", "quota", "defaults", "alerts", "reason"))

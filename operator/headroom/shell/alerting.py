@@ -73,22 +73,34 @@ class Delivery:
         # One unit on both sides ("4000m of 4800m", never "4 of 4800m"), the percentage to 0.1.
         used, hard = (x.replace("-", "?") for x in format_together([n.used, n.hard], n.resource))
         if n.state == "firing":
-            return (f":warning: Project {self.project} (team {self.team}): {n.namespace} {n.resource} is at "
-                    f"{format_percent(n.utilization)} of its quota ({used} of {hard}), past {n.threshold}%. "
-                    "Plan capacity and request a change on the Project before it is full.")
-        return (f":white_check_mark: Project {self.project} (team {self.team}): {n.namespace} {n.resource} "
-                f"is back below {n.threshold}% of its quota ({used} of {hard}).")
+            return (
+                f":warning: Project {self.project} (team {self.team}): {n.namespace} {n.resource} is at "
+                f"{format_percent(n.utilization)} of its quota ({used} of {hard}), past {n.threshold}%. "
+                "Plan capacity and request a change on the Project before it is full."
+            )
+        return (
+            f":white_check_mark: Project {self.project} (team {self.team}): {n.namespace} {n.resource} "
+            f"is back below {n.threshold}% of its quota ({used} of {hard})."
+        )
 
     def payload(self) -> dict[str, Any]:
         n = self.notification
         return {
-            "id": n.id, "project": self.project, "team": self.team, "contacts": list(self.contacts),
-            "namespace": n.namespace, "resource": n.resource,
+            "id": n.id,
+            "project": self.project,
+            "team": self.team,
+            "contacts": list(self.contacts),
+            "namespace": n.namespace,
+            "resource": n.resource,
             "used": format_quantity(n.used, n.resource) if n.used is not None else None,
             "hard": format_quantity(n.hard, n.resource) if n.hard is not None else None,
             "utilization": str(n.utilization) if n.utilization is not None else None,
-            "threshold": n.threshold, "state": n.state, "severity": self.severity,
-            "since": rfc3339(n.since), "repeat": n.repeat, "text": self.text(),
+            "threshold": n.threshold,
+            "state": n.state,
+            "severity": self.severity,
+            "since": rfc3339(n.since),
+            "repeat": n.repeat,
+            "text": self.text(),
         }
 
 
@@ -127,9 +139,11 @@ class WebhookSink:
         if not url:
             # The team's alerts go to the team's webhook or wait for it, never silently to the
             # platform's (and counting them as sent would lose them).
-            raise WebhookSecretMissing(f"Secret {ref.name} (key {ref.key}) in {self.namespace} is missing or empty; "
-                                       "the alert waits for it (the operator's --webhook-url is not used for "
-                                       "a Project that names its own)")
+            raise WebhookSecretMissing(
+                f"Secret {ref.name} (key {ref.key}) in {self.namespace} is missing or empty; "
+                "the alert waits for it (the operator's --webhook-url is not used for "
+                "a Project that names its own)"
+            )
         return url
 
     async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
@@ -137,9 +151,12 @@ class WebhookSink:
         if not url:
             return
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session, \
-                    session.post(url, json=delivery.payload(),
-                                 headers={"Idempotency-Key": delivery.notification.id}) as resp:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
+                session.post(
+                    url, json=delivery.payload(), headers={"Idempotency-Key": delivery.notification.id}
+                ) as resp,
+            ):
                 if resp.status >= 300:
                     raise DeliveryError(f"webhook answered HTTP {resp.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -159,11 +176,21 @@ class AlertmanagerSink:
         # re-sends a still-firing alert well before that. A resolved alert ends now.
         ends = (delivery.firing_until or delivery.now + timedelta(days=2)) if n.state == "firing" else delivery.now
         return {
-            "labels": {"alertname": "HeadroomQuotaNearLimit", "project": delivery.project,
-                       "team": delivery.team, "namespace": n.namespace, "resource": n.resource,
-                       "threshold": str(n.threshold), "severity": delivery.severity},
-            "annotations": {"summary": delivery.text(), "contacts": ", ".join(delivery.contacts),
-                            "utilization": format_percent(n.utilization), "notification_id": n.id},
+            "labels": {
+                "alertname": "HeadroomQuotaNearLimit",
+                "project": delivery.project,
+                "team": delivery.team,
+                "namespace": n.namespace,
+                "resource": n.resource,
+                "threshold": str(n.threshold),
+                "severity": delivery.severity,
+            },
+            "annotations": {
+                "summary": delivery.text(),
+                "contacts": ", ".join(delivery.contacts),
+                "utilization": format_percent(n.utilization),
+                "notification_id": n.id,
+            },
             "startsAt": rfc3339(starts) if n.state == "firing" else rfc3339(_alert_start(n)),
             "endsAt": rfc3339(ends),
             "generatorURL": f"headroom://projects/{delivery.project}",
@@ -171,8 +198,10 @@ class AlertmanagerSink:
 
     async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session, \
-                    session.post(f"{self.url.rstrip('/')}/api/v2/alerts", json=[self.alert(delivery)]) as resp:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
+                session.post(f"{self.url.rstrip('/')}/api/v2/alerts", json=[self.alert(delivery)]) as resp,
+            ):
                 if resp.status >= 300:
                     raise DeliveryError(f"Alertmanager answered HTTP {resp.status}: {await resp.text()}")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -222,9 +251,14 @@ def build_sinks(config: OperatorConfig, client: kubernetes.client.ApiClient) -> 
 class Alerting:
     """Evaluates a Project's alerts after each reconcile and delivers what is owed."""
 
-    def __init__(self, sinks: Sequence[Sink], writer: KubeWriter, metrics: Metrics,
-                 wake_at: Callable[[str, datetime], None],
-                 body_of: Callable[[str], Mapping[str, Any] | None]) -> None:
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        writer: KubeWriter,
+        metrics: Metrics,
+        wake_at: Callable[[str, datetime], None],
+        body_of: Callable[[str], Mapping[str, Any] | None],
+    ) -> None:
         self.writer, self.metrics, self.wake_at = writer, metrics, wake_at
         # The Event on the Project is a sink like the others: delivered once, through the outbox.
         self.sinks: list[Sink] = [*sinks, EventSink(writer, body_of)]
@@ -239,8 +273,7 @@ class Alerting:
             active.append(sink)
         return active
 
-    async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan,
-                       now: datetime) -> AlertOutcome:
+    async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan, now: datetime) -> AlertOutcome:
         hours_problem = None
         try:
             hours = parse_business_hours(spec.owner.business_hours, spec.owner.holidays)
@@ -248,12 +281,18 @@ class Alerting:
             # The CRD's pattern catches malformed text; an unknown zone or a bad holiday gets here.
             hours_problem = f"spec.owner.businessHours: {exc}; alerts use {DEFAULT_BUSINESS_HOURS} until it is fixed"
             hours = parse_business_hours(None)
-        policy = AlertPolicy(thresholds=tuple(spec.alerts.thresholds),
-                             hysteresis=Decimal(spec.alerts.hysteresis),
-                             cooldown=spec.alerts.cooldown, urgent_when_full=spec.alerts.urgent_when_full)
-        usage = {(ns, r): Usage(plan.used[ns][r], hard)
-                 for ns, values in plan.governed.items() for r, hard in values.items()
-                 if r in plan.used.get(ns, {}) and hard > 0}
+        policy = AlertPolicy(
+            thresholds=tuple(spec.alerts.thresholds),
+            hysteresis=Decimal(spec.alerts.hysteresis),
+            cooldown=spec.alerts.cooldown,
+            urgent_when_full=spec.alerts.urgent_when_full,
+        )
+        usage = {
+            (ns, r): Usage(plan.used[ns][r], hard)
+            for ns, values in plan.governed.items()
+            for r, hard in values.items()
+            if r in plan.used.get(ns, {}) and hard > 0
+        }
         sinks = self._active_sinks(spec)
         reminder = now + policy.cooldown if policy.cooldown else add_business_days(hours, now)
         firing_until = next_opening(hours, reminder) + timedelta(days=1)
@@ -264,8 +303,14 @@ class Alerting:
         if deferred_now:
             self.metrics.alerts_deferred.inc(len(deferred_now))
             for r in deferred_now:
-                log.info("Project %s: alert %s %s %s deferred until %s (outside business hours or cooldown)",
-                         spec.name, r.key.namespace, r.key.resource, r.state, r.not_before)
+                log.info(
+                    "Project %s: alert %s %s %s deferred until %s (outside business hours or cooldown)",
+                    spec.name,
+                    r.key.namespace,
+                    r.key.resource,
+                    r.state,
+                    r.not_before,
+                )
         if owed and state_to_status(state) != state_to_status(before):
             # Outbox first: what is owed is on record before anything leaves.
             await self.writer.patch_status(spec.name, {"alerts": state_to_status(state)})
@@ -273,8 +318,7 @@ class Alerting:
         problems: list[str] = []
         delivered_from = state
         for notification in owed:
-            delivery = Delivery(notification, spec.name, spec.owner.team, tuple(spec.owner.contacts), now,
-                                firing_until)
+            delivery = Delivery(notification, spec.name, spec.owner.team, tuple(spec.owner.contacts), now, firing_until)
             record = state.get(notification.key)
             done = record.delivered_sinks if record else frozenset()
             for sink in sinks:
@@ -288,15 +332,22 @@ class Alerting:
                     if isinstance(exc, WebhookSecretMissing):
                         self._secret_missing.add(spec.name)
                     self.metrics.alerts_failed.labels(sink.name).inc()
-                    log.warning("Project %s: delivery of %s to %s failed: %s", spec.name, notification.id,
-                                sink.name, exc)
+                    log.warning(
+                        "Project %s: delivery of %s to %s failed: %s", spec.name, notification.id, sink.name, exc
+                    )
                     continue
                 state = mark_delivered(state, notification.id, sink.name, now)
                 self.metrics.alerts_sent.labels(sink.name, notification.state).inc()
-                log.info("Project %s: alert %s %s %s (%s of the quota, threshold %s%%) sent to %s", spec.name,
-                         notification.key.namespace, notification.key.resource, notification.state,
-                         format_percent(notification.utilization),
-                         notification.key.threshold, sink.name)
+                log.info(
+                    "Project %s: alert %s %s %s (%s of the quota, threshold %s%%) sent to %s",
+                    spec.name,
+                    notification.key.namespace,
+                    notification.key.resource,
+                    notification.state,
+                    format_percent(notification.utilization),
+                    notification.key.threshold,
+                    sink.name,
+                )
         if state is not delivered_from:
             # Deliveries retired outboxes: evaluating once more now schedules the reminders, so the
             # status written below is already what the next reconcile computes (one write, not two).
@@ -306,8 +357,11 @@ class Alerting:
         self.metrics.webhook_secret_missing.set(len(self._secret_missing))
         outcome: DeliveryOutcome | None = None
         if problems:
-            outcome = (False, "WebhookSecretMissing" if spec.name in self._secret_missing else "DeliveryFailed",
-                        "; ".join(problems) + "; retried until it succeeds")
+            outcome = (
+                False,
+                "WebhookSecretMissing" if spec.name in self._secret_missing else "DeliveryFailed",
+                "; ".join(problems) + "; retried until it succeeds",
+            )
         elif owed or not state.records or all(not r.outbox for r in state.records):
             outcome = (True, "Delivered", "every alert owed was delivered")
         if failed:
@@ -319,9 +373,15 @@ class Alerting:
             if wake is not None:
                 self.wake_at(spec.name, wake)
         conditions = alert_conditions(
-            state, hours=str(hours), hours_problem=hours_problem, delivery=outcome,
+            state,
+            hours=str(hours),
+            hours_problem=hours_problem,
+            delivery=outcome,
             previous=(body.get("status") or {}).get("conditions") or [],
-            generation=body.get("metadata", {}).get("generation"), now=now, hysteresis=policy.hysteresis)
+            generation=body.get("metadata", {}).get("generation"),
+            now=now,
+            hysteresis=policy.hysteresis,
+        )
         return AlertOutcome(state_to_status(state), conditions)
 
 
@@ -331,4 +391,3 @@ class AlertOutcome:
 
     records: list[dict[str, Any]]
     conditions: list[dict[str, Any]]
-

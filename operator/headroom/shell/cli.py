@@ -90,17 +90,22 @@ def api_error(action: str, exc: BaseException) -> CliError:
 
     if not isinstance(exc, kubernetes.client.ApiException):
         reason = _one_line(str(getattr(exc, "reason", None) or exc or type(exc).__name__))
-        return CliError(f"cannot {action}: the API server cannot be reached ({reason}); check --kubeconfig and "
-                        "--context, and that the cluster is up", EXIT_UNREACHABLE,
-                        detail="".join(traceback.format_exception(exc)))
+        return CliError(
+            f"cannot {action}: the API server cannot be reached ({reason}); check --kubeconfig and "
+            "--context, and that the cluster is up",
+            EXIT_UNREACHABLE,
+            detail="".join(traceback.format_exception(exc)),
+        )
     message = _status_message(exc)
     status = exc.status or 0
     hint = ""
     if status == 404:
         code = EXIT_NOT_FOUND
     elif status == 401:
-        code, hint = EXIT_FORBIDDEN, "your credentials were refused: log in again, or choose others with " \
-                                     "--kubeconfig/--context"
+        code, hint = (
+            EXIT_FORBIDDEN,
+            "your credentials were refused: log in again, or choose others with --kubeconfig/--context",
+        )
     elif status == 403:
         code = EXIT_FORBIDDEN
         policy = re.search(r"ValidatingAdmissionPolicy .*? denied request: (.*)$", message)
@@ -118,8 +123,11 @@ def api_error(action: str, exc: BaseException) -> CliError:
         code, hint = EXIT_UNREACHABLE, "the API server is overloaded or failing: try again later"
     else:
         code = EXIT_USAGE
-    return CliError(f"cannot {action}: {message}" + (f"; {hint}" if hint else ""), code,
-                    detail=f"HTTP {exc.status} {exc.reason}\n{exc.body}")
+    return CliError(
+        f"cannot {action}: {message}" + (f"; {hint}" if hint else ""),
+        code,
+        detail=f"HTTP {exc.status} {exc.reason}\n{exc.body}",
+    )
 
 
 @contextlib.contextmanager
@@ -186,9 +194,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             approved = (spec.approved_change or "").strip()
             if approved and approved != identifier:
                 wanted = identifier or "nothing (no change is requested)"
-                problems.append(f"{file}: Project {spec.name}: {APPROVED_CHANGE_ANNOTATION} is {approved}, "
-                                f"but the request in this file has id {wanted}; approve the current request "
-                                f"(headroom change-id {file}) or remove the stale annotation")
+                problems.append(
+                    f"{file}: Project {spec.name}: {APPROVED_CHANGE_ANNOTATION} is {approved}, "
+                    f"but the request in this file has id {wanted}; approve the current request "
+                    f"(headroom change-id {file}) or remove the stale annotation"
+                )
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -216,8 +226,11 @@ def _client(args: argparse.Namespace) -> Any:
         client = api_client(kubeconfig, context)
     except (kubernetes.config.ConfigException, OSError) as exc:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-        raise CliError(f"no usable kubeconfig ({where}: {_one_line(str(exc))}); pass --kubeconfig and "
-                       "--context, or set KUBECONFIG", EXIT_USAGE) from exc
+        raise CliError(
+            f"no usable kubeconfig ({where}: {_one_line(str(exc))}); pass --kubeconfig and "
+            "--context, or set KUBECONFIG",
+            EXIT_USAGE,
+        ) from exc
     if user:
         client.set_default_header("Impersonate-User", user)  # type: ignore[no-untyped-call]
     if groups:
@@ -236,8 +249,7 @@ def _impersonate_groups(client: Any, groups: Sequence[str]) -> None:
     manager = client.rest_client.pool_manager
     send = manager.request
 
-    def request(method: str, url: str, *args: Any, headers: Mapping[str, str] | None = None,
-                **kwargs: Any) -> Any:
+    def request(method: str, url: str, *args: Any, headers: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
         lines = urllib3.HTTPHeaderDict(dict(headers or {}))
         for group in groups:
             lines.add("Impersonate-Group", group)
@@ -269,7 +281,8 @@ def _whoami(client: Any) -> str:
 
     with calling("find out who you are (SelfSubjectReview)"):
         review = kubernetes.client.AuthenticationV1Api(client).create_self_subject_review(
-            kubernetes.client.V1SelfSubjectReview())
+            kubernetes.client.V1SelfSubjectReview()
+        )
     user = review.status.user_info if review.status else None
     if user is None or not user.username:
         raise CliError("the API server did not say who you are (SelfSubjectReview answered without a user)")
@@ -308,13 +321,19 @@ def cmd_request(args: argparse.Namespace) -> int:
     # Headroom knows that whoever signs the change off is another person.
     requester = _whoami(client)
     with calling(f"request a change of Project {args.project}"):
-        _custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, args.project, {
-            "metadata": {"annotations": {REQUESTED_BY_ANNOTATION: requester}},
-            "spec": {"namespaces": namespaces}})
+        _custom(client).patch_cluster_custom_object(
+            GROUP,
+            VERSION,
+            PLURAL,
+            args.project,
+            {"metadata": {"annotations": {REQUESTED_BY_ANNOTATION: requester}}, "spec": {"namespaces": namespaces}},
+        )
     updated = {**project, "spec": {**project["spec"], "namespaces": namespaces}}
     spec = _parse(updated, args.project)
-    print(f"requested {', '.join(f'{k}={v}' for k, v in values.items())} for {args.namespace}; "
-          f"change id {change_id(spec)} awaits sign-off if it raises a quota")
+    print(
+        f"requested {', '.join(f'{k}={v}' for k, v in values.items())} for {args.namespace}; "
+        f"change id {change_id(spec)} awaits sign-off if it raises a quota"
+    )
     return 0
 
 
@@ -324,11 +343,16 @@ def expand_change_id(given: str, pending: str) -> str:
     text = given.strip().lower().rstrip(".…")
     digits = text.removeprefix("sha256:")
     if len(digits) < 4 or any(ch not in "0123456789abcdef" for ch in digits):
-        raise CliError(f"--id {given!r} is not a change id: give the pending id, or at least its first 4 hex "
-                       f"digits (e.g. {pending[:15]})")
+        raise CliError(
+            f"--id {given!r} is not a change id: give the pending id, or at least its first 4 hex "
+            f"digits (e.g. {pending[:15]})"
+        )
     if not pending.removeprefix("sha256:").startswith(digits):
-        raise CliError(f"refusing: {given} is not the pending change; the pending change is now {pending}: "
-                       "review it (headroom status) and approve that id", EXIT_CONFLICT)
+        raise CliError(
+            f"refusing: {given} is not the pending change; the pending change is now {pending}: "
+            "review it (headroom status) and approve that id",
+            EXIT_CONFLICT,
+        )
     return pending
 
 
@@ -361,12 +385,18 @@ def cmd_approve(args: argparse.Namespace) -> int:
     published = pending.get("id")
     requested = change_id(spec)
     if not published:
-        raise CliError(f"Project {spec.name} has no pending change: what it asks for is in force, or Headroom "
-                       f"has not looked at its latest edit yet (headroom status {spec.name})", EXIT_CONFLICT)
+        raise CliError(
+            f"Project {spec.name} has no pending change: what it asks for is in force, or Headroom "
+            f"has not looked at its latest edit yet (headroom status {spec.name})",
+            EXIT_CONFLICT,
+        )
     if published != requested:
-        raise CliError(f"refusing: the request of Project {spec.name} changed (now {requested}) after Headroom "
-                       f"published the pending change {published}; wait a moment for its status and run the "
-                       "command again", EXIT_CONFLICT)
+        raise CliError(
+            f"refusing: the request of Project {spec.name} changed (now {requested}) after Headroom "
+            f"published the pending change {published}; wait a moment for its status and run the "
+            "command again",
+            EXIT_CONFLICT,
+        )
     if args.id:
         expand_change_id(args.id, published)
     print(f"change {published} on Project {spec.name}:")
@@ -379,8 +409,12 @@ def cmd_approve(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     who = args.approved_by or _whoami(client)
     # resourceVersion makes the write fail if the request changed since it was shown.
-    patch = {"metadata": {"resourceVersion": project["metadata"]["resourceVersion"],
-                          "annotations": {APPROVED_CHANGE_ANNOTATION: published, APPROVED_BY_ANNOTATION: who}}}
+    patch = {
+        "metadata": {
+            "resourceVersion": project["metadata"]["resourceVersion"],
+            "annotations": {APPROVED_CHANGE_ANNOTATION: published, APPROVED_BY_ANNOTATION: who},
+        }
+    }
     with calling(f"approve {published} on Project {spec.name}"):
         _custom(client).patch_cluster_custom_object(GROUP, VERSION, PLURAL, args.project, patch)
     print(f"approved {published} as {who}")
@@ -391,11 +425,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     project = _get_project(client, args.project)
     status = project.get("status") or {}
-    out = {"project": args.project, "phase": status.get("phase"), "namespaces": status.get("namespaces"),
-           "pendingChange": status.get("pendingChange"), "lastAppliedChange": status.get("lastAppliedChange"),
-           "history": status.get("history"), "alerts": status.get("alerts"),
-           "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
-                          for c in status.get("conditions") or []]}
+    out = {
+        "project": args.project,
+        "phase": status.get("phase"),
+        "namespaces": status.get("namespaces"),
+        "pendingChange": status.get("pendingChange"),
+        "lastAppliedChange": status.get("lastAppliedChange"),
+        "history": status.get("history"),
+        "alerts": status.get("alerts"),
+        "conditions": [
+            {k: c.get(k) for k in ("type", "status", "reason", "message")} for c in status.get("conditions") or []
+        ],
+    }
     if args.output == "json":
         print(json.dumps(out, indent=2))
     elif args.output == "yaml":
@@ -411,8 +452,9 @@ def _print_status(project: str, status: Mapping[str, Any], conditions: Sequence[
         print(f"  {ns['name']} ({ns.get('state')})")
         rows = []
         for resource in sorted(ns.get("hard") or ns.get("recommended") or {}):
-            hard, used, recommended = _together([(ns.get(k) or {}).get(resource) for k in
-                                                 ("hard", "used", "recommended")], resource)
+            hard, used, recommended = _together(
+                [(ns.get(k) or {}).get(resource) for k in ("hard", "used", "recommended")], resource
+            )
             rows.append({"resource": resource, "hard": hard, "used": used, "recommended": recommended})
         if rows:
             _table(rows, ["resource", "hard", "used", "recommended"], indent="    ")
@@ -436,8 +478,7 @@ def _print_status(project: str, status: Mapping[str, Any], conditions: Sequence[
 # --------------------------------------------------------------------------------------------- plan
 
 
-SAMPLER_HINT = ("pass --history-source=prometheus --prometheus-url=URL or --history-source=file "
-                "--history-file=FILE")
+SAMPLER_HINT = "pass --history-source=prometheus --prometheus-url=URL or --history-source=file --history-file=FILE"
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -453,11 +494,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.file:
         if config.history_source == "sampler":
             # The sampler's peaks are kept on the quotas in the cluster, which a file does not have.
-            raise CliError(f"plan -f needs a history source: {SAMPLER_HINT} (the sampler's peaks live on the "
-                           "quotas in the cluster: run plan without -f to use them)")
+            raise CliError(
+                f"plan -f needs a history source: {SAMPLER_HINT} (the sampler's peaks live on the "
+                "quotas in the cluster: run plan without -f to use them)"
+            )
         # A file is planned as the platform would create it: a new Project.
-        projects = [{**p, "metadata": {"generation": 1, **(p.get("metadata") or {})}}
-                    for p in load_projects(Path(args.file))]
+        projects = [
+            {**p, "metadata": {"generation": 1, **(p.get("metadata") or {})}} for p in load_projects(Path(args.file))
+        ]
     else:
         client = _client(args)
         if args.project:
@@ -472,9 +516,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 quota = _read_quota(client, ns["name"], config.history_source == "sampler")
                 if quota is not None:
                     quotas[ns["name"]] = quota
-    settings = Settings(default_enforcement=config.enforcement_default,
-                        auto_approve_within_recommendation=config.auto_approve_within_recommendation,
-                        protected_namespaces=frozenset({*config.protected_namespaces, config.namespace}))
+    settings = Settings(
+        default_enforcement=config.enforcement_default,
+        auto_approve_within_recommendation=config.auto_approve_within_recommendation,
+        protected_namespaces=frozenset({*config.protected_namespaces, config.namespace}),
+    )
     rows = []
     now = datetime.now(UTC)
     for project in projects:
@@ -489,22 +535,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
     elif args.output == "yaml":
         print(yaml.safe_dump(rows, sort_keys=False))
     else:
-        _table([_for_people(r) for r in rows], ["project", "namespace", "resource", "peak", "headroom", "floor",
-                                                "used", "recommended", "hard", "why"])
+        _table(
+            [_for_people(r) for r in rows],
+            ["project", "namespace", "resource", "peak", "headroom", "floor", "used", "recommended", "hard", "why"],
+        )
     return 0
 
 
-def _plan_rows(project: Mapping[str, Any], spec: ProjectSpec, quotas: Mapping[str, Mapping[str, Any]],
-               config: OperatorConfig, settings: Settings, now: datetime, only: str | None) -> list[dict[str, str]]:
+def _plan_rows(
+    project: Mapping[str, Any],
+    spec: ProjectSpec,
+    quotas: Mapping[str, Mapping[str, Any]],
+    config: OperatorConfig,
+    settings: Settings,
+    now: datetime,
+    only: str | None,
+) -> list[dict[str, str]]:
     """What the operator would decide for one Project, by the planner the operator uses."""
     seen = {ns: observe_quota(q) for ns, q in quotas.items() if ns in spec.namespace_names}
     terms = terms_in_force(spec, project, settings)
-    history = _history(config, terms, spec, now,
-                       {ns: decode(q.annotations.get(DAILY_PEAKS_ANNOTATION)) for ns, q in seen.items()})
+    history = _history(
+        config, terms, spec, now, {ns: decode(q.annotations.get(DAILY_PEAKS_ANNOTATION)) for ns, q in seen.items()}
+    )
     observed = Observed(
         project_uid=str(project.get("metadata", {}).get("uid", "")),
-        namespaces_present=frozenset(spec.namespace_names), quotas=seen, limitranges={}, claimed_by_others={},
-        peaks=history.peaks, history_error=history.error, history_partial=history.partial)
+        namespaces_present=frozenset(spec.namespace_names),
+        quotas=seen,
+        limitranges={},
+        claimed_by_others={},
+        peaks=history.peaks,
+        history_error=history.error,
+        history_partial=history.partial,
+    )
     plan = plan_project(spec, project, observed, settings, now)
     entries = {e["name"]: e for e in plan.status.get("namespaces") or []}
     rows = []
@@ -513,19 +575,37 @@ def _plan_rows(project: Mapping[str, Any], spec: ProjectSpec, quotas: Mapping[st
             continue
         derivations = plan.derivations.get(ns)
         if derivations is None:
-            rows.append({"project": spec.name, "namespace": ns, "resource": "-", "peak": "-", "headroom": "-",
-                         "floor": "-", "used": "-", "recommended": "-", "hard": "-",
-                         "why": f"{entries.get(ns, {}).get('state', '?')}: {entries.get(ns, {}).get('message', '')}"})
+            rows.append(
+                {
+                    "project": spec.name,
+                    "namespace": ns,
+                    "resource": "-",
+                    "peak": "-",
+                    "headroom": "-",
+                    "floor": "-",
+                    "used": "-",
+                    "recommended": "-",
+                    "hard": "-",
+                    "why": f"{entries.get(ns, {}).get('state', '?')}: {entries.get(ns, {}).get('message', '')}",
+                }
+            )
             continue
         governed = plan.governed.get(ns) or (seen[ns].governed if ns in seen else {})
         for resource, d in derivations.items():
-            rows.append({
-                "project": spec.name, "namespace": ns, "resource": resource,
-                "peak": _fmt(d.peak, resource), "headroom": f"{d.headroom_percent}%",
-                "floor": _fmt(d.floor, resource), "used": _fmt(d.used, resource),
-                "recommended": _fmt(d.recommended, resource), "hard": _fmt(governed.get(resource), resource),
-                "why": d.reason + (f" (history: {history.error})" if history.error else ""),
-            })
+            rows.append(
+                {
+                    "project": spec.name,
+                    "namespace": ns,
+                    "resource": resource,
+                    "peak": _fmt(d.peak, resource),
+                    "headroom": f"{d.headroom_percent}%",
+                    "floor": _fmt(d.floor, resource),
+                    "used": _fmt(d.used, resource),
+                    "recommended": _fmt(d.recommended, resource),
+                    "hard": _fmt(governed.get(resource), resource),
+                    "why": d.reason + (f" (history: {history.error})" if history.error else ""),
+                }
+            )
     return rows
 
 
@@ -543,8 +623,11 @@ def _read_quota(client: Any, namespace: str, for_sampler: bool) -> dict[str, Any
         if isinstance(cause, kubernetes.client.ApiException) and cause.status == 404:
             return None
         if for_sampler and exc.code == EXIT_FORBIDDEN:
-            raise CliError(f"{exc}; the sampler's peaks are kept on the quotas, so plan reads them there, or "
-                           f"{SAMPLER_HINT}", exc.code, exc.detail) from cause
+            raise CliError(
+                f"{exc}; the sampler's peaks are kept on the quotas, so plan reads them there, or {SAMPLER_HINT}",
+                exc.code,
+                exc.detail,
+            ) from cause
         raise
 
 
@@ -552,8 +635,9 @@ def _fmt(value: Any, resource: str) -> str:
     return "-" if value is None else format_quantity(value, resource)
 
 
-def _history(config: OperatorConfig, terms: Terms, spec: ProjectSpec, now: datetime,
-             daily_peaks: Mapping[str, DailyPeaks]) -> HistoryResult:
+def _history(
+    config: OperatorConfig, terms: Terms, spec: ProjectSpec, now: datetime, daily_peaks: Mapping[str, DailyPeaks]
+) -> HistoryResult:
     """The peaks the operator would get: the same source, asked for the terms in force."""
     from headroom.shell.history import history_source
 
@@ -598,8 +682,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         run(config)
     except kubernetes.config.ConfigException as exc:
-        raise CliError(f"cannot find the cluster ({_one_line(str(exc))}): run in a Pod with a ServiceAccount, "
-                       "or set KUBECONFIG") from exc
+        raise CliError(
+            f"cannot find the cluster ({_one_line(str(exc))}): run in a Pod with a ServiceAccount, or set KUBECONFIG"
+        ) from exc
     return 0
 
 
@@ -610,25 +695,47 @@ def _cluster_flags(parser: argparse.ArgumentParser) -> None:
     default afterwards.
     """
     group = parser.add_argument_group("cluster access (as kubectl)")
-    group.add_argument("--kubeconfig", default=argparse.SUPPRESS, metavar="PATH",
-                       help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+    group.add_argument(
+        "--kubeconfig",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)",
+    )
     group.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context to use")
-    group.add_argument("-n", "--namespace", default=argparse.SUPPRESS,
-                       help="request: the namespace to change; plan: show only this namespace")
-    group.add_argument("--as", dest="as_user", default=argparse.SUPPRESS, metavar="USER",
-                       help="act as this user (impersonation)")
-    group.add_argument("--as-group", dest="as_group", action="append", default=argparse.SUPPRESS,
-                       metavar="GROUP", help="act as a member of this group; may repeat (needs --as)")
-    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="on an error, also show the server's answer and the traceback")
+    group.add_argument(
+        "-n",
+        "--namespace",
+        default=argparse.SUPPRESS,
+        help="request: the namespace to change; plan: show only this namespace",
+    )
+    group.add_argument(
+        "--as", dest="as_user", default=argparse.SUPPRESS, metavar="USER", help="act as this user (impersonation)"
+    )
+    group.add_argument(
+        "--as-group",
+        dest="as_group",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="GROUP",
+        help="act as a member of this group; may repeat (needs --as)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, also show the server's answer and the traceback",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
-        prog="headroom", description="Quotas derived from history, changed with sign-off.",
+        prog="headroom",
+        description="Quotas derived from history, changed with sign-off.",
         epilog="exit codes: 0 ok, 1 check failed or declined, 2 usage or configuration, 3 not found, "
-               "4 forbidden, 5 invalid, 6 conflict (nothing pending, another change pending, changed "
-               "meanwhile), 7 API server unreachable or failing, 70 internal error")
+        "4 forbidden, 5 invalid, 6 conflict (nothing pending, another change pending, changed "
+        "meanwhile), 7 API server unreachable or failing, 70 internal error",
+    )
     _cluster_flags(top)
     sub = top.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the operator")
@@ -651,8 +758,11 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("files", nargs="+")
     verify.set_defaults(func=cmd_verify)
 
-    request = sub.add_parser("request", help="request absolute hard values for a namespace",
-                             usage="headroom request PROJECT [NAMESPACE | -n NAMESPACE] RESOURCE=QUANTITY...")
+    request = sub.add_parser(
+        "request",
+        help="request absolute hard values for a namespace",
+        usage="headroom request PROJECT [NAMESPACE | -n NAMESPACE] RESOURCE=QUANTITY...",
+    )
     request.add_argument("project")
     request.add_argument("values", nargs="+", metavar="[NAMESPACE] RESOURCE=QUANTITY")
     _cluster_flags(request)
@@ -660,8 +770,10 @@ def parser() -> argparse.ArgumentParser:
 
     approve = sub.add_parser("approve", help="sign off the pending change of a Project")
     approve.add_argument("project")
-    approve.add_argument("--id", help="refuse unless this is still the pending change (the full id, or its "
-                         "first hex digits: sha256:8d9d1a2b)")
+    approve.add_argument(
+        "--id",
+        help="refuse unless this is still the pending change (the full id, or its first hex digits: sha256:8d9d1a2b)",
+    )
     approve.add_argument("--approved-by", help="name for the audit trail (default: who you are)")
     approve.add_argument("--yes", action="store_true", help="do not ask")
     _cluster_flags(approve)
@@ -700,8 +812,9 @@ def _unexpected(exc: Exception) -> CliError:
 
     if isinstance(exc, kubernetes.client.ApiException | urllib3.exceptions.HTTPError | OSError):
         return api_error("talk to the API server", exc)
-    return CliError(f"{type(exc).__name__}: {_one_line(str(exc))} (a bug in Headroom; -v shows the traceback)",
-                    EXIT_INTERNAL)
+    return CliError(
+        f"{type(exc).__name__}: {_one_line(str(exc))} (a bug in Headroom; -v shows the traceback)", EXIT_INTERNAL
+    )
 
 
 if __name__ == "__main__":

@@ -61,11 +61,13 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
         if value not in allowed:
             raise ConfigError(f"{flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {text!r}")
         return value
+
     return parse
 
 
-def _number(kind: type[int] | type[float], low: float, high: float = math.inf,
-            what: str = "a number") -> Callable[[str, str], Any]:
+def _number(
+    kind: type[int] | type[float], low: float, high: float = math.inf, what: str = "a number"
+) -> Callable[[str, str], Any]:
     def parse(text: str, flag: str) -> Any:
         try:
             value = kind(text)
@@ -77,6 +79,7 @@ def _number(kind: type[int] | type[float], low: float, high: float = math.inf,
         if not low <= value <= high:
             raise ConfigError(f"{flag} must be {what}, got {value:g}")
         return value
+
     return parse
 
 
@@ -90,14 +93,17 @@ def _url(text: str, flag: str) -> str | None:
 
 
 def _name(label: bool) -> Callable[[str, str], str]:
-    pattern, limit, kind = (_DNS_LABEL, 63, "a namespace name") if label else \
-        (_DNS_SUBDOMAIN, 253, "a Kubernetes object name")
+    pattern, limit, kind = (
+        (_DNS_LABEL, 63, "a namespace name") if label else (_DNS_SUBDOMAIN, 253, "a Kubernetes object name")
+    )
 
     def parse(text: str, flag: str) -> str:
         if len(text) > limit or not pattern.match(text):
-            raise ConfigError(f"{flag} must be {kind} (lower-case letters, digits and '-', at most {limit} "
-                              f"characters), got {text!r}")
+            raise ConfigError(
+                f"{flag} must be {kind} (lower-case letters, digits and '-', at most {limit} characters), got {text!r}"
+            )
         return text
+
     return parse
 
 
@@ -151,46 +157,86 @@ _SWITCH = {"action": "store_const", "const": "true"}
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    history_source: str = setting("--history-source", "where peak usage comes from",
-                                  _choice("prometheus", "sampler", "file"), "sampler")
-    prometheus_url: str | None = setting("--prometheus-url",
-                                         "Prometheus base URL, e.g. http://prometheus.monitoring:9090", _url, None)
-    prometheus_step: str = setting("--prometheus-step", "subquery resolution of the peak (PromQL duration)",
-                                   _promql_duration, "5m")
-    prometheus_timeout: float = setting("--prometheus-timeout", "seconds one Prometheus query may take",
-                                        _number(float, 1e-3, what="a number of seconds > 0"), 30.0)
+    history_source: str = setting(
+        "--history-source", "where peak usage comes from", _choice("prometheus", "sampler", "file"), "sampler"
+    )
+    prometheus_url: str | None = setting(
+        "--prometheus-url", "Prometheus base URL, e.g. http://prometheus.monitoring:9090", _url, None
+    )
+    prometheus_step: str = setting(
+        "--prometheus-step", "subquery resolution of the peak (PromQL duration)", _promql_duration, "5m"
+    )
+    prometheus_timeout: float = setting(
+        "--prometheus-timeout",
+        "seconds one Prometheus query may take",
+        _number(float, 1e-3, what="a number of seconds > 0"),
+        30.0,
+    )
     prometheus_queries: Mapping[str, str] = setting(
-        "--prometheus-query", "replace the PromQL for a resource: RESOURCE=TEMPLATE ({namespaces} is replaced "
-        "by the namespace regex); may repeat", _queries, {}, action="append")
-    history_file: Path | None = setting("--history-file", "CSV or JSON file of samples "
-                                        "(time,namespace,resource,value)", _file, None)
-    mode: str = setting("--mode", "enforce quotas, or observe only (publish, enforce nothing)",
-                        _choice("enforce", "observe"), "enforce")
-    metrics_port: int = setting("--metrics-port", "port of the Prometheus /metrics endpoint (0: off)",
-                                _number(int, 0, 65535, "between 0 and 65535"), 8080)
-    health_port: int = setting("--health-port", "port of the /healthz liveness endpoint (0: off)",
-                               _number(int, 0, 65535, "between 0 and 65535"), 8081)
-    resync_interval: timedelta = setting("--resync-interval", "how often peaks are re-derived, e.g. 5m",
-                                         _resync, timedelta(minutes=5))
-    webhook_url: str | None = setting("--webhook-url", "URL that alert notifications are POSTed to (JSON, "
-                                      "Slack-compatible text)", _url, None)
-    alertmanager_url: str | None = setting("--alertmanager-url", "Alertmanager base URL; alerts are POSTed to "
-                                           "/api/v2/alerts", _url, None)
+        "--prometheus-query",
+        "replace the PromQL for a resource: RESOURCE=TEMPLATE ({namespaces} is replaced "
+        "by the namespace regex); may repeat",
+        _queries,
+        {},
+        action="append",
+    )
+    history_file: Path | None = setting(
+        "--history-file", "CSV or JSON file of samples (time,namespace,resource,value)", _file, None
+    )
+    mode: str = setting(
+        "--mode", "enforce quotas, or observe only (publish, enforce nothing)", _choice("enforce", "observe"), "enforce"
+    )
+    metrics_port: int = setting(
+        "--metrics-port",
+        "port of the Prometheus /metrics endpoint (0: off)",
+        _number(int, 0, 65535, "between 0 and 65535"),
+        8080,
+    )
+    health_port: int = setting(
+        "--health-port",
+        "port of the /healthz liveness endpoint (0: off)",
+        _number(int, 0, 65535, "between 0 and 65535"),
+        8081,
+    )
+    resync_interval: timedelta = setting(
+        "--resync-interval", "how often peaks are re-derived, e.g. 5m", _resync, timedelta(minutes=5)
+    )
+    webhook_url: str | None = setting(
+        "--webhook-url", "URL that alert notifications are POSTed to (JSON, Slack-compatible text)", _url, None
+    )
+    alertmanager_url: str | None = setting(
+        "--alertmanager-url", "Alertmanager base URL; alerts are POSTed to /api/v2/alerts", _url, None
+    )
     auto_approve_within_recommendation: bool = setting(
-        "--auto-approve-within-recommendation", "approve raises up to the current recommendation (peak plus "
-        "headroom) without a reviewer", _boolean, False, **_SWITCH)
-    namespace: str = setting("--namespace", "the operator's own namespace (webhook Secrets are read there)",
-                             _name(label=True), "headroom-system")
+        "--auto-approve-within-recommendation",
+        "approve raises up to the current recommendation (peak plus headroom) without a reviewer",
+        _boolean,
+        False,
+        **_SWITCH,
+    )
+    namespace: str = setting(
+        "--namespace",
+        "the operator's own namespace (webhook Secrets are read there)",
+        _name(label=True),
+        "headroom-system",
+    )
     protected_namespaces: tuple[str, ...] = setting(
-        "--protected-namespaces", "comma-separated namespaces never governed unless the platform labels them "
-        "headroom.dev/project=PROJECT (--namespace always is)", _names, tuple(sorted(DEFAULT_PROTECTED_NAMESPACES)))
-    api_qps: float = setting("--api-qps", "sustained writes per second to the API server",
-                             _number(float, 1e-3, what="> 0"), 20.0)
+        "--protected-namespaces",
+        "comma-separated namespaces never governed unless the platform labels them "
+        "headroom.dev/project=PROJECT (--namespace always is)",
+        _names,
+        tuple(sorted(DEFAULT_PROTECTED_NAMESPACES)),
+    )
+    api_qps: float = setting(
+        "--api-qps", "sustained writes per second to the API server", _number(float, 1e-3, what="> 0"), 20.0
+    )
     api_burst: int = setting("--api-burst", "burst of writes above --api-qps", _number(int, 1, what=">= 1"), 40)
-    leader_elect: bool = setting("--leader-elect", "run several replicas with one active, elected on a Lease",
-                                 _boolean, False, **_SWITCH)
-    lease_name: str = setting("--lease-name", "name of the Lease in --namespace used for leader election",
-                              _name(label=False), LEASE_NAME)
+    leader_elect: bool = setting(
+        "--leader-elect", "run several replicas with one active, elected on a Lease", _boolean, False, **_SWITCH
+    )
+    lease_name: str = setting(
+        "--lease-name", "name of the Lease in --namespace used for leader election", _name(label=False), LEASE_NAME
+    )
     verbose: bool = setting("--verbose", "debug logging", _boolean, False, **_SWITCH)
 
     @property
@@ -198,15 +244,17 @@ class OperatorConfig:
         return "Enforce" if self.mode == "enforce" else "Observe"
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None,
-                 exclude: Set[str] = frozenset()) -> argparse.ArgumentParser:
+def build_parser(
+    parser: argparse.ArgumentParser | None = None, exclude: Set[str] = frozenset()
+) -> argparse.ArgumentParser:
     """The operator's flags; `exclude` leaves out flags a command uses otherwise (plan: kubectl's -n, -v)."""
     parser = parser or argparse.ArgumentParser(prog="headroom run")
     for f in fields(OperatorConfig):
         flag = f.metadata["flag"]
         if flag not in exclude:
-            parser.add_argument(flag, dest=f.name, help=f"{f.metadata['why']} [env {_env_name(flag)}]",
-                                **f.metadata["argparse"])
+            parser.add_argument(
+                flag, dest=f.name, help=f"{f.metadata['why']} [env {_env_name(flag)}]", **f.metadata["argparse"]
+            )
     return parser
 
 

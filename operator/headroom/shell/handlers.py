@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 WATCH_SECONDS = 300
 
 
-
 # A watch that goes silent without closing (a dead NAT entry, a stuck proxy) is noticed by this
 # inactivity timeout. The API server's watch cache sends every watch a bookmark about every minute
 # (k8s.io/apiserver cacher: defaultBookmarkFrequency), so a healthy stream is never silent this long;
@@ -44,13 +43,16 @@ WATCH_SECONDS = 300
 WATCH_INACTIVITY_SECONDS = 75
 
 
-
 def _essence(body: Mapping[str, Any]) -> tuple[Any, ...]:
     """What of a Project can change the plan; its status is Headroom's own output."""
     meta = body.get("metadata", {})
-    return (meta.get("uid"), meta.get("generation"), meta.get("deletionTimestamp"),
-            tuple(sorted((meta.get("annotations") or {}).items())), repr(body.get("spec")))
-
+    return (
+        meta.get("uid"),
+        meta.get("generation"),
+        meta.get("deletionTimestamp"),
+        tuple(sorted((meta.get("annotations") or {}).items())),
+        repr(body.get("spec")),
+    )
 
 
 class JitteredBackoffs:
@@ -65,18 +67,15 @@ class JitteredBackoffs:
         return backoff_delays(self.first, self.cap, self.attempts)
 
 
-
 def _unchanged(before: Mapping[str, Any] | None, body: Mapping[str, Any]) -> bool:
     """The same version of an object seen again (a re-list after a watch expired): nothing to do."""
     version = body.get("metadata", {}).get("resourceVersion")
     return before is not None and version is not None and before.get("metadata", {}).get("resourceVersion") == version
 
 
-
 def _owned(body: Mapping[str, Any], name: str) -> bool:
     meta = body.get("metadata", {})
     return meta.get("name") == name and (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
-
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: asyncio.Event | None = None) -> None:
@@ -137,8 +136,14 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
                 for other in store.projects_claiming(ns):
                     runtime.schedule(other)
 
-    def owned_object_event(kept: dict[str, dict[str, Any]], name: str, keep_managed_fields: bool,
-                           event: Mapping[str, Any], body: kopf.Body, namespace: str) -> None:
+    def owned_object_event(
+        kept: dict[str, dict[str, Any]],
+        name: str,
+        keep_managed_fields: bool,
+        event: Mapping[str, Any],
+        body: kopf.Body,
+        namespace: str,
+    ) -> None:
         """A watch event of one of Headroom's own objects: remember it, and wake its Project."""
         runtime.reconciler.api_reachable()
         if not _owned(body, name):
@@ -159,8 +164,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         owned_object_event(store.quotas, QUOTA_NAME, True, event, body, namespace or "")
 
     @kopf.on.event("v1", "limitranges", registry=registry)
-    async def limitrange_event(event: Mapping[str, Any], body: kopf.Body, namespace: str | None,
-                               **_: Any) -> None:
+    async def limitrange_event(event: Mapping[str, Any], body: kopf.Body, namespace: str | None, **_: Any) -> None:
         owned_object_event(store.limitranges, LIMITRANGE_NAME, False, event, body, namespace or "")
 
     @kopf.on.event("v1", "namespaces", registry=registry)
@@ -182,7 +186,6 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         named = (p for p in (label, before) if isinstance(p, str) and p in store.projects)
         for project in {*store.projects_claiming(name), *named}:
             runtime.schedule(project)
-
 
 
 def _namespaces(body: Mapping[str, Any]) -> list[str]:

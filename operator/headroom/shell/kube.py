@@ -68,8 +68,7 @@ T = TypeVar("T")
 
 # Which write goes first when writes queue at the rate limiter: lower first. A reconcile sets the
 # priority of its Project; writes without one (Events posted on the side) queue behind them in order.
-WRITE_PRIORITY: contextvars.ContextVar[float] = contextvars.ContextVar("headroom_write_priority",
-                                                                      default=math.inf)
+WRITE_PRIORITY: contextvars.ContextVar[float] = contextvars.ContextVar("headroom_write_priority", default=math.inf)
 
 
 @dataclass(order=True)
@@ -143,12 +142,12 @@ class TokenBucket:
             raise
 
 
-
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
         return exc.status in RETRYABLE_STATUSES or exc.status is None
-    return isinstance(exc, OSError | TimeoutError | kubernetes.client.exceptions.OpenApiException) or \
-        exc.__class__.__module__.startswith("urllib3")
+    return isinstance(
+        exc, OSError | TimeoutError | kubernetes.client.exceptions.OpenApiException
+    ) or exc.__class__.__module__.startswith("urllib3")
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -170,8 +169,14 @@ def retry_after(exc: ApiException) -> float:
 def owner_reference(project: Mapping[str, Any]) -> dict[str, Any]:
     meta = project["metadata"]
     # blockOwnerDeletion stays off: it would need delete rights on Projects, which Headroom lacks.
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"],
-            "controller": True, "blockOwnerDeletion": False}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
 
 
 def _labels(project: str) -> dict[str, str]:
@@ -180,23 +185,34 @@ def _labels(project: str) -> dict[str, str]:
 
 def quota_manifest(project: Mapping[str, Any], desired: DesiredQuota) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "ResourceQuota",
-        "metadata": {"name": QUOTA_NAME, "namespace": desired.namespace,
-                     "labels": _labels(project["metadata"]["name"]),
-                     "annotations": dict(desired.annotations),
-                     "ownerReferences": [owner_reference(project)]},
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {
+            "name": QUOTA_NAME,
+            "namespace": desired.namespace,
+            "labels": _labels(project["metadata"]["name"]),
+            "annotations": dict(desired.annotations),
+            "ownerReferences": [owner_reference(project)],
+        },
         "spec": {"hard": dict(desired.hard)},
     }
 
 
 def limitrange_manifest(project: Mapping[str, Any], desired: DesiredLimitRange) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "LimitRange",
-        "metadata": {"name": LIMITRANGE_NAME, "namespace": desired.namespace,
-                     "labels": _labels(project["metadata"]["name"]),
-                     "ownerReferences": [owner_reference(project)]},
-        "spec": {"limits": [{"type": "Container", "default": dict(desired.default),
-                             "defaultRequest": dict(desired.default_request)}]},
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": {
+            "name": LIMITRANGE_NAME,
+            "namespace": desired.namespace,
+            "labels": _labels(project["metadata"]["name"]),
+            "ownerReferences": [owner_reference(project)],
+        },
+        "spec": {
+            "limits": [
+                {"type": "Container", "default": dict(desired.default), "defaultRequest": dict(desired.default_request)}
+            ]
+        },
     }
 
 
@@ -224,13 +240,13 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> Api
         kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
     else:
         kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=path, context=context, client_configuration=config)
+            config_file=path, context=context, client_configuration=config
+        )
     return ApiClient(config)
 
 
 class KubeWriter:
-    def __init__(self, client: ApiClient, qps: float = 20.0, burst: int = 40,
-                 component: str = COMPONENT) -> None:
+    def __init__(self, client: ApiClient, qps: float = 20.0, burst: int = 40, component: str = COMPONENT) -> None:
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.limiter = TokenBucket(qps, burst)
@@ -265,19 +281,34 @@ class KubeWriter:
         raise AssertionError("unreachable")
 
     async def apply_quota(self, project: Mapping[str, Any], desired: DesiredQuota) -> None:
-        await self._call("apply-resourcequota", self.core.patch_namespaced_resource_quota,
-                         QUOTA_NAME, desired.namespace, quota_manifest(project, desired),
-                         field_manager=FIELD_MANAGER, force=True, _content_type=_APPLY)
+        await self._call(
+            "apply-resourcequota",
+            self.core.patch_namespaced_resource_quota,
+            QUOTA_NAME,
+            desired.namespace,
+            quota_manifest(project, desired),
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=_APPLY,
+        )
 
     async def apply_limitrange(self, project: Mapping[str, Any], desired: DesiredLimitRange) -> None:
-        await self._call("apply-limitrange", self.core.patch_namespaced_limit_range,
-                         LIMITRANGE_NAME, desired.namespace, limitrange_manifest(project, desired),
-                         field_manager=FIELD_MANAGER, force=True, _content_type=_APPLY)
+        await self._call(
+            "apply-limitrange",
+            self.core.patch_namespaced_limit_range,
+            LIMITRANGE_NAME,
+            desired.namespace,
+            limitrange_manifest(project, desired),
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=_APPLY,
+        )
 
     async def delete_owned(self, namespace: str) -> None:
-        for kind, fn, name in (("delete-resourcequota", self.core.delete_namespaced_resource_quota, QUOTA_NAME),
-                               ("delete-limitrange", self.core.delete_namespaced_limit_range,
-                                LIMITRANGE_NAME)):
+        for kind, fn, name in (
+            ("delete-resourcequota", self.core.delete_namespaced_resource_quota, QUOTA_NAME),
+            ("delete-limitrange", self.core.delete_namespaced_limit_range, LIMITRANGE_NAME),
+        ):
             try:
                 await self._call(kind, fn, name, namespace)
             except ApiException as exc:
@@ -285,8 +316,16 @@ class KubeWriter:
                     raise
 
     async def patch_status(self, name: str, patch: Mapping[str, Any]) -> None:
-        await self._call("patch-project-status", self.custom.patch_cluster_custom_object_status,
-                         GROUP, VERSION, PLURAL, name, {"status": dict(patch)}, _content_type=_MERGE)
+        await self._call(
+            "patch-project-status",
+            self.custom.patch_cluster_custom_object_status,
+            GROUP,
+            VERSION,
+            PLURAL,
+            name,
+            {"status": dict(patch)},
+            _content_type=_MERGE,
+        )
 
     async def post_event(self, project: Mapping[str, Any], event: Event) -> None:
         """Events are best effort: losing one must never fail a reconcile."""
@@ -295,11 +334,18 @@ class KubeWriter:
         body = kubernetes.client.CoreV1Event(
             metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace="default"),
             involved_object=kubernetes.client.V1ObjectReference(
-                api_version=API_VERSION, kind=KIND, name=meta["name"], uid=meta.get("uid")),
-            reason=event.reason, message=event.message[:1024], type=event.type,
+                api_version=API_VERSION, kind=KIND, name=meta["name"], uid=meta.get("uid")
+            ),
+            reason=event.reason,
+            message=event.message[:1024],
+            type=event.type,
             source=kubernetes.client.V1EventSource(component=self.component),
-            reporting_component=self.component, reporting_instance=self.instance,
-            first_timestamp=now, last_timestamp=now, count=1, action=event.reason,
+            reporting_component=self.component,
+            reporting_instance=self.instance,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            action=event.reason,
         )
         # urllib3's errors (timeouts, refused connections) are not OSErrors.
         with contextlib.suppress(ApiException, OSError, urllib3.exceptions.HTTPError):

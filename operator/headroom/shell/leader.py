@@ -56,22 +56,27 @@ class LeaderElector:
     def _spec(self, acquire_time: datetime | None, transitions: int) -> kubernetes.client.V1LeaseSpec:
         now = self._now()
         return kubernetes.client.V1LeaseSpec(
-            holder_identity=self.identity, lease_duration_seconds=self.lease_seconds,
-            acquire_time=acquire_time or now, renew_time=now, lease_transitions=transitions)
+            holder_identity=self.identity,
+            lease_duration_seconds=self.lease_seconds,
+            acquire_time=acquire_time or now,
+            renew_time=now,
+            lease_transitions=transitions,
+        )
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt (blocking I/O). True when this replica holds the lease afterwards."""
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace,
-                                                            _request_timeout=REQUEST_TIMEOUT)
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            body = kubernetes.client.V1Lease(metadata=kubernetes.client.V1ObjectMeta(name=self.name),
-                                             spec=self._spec(None, 0))
+            body = kubernetes.client.V1Lease(
+                metadata=kubernetes.client.V1ObjectMeta(name=self.name), spec=self._spec(None, 0)
+            )
             try:
-                created = self.coordination.create_namespaced_lease(self.namespace, body,
-                                                                    _request_timeout=REQUEST_TIMEOUT)
+                created = self.coordination.create_namespaced_lease(
+                    self.namespace, body, _request_timeout=REQUEST_TIMEOUT
+                )
             except ApiException as create_exc:
                 if create_exc.status == 409:
                     return False
@@ -89,12 +94,12 @@ class LeaderElector:
         mine = holder == self.identity
         if mine:
             failpoint("lease-renew-before-write")
-        lease.spec = self._spec(spec.acquire_time if mine else None,
-                                (spec.lease_transitions or 0) + (0 if mine else 1))
+        lease.spec = self._spec(spec.acquire_time if mine else None, (spec.lease_transitions or 0) + (0 if mine else 1))
         try:
             # replace carries metadata.resourceVersion: a concurrent winner makes this a 409.
-            updated = self.coordination.replace_namespaced_lease(self.name, self.namespace, lease,
-                                                                 _request_timeout=REQUEST_TIMEOUT)
+            updated = self.coordination.replace_namespaced_lease(
+                self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as exc:
             if exc.status == 409 and not mine:
                 return False  # another candidate won the race
@@ -115,13 +120,13 @@ class LeaderElector:
     def release(self) -> None:
         """On a clean shutdown, hand over at once instead of after a lease duration."""
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace,
-                                                            _request_timeout=REQUEST_TIMEOUT)
+            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
             if lease.spec and lease.spec.holder_identity == self.identity:
                 lease.spec.holder_identity = None
                 lease.spec.lease_duration_seconds = 1
-                self.coordination.replace_namespaced_lease(self.name, self.namespace, lease,
-                                                           _request_timeout=REQUEST_TIMEOUT)
+                self.coordination.replace_namespaced_lease(
+                    self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT
+                )
                 log.info("released lease %s/%s", self.namespace, self.name)
         except Exception as exc:  # ApiException, OSError, urllib3's errors: a release is best effort
             log.warning("could not release the lease: %s", exc)
@@ -129,13 +134,17 @@ class LeaderElector:
     def _excluded(self, exc: ApiException) -> str | None:
         """A refusal that no amount of waiting fixes: the replica is not a candidate at all."""
         if exc.status in (401, 403):
-            return (f"cannot take part in leader election: access to Lease {self.namespace}/{self.name} is "
-                    f"refused ({exc.status} {exc.reason}); the shipped Role grants only the Lease named "
-                    f"'headroom' in its namespace: grant get and update on '{self.name}' there, or use "
-                    "--lease-name=headroom")
+            return (
+                f"cannot take part in leader election: access to Lease {self.namespace}/{self.name} is "
+                f"refused ({exc.status} {exc.reason}); the shipped Role grants only the Lease named "
+                f"'headroom' in its namespace: grant get and update on '{self.name}' there, or use "
+                "--lease-name=headroom"
+            )
         if exc.status == 404:
-            return (f"cannot take part in leader election: namespace {self.namespace} does not exist "
-                    "(--namespace names where the Lease is kept)")
+            return (
+                f"cannot take part in leader election: namespace {self.namespace} does not exist "
+                "(--namespace names where the Lease is kept)"
+            )
         return None
 
     async def acquire(self) -> None:
@@ -178,8 +187,7 @@ class LeaderElector:
                 return
             except ApiException as exc:
                 if exc.status == 409:
-                    log.info("lease %s/%s changed while renewing it (409); reading it again",
-                             self.namespace, self.name)
+                    log.info("lease %s/%s changed while renewing it (409); reading it again", self.namespace, self.name)
                 else:
                     log.warning("lease renewal failed: %s", exc)
                 pause = min(self.retry_seconds, self.renew_seconds) / 2  # retry soon, within the deadline

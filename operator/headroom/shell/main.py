@@ -62,8 +62,10 @@ def _duration(delta: timedelta) -> str:
 def startup_line(config: OperatorConfig) -> str:
     """What this replica will do, in one line: the first thing an operator of Headroom reads."""
     if config.history_source == "prometheus":
-        history = (f"prometheus {_site(config.prometheus_url)} (step {config.prometheus_step}, "
-                   f"timeout {config.prometheus_timeout:g}s)")
+        history = (
+            f"prometheus {_site(config.prometheus_url)} (step {config.prometheus_step}, "
+            f"timeout {config.prometheus_timeout:g}s)"
+        )
     elif config.history_source == "file":
         history = f"file {config.history_file}"
     else:
@@ -74,19 +76,15 @@ def startup_line(config: OperatorConfig) -> str:
     if config.alertmanager_url:
         sinks.append(f"Alertmanager {_site(config.alertmanager_url)}")
     election = f"on (Lease {config.namespace}/{config.lease_name})" if config.leader_elect else "off"
-    ports = ", ".join(f"{what} {port or 'off'}" for what, port in (("metrics", config.metrics_port),
-                                                                     ("health", config.health_port)))
-    return (f"Headroom starting: mode {config.mode}, history {history}, re-derived every "
-            f"{_duration(config.resync_interval)}, alerts to {', '.join(sinks)}, auto-approval within "
-            f"recommendation {'on' if config.auto_approve_within_recommendation else 'off'}, ports {ports}, "
-            f"leader election {election}, writes {config.api_qps:g}/s (burst {config.api_burst})")
-
-
-
-
-
-
-
+    ports = ", ".join(
+        f"{what} {port or 'off'}" for what, port in (("metrics", config.metrics_port), ("health", config.health_port))
+    )
+    return (
+        f"Headroom starting: mode {config.mode}, history {history}, re-derived every "
+        f"{_duration(config.resync_interval)}, alerts to {', '.join(sinks)}, auto-approval within "
+        f"recommendation {'on' if config.auto_approve_within_recommendation else 'off'}, ports {ports}, "
+        f"leader election {election}, writes {config.api_qps:g}/s (burst {config.api_burst})"
+    )
 
 
 @dataclass
@@ -155,8 +153,13 @@ class Runtime:
                     lookback = parse_duration(str(quota.get("lookback") or "30d"))
                 except SpecError:
                     continue
-                resources = quota.get("resources") or ["requests.cpu", "requests.memory", "limits.cpu",
-                                                       "limits.memory", "pods"]
+                resources = quota.get("resources") or [
+                    "requests.cpu",
+                    "requests.memory",
+                    "limits.cpu",
+                    "limits.memory",
+                    "pods",
+                ]
                 for ns in spec.get("namespaces") or []:
                     wanted.setdefault(lookback, set()).update((ns.get("name"), r) for r in resources)
             with contextlib.suppress(Exception):
@@ -165,32 +168,38 @@ class Runtime:
                 self.schedule(name)
 
 
-def build_runtime(config: OperatorConfig, client: kubernetes.client.ApiClient,
-                  metrics: Metrics | None = None) -> Runtime:
+def build_runtime(
+    config: OperatorConfig, client: kubernetes.client.ApiClient, metrics: Metrics | None = None
+) -> Runtime:
     metrics = metrics or Metrics()
     store = Store()
     writer = KubeWriter(client, qps=config.api_qps, burst=config.api_burst)
     source = history_source(config, quota_daily_peaks(store))
     cache = HistoryCache(source, max_age=config.resync_interval, metrics=metrics)
-    settings = Settings(default_enforcement=config.enforcement_default,
-                        auto_approve_within_recommendation=config.auto_approve_within_recommendation,
-                        protected_namespaces=frozenset({*config.protected_namespaces, config.namespace}))
-    reconciler = Reconciler(store=store, writer=writer, history=cache, settings=settings, metrics=metrics,
-                            sampler=config.history_source == "sampler")
-    reconciler.alerts = Alerting(build_sinks(config, client), writer, metrics, reconciler.schedule_at,
-                                 store.projects.get)
+    settings = Settings(
+        default_enforcement=config.enforcement_default,
+        auto_approve_within_recommendation=config.auto_approve_within_recommendation,
+        protected_namespaces=frozenset({*config.protected_namespaces, config.namespace}),
+    )
+    reconciler = Reconciler(
+        store=store,
+        writer=writer,
+        history=cache,
+        settings=settings,
+        metrics=metrics,
+        sampler=config.history_source == "sampler",
+    )
+    reconciler.alerts = Alerting(
+        build_sinks(config, client), writer, metrics, reconciler.schedule_at, store.projects.get
+    )
     return Runtime(config, store, reconciler, metrics, asyncio.Event())
 
 
-
-
-
-
-
-
 def run(config: OperatorConfig) -> None:
-    logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if config.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     # Kopf logs every handled watch event at INFO; Headroom's own log says what matters.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     code = asyncio.run(_main(config))
@@ -198,8 +207,9 @@ def run(config: OperatorConfig) -> None:
         raise SystemExit(code)
 
 
-async def _serve_health(port: int, role: dict[str, str],
-                        problem: Callable[[], str | None] = lambda: None) -> web.AppRunner | None:
+async def _serve_health(
+    port: int, role: dict[str, str], problem: Callable[[], str | None] = lambda: None
+) -> web.AppRunner | None:
     """/healthz answers while the event loop runs, for the leader and for a standby alike; but a
     replica that can never take part in the election is unhealthy (503, with why), so that it is
     restarted and noticed instead of standing by forever."""
@@ -226,8 +236,9 @@ async def _main(config: OperatorConfig) -> int:
     elector: LeaderElector | None = None
     if config.leader_elect:
         identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        elector = LeaderElector(kubernetes.client.CoordinationV1Api(client), config.namespace, config.lease_name,
-                                identity)
+        elector = LeaderElector(
+            kubernetes.client.CoordinationV1Api(client), config.namespace, config.lease_name, identity
+        )
     health = await _serve_health(config.health_port, role, lambda: elector.problem if elector else None)
     metrics = Metrics()
     metrics.serve(config.metrics_port)
@@ -241,8 +252,7 @@ async def _main(config: OperatorConfig) -> int:
     runtime = build_runtime(config, client, metrics)
     stop = asyncio.Event()
     register(registry, runtime, stop)
-    operator = asyncio.create_task(kopf.operator(registry=registry, clusterwide=True, standalone=True,
-                                                 stop_flag=stop))
+    operator = asyncio.create_task(kopf.operator(registry=registry, clusterwide=True, standalone=True, stop_flag=stop))
     waiting: set[asyncio.Task[Any]] = {operator}
     holder = asyncio.create_task(elector.hold()) if elector else None
     if holder is not None:

@@ -23,26 +23,36 @@ class Metrics:
         # ProjectFigures), not kept as labelled gauge children (about 14 KiB a Project).
         self.figures = ProjectFigures()
         r.register(self.figures)
-        self.changes_applied = Counter("headroom_changes_applied_total", "Quota changes applied",
-                                       ["project"], registry=r)
-        self.alerts_sent = Counter("headroom_alerts_sent_total", "Alert notifications delivered",
-                                   ["sink", "state"], registry=r)
-        self.alerts_deferred = Counter("headroom_alerts_deferred_total",
-                                       "Alert notifications deferred to business hours", registry=r)
-        self.alerts_failed = Counter("headroom_alert_delivery_failures_total",
-                                     "Failed alert delivery attempts (retried)", ["sink"], registry=r)
-        self.reconcile_duration = Histogram("headroom_reconcile_duration_seconds",
-                                            "Time to reconcile one Project", registry=r)
+        self.changes_applied = Counter(
+            "headroom_changes_applied_total", "Quota changes applied", ["project"], registry=r
+        )
+        self.alerts_sent = Counter(
+            "headroom_alerts_sent_total", "Alert notifications delivered", ["sink", "state"], registry=r
+        )
+        self.alerts_deferred = Counter(
+            "headroom_alerts_deferred_total", "Alert notifications deferred to business hours", registry=r
+        )
+        self.alerts_failed = Counter(
+            "headroom_alert_delivery_failures_total", "Failed alert delivery attempts (retried)", ["sink"], registry=r
+        )
+        self.reconcile_duration = Histogram(
+            "headroom_reconcile_duration_seconds", "Time to reconcile one Project", registry=r
+        )
         self.webhook_secret_missing = Gauge(
             "headroom_webhook_secret_missing_projects",
-            "Projects whose own webhook Secret is missing or unreadable (their alerts wait for it)", registry=r)
-        self.reconcile_errors = Counter("headroom_reconcile_errors_total", "Failed reconciles (retried)",
-                                        ["error"], registry=r)
+            "Projects whose own webhook Secret is missing or unreadable (their alerts wait for it)",
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "headroom_reconcile_errors_total", "Failed reconciles (retried)", ["error"], registry=r
+        )
         self.writes = Counter("headroom_api_writes_total", "Writes to the Kubernetes API", ["kind"], registry=r)
-        self.history_queries = Counter("headroom_history_queries_total", "Queries to the history source",
-                                       ["source"], registry=r)
-        self.history_duration = Histogram("headroom_history_fetch_seconds",
-                                          "Time to fetch peaks for one lookback", registry=r)
+        self.history_queries = Counter(
+            "headroom_history_queries_total", "Queries to the history source", ["source"], registry=r
+        )
+        self.history_duration = Histogram(
+            "headroom_history_fetch_seconds", "Time to fetch peaks for one lookback", registry=r
+        )
 
     def observe_plan(self, spec: ProjectSpec, plan: Plan) -> None:
         # Replaced whole: a namespace that left the Project does not keep its last utilization (and alerts).
@@ -95,13 +105,15 @@ class ProjectFigures(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["project", "namespace", "resource"]
         families = (
-            GaugeMetricFamily("headroom_quota_utilization_percent", "Used as a percentage of the governed hard value",
-                              labels=labels),
+            GaugeMetricFamily(
+                "headroom_quota_utilization_percent", "Used as a percentage of the governed hard value", labels=labels
+            ),
             GaugeMetricFamily("headroom_quota_hard", "Governed hard value (cores, bytes or count)", labels=labels),
             GaugeMetricFamily("headroom_quota_used", "Current use (cores, bytes or count)", labels=labels),
         )
-        pending = GaugeMetricFamily("headroom_pending_changes", "Projects with a change awaiting sign-off",
-                                    labels=["project"])
+        pending = GaugeMetricFamily(
+            "headroom_pending_changes", "Projects with a change awaiting sign-off", labels=["project"]
+        )
         for project, (*tables, is_pending) in list(self._projects.items()):
             for family, table in zip(families, tables, strict=True):
                 for namespace, resource, value in table:

@@ -69,18 +69,9 @@ class AlertOutcomeLike(Protocol):
 
 
 class AlertHook(Protocol):
-    async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan,
-                       now: datetime) -> AlertOutcomeLike: ...
-
-
-
-
-
-
-
-
-
-
+    async def __call__(
+        self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan, now: datetime
+    ) -> AlertOutcomeLike: ...
 
 
 @dataclass
@@ -160,8 +151,7 @@ class Reconciler:
                 status = getattr(exc, "status", None)
                 # 404: the Project was deleted under this reconcile (its watch event follows); the
                 # retry finds it gone and stops. Routine, so not an ERROR.
-                level = (logging.INFO if status == 404 else logging.WARNING if is_retryable(exc)
-                         else logging.ERROR)
+                level = logging.INFO if status == 404 else logging.WARNING if is_retryable(exc) else logging.ERROR
                 delay = next(delays)
                 log.log(level, "reconcile of Project %s failed (%s); retrying in %.1fs", name, _brief(exc), delay)
                 self.metrics.reconcile_errors.labels(type(exc).__name__).inc()
@@ -197,8 +187,9 @@ class Reconciler:
             await self._write_status(body, invalid_status(body, exc, now))
             return
         terms = terms_in_force(spec, body, self.settings)
-        history = await self.history.get(set(spec.namespace_names), set(terms.resources),
-                                          terms.lookback, on_refresh=lambda: self.schedule(name))
+        history = await self.history.get(
+            set(spec.namespace_names), set(terms.resources), terms.lookback, on_refresh=lambda: self.schedule(name)
+        )
         observed = self._observe(spec, body, history, now)
         plan = plan_project(spec, body, observed, self.settings, now)
         applying = any(event.reason == "ChangeApplied" for event in plan.events)
@@ -225,8 +216,7 @@ class Reconciler:
             await self._announce(body, event)
         self.metrics.observe_plan(spec, plan)
 
-    def _observe(self, spec: ProjectSpec, body: Mapping[str, Any], history: HistoryResult,
-                 now: datetime) -> Observed:
+    def _observe(self, spec: ProjectSpec, body: Mapping[str, Any], history: HistoryResult, now: datetime) -> Observed:
         mine = set(spec.namespace_names) | self.store.quota_namespaces_of(spec.name)
         quotas = {ns: observe_quota(self.store.quotas[ns]) for ns in mine if ns in self.store.quotas}
         extra: dict[str, dict[str, str]] = {}
@@ -238,8 +228,11 @@ class Reconciler:
             for ns, seen in quotas.items():
                 before = seen.annotations.get(DAILY_PEAKS_ANNOTATION)
                 daily = decode(before)
-                changed = (recorded(daily, seen.used, sampler_day(now, day_offset(ns)), keep)
-                           if seen.used is not None else None)
+                changed = (
+                    recorded(daily, seen.used, sampler_day(now, day_offset(ns)), keep)
+                    if seen.used is not None
+                    else None
+                )
                 # Unchanged peaks keep the exact text they had, so that nothing is written.
                 text = encode(changed) if changed else before if daily else None
                 if text:
@@ -248,11 +241,15 @@ class Reconciler:
             project_uid=body["metadata"].get("uid", ""),
             namespaces_present=frozenset(ns for ns in spec.namespace_names if ns in self.store.namespaces),
             quotas=quotas,
-            limitranges={ns: observe_limitrange(self.store.limitranges[ns]) for ns in spec.namespace_names
-                         if ns in self.store.limitranges},
+            limitranges={
+                ns: observe_limitrange(self.store.limitranges[ns])
+                for ns in spec.namespace_names
+                if ns in self.store.limitranges
+            },
             claimed_by_others=self.store.claimed_by_others(spec.name),
-            namespace_labels={ns: label for ns in spec.namespace_names
-                              if (label := self.store.namespace_labels.get(ns)) is not None},
+            namespace_labels={
+                ns: label for ns in spec.namespace_names if (label := self.store.namespace_labels.get(ns)) is not None
+            },
             released_by_others=self.store.released(set(spec.namespace_names), spec.name),
             peaks=history.peaks,
             history_error=history.error,
@@ -301,23 +298,31 @@ class Reconciler:
         entries = (body.get("status") or {}).get("namespaces") or []
         if not any(e.get("name") == namespace and e.get("state") == "Governed" for e in entries):
             return  # never governed yet (a new namespace): nothing was restored
-        message = (f"ResourceQuota {QUOTA_NAME} in {namespace} was deleted; recreated, counting use first, then "
-                   "governed again (the API server does not record who deleted it: see its audit log)")
+        message = (
+            f"ResourceQuota {QUOTA_NAME} in {namespace} was deleted; recreated, counting use first, then "
+            "governed again (the API server does not record who deleted it: see its audit log)"
+        )
         asyncio.get_running_loop().create_task(self._announce(body, Event("Warning", "QuotaRestored", message)))
 
-    def _note_drift(self, body: Mapping[str, Any], namespace: str, seen_obj: Mapping[str, Any] | None,
-                    desired: Any) -> None:
+    def _note_drift(
+        self, body: Mapping[str, Any], namespace: str, seen_obj: Mapping[str, Any] | None, desired: Any
+    ) -> None:
         """Someone else changed Headroom's quota: say so on the Project when restoring it."""
         # Who wrote the spec: the quota controller's status updates are not edits.
-        managers = {m.get("manager") for m in (seen_obj or {}).get("metadata", {}).get("managedFields") or []
-                    if m.get("subresource") != "status" and "f:spec" in (m.get("fieldsV1") or {})}
+        managers = {
+            m.get("manager")
+            for m in (seen_obj or {}).get("metadata", {}).get("managedFields") or []
+            if m.get("subresource") != "status" and "f:spec" in (m.get("fieldsV1") or {})
+        }
         foreign = sorted(m for m in managers if m and m != FIELD_MANAGER)
         if foreign:
             # Field managers are all the API server records of a writer (the user is in its audit log):
             # name them as what they are, not as people.
             which = "field manager" if len(foreign) == 1 else "field managers"
-            message = (f"ResourceQuota {QUOTA_NAME} in {namespace} was changed by {which} {', '.join(foreign)}; "
-                       "restored to the governed values (change quotas through the Project instead)")
+            message = (
+                f"ResourceQuota {QUOTA_NAME} in {namespace} was changed by {which} {', '.join(foreign)}; "
+                "restored to the governed values (change quotas through the Project instead)"
+            )
             asyncio.get_running_loop().create_task(self._announce(body, Event("Warning", "QuotaRestored", message)))
 
     async def _write_status(self, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
@@ -334,8 +339,10 @@ class Reconciler:
         # Remember what we wrote, so the echo of our own write through the watch is a no-op.
         stored = self.store.projects.get(body["metadata"]["name"])
         if stored is not None and stored.get("metadata", {}).get("uid") == body["metadata"].get("uid"):
-            stored["status"] = {**{k: v for k, v in (stored.get("status") or {}).items()
-                                   if k in _FOREIGN_STATUS_KEYS}, **new}
+            stored["status"] = {
+                **{k: v for k, v in (stored.get("status") or {}).items() if k in _FOREIGN_STATUS_KEYS},
+                **new,
+            }
 
 
 def _uses_sign_off(body: Mapping[str, Any], plan: Plan) -> bool:

@@ -21,8 +21,11 @@ class IndexedDict(dict[str, dict[str, Any]]):
     is quadratic: at 3000 Projects a derivation cycle spent seconds of CPU in such passes).
     """
 
-    def __init__(self, index_keys: Callable[[Mapping[str, Any]], set[str]],
-                 kept: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        index_keys: Callable[[Mapping[str, Any]], set[str]],
+        kept: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__()
         self._index_keys = index_keys
         self._kept = kept  # what of a value is kept (applied to every value put in)
@@ -62,8 +65,11 @@ class IndexedDict(dict[str, dict[str, Any]]):
 
 
 def _claimed_namespaces(body: Mapping[str, Any]) -> set[str]:
-    return {str(ns.get("name")) for ns in (body.get("spec") or {}).get("namespaces") or []
-            if isinstance(ns, Mapping) and ns.get("name")}
+    return {
+        str(ns.get("name"))
+        for ns in (body.get("spec") or {}).get("namespaces") or []
+        if isinstance(ns, Mapping) and ns.get("name")
+    }
 
 
 def _labelled_project(obj: Mapping[str, Any]) -> set[str]:
@@ -117,8 +123,11 @@ class Store:
         result: dict[str, str] = {}
         for ns in (body.get("spec") or {}).get("namespaces") or []:
             name = ns.get("name")
-            rivals = [p for p in self.projects_claiming(name)
-                      if p != project and age(p) < mine and self.confirmed_claim(p, name)]
+            rivals = [
+                p
+                for p in self.projects_claiming(name)
+                if p != project and age(p) < mine and self.confirmed_claim(p, name)
+            ]
             if rivals:
                 result[name] = min(rivals, key=age)
         return result
@@ -133,9 +142,9 @@ class Store:
         return frozenset(out)
 
 
-
 def quota_daily_peaks(store: Store) -> Callable[[str], DailyPeaks]:
     """The sampler's daily peaks of a namespace, as kept on Headroom's quota there."""
+
     def of(namespace: str) -> DailyPeaks:
         quota = store.quotas.get(namespace) or {}
         return decode((quota.get("metadata", {}).get("annotations") or {}).get(DAILY_PEAKS_ANNOTATION))
@@ -149,12 +158,14 @@ def plain(body: Mapping[str, Any], keep_managed_fields: bool = True) -> dict[str
     managedFields are copied only where asked (quotas, whose store keeps only their digest, see
     managed_digest): on Projects and LimitRanges they would be most of the memory the store holds.
     """
+
     def copy(value: Any) -> Any:
         if isinstance(value, Mapping):
             return {k: copy(v) for k, v in value.items() if keep_managed_fields or k != "managedFields"}
         if isinstance(value, list):
             return [copy(v) for v in value]
         return value
+
     return dict(copy(body))
 
 
@@ -179,8 +190,7 @@ def managed_digest(entries: Any) -> list[dict[str, Any]]:
         if isinstance(annotations, Mapping) and _GOVERNED_KEY in annotations:
             kept["f:metadata"] = {"f:annotations": {_GOVERNED_KEY: {}}}
         if kept:
-            digest.append({"manager": entry.get("manager"), "subresource": entry.get("subresource"),
-                           "fieldsV1": kept})
+            digest.append({"manager": entry.get("manager"), "subresource": entry.get("subresource"), "fieldsV1": kept})
     return digest
 
 

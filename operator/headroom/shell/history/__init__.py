@@ -23,9 +23,12 @@ def history_source(config: OperatorConfig, daily_peaks: Callable[[str], DailyPea
     if config.history_source == "prometheus":
         if not config.prometheus_url:
             raise ValueError("--history-source=prometheus needs --prometheus-url")
-        return PrometheusHistory(config.prometheus_url, step=config.prometheus_step,
-                                 timeout=config.prometheus_timeout,
-                                 queries={**DEFAULT_QUERIES, **config.prometheus_queries})
+        return PrometheusHistory(
+            config.prometheus_url,
+            step=config.prometheus_step,
+            timeout=config.prometheus_timeout,
+            queries={**DEFAULT_QUERIES, **config.prometheus_queries},
+        )
     if config.history_source == "file":
         if config.history_file is None:
             raise ValueError("--history-source=file needs --history-file")

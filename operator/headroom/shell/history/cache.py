@@ -28,9 +28,15 @@ class HistoryCache:
     the last good answers stay, and the condition says why.
     """
 
-    def __init__(self, source: HistorySource, max_age: timedelta, metrics: Metrics,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), batch_window: float = 0.5,
-                 stale_wait: float = 2.0) -> None:
+    def __init__(
+        self,
+        source: HistorySource,
+        max_age: timedelta,
+        metrics: Metrics,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        batch_window: float = 0.5,
+        stale_wait: float = 2.0,
+    ) -> None:
         self.source, self.max_age, self.metrics, self.clock = source, max_age, metrics, clock
         self.batch_window = batch_window
         self.stale_wait = stale_wait
@@ -41,16 +47,24 @@ class HistoryCache:
         self._done = asyncio.Event()
 
     def _fresh(self, keys: set[tuple[str, str]], lookback: timedelta, now: datetime) -> bool:
-        return all((ns, r, lookback) in self._results
-                   and now - self._results[(ns, r, lookback)][0] < self.max_age for ns, r in keys)
+        return all(
+            (ns, r, lookback) in self._results and now - self._results[(ns, r, lookback)][0] < self.max_age
+            for ns, r in keys
+        )
 
-    async def get(self, namespaces: set[str], resources: set[str], lookback: timedelta,
-                  on_refresh: Callable[[], None] | None = None) -> HistoryResult:
+    async def get(
+        self,
+        namespaces: set[str],
+        resources: set[str],
+        lookback: timedelta,
+        on_refresh: Callable[[], None] | None = None,
+    ) -> HistoryResult:
         keys = {(ns, r) for ns in namespaces for r in resources}
         if not getattr(self.source, "remote", True):
             # A local source (the sampler) costs nothing to ask and is always current.
-            return await self.source.peaks(PeakQuery(frozenset(namespaces), frozenset(resources), lookback,
-                                                     self.clock()))
+            return await self.source.peaks(
+                PeakQuery(frozenset(namespaces), frozenset(resources), lookback, self.clock())
+            )
         if not self._fresh(keys, lookback, self.clock()):
             done = self._want(keys, lookback)
             if not all((ns, r, lookback) in self._results for ns, r in keys):
@@ -74,7 +88,8 @@ class HistoryCache:
                     seen = self._answer(keys, lookback)
                     if on_refresh is not None:
                         refreshed.add_done_callback(
-                            lambda _: on_refresh() if self._answer(keys, lookback) != seen else None)
+                            lambda _: on_refresh() if self._answer(keys, lookback) != seen else None
+                        )
         return self._answer(keys, lookback)
 
     def _want(self, keys: set[tuple[str, str]], lookback: timedelta) -> asyncio.Event:
@@ -86,8 +101,11 @@ class HistoryCache:
         return self._done
 
     def _answer(self, keys: set[tuple[str, str]], lookback: timedelta) -> HistoryResult:
-        peaks = {(ns, r): value for ns, r in keys
-                 if (value := self._results.get((ns, r, lookback), (None, None))[1]) is not None}
+        peaks = {
+            (ns, r): value
+            for ns, r in keys
+            if (value := self._results.get((ns, r, lookback), (None, None))[1]) is not None
+        }
         _, error, partial = self._errors.get(lookback, (self.clock(), None, False))
         return HistoryResult(peaks=peaks, error=error, partial=partial)
 
@@ -124,9 +142,12 @@ class HistoryCache:
                 if result.error is None and result.partial:
                     # Some series were missing or garbage: what is missing is unknown, not zero, and
                     # an incomplete answer must not bootstrap a quota. Keep the last good answers.
-                    result = HistoryResult(error=f"{self.source.name} gave a partial answer (warnings, or "
-                                           "values that are not numbers); the last complete answer is kept",
-                                           partial=True, queries=result.queries)
+                    result = HistoryResult(
+                        error=f"{self.source.name} gave a partial answer (warnings, or "
+                        "values that are not numbers); the last complete answer is kept",
+                        partial=True,
+                        queries=result.queries,
+                    )
                 if result.error is None:
                     for key in keys:
                         self._results[(*key, lookback)] = (now, result.peaks.get(key))
@@ -134,4 +155,3 @@ class HistoryCache:
                 self._errors[lookback] = (now, result.error, result.partial)
         finally:
             done.set()
-

@@ -30,10 +30,10 @@ def _denoise(value: Decimal, resource: str) -> Decimal:
     with localcontext(CONTEXT):
         return value.quantize(_RESOLUTION[resource_kind(resource)], rounding=ROUND_HALF_EVEN)
 
+
 # Only pods that hold their requests count: Pending and Running.
 _LIVE_PODS = (
-    'max by (namespace, pod) (kube_pod_status_phase{{phase=~"Pending|Running", namespace=~"{namespaces}"}}'
-    " == 1)"
+    'max by (namespace, pod) (kube_pod_status_phase{{phase=~"Pending|Running", namespace=~"{namespaces}"}} == 1)'
 )
 
 
@@ -50,10 +50,8 @@ DEFAULT_QUERIES: Mapping[str, str] = {
     "requests.memory": _container_sum("kube_pod_container_resource_requests", "memory", "byte"),
     "limits.cpu": _container_sum("kube_pod_container_resource_limits", "cpu", "core"),
     "limits.memory": _container_sum("kube_pod_container_resource_limits", "memory", "byte"),
-    "requests.ephemeral-storage": _container_sum(
-        "kube_pod_container_resource_requests", "ephemeral_storage", "byte"),
-    "limits.ephemeral-storage": _container_sum(
-        "kube_pod_container_resource_limits", "ephemeral_storage", "byte"),
+    "requests.ephemeral-storage": _container_sum("kube_pod_container_resource_requests", "ephemeral_storage", "byte"),
+    "limits.ephemeral-storage": _container_sum("kube_pod_container_resource_limits", "ephemeral_storage", "byte"),
     "pods": f"count by (namespace) ({_LIVE_PODS})",
 }
 
@@ -92,8 +90,9 @@ class PrometheusHistory:
         for attempt in range(self.attempts):
             try:
                 # POST: the namespace alternation can be longer than a URL may be.
-                async with session.post(f"{self.url.rstrip('/')}/api/v1/query",
-                                        data={"query": promql, "time": f"{at:.3f}"}) as resp:
+                async with session.post(
+                    f"{self.url.rstrip('/')}/api/v1/query", data={"query": promql, "time": f"{at:.3f}"}
+                ) as resp:
                     body = await resp.json(content_type=None)
                     if resp.status >= 500:
                         raise RuntimeError(f"Prometheus answered HTTP {resp.status}")
@@ -120,8 +119,7 @@ class PrometheusHistory:
                 template = self.queries.get(resource)
                 if template is None:
                     continue  # not a resource Prometheus knows about: unknown, never zero
-                promql = peak_query(template, query.namespaces, int(query.lookback.total_seconds()),
-                                    self.step)
+                promql = peak_query(template, query.namespaces, int(query.lookback.total_seconds()), self.step)
                 count += 1
                 body = await self._query(session, promql, query.now.timestamp())
                 if "error" in body:
