@@ -10,17 +10,23 @@ IMAGE ?= headroom:dev
 IMAGE_ARCHIVE ?= .cache/image/headroom-dev.oci.tar
 KUBECTL ?= kubectl
 export PYTHONPATH := $(CURDIR)
+# install/deploy and friends act on $KUBECONFIG's cluster; without one set, on the local cluster if it runs.
+LOCAL_KUBECONFIG = $$( [ -z "$$KUBECONFIG" ] && [ -f $(CLUSTER_DIR)/kubeconfig ] && echo $(CLUSTER_DIR)/kubeconfig || echo "$$KUBECONFIG")
 
-.PHONY: help setup install controlplane cluster-up cluster-down demo test test-unit test-e2e lint fmt bench \
+.PHONY: help setup install uninstall run controlplane cluster-up cluster-down demo test test-unit test-e2e lint fmt bench \
 	bench-reconcile kind-up kind-down image deploy undeploy
 
-help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+help: ## list the targets, by section
+	@awk '/^##@ /{printf "\n%s\n", substr($$0, 5)} /^[a-z0-9-]+:.*## /{split($$0, a, ":.*## "); printf "  %-16s %s\n", a[1], a[2]}' $(MAKEFILE_LIST)
+
+##@ Development
 
 setup: ## what the suite needs, installed when missing: Debian packages, .venv, the cluster binary
 	hack/setup.sh
 
-install: setup ## (the same as setup)
+
+run: setup ## run the operator against the current KUBECONFIG (flags: ARGS="--mode=observe ...")
+	$(PYTHON) -m headroom.cli run $(ARGS)
 
 controlplane: ## build the local control plane binary (cached in .cache/bin)
 	$(PYTHON) -m tests.harness.controlplane build
@@ -31,8 +37,10 @@ cluster-up: setup ## start the local control plane and one node (NODE=0: none); 
 cluster-down: ## stop the local cluster; removes every process, mount, netns and cgroup it made
 	$(PYTHON) -m tests.harness.controlplane down --state-dir $(CLUSTER_DIR)
 
-demo: install ## control plane + sample Projects + file history + the operator: shows derived quotas
+demo: setup ## control plane + sample Projects + file history + the operator: shows derived quotas
 	$(PYTHON) -m hack.demo
+
+##@ Tests and checks
 
 test: setup ## the whole suite: unit, integration (local control plane) and end-to-end (on a node)
 	$(PYTHON) -m pytest -q -rs -p no:cacheprovider
@@ -51,11 +59,21 @@ lint: ## ruff check, ruff format --check and mypy --strict (as CI runs them)
 fmt: ## ruff format
 	$(PYTHON) -m ruff format operator tests hack bench
 
-bench: install ## API cost benchmark against the naive baseline (writes bench/results/)
+##@ Benchmarks
+
+bench: setup ## API cost benchmark against the naive baseline (writes bench/results/)
 	$(PYTHON) -m bench.run
 
-bench-reconcile: install ## CPU per reconcile at 100, 1000 and 3000 Projects (no cluster; seconds)
+bench-reconcile: setup ## CPU per reconcile at 100, 1000 and 3000 Projects (no cluster; seconds)
 	$(PYTHON) -m bench.reconcile_cost
+
+##@ Deployment
+
+install: ## install the CRD into the current cluster (KUBECONFIG's, else the local one)
+	KUBECONFIG=$(LOCAL_KUBECONFIG) $(KUBECTL) apply --server-side -k crds/
+
+uninstall: ## remove the CRD from the current cluster (every Project, and what Headroom owns, goes with it)
+	KUBECONFIG=$(LOCAL_KUBECONFIG) $(KUBECTL) delete -k crds/ --ignore-not-found
 
 image: setup ## build headroom:dev (buildah, no Docker engine) and load it into the running node
 	hack/image/build.sh $(IMAGE_ARCHIVE)
@@ -67,14 +85,14 @@ image: setup ## build headroom:dev (buildah, no Docker engine) and load it into 
 image-docker: ## build the operator image with Docker, as users do
 	docker build -f operator/Dockerfile -t $(IMAGE) .
 
-# deploy/undeploy act on $KUBECONFIG's cluster; without one set, on the local cluster if it runs.
-LOCAL_KUBECONFIG = $$( [ -z "$$KUBECONFIG" ] && [ -f $(CLUSTER_DIR)/kubeconfig ] && echo $(CLUSTER_DIR)/kubeconfig || echo "$$KUBECONFIG")
 
 deploy: ## kubectl apply -k manifests/ with IMAGE set (KUBECONFIG's cluster, else the local one)
 	KUBECONFIG=$(LOCAL_KUBECONFIG) hack/deploy.sh apply $(IMAGE)
 
 undeploy: ## remove what deploy applied (the CRD too, so every Project goes with it)
 	KUBECONFIG=$(LOCAL_KUBECONFIG) hack/deploy.sh delete $(IMAGE)
+
+##@ With Docker (not needed here)
 
 kind-up: ## for Docker users: a kind cluster with the CRDs, for HEADROOM_TEST_KUBECONFIG
 	kind create cluster --name $(KIND_CLUSTER) --kubeconfig $(CLUSTER_DIR)/kind-kubeconfig
