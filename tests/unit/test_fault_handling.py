@@ -420,3 +420,26 @@ def test_a_pause_point_pauses_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
     first, second = asyncio.run(run())
     assert first >= 0.2 and second < 0.1
+
+
+def test_a_burst_of_new_projects_costs_one_question_and_each_gets_its_own_answer() -> None:
+    class Counting:
+        name, remote = "counting", True
+
+        def __init__(self) -> None:
+            self.queries: list[frozenset[str]] = []
+
+        async def peaks(self, query: PeakQuery) -> HistoryResult:
+            self.queries.append(query.namespaces)
+            await asyncio.sleep(0.01)
+            return HistoryResult(peaks={(ns, "pods"): Decimal(len(ns)) for ns in query.namespaces}, queries=1)
+
+    source = Counting()
+    cache = HistoryCache(source, max_age=timedelta(minutes=5), metrics=Metrics(), batch_window=0.05)
+
+    async def run() -> list[HistoryResult]:
+        return list(await asyncio.gather(*(cache.get({f"ns-{'x' * i}"}, {"pods"}, LOOKBACK) for i in range(50))))
+
+    answers = asyncio.run(run())
+    assert len(source.queries) == 1 and len(source.queries[0]) == 50  # single flight
+    assert all(a.peaks == {(f"ns-{'x' * i}", "pods"): Decimal(3 + i)} for i, a in enumerate(answers))

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -15,11 +16,21 @@ from headroom.shell.metrics import Metrics
 log = logging.getLogger("headroom")
 
 
+@dataclass
+class _Batch:
+    """One question to the source: the keys that joined it before it was sent, and the future that
+    everyone who joined awaits. A batch takes keys only while it is open; once it is being fetched,
+    new keys open the next batch, so no waiter can ever hold an answer that leaves its keys out."""
+
+    wanted: dict[timedelta, set[tuple[str, str]]] = field(default_factory=dict)
+    answered: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class HistoryCache:
     """Peaks from the history source, refreshed once per cycle for every namespace at once.
 
-    A Project seen between cycles waits for a short batch window, so that a burst of new Projects
-    costs one query per resource, not one per Project.
+    A Project seen between cycles joins the open batch, sent after a short window, so that a burst of
+    new Projects costs one query per resource, not one per Project (single flight).
 
     A slow source must not hold up reconciles that already have answers (an approved change, a quota
     to restore): when every wanted peak has been answered before, `get` waits at most `stale_wait`
@@ -42,15 +53,17 @@ class HistoryCache:
         self.stale_wait = stale_wait
         self._results: dict[tuple[str, str, timedelta], tuple[datetime, Decimal | None]] = {}
         self._errors: dict[timedelta, tuple[datetime, str | None, bool]] = {}
-        self._wanted: dict[timedelta, set[tuple[str, str]]] = {}
-        self._batch: asyncio.Task[None] | None = None
-        self._done = asyncio.Event()
+        self._open: _Batch | None = None
+        self._sending: set[asyncio.Task[None]] = set()  # batches being sent (kept: a task needs a reference)
 
     def _fresh(self, keys: set[tuple[str, str]], lookback: timedelta, now: datetime) -> bool:
         return all(
             (ns, r, lookback) in self._results and now - self._results[(ns, r, lookback)][0] < self.max_age
             for ns, r in keys
         )
+
+    def _known(self, keys: set[tuple[str, str]], lookback: timedelta) -> bool:
+        return all((ns, r, lookback) in self._results for ns, r in keys)
 
     async def get(
         self,
@@ -65,40 +78,37 @@ class HistoryCache:
             return await self.source.peaks(
                 PeakQuery(frozenset(namespaces), frozenset(resources), lookback, self.clock())
             )
-        if not self._fresh(keys, lookback, self.clock()):
-            done = self._want(keys, lookback)
-            if not all((ns, r, lookback) in self._results for ns, r in keys):
-                # Nothing known yet: a quota is never bootstrapped on a guess, and a status never
-                # says "no history" for a namespace the source was not even asked about.
-                asked = self.clock()
-                while True:
-                    await done.wait()
-                    if all((ns, r, lookback) in self._results for ns, r in keys):
-                        break
-                    failed_at, error, _ = self._errors.get(lookback, (asked, None, False))
-                    if error is not None and failed_at >= asked:
-                        break  # the source failed: the answer says so
-                    # These keys came while a batch was already being fetched: the next batch.
-                    done = self._want(keys, lookback)
-            else:
-                refreshed = asyncio.ensure_future(done.wait())
-                await asyncio.wait({refreshed}, timeout=self.stale_wait)
-                if not refreshed.done():
-                    # Answer with what is known; come back when the refresh tells something new.
-                    seen = self._answer(keys, lookback)
-                    if on_refresh is not None:
-                        refreshed.add_done_callback(
-                            lambda _: on_refresh() if self._answer(keys, lookback) != seen else None
-                        )
+        if self._fresh(keys, lookback, self.clock()):
+            return self._answer(keys, lookback)
+        answered = self._join({lookback: keys}).answered
+        if not self._known(keys, lookback):
+            # Nothing known yet: a quota is never bootstrapped on a guess, and a status never says
+            # "no history" for a namespace the source was not even asked about. The batch we joined
+            # holds our keys, so its answer (or its error) is ours.
+            await asyncio.shield(answered)
+        else:
+            await asyncio.wait({answered}, timeout=self.stale_wait)
+            if not answered.done() and on_refresh is not None:
+                # Answer with what is known; come back when the refresh tells something new.
+                seen = self._answer(keys, lookback)
+                answered.add_done_callback(lambda _: on_refresh() if self._answer(keys, lookback) != seen else None)
         return self._answer(keys, lookback)
 
-    def _want(self, keys: set[tuple[str, str]], lookback: timedelta) -> asyncio.Event:
-        """Add keys to the next batch (starting one if none is open); its completion event."""
-        self._wanted.setdefault(lookback, set()).update(keys)
-        if self._batch is None or self._batch.done():
-            self._done = asyncio.Event()
-            self._batch = asyncio.create_task(self._fetch_batch())
-        return self._done
+    def _join(self, wanted: Mapping[timedelta, set[tuple[str, str]]]) -> _Batch:
+        """Add keys to the open batch, opening one (sent after the batch window) if there is none."""
+        batch = self._open
+        if batch is None:
+            batch = self._open = _Batch()
+            asyncio.get_running_loop().call_later(self.batch_window, self._send_later, batch)
+        for lookback, keys in wanted.items():
+            batch.wanted.setdefault(lookback, set()).update(keys)
+        return batch
+
+    def _send_later(self, batch: _Batch) -> None:
+        if batch is self._open:  # not sent early by refresh_all
+            task = asyncio.ensure_future(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     def _answer(self, keys: set[tuple[str, str]], lookback: timedelta) -> HistoryResult:
         peaks = {
@@ -110,48 +120,41 @@ class HistoryCache:
         return HistoryResult(peaks=peaks, error=error, partial=partial)
 
     async def refresh_all(self, wanted: Mapping[timedelta, set[tuple[str, str]]]) -> None:
-        for lookback, keys in wanted.items():
-            self._wanted.setdefault(lookback, set()).update(keys)
-        await self._fetch(delay=0)
+        """Ask now for everything wanted (the derivation cycle), with whatever has joined meanwhile."""
+        await self._send(self._join(wanted))
 
-    async def _fetch_batch(self) -> None:
-        await self._fetch(delay=self.batch_window)
-
-    async def _fetch(self, delay: float) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-        # The keys and the event that their waiters hold are taken together: keys wanted from now on
-        # belong to a fresh event and a new batch. (Sharing one event across snapshots let a refresh
-        # complete it early, and a waiter then spun on an event that was already set.)
-        wanted, self._wanted = self._wanted, {}
-        done, self._done = self._done, asyncio.Event()
-        if self._batch is asyncio.current_task():
-            self._batch = None
+    async def _send(self, batch: _Batch) -> None:
+        if batch is self._open:
+            self._open = None  # from now on, new keys open the next batch
         try:
-            for lookback, keys in wanted.items():
-                now = self.clock()
-                query = PeakQuery(frozenset(ns for ns, _ in keys), frozenset(r for _, r in keys), lookback, now)
-                started = time.monotonic()
-                try:
-                    result = await self.source.peaks(query)
-                except Exception as exc:  # a source bug must not stop reconciling
-                    log.exception("history source %s failed", self.source.name)
-                    result = HistoryResult(error=f"{type(exc).__name__}: {exc}")
-                self.metrics.history_queries.labels(self.source.name).inc(result.queries)
-                self.metrics.history_duration.observe(time.monotonic() - started)
-                if result.error is None and result.partial:
-                    # Some series were missing or garbage: what is missing is unknown, not zero, and
-                    # an incomplete answer must not bootstrap a quota. Keep the last good answers.
-                    result = HistoryResult(
-                        error=f"{self.source.name} gave a partial answer (warnings, or "
-                        "values that are not numbers); the last complete answer is kept",
-                        partial=True,
-                        queries=result.queries,
-                    )
-                if result.error is None:
-                    for key in keys:
-                        self._results[(*key, lookback)] = (now, result.peaks.get(key))
-                # On error the previous answers stay: unknown is never zero.
-                self._errors[lookback] = (now, result.error, result.partial)
+            for lookback, keys in batch.wanted.items():
+                await self._ask(lookback, keys)
         finally:
-            done.set()
+            if not batch.answered.done():
+                batch.answered.set_result(None)
+
+    async def _ask(self, lookback: timedelta, keys: set[tuple[str, str]]) -> None:
+        now = self.clock()
+        query = PeakQuery(frozenset(ns for ns, _ in keys), frozenset(r for _, r in keys), lookback, now)
+        started = time.monotonic()
+        try:
+            result = await self.source.peaks(query)
+        except Exception as exc:  # a source bug must not stop reconciling
+            log.exception("history source %s failed", self.source.name)
+            result = HistoryResult(error=f"{type(exc).__name__}: {exc}")
+        self.metrics.history_queries.labels(self.source.name).inc(result.queries)
+        self.metrics.history_duration.observe(time.monotonic() - started)
+        if result.error is None and result.partial:
+            # Some series were missing or garbage: what is missing is unknown, not zero, and an
+            # incomplete answer must not bootstrap a quota. Keep the last good answers.
+            result = HistoryResult(
+                error=f"{self.source.name} gave a partial answer (warnings, or values that are not numbers); "
+                "the last complete answer is kept",
+                partial=True,
+                queries=result.queries,
+            )
+        if result.error is None:
+            for key in keys:
+                self._results[(*key, lookback)] = (now, result.peaks.get(key))
+        # On error the previous answers stay: unknown is never zero.
+        self._errors[lookback] = (now, result.error, result.partial)
