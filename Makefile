@@ -29,13 +29,13 @@ run: setup ## run the operator against the current KUBECONFIG (flags: ARGS="--mo
 	$(PYTHON) -m headroom.cli run $(ARGS)
 
 controlplane: ## build the local control plane binary (cached in .cache/bin)
-	$(PYTHON) -m tests.harness.controlplane build
+	$(PYTHON) -m hack.localcluster.controlplane build
 
 cluster-up: setup ## start the local control plane and one node (NODE=0: none); prints the KUBECONFIG line
-	$(PYTHON) -m tests.harness.controlplane up --state-dir $(CLUSTER_DIR) --node $(NODE)
+	$(PYTHON) -m hack.localcluster.controlplane up --state-dir $(CLUSTER_DIR) --node $(NODE)
 
 cluster-down: ## stop the local cluster; removes every process, mount, netns and cgroup it made
-	$(PYTHON) -m tests.harness.controlplane down --state-dir $(CLUSTER_DIR)
+	$(PYTHON) -m hack.localcluster.controlplane down --state-dir $(CLUSTER_DIR)
 
 demo: setup ## control plane + sample Projects + file history + the operator: shows derived quotas
 	$(PYTHON) -m hack.demo

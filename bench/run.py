@@ -42,7 +42,7 @@ from bench.fakeprom import FakePrometheus, cycles
 from bench.procstats import Sample, cpu_between, sample
 from bench.report import add_ratios, render
 from bench.watcher import governed, project_watcher, quota_watcher, ready
-from tests.harness.controlplane import ControlPlane, _die_with_parent
+from hack.localcluster.controlplane import ControlPlane, _die_with_parent
 from tests.harness.kube import Cluster, apply_yaml
 from tests.harness.operator import OPERATOR_NAMESPACE, OperatorProcess, install_rbac
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import kubernetes
 import yaml
 
-from tests.harness.controlplane import ControlPlane
+from hack.localcluster.controlplane import ControlPlane
 from tests.harness.kube import Cluster, apply_yaml, wait_for
 from tests.harness.operator import OperatorProcess, install_rbac
 

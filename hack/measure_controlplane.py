@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.harness.controlplane import BINARY, SOURCE_DIR, ControlPlane, ensure_binary
+from hack.localcluster.controlplane import BINARY, SOURCE_DIR, ControlPlane, ensure_binary
 
 
 def rss_kib(pid: int) -> int:

@@ -51,5 +51,5 @@ if ! command -v go >/dev/null; then
   echo "error: Go >= 1.24 is needed to build the local cluster (hack/controlplane)" >&2
   exit 1
 fi
-"$venv/bin/python" -m tests.harness.controlplane build >/dev/null
-"$venv/bin/python" -m tests.harness.ksm >/dev/null
+"$venv/bin/python" -m hack.localcluster.controlplane build >/dev/null
+"$venv/bin/python" -m hack.localcluster.ksm >/dev/null

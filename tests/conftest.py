@@ -16,7 +16,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from tests.harness.controlplane import ControlPlane
+from hack.localcluster.controlplane import ControlPlane
 from tests.harness.kube import Cluster, apply_yaml, wait_for
 from tests.harness.operator import OperatorProcess, custom, install_rbac, project_manifest
 

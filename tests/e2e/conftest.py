@@ -1,6 +1,6 @@
 """End-to-end: Headroom's own image, deployed from manifests/, on a real node of the local cluster.
 
-One cluster with a node (tests/harness/node.py) for the e2e package, separate from the
+One cluster with a node (hack/localcluster/node.py) for the e2e package, separate from the
 node-less control plane of the integration tests. The image is built from the unchanged
 operator/Dockerfile (hack/image/build.sh) and imported into the node; `hack/deploy.sh` applies
 manifests/ as `make deploy` does.
@@ -19,7 +19,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from tests.harness.controlplane import REPO, ControlPlane
+from hack.localcluster.controlplane import REPO, ControlPlane
 from tests.harness.kube import Cluster
 
 IMAGE_ARCHIVE = REPO / ".cache" / "image" / "headroom-dev.oci.tar"

@@ -18,10 +18,10 @@ import yaml
 from headroom.core.quantity import parse_quantity
 from kubernetes.client import ApiClient
 
-from tests.harness.controlplane import REPO
-from tests.harness.images import PAUSE_IMAGE
+from hack.localcluster.controlplane import REPO
+from hack.localcluster.images import PAUSE_IMAGE
+from hack.localcluster.node import CGROUP_FS, CGROUP_ROOT
 from tests.harness.kube import wait_for
-from tests.harness.node import CGROUP_FS, CGROUP_ROOT
 
 from .conftest import NodeCluster
 

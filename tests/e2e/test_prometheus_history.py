@@ -15,10 +15,10 @@ import kubernetes
 import pytest
 from headroom.shell.history.prometheus import DEFAULT_QUERIES, peak_query
 
-from tests.harness.images import PAUSE_IMAGE
-from tests.harness.ksm import KubeStateMetrics, ScrapingPrometheus
+from hack.localcluster.images import PAUSE_IMAGE
+from hack.localcluster.ksm import KubeStateMetrics, ScrapingPrometheus
+from hack.localcluster.node import node_ip
 from tests.harness.kube import wait_for
-from tests.harness.node import node_ip
 from tests.harness.operator import custom, project_manifest
 
 from .conftest import NodeCluster

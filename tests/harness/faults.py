@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 import kubernetes
 import yaml
 
-from tests.harness.controlplane import ControlPlane, free_port
+from hack.localcluster.controlplane import ControlPlane, free_port
 from tests.harness.kube import Cluster, apply_yaml, wait_for
 from tests.harness.operator import OPERATOR_NAMESPACE, OperatorProcess, install_rbac
 

@@ -15,7 +15,7 @@ import yaml
 from kubernetes.client import ApiClient
 from urllib3._collections import HTTPHeaderDict
 
-from tests.harness.controlplane import ControlPlane, write_kubeconfig
+from hack.localcluster.controlplane import ControlPlane, write_kubeconfig
 
 T = TypeVar("T")
 

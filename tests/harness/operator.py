@@ -13,7 +13,7 @@ from pathlib import Path
 import kubernetes
 import yaml
 
-from tests.harness.controlplane import _die_with_parent, free_port, stop_process
+from hack.localcluster.controlplane import _die_with_parent, free_port, stop_process
 from tests.harness.kube import Cluster, apply_yaml
 
 REPO = Path(__file__).resolve().parents[2]

@@ -40,7 +40,7 @@ from typing import Any
 
 from headroom.core.quantity import parse_quantity
 
-from tests.harness.controlplane import _die_with_parent, free_port, stop_process
+from hack.localcluster.controlplane import _die_with_parent, free_port, stop_process
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
 REQUESTS_METRIC = "kube_pod_container_resource_requests"

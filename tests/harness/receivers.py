@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness.controlplane import _die_with_parent, free_port, stop_process
+from hack.localcluster.controlplane import _die_with_parent, free_port, stop_process
 
 ALERTMANAGER_BINARIES = ("/usr/bin/prometheus-alertmanager", "prometheus-alertmanager", "alertmanager")
 

@@ -17,7 +17,7 @@ import yaml
 from headroom.core.changes import change_id
 from headroom.core.spec import parse_project
 
-from tests.harness.controlplane import write_kubeconfig
+from hack.localcluster.controlplane import write_kubeconfig
 from tests.harness.kube import Cluster, apply_yaml, wait_for
 from tests.harness.operator import OperatorProcess, custom, project_manifest
 

@@ -240,7 +240,7 @@ def _port_open(port: int) -> bool:
 
 def _start_foreground_launcher() -> tuple[subprocess.Popen[str], Path]:
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "tests.harness.controlplane", "run"],
+        [sys.executable, "-m", "hack.localcluster.controlplane", "run"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

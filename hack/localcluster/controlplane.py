@@ -1,12 +1,12 @@
 """A real local Kubernetes cluster: embedded etcd, kube-apiserver and kube-controller-manager, and
-optionally one node (kube-scheduler, containerd, kubelet, kube-proxy; see `tests/harness/node.py`).
+optionally one node (kube-scheduler, containerd, kubelet, kube-proxy; see `hack/localcluster/node.py`).
 
 The Kubernetes components come from one Go binary built from `hack/controlplane/` (see its go.mod for
 the Kubernetes release). This module builds the binary when it is missing or outdated, generates the
 certificates, starts the components on free ports, waits until each one is ready and stops
 them again. Tests use it through the session fixture in `tests/conftest.py` (no node) and
 `tests/e2e/conftest.py` (a node); people use it through `make cluster-up` / `make cluster-down`,
-that is `python -m tests.harness.controlplane up|down [--node]`.
+that is `python -m hack.localcluster.controlplane up|down [--node]`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness import node as nodelib
-from tests.harness.images import pause_archive
-from tests.harness.pki import Pki, create_pki
+from hack.localcluster import node as nodelib
+from hack.localcluster.images import pause_archive
+from hack.localcluster.pki import Pki, create_pki
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIR = REPO / "hack" / "controlplane"
@@ -652,7 +652,7 @@ def cmd_up(state_dir: Path, node: bool) -> int:
         [
             sys.executable,
             "-m",
-            "tests.harness.controlplane",
+            "hack.localcluster.controlplane",
             "_supervise",
             "--state-dir",
             str(state_dir),
@@ -707,7 +707,7 @@ def cmd_down(state_dir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.harness.controlplane", description="Run a local Kubernetes control plane."
+        prog="python -m hack.localcluster.controlplane", description="Run a local Kubernetes control plane."
     )
     parser.add_argument("command", choices=["build", "up", "down", "_supervise", "run"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)

@@ -489,7 +489,7 @@ def start_reaper(workdir: Path, log: Path) -> tuple[subprocess.Popen[bytes], int
     os.set_inheritable(write_end, False)
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.harness.node", "reap", str(workdir)],
+            [sys.executable, "-m", "hack.localcluster.node", "reap", str(workdir)],
             stdin=read_end,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -543,7 +543,7 @@ def _reap(workdir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.harness.node")
+    parser = argparse.ArgumentParser(prog="python -m hack.localcluster.node")
     parser.add_argument("command", choices=["reap", "cleanup", "missing"])
     parser.add_argument("workdir", type=Path, nargs="?")
     args = parser.parse_args(argv)

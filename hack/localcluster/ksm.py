@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.controlplane import REPO, _die_with_parent, free_port, stop_process
+from hack.localcluster.controlplane import REPO, _die_with_parent, free_port, stop_process
 
 SOURCE_DIR = REPO / "hack" / "kube-state-metrics"
 BINARY = REPO / ".cache" / "bin" / "kube-state-metrics"
