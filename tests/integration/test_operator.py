@@ -295,14 +295,17 @@ def test_a_restarted_operator_converges_without_writing(
     before = versions()
     status_before = get_project(admin, project_name).get("status")
     operator.stop()
-    restarted = start_operator()
+    restarted = start_operator("--verbose")  # DEBUG says what a write would change, if one happens
     wait_for(
         lambda: restarted.metric("headroom_reconcile_duration_seconds_count") >= 1, 30, "a reconcile after restart"
     )
     time.sleep(5)
     after = get_project(admin, project_name)
     assert versions() == before, (status_before, after.get("status"))
-    assert restarted.metric("headroom_api_writes_total") == 0
+    # The restarted operator reconciles every Project in the cluster, also those other tests left
+    # behind (whose namespaces may be gone since): only writes for this Project count here.
+    mine = [line for line in restarted.logs(100_000).splitlines() if f"Project {project_name}:" in line]
+    assert not [line for line in mine if "status changes" in line], mine
 
 
 def test_business_hours_in_an_unknown_zone_are_reported_in_a_condition(

@@ -619,6 +619,7 @@ def test_status_takes_the_operators_fields_and_shows_them_in_columns(
         ],
         "pendingChange": {
             "id": "c-1a2b",
+            "shortId": "c-1a2b",
             "since": "2026-11-26T09:00:00Z",
             "diff": [{"namespace": "payments", "resource": "requests.cpu", "from": "4", "to": "40"}],
         },

@@ -330,6 +330,14 @@ class Reconciler:
         new = {k: v for k, v in status.items() if v is not None}
         if _normalized(old) == _normalized(new):
             return
+        if log.isEnabledFor(logging.DEBUG):
+            changed = sorted(k for k in {*old, *new} if _normalized(old.get(k)) != _normalized(new.get(k)))
+            log.debug(
+                "Project %s: status changes in %s: %s",
+                body["metadata"]["name"],
+                changed,
+                {k: (old.get(k), new.get(k)) for k in changed},
+            )
         patch: dict[str, Any] = dict(new)
         for key in old:
             if key not in new:
