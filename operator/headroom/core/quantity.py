@@ -18,6 +18,7 @@ from decimal import (
     Overflow,
     localcontext,
 )
+from functools import lru_cache
 from typing import Literal
 
 __all__ = [
@@ -133,7 +134,13 @@ def parse_quantity(text: str | int | Decimal) -> Decimal:
         return _tidy(_check_range(text, str(text)))
     if not isinstance(text, str):
         raise QuantityError(f"{text!r} is not a quantity (expected text {_EXAMPLES})", text)
+    return _parse_text(text)
 
+
+# Every reconcile reads the same few texts again ("10", "2Gi", "500m"): parse each once. Pure, so a
+# cache is safe; errors are not cached and raise every time.
+@lru_cache(maxsize=8192)
+def _parse_text(text: str) -> Decimal:
     shown = _show(text)
     if text == "":
         raise QuantityError(f"an empty string is not a quantity (expected a number {_EXAMPLES})", text)
@@ -200,6 +207,13 @@ def _is_multiple(value: Decimal, unit: Decimal) -> bool:
 def format_quantity(value: Decimal, resource: str) -> str:
     """Render a value the way a person would write it; the text parses back to exactly `value`."""
     _require_finite(value)
+    return _format(value, resource)
+
+
+# Keyed by the Decimal itself, whose equal values ("1" and "1.0") render alike: the text depends on
+# the value, never on how it was spelled.
+@lru_cache(maxsize=8192)
+def _format(value: Decimal, resource: str) -> str:
     kind = resource_kind(resource)
     with localcontext(CONTEXT):
         if kind == "cpu":
