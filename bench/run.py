@@ -43,8 +43,8 @@ from bench.procstats import Sample, cpu_between, sample
 from bench.report import add_ratios, render
 from bench.watcher import governed, project_watcher, quota_watcher, ready
 from hack.localcluster.controlplane import ControlPlane, _die_with_parent
-from tests.harness.kube import Cluster, apply_yaml
-from tests.harness.operator import OPERATOR_NAMESPACE, OperatorProcess, install_rbac
+from hack.localcluster.kube import Cluster, apply_yaml
+from hack.localcluster.operator import OPERATOR_NAMESPACE, OperatorProcess, install_rbac
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

@@ -26,8 +26,8 @@ import kubernetes
 import yaml
 
 from hack.localcluster.controlplane import ControlPlane
-from tests.harness.kube import Cluster, apply_yaml, wait_for
-from tests.harness.operator import OperatorProcess, install_rbac
+from hack.localcluster.kube import Cluster, apply_yaml, wait_for
+from hack.localcluster.operator import OperatorProcess, install_rbac
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "manifests" / "samples"

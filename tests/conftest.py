@@ -17,8 +17,8 @@ import kubernetes
 import pytest
 
 from hack.localcluster.controlplane import ControlPlane
-from tests.harness.kube import Cluster, apply_yaml, wait_for
-from tests.harness.operator import OperatorProcess, custom, install_rbac, project_manifest
+from hack.localcluster.kube import Cluster, apply_yaml, wait_for
+from hack.localcluster.operator import OperatorProcess, custom, install_rbac, project_manifest
 
 k8s = kubernetes.client
 ApiException = kubernetes.client.ApiException

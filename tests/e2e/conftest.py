@@ -20,7 +20,7 @@ import kubernetes
 import pytest
 
 from hack.localcluster.controlplane import REPO, ControlPlane
-from tests.harness.kube import Cluster
+from hack.localcluster.kube import Cluster
 
 IMAGE_ARCHIVE = REPO / ".cache" / "image" / "headroom-dev.oci.tar"
 

@@ -20,8 +20,8 @@ from kubernetes.client import ApiClient
 
 from hack.localcluster.controlplane import REPO
 from hack.localcluster.images import PAUSE_IMAGE
+from hack.localcluster.kube import wait_for
 from hack.localcluster.node import CGROUP_FS, CGROUP_ROOT
-from tests.harness.kube import wait_for
 
 from .conftest import NodeCluster
 

@@ -17,9 +17,9 @@ from headroom.shell.history.prometheus import DEFAULT_QUERIES, peak_query
 
 from hack.localcluster.images import PAUSE_IMAGE
 from hack.localcluster.ksm import KubeStateMetrics, ScrapingPrometheus
+from hack.localcluster.kube import wait_for
 from hack.localcluster.node import node_ip
-from tests.harness.kube import wait_for
-from tests.harness.operator import custom, project_manifest
+from hack.localcluster.operator import custom, project_manifest
 
 from .conftest import NodeCluster
 

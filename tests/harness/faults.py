@@ -29,8 +29,8 @@ import kubernetes
 import yaml
 
 from hack.localcluster.controlplane import ControlPlane, free_port
-from tests.harness.kube import Cluster, apply_yaml, wait_for
-from tests.harness.operator import OPERATOR_NAMESPACE, OperatorProcess, install_rbac
+from hack.localcluster.kube import Cluster, apply_yaml, wait_for
+from hack.localcluster.operator import OPERATOR_NAMESPACE, OperatorProcess, install_rbac
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:headroom"

@@ -19,8 +19,8 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from tests.harness.kube import wait_for
-from tests.harness.operator import OPERATOR_NAMESPACE, OperatorProcess, custom, project_manifest
+from hack.localcluster.kube import wait_for
+from hack.localcluster.operator import OPERATOR_NAMESPACE, OperatorProcess, custom, project_manifest
 from tests.harness.receivers import Alertmanager, WebhookReceiver, alertmanager_binary
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ from headroom.core.changes import change_id
 from headroom.core.spec import parse_project
 
 from hack.localcluster.controlplane import write_kubeconfig
-from tests.harness.kube import Cluster, apply_yaml, wait_for
-from tests.harness.operator import OperatorProcess, custom, project_manifest
+from hack.localcluster.kube import Cluster, apply_yaml, wait_for
+from hack.localcluster.operator import OperatorProcess, custom, project_manifest
 
 pytestmark = pytest.mark.integration
 k8s = kubernetes.client

@@ -14,7 +14,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from tests.harness.kube import Cluster, api_error_message, client_from_kubeconfig, wait_for
+from hack.localcluster.kube import Cluster, api_error_message, client_from_kubeconfig, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,8 @@ from headroom.core.quantity import parse_quantity
 from headroom.shell.history.prometheus import DEFAULT_QUERIES
 from kubernetes.client import ApiException
 
-from tests.harness.kube import wait_for
-from tests.harness.operator import REPO, OperatorProcess, custom, project_manifest
+from hack.localcluster.kube import wait_for
+from hack.localcluster.operator import REPO, OperatorProcess, custom, project_manifest
 from tests.harness.prometheus import PodSegment, Prometheus, ago, pod
 
 pytestmark = pytest.mark.integration

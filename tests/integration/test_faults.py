@@ -26,6 +26,8 @@ from headroom.core.quantity import parse_quantity
 from headroom.shell.handlers import WATCH_INACTIVITY_SECONDS
 from kubernetes.client import ApiException
 
+from hack.localcluster.kube import Cluster, user_name, wait_for
+from hack.localcluster.operator import OPERATOR_NAMESPACE, OperatorProcess, custom, project_manifest
 from tests.harness.faults import (
     AuditLog,
     FakePrometheus,
@@ -41,8 +43,6 @@ from tests.harness.faults import (
     stop_apiserver,
     wait_log,
 )
-from tests.harness.kube import Cluster, user_name, wait_for
-from tests.harness.operator import OPERATOR_NAMESPACE, OperatorProcess, custom, project_manifest
 from tests.harness.receivers import Alertmanager, WebhookReceiver, alertmanager_binary
 
 pytestmark = pytest.mark.integration

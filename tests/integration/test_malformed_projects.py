@@ -21,8 +21,8 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from tests.harness.kube import Cluster, api_error_message, user_name, wait_for
-from tests.harness.operator import OperatorProcess, custom, project_manifest
+from hack.localcluster.kube import Cluster, api_error_message, user_name, wait_for
+from hack.localcluster.operator import OperatorProcess, custom, project_manifest
 
 pytestmark = pytest.mark.integration
 k8s = kubernetes.client

@@ -17,8 +17,8 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from tests.harness.kube import wait_for
-from tests.harness.operator import OperatorProcess, custom, project_manifest
+from hack.localcluster.kube import wait_for
+from hack.localcluster.operator import OperatorProcess, custom, project_manifest
 
 pytestmark = pytest.mark.integration
 k8s = kubernetes.client

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from kubernetes.client import ApiException
 
-from tests.harness.kube import Cluster, api_error_message, wait_for
+from hack.localcluster.kube import Cluster, api_error_message, wait_for
 
 pytestmark = pytest.mark.integration
 

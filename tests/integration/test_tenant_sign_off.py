@@ -20,8 +20,8 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from tests.harness.kube import Cluster, api_error_message, apply_yaml, wait_for
-from tests.harness.operator import OperatorProcess, custom, project_manifest
+from hack.localcluster.kube import Cluster, api_error_message, apply_yaml, wait_for
+from hack.localcluster.operator import OperatorProcess, custom, project_manifest
 
 pytestmark = pytest.mark.integration
 k8s = kubernetes.client
@@ -218,8 +218,16 @@ def test_a_namespace_the_team_adds_is_not_governed_until_the_platform_confirms_i
         # The platform confirms the claim: the namespace is governed, with the floor in force (2), not 500.
         k8s.CoreV1Api(admin).patch_namespace(free, {"metadata": {"labels": {LABEL: PROJECT}}})
         assert governed(admin, free)["requests.cpu"] == "2"
-        status = settled(admin)
-        assert [item["field"] for item in status["pendingChange"]["loosens"]] == ["spec.quota.minimum[requests.cpu]"]
+        # The quota is written before the status that says so: wait for the status of that reconcile.
+        status = wait_for(
+            lambda: (
+                (st := settled(admin))
+                and [item["field"] for item in st["pendingChange"]["loosens"]] == ["spec.quota.minimum[requests.cpu]"]
+                and st
+            ),
+            30,
+            "the status to drop the confirmed claim from the pending change",
+        )
 
         # Signed off by another person, the floor applies to what is bootstrapped from now on; a
         # namespace already governed keeps its quota (a floor never raises a governed quota).

@@ -14,7 +14,7 @@ import kubernetes
 import yaml
 
 from hack.localcluster.controlplane import _die_with_parent, free_port, stop_process
-from tests.harness.kube import Cluster, apply_yaml
+from hack.localcluster.kube import Cluster, apply_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_NAMESPACE = "headroom-system"
