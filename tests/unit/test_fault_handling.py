@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -164,6 +164,34 @@ def test_a_partial_answer_keeps_the_last_good_peaks_and_reports_an_error() -> No
     assert first.error is None and first.peaks[("b", "pods")] == 3
     assert after.peaks == good.peaks  # nothing forgotten, nothing replaced by the partial answer
     assert after.error is not None and "partial" in after.error
+
+
+def test_daily_peaks_are_cached_like_peaks_and_a_failed_answer_never_shrinks_them() -> None:
+    source = Source()
+    days = {date(2026, 3, 8): Decimal(4), date(2026, 3, 9): Decimal(5)}
+    good = HistoryResult(
+        peaks={("a", "pods"): Decimal(5)},
+        daily={("a", "pods"): days},
+        day_offsets={"a": timedelta(hours=3)},
+        queries=1,
+    )
+    failures = [
+        HistoryResult(error="connection refused", queries=1),
+        HistoryResult(peaks={("a", "pods"): Decimal(1)}, daily={("a", "pods"): {}}, partial=True, queries=1),
+    ]
+    source.answers = [good, *failures]
+    cache = HistoryCache(source, max_age=timedelta(0), metrics=Metrics(), batch_window=0)
+
+    async def run() -> list[HistoryResult]:
+        seen = [await cache.get({"a"}, {"pods"}, LOOKBACK)]
+        for _ in failures:
+            await cache.refresh_all({LOOKBACK: {("a", "pods")}})
+            seen.append(cache._answer({("a", "pods")}, LOOKBACK))
+        return seen
+
+    for result in asyncio.run(run()):
+        assert result.daily == {("a", "pods"): days}
+        assert result.day_offsets == {"a": timedelta(hours=3)}
 
 
 def test_a_slow_source_does_not_hold_up_a_reconcile_that_has_answers() -> None:

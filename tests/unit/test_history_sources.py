@@ -308,6 +308,47 @@ def test_sampler_history_reads_each_namespace() -> None:
     assert result.peaks == {("a", "pods"): D(6), ("a", "requests.cpu"): D(2)}
     assert result.error is None
     assert sorted(asked) == ["a", "b", "c"]
+    # The days behind each peak, for forecasts: only where a peak is known, only within the lookback.
+    assert result.daily == {
+        ("a", "pods"): {date(2026, 3, 9): D(4), date(2026, 3, 10): D(6)},
+        ("a", "requests.cpu"): {date(2026, 3, 9): D(2)},
+    }
+
+
+def test_sampler_daily_peaks_follow_the_namespace_day_offset() -> None:
+    """The sampler's days begin at each namespace's own moment: the days it reports are the ones its
+    peak is taken over, and it says where they begin."""
+    from headroom.core.history import day_offset
+
+    namespace = "team-a"
+    offset = day_offset(namespace)
+    now = datetime(2026, 3, 10, tzinfo=UTC) + offset + timedelta(hours=1)  # an hour into the day of the 10th
+    daily = {namespace: {"2026-03-06": {"pods": D(1)}, "2026-03-07": {"pods": D(2)}, "2026-03-10": {"pods": D(3)}}}
+    # Three days back is an hour into the sampler day of the 7th: the 7th counts, the 6th does not.
+    result = asyncio.run(
+        SamplerHistory(lambda ns: daily.get(ns, {})).peaks(query({namespace}, {"pods"}, timedelta(days=3), now))
+    )
+    assert result.daily == {(namespace, "pods"): {date(2026, 3, 7): D(2), date(2026, 3, 10): D(3)}}
+    assert result.day_offsets == {namespace: offset}
+    assert result.peaks == {(namespace, "pods"): max(result.daily[(namespace, "pods")].values())}
+
+
+def test_file_daily_peaks_are_the_peak_of_each_utc_day(tmp_path: Path) -> None:
+    path = csv_file(
+        tmp_path,
+        "2026-03-08T23:59:59Z,ns,requests.cpu,3",
+        "2026-03-09T00:00:00Z,ns,requests.cpu,1",
+        "2026-03-09T10:00:00+02:00,ns,requests.cpu,2",  # 08:00 UTC: still the 9th
+        "2026-03-10T01:00:00+02:00,ns,requests.cpu,5",  # 23:00 UTC on the 9th
+        "2026-03-10T11:00:00Z,ns,requests.cpu,4",
+        "2026-03-01T11:00:00Z,ns,requests.cpu,9",  # older than the lookback
+    )
+    result = read(path, query(resources={"requests.cpu", "requests.memory"}))
+    assert result.daily == {
+        ("ns", "requests.cpu"): {date(2026, 3, 8): D(3), date(2026, 3, 9): D(5), date(2026, 3, 10): D(4)}
+    }
+    assert result.day_offsets == {}  # UTC days
+    assert ("ns", "requests.memory") not in result.daily  # no samples: unknown, not an empty history
 
 
 # --------------------------------------------------------------------------------------------- Prometheus

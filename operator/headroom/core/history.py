@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
@@ -31,16 +31,23 @@ class PeakQuery:
 
 @dataclass(frozen=True)
 class HistoryResult:
-    """Peaks by (namespace, resource).
+    """Peaks by (namespace, resource), and where the source knows them, the daily peaks behind them.
 
     A key that is absent means "no history known", never zero. `error` says the source failed as a
     whole (nothing it returned may lower a quota); `partial` that some answers were incomplete.
+
+    `daily` holds, per (namespace, resource), the peak of each day over the lookback (what forecasts
+    are made of); a key absent from it means the source does not know daily peaks, not that there were
+    none. A day is the 24 hours from 00:00 UTC of its date plus the namespace's `day_offsets` entry
+    (absent: 00:00 UTC exactly); the sampler's days begin at a moment of their own (see day_offset).
     """
 
     peaks: Mapping[tuple[str, str], Decimal] = field(default_factory=dict)
     error: str | None = None
     partial: bool = False
     queries: int = 0
+    daily: Mapping[tuple[str, str], Mapping[date, Decimal]] = field(default_factory=dict)
+    day_offsets: Mapping[str, timedelta] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -160,3 +167,22 @@ def peak_within(
     start = sampler_day(now - lookback, offset).isoformat()
     values = [v[resource] for day, v in peaks.items() if day >= start and resource in v]
     return max(values) if values else None
+
+
+def days_within(
+    peaks: DailyPeaks, resource: str, now: datetime, lookback: timedelta, offset: timedelta = timedelta(0)
+) -> dict[date, Decimal]:
+    """Each sampler day's peak of `resource` over the days that overlap [now - lookback, now]: the same
+    days peak_within takes its maximum of, so the daily peaks and the peak always agree."""
+    start = sampler_day(now - lookback, offset).isoformat()
+    return {date.fromisoformat(day): v[resource] for day, v in sorted(peaks.items()) if day >= start and resource in v}
+
+
+def utc_days(samples: Iterable[tuple[datetime, Decimal]]) -> dict[date, Decimal]:
+    """The peak of each UTC day among timed samples (a source that holds raw samples, such as a file)."""
+    days: dict[date, Decimal] = {}
+    for at, value in samples:
+        day = at.astimezone(UTC).date()
+        if value > days.get(day, Decimal(-1)):
+            days[day] = value
+    return dict(sorted(days.items()))

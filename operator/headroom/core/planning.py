@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -190,6 +190,10 @@ class Observed:
     namespace_labels: Mapping[str, str] = field(default_factory=dict)
     # namespaces whose Headroom quota belongs to a Project that no longer lists them (or is gone)
     released_by_others: frozenset[str] = frozenset()
+    # (namespace, resource) -> day -> that day's peak, where the source knows them (HistoryResult.daily),
+    # and where each namespace's days begin after 00:00 UTC (HistoryResult.day_offsets)
+    daily: Mapping[tuple[str, str], Mapping[date, Decimal]] = field(default_factory=dict)
+    day_offsets: Mapping[str, timedelta] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

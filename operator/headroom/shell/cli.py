@@ -566,6 +566,8 @@ def _plan_rows(
         peaks=history.peaks,
         history_error=history.error,
         history_partial=history.partial,
+        daily=history.daily,
+        day_offsets=history.day_offsets,
     )
     plan = plan_project(spec, project, observed, settings, now)
     entries = {e["name"]: e for e in plan.status.get("namespaces") or []}

@@ -254,6 +254,8 @@ class Reconciler:
             peaks=history.peaks,
             history_error=history.error,
             history_partial=history.partial,
+            daily=history.daily,
+            day_offsets=history.day_offsets,
             extra_annotations=extra,
         )
 

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from headroom.core.history import HistoryResult, HistorySource, PeakQuery
@@ -52,6 +52,9 @@ class HistoryCache:
         self.batch_window = batch_window
         self.stale_wait = stale_wait
         self._results: dict[tuple[str, str, timedelta], tuple[datetime, Decimal | None]] = {}
+        # Daily peaks, kept and replaced exactly as the peaks are: a failed answer never shrinks them.
+        self._daily: dict[tuple[str, str, timedelta], Mapping[date, Decimal]] = {}
+        self._day_offsets: dict[str, timedelta] = {}
         self._errors: dict[timedelta, tuple[datetime, str | None, bool]] = {}
         self._open: _Batch | None = None
         self._sending: set[asyncio.Task[None]] = set()  # batches being sent (kept: a task needs a reference)
@@ -116,8 +119,10 @@ class HistoryCache:
             for ns, r in keys
             if (value := self._results.get((ns, r, lookback), (None, None))[1]) is not None
         }
+        daily = {(ns, r): days for ns, r in keys if (days := self._daily.get((ns, r, lookback))) is not None}
+        offsets = {ns: self._day_offsets[ns] for ns, _ in keys if ns in self._day_offsets}
         _, error, partial = self._errors.get(lookback, (self.clock(), None, False))
-        return HistoryResult(peaks=peaks, error=error, partial=partial)
+        return HistoryResult(peaks=peaks, error=error, partial=partial, daily=daily, day_offsets=offsets)
 
     async def refresh_all(self, wanted: Mapping[timedelta, set[tuple[str, str]]]) -> None:
         """Ask now for everything wanted (the derivation cycle), with whatever has joined meanwhile."""
@@ -156,5 +161,12 @@ class HistoryCache:
         if result.error is None:
             for key in keys:
                 self._results[(*key, lookback)] = (now, result.peaks.get(key))
+                days = result.daily.get(key)
+                if days is None:
+                    self._daily.pop((*key, lookback), None)
+                else:
+                    self._daily[(*key, lookback)] = days
+            for namespace, offset in result.day_offsets.items():
+                self._day_offsets[namespace] = offset
         # On error the previous answers stay: unknown is never zero.
         self._errors[lookback] = (now, result.error, result.partial)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from headroom.core.history import HistoryResult, PeakQuery
+from headroom.core.history import HistoryResult, PeakQuery, utc_days
 from headroom.core.quantity import QuantityError, parse_quantity
 
 
@@ -84,11 +84,14 @@ class FileHistory:
             return HistoryResult(error=f"cannot read history file {self.path}: {exc}", queries=1)
         start = query.now - query.lookback
         peaks: dict[tuple[str, str], Decimal] = {}
+        timed: dict[tuple[str, str], list[tuple[datetime, Decimal]]] = {}
         for at, namespace, resource, value in samples:
             if start <= at <= query.now and namespace in query.namespaces and resource in query.resources:
                 key = (namespace, resource)
                 peaks[key] = max(peaks.get(key, value), value)
-        return HistoryResult(peaks=peaks, queries=1)
+                timed.setdefault(key, []).append((at, value))
+        # The file holds samples, not days: each UTC day's peak among them (day_offsets stay empty).
+        return HistoryResult(peaks=peaks, queries=1, daily={key: utc_days(s) for key, s in timed.items()})
 
     async def peaks(self, query: PeakQuery) -> HistoryResult:
         return await asyncio.to_thread(self._read, query)

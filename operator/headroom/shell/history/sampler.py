@@ -12,9 +12,10 @@ Project may use are dropped.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date, timedelta
 from decimal import Decimal
 
-from headroom.core.history import DailyPeaks, HistoryResult, PeakQuery, day_offset, peak_within
+from headroom.core.history import DailyPeaks, HistoryResult, PeakQuery, day_offset, days_within, peak_within
 
 
 class SamplerHistory:
@@ -28,11 +29,14 @@ class SamplerHistory:
 
     async def peaks(self, query: PeakQuery) -> HistoryResult:
         found: dict[tuple[str, str], Decimal] = {}
+        days: dict[tuple[str, str], dict[date, Decimal]] = {}
+        offsets: dict[str, timedelta] = {}
         for namespace in query.namespaces:
             daily = self._peaks_of(namespace)
-            offset = day_offset(namespace)  # the namespace's own sampler day (see day_offset)
+            offset = offsets[namespace] = day_offset(namespace)  # the namespace's own sampler day
             for resource in query.resources:
                 value = peak_within(daily, resource, query.now, query.lookback, offset)
                 if value is not None:
                     found[(namespace, resource)] = value
-        return HistoryResult(peaks=found)
+                    days[(namespace, resource)] = days_within(daily, resource, query.now, query.lookback, offset)
+        return HistoryResult(peaks=found, daily=days, day_offsets=offsets)
