@@ -29,6 +29,7 @@ __all__ = [
     "QuantityError",
     "ResourceKind",
     "canonical",
+    "format_at_a_glance",
     "format_percent",
     "format_quantity",
     "format_together",
@@ -270,6 +271,25 @@ def format_together(values: list[Decimal | None], resource: str) -> list[str]:
     if kind == "count":
         return ["-" if v is None else canonical(v) for v in values]
     unit, suffix = _common_unit(present, kind)
+    return ["-" if v is None else "0" if v == 0 else _in_unit(v, unit, suffix) for v in values]
+
+
+def format_at_a_glance(values: list[Decimal | None], resource: str) -> list[str]:
+    """Values read side by side in a review, in the unit of the largest: cpu in cores ("40", "6.4"),
+    memory in Gi, Mi or Ki ("16Gi", "~10.8Gi"), counts as they are.
+
+    Exact wherever three decimals hold the value; else rounded to 0.1 and marked "~" (the exact value
+    is in the JSON output). None is shown as "-".
+    """
+    present = [v for v in values if v is not None]
+    for value in present:
+        _require_finite(value)
+    kind = resource_kind(resource)
+    if kind != "memory":
+        unit, suffix = Decimal(1), ""
+    else:
+        largest = max((abs(v) for v in present), default=Decimal(0))
+        unit, suffix = next(((u, s) for u, s in ((GI, "Gi"), (MI, "Mi"), (KI, "Ki")) if largest >= u), (Decimal(1), ""))
     return ["-" if v is None else "0" if v == 0 else _in_unit(v, unit, suffix) for v in values]
 
 

@@ -3,7 +3,8 @@
     headroom run [flags]                      the operator
     headroom plan [PROJECT | -f FILE] [-o table|json|yaml]
     headroom change-id FILE                   the id a reviewer approves, computed offline
-    headroom verify FILE...                   CI check for a GitOps repository
+    headroom verify FILE|DIR...               CI check for a GitOps repository
+    headroom review BASE HEAD | --git-range A..B   evidence for a pull request
     headroom request PROJECT [NAMESPACE] RESOURCE=QUANTITY...
     headroom approve PROJECT [--id ID] [--yes]
     headroom status PROJECT
@@ -25,12 +26,13 @@ import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from headroom.core.changes import Terms, change_id
+from headroom.core.changes import Terms, change_id, tighter_terms
 from headroom.core.history import DailyPeaks, HistoryResult, PeakQuery, decode
 from headroom.core.names import (
     APPROVED_BY_ANNOTATION,
@@ -44,7 +46,7 @@ from headroom.core.names import (
     VERSION,
 )
 from headroom.core.planning import Observed, Settings, observe_quota, plan_project, terms_in_force
-from headroom.core.quantity import QuantityError, format_quantity, format_together, parse_quantity
+from headroom.core.quantity import QuantityError, format_quantity, format_together, parse_quantity, resource_kind
 from headroom.core.spec import ProjectSpec, SpecError, parse_project
 from headroom.shell.config import ConfigError, OperatorConfig, build_parser, config_from
 
@@ -147,15 +149,53 @@ def calling(action: str) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- files
 
 
-def load_projects(path: Path) -> list[dict[str, Any]]:
+def is_project(doc: object) -> bool:
+    """A Headroom Project, not just anything of kind Project (OpenShift has its own)."""
+    if not isinstance(doc, dict) or doc.get("kind") != KIND:
+        return False
+    api_version = doc.get("apiVersion")
+    return api_version is None or str(api_version).split("/", 1)[0] == GROUP
+
+
+def read_projects(path: Path) -> list[dict[str, Any]]:
+    """The Projects in a YAML file; other documents (a kustomization, Namespaces) are not ours to judge."""
     try:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     except (OSError, yaml.YAMLError) as exc:
-        raise CliError(f"{path}: cannot read: {exc}") from exc
-    projects = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
+        # A file that does not parse might hold a Project: it cannot be skipped as "not ours".
+        raise CliError(f"{path}: cannot read: {_one_line(str(exc))}") from exc
+    return [d for d in docs if is_project(d)]
+
+
+def load_projects(path: Path) -> list[dict[str, Any]]:
+    projects = read_projects(path)
     if not projects:
         raise CliError(f"{path}: no {KIND} in this file")
     return projects
+
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def manifest_files(paths: Sequence[str]) -> list[Path]:
+    """Files as given, and the manifests under each directory given (a whole GitOps folder)."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            # Hidden folders (.git, .github) hold no manifests to judge.
+            found.extend(
+                sorted(
+                    f
+                    for f in path.rglob("*")
+                    if f.suffix in MANIFEST_SUFFIXES
+                    and f.is_file()
+                    and not any(part.startswith(".") for part in f.relative_to(path).parts)
+                )
+            )
+        else:
+            found.append(path)
+    return found
 
 
 def cmd_change_id(args: argparse.Namespace) -> int:
@@ -174,15 +214,22 @@ def _parse(project: Mapping[str, Any], where: str) -> Any:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Every approval annotation in the files must approve exactly its file's request."""
+    """Every Project must be valid and every approval annotation must approve exactly its file's request.
+
+    Files and documents that are not Projects (kustomization.yaml, Namespaces) are skipped, so the
+    check runs over a whole GitOps folder.
+    """
     problems = []
     checked = 0
-    for file in args.files:
+    skipped = 0
+    for path in manifest_files(args.files):
+        file = str(path)
         try:
-            projects = load_projects(Path(file))
+            projects = read_projects(path)
         except CliError as exc:
             problems.append(str(exc))
             continue
+        skipped += not projects
         for project in projects:
             checked += 1
             try:
@@ -203,8 +250,215 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     if problems:
         return 1
-    print(f"ok: {checked} Project(s), every approval matches its request")
+    if not checked:
+        print(f"error: no {KIND} in {', '.join(args.files)}", file=sys.stderr)
+        return 1
+    others = f" ({skipped} file(s) without a Project skipped)" if skipped else ""
+    print(f"ok: {checked} Project(s), every approval matches its request{others}")
     return 0
+
+
+# --------------------------------------------------------------------------------------------- review
+
+Side = dict[str, tuple[str, Any]]  # Project name -> (file, ProjectSpec, or why it is invalid)
+
+
+def _collect(documents: Sequence[tuple[str, str]], keep_invalid: bool) -> Side:
+    """Projects by name from (file, YAML text) pairs; other documents are skipped."""
+    found: Side = {}
+    for file, text in documents:
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d]
+        except yaml.YAMLError as exc:
+            if keep_invalid:
+                found[f"({file})"] = (file, f"{file}: cannot read: {_one_line(str(exc))}")
+            continue
+        for doc in docs:
+            if not is_project(doc):
+                continue
+            name = str((doc.get("metadata") or {}).get("name") or f"({file})")
+            try:
+                found[name] = (file, parse_project(doc))
+            except SpecError as exc:
+                if keep_invalid:
+                    found[name] = (file, f"{file}: {exc}")
+    return found
+
+
+def _read_side(path: str) -> list[tuple[str, str]]:
+    files = manifest_files([path])
+    if not Path(path).exists():
+        raise CliError(f"{path}: no such file or directory")
+    try:
+        return [(str(f), f.read_text()) for f in files]
+    except OSError as exc:
+        raise CliError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+
+
+def _git(*argv: str) -> str:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", *argv], capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise CliError(f"cannot run git: {exc}") from exc
+    if done.returncode != 0:
+        raise CliError(f"git {' '.join(argv)}: {_one_line(done.stderr) or 'failed'}")
+    return done.stdout
+
+
+def _git_sides(spec: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The manifests a range changes, as they were where the branch began and as they are at its end.
+
+    A..B compares B with the merge base of A and B, as a pull request shows it: what landed on A
+    since the branch began is not part of the change.
+    """
+    first, sep, last = spec.partition("..")
+    if not sep or not first or not last or last.startswith("."):
+        raise CliError(f"--git-range {spec!r}: expected A..B, e.g. origin/main..HEAD")
+    base = _git("merge-base", first, last).strip()
+    changed = [
+        name
+        for name in _git("diff", "--name-only", "-z", base, last).split("\0")
+        if name and Path(name).suffix in MANIFEST_SUFFIXES
+    ]
+    before: list[tuple[str, str]] = []
+    after: list[tuple[str, str]] = []
+    present = {
+        rev: set(_git("ls-tree", "-r", "--name-only", "-z", rev, "--", *changed).split("\0")) if changed else set()
+        for rev in (base, last)
+    }
+    for name in changed:
+        if name in present[base]:
+            before.append((name, _git("show", f"{base}:{name}")))
+        if name in present[last]:
+            after.append((name, _git("show", f"{last}:{name}")))
+    return before, after
+
+
+def _history_evidence(args: argparse.Namespace, base: Side, head: Side) -> tuple[dict[tuple[str, str], Any], str]:
+    """Peaks, latest use and recommendations from --history-file or --prometheus-url."""
+    from headroom.core.review import evidence_from_history
+
+    specs: dict[str, ProjectSpec] = {n: v[1] for n, v in {**base, **head}.items() if isinstance(v[1], ProjectSpec)}
+    in_force = {}
+    for name, spec in specs.items():
+        before = base.get(name)
+        approved = Terms.of(before[1]) if before and isinstance(before[1], ProjectSpec) else Terms.of(spec)
+        in_force[name] = tighter_terms(Terms.of(spec), approved, "Enforce")[0]
+    now = datetime.now(UTC)
+    peaks: dict[tuple[str, str], Any] = {}
+    used: dict[tuple[str, str], Any] = {}
+    source = _review_source(args)
+    for name, spec in specs.items():
+        terms = in_force[name]
+        resources = frozenset({*terms.resources, *(r for ns in spec.namespaces for r in ns.requested)})
+        query = PeakQuery(frozenset(spec.namespace_names), resources, terms.lookback, now)
+        result = asyncio.run(source.peaks(query))
+        if result.error:
+            raise CliError(f"history for Project {name}: {result.error}", EXIT_UNREACHABLE)
+        peaks.update(result.peaks)
+        used.update(_current_use(args, query))
+    where = f"history file `{args.history_file}`" if args.history_file else f"Prometheus at {args.prometheus_url}"
+    return evidence_from_history(list(specs.values()), peaks, used, in_force), where
+
+
+def _review_source(args: argparse.Namespace) -> Any:
+    if args.history_file:
+        from headroom.shell.history.file import FileHistory
+
+        return FileHistory(Path(args.history_file))
+    from headroom.shell.history.prometheus import PrometheusHistory
+
+    return PrometheusHistory(args.prometheus_url)
+
+
+def _current_use(args: argparse.Namespace, query: PeakQuery) -> dict[tuple[str, str], Any]:
+    """Use now: the newest sample of a history file, or the namespace totals Prometheus has now."""
+    if args.history_file:
+        from headroom.shell.history.file import load_samples
+
+        newest: dict[tuple[str, str], tuple[datetime, Any]] = {}
+        for at, namespace, resource, value in load_samples(Path(args.history_file)):
+            key = (namespace, resource)
+            wanted = namespace in query.namespaces and resource in query.resources and at <= query.now
+            if wanted and (key not in newest or at >= newest[key][0]):
+                newest[key] = (at, value)
+        return {key: value for key, (_, value) in newest.items()}
+    return asyncio.run(_prometheus_now(args.prometheus_url, query))
+
+
+async def _prometheus_now(url: str, query: PeakQuery) -> dict[tuple[str, str], Any]:
+    import aiohttp
+
+    from headroom.shell.history.prometheus import DEFAULT_QUERIES
+
+    pattern = "|".join(sorted(query.namespaces))
+    found: dict[tuple[str, str], Any] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for resource in sorted(query.resources):
+            template = DEFAULT_QUERIES.get(resource)
+            if template is None:
+                continue
+            body = {"query": template.format(namespaces=pattern), "time": f"{query.now.timestamp():.3f}"}
+            try:
+                async with session.post(f"{url.rstrip('/')}/api/v1/query", data=body) as resp:
+                    answer = await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue  # current use unknown: shown as "-", never as zero
+            for sample in (answer.get("data") or {}).get("result") or []:
+                with contextlib.suppress(KeyError, IndexError, TypeError, ArithmeticError):
+                    # Float sums carry noise below a millicore or a byte: drop it, as the peaks do.
+                    step = Decimal("0.001") if resource_kind(resource) == "cpu" else Decimal(1)
+                    value = Decimal(sample["value"][1]).quantize(step)
+                    found[(sample["metric"]["namespace"], resource)] = value
+    return found
+
+
+def _cluster_evidence(args: argparse.Namespace, names: Sequence[str]) -> dict[tuple[str, str], Any]:
+    """What the live Projects publish in status (peak, use, recommendation, forecast, what is governed)."""
+    from headroom.core.review import figures_from_status
+
+    client = _client(args)
+    found: dict[tuple[str, str], Any] = {}
+    for name in names:
+        try:
+            project = _get_project(client, name)
+        except CliError as exc:
+            if exc.code == EXIT_NOT_FOUND:
+                continue  # a new Project: nothing is governed yet
+            raise
+        found.update(figures_from_status(project.get("status") or {}, parse_quantity))
+    return found
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """What a pull request changes in Projects, with the evidence, as a comment or JSON. Offline by default."""
+    from headroom.core.review import render_json, render_markdown, review
+
+    if args.git_range:
+        if args.paths:
+            raise CliError("give either BASE HEAD or --git-range A..B, not both")
+        before, after = _git_sides(args.git_range)
+    elif len(args.paths) == 2:
+        before, after = _read_side(args.paths[0]), _read_side(args.paths[1])
+    else:
+        raise CliError("give BASE HEAD (two versions of a Project file, or two folders) or --git-range A..B")
+    if sum(bool(x) for x in (args.history_file, args.prometheus_url, args.from_cluster)) > 1:
+        raise CliError("give one evidence source: --history-file, --prometheus-url or --from-cluster")
+    base, head = _collect(before, keep_invalid=False), _collect(after, keep_invalid=True)
+    evidence: dict[tuple[str, str], Any] = {}
+    source = "none (offline; pass --history-file, --prometheus-url or --from-cluster)"
+    if args.from_cluster:
+        evidence = _cluster_evidence(args, sorted({*base, *head}))
+        source = "the live Projects' status"
+    elif args.history_file or args.prometheus_url:
+        evidence, source = _history_evidence(args, base, head)
+    result = review(base, head, evidence, bool(args.from_cluster), source)
+    print(render_json(result) if args.output == "json" else render_markdown(result), end="")
+    if any(p.kind == "invalid" for p in result.projects):
+        return EXIT_INVALID
+    return EXIT_FAILED if result.failed else EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------- cluster
@@ -756,9 +1010,30 @@ def parser() -> argparse.ArgumentParser:
     cid.add_argument("file")
     cid.set_defaults(func=cmd_change_id)
 
-    verify = sub.add_parser("verify", help="fail when an approval does not match its file's request")
-    verify.add_argument("files", nargs="+")
+    verify = sub.add_parser(
+        "verify", help="fail on an invalid Project or an approval that does not match its file's request"
+    )
+    verify.add_argument(
+        "files", nargs="+", metavar="FILE|DIR", help="manifests, or folders of them; what is not a Project is skipped"
+    )
     verify.set_defaults(func=cmd_verify)
+
+    rev = sub.add_parser(
+        "review",
+        help="what a pull request changes in Projects, with evidence and how to approve it (Markdown or JSON)",
+        usage="headroom review (BASE HEAD | --git-range A..B) [--history-file F | --prometheus-url URL | "
+        "--from-cluster] [-o markdown|json]",
+    )
+    rev.add_argument("paths", nargs="*", metavar="BASE HEAD", help="two versions of a Project file, or two folders")
+    rev.add_argument("--git-range", metavar="A..B", help="the manifests changed from the merge base of A and B to B")
+    rev.add_argument("--history-file", metavar="FILE", help="evidence from a history file (CSV or JSON samples)")
+    rev.add_argument("--prometheus-url", metavar="URL", help="evidence from Prometheus (kube-state-metrics series)")
+    rev.add_argument(
+        "--from-cluster", action="store_true", help="evidence from the live Projects' status (needs a kubeconfig)"
+    )
+    rev.add_argument("-o", "--output", choices=["markdown", "json"], default="markdown")
+    _cluster_flags(rev)
+    rev.set_defaults(func=cmd_review)
 
     request = sub.add_parser(
         "request",
