@@ -83,6 +83,7 @@ def _full(name: str) -> Body:
                 "hysteresis": 10,
                 "cooldown": "24h",
                 "urgentWhenFull": True,
+                "forecastDays": 21,
                 "webhookSecretRef": {"name": "payments-webhook", "key": "url"},
             },
         },
@@ -190,6 +191,7 @@ def test_crd_is_established_structural_and_as_documented(
         "Phase": ".status.phase",
         "Pending": ".status.pendingChange.shortId",
         "Utilization": ".status.summary.highestUtilization",
+        "Full": ".status.summary.soonestFull",
         "Age": ".metadata.creationTimestamp",
     }
 
@@ -212,6 +214,8 @@ def test_crd_mirrors_the_operator_parser() -> None:
     assert quota["headroomPercent"]["default"] == project_spec.DEFAULT_HEADROOM_PERCENT
     assert tuple(alerts["thresholds"]["default"]) == project_spec.DEFAULT_THRESHOLDS
     assert alerts["hysteresis"]["default"] == project_spec.DEFAULT_HYSTERESIS
+    assert alerts["forecastDays"]["default"] == project_spec.DEFAULT_FORECAST_DAYS
+    assert alerts["forecastDays"]["maximum"] == project_spec.MAX_FORECAST_DAYS
     assert quota["enforcement"]["enum"] == list(project_spec.ENFORCEMENT_MODES)
     defaults_rule = spec["defaults"]["properties"]["requests"]["x-kubernetes-validations"][0]["rule"]
     assert defaults_rule == f"self.all(k, k in {list(project_spec.DEFAULTABLE_RESOURCES)})"
@@ -229,7 +233,7 @@ def test_minimal_project_gets_the_documented_defaults(projects: Projects) -> Non
         "headroomPercent": 20,
         "lookback": "30d",
     }
-    assert spec["alerts"] == {"thresholds": [80, 90, 100], "hysteresis": 5}
+    assert spec["alerts"] == {"thresholds": [80, 90, 100], "hysteresis": 5, "forecastDays": 14}
     # enforcement has no default: absent means "the operator's --mode".
     assert "enforcement" not in spec["quota"]
     assert "defaults" not in spec
@@ -247,6 +251,7 @@ VALID: list[Any] = [
     pytest.param(_set("spec.quota.lookback", "2w"), id="lookback-weeks"),
     pytest.param(_set("spec.quota.lookback", "90m"), id="lookback-minutes"),
     pytest.param(_set("spec.alerts.cooldown", "1d12h"), id="cooldown"),
+    pytest.param(_set("spec.alerts.forecastDays", 365), id="forecast-days-a-year"),
     pytest.param(_set("spec.quota.headroomPercent", 0), id="headroom-0"),
     pytest.param(_set("spec.quota.headroomPercent", 1000), id="headroom-1000"),
     pytest.param(
@@ -506,6 +511,18 @@ INVALID: list[Any] = [
         id="hysteresis-over-50",
     ),
     pytest.param(
+        _set("spec.alerts.forecastDays", 0),
+        422,
+        ["spec.alerts.forecastDays must be a number of days from 1 to 365, e.g. 14"],
+        id="forecast-days-0",
+    ),
+    pytest.param(
+        _set("spec.alerts.forecastDays", 400),
+        422,
+        ["spec.alerts.forecastDays", "less than or equal to 365"],
+        id="forecast-days-over-a-year",
+    ),
+    pytest.param(
         _set("spec.alerts.webhookSecretRef", {"key": "url"}),
         422,
         ["spec.alerts.webhookSecretRef.name", "Required value"],
@@ -614,6 +631,10 @@ def test_status_takes_the_operators_fields_and_shows_them_in_columns(
                 "recommended": {"requests.cpu": "3840m"},
                 "hard": {"requests.cpu": "4"},
                 "used": {"requests.cpu": "3"},
+                "forecast": {
+                    "requests.cpu": {"growthPerDay": "400m", "fullAt": "2026-12-11T06:00:00Z"},
+                    "pods": {"growthPerDay": "-0.25"},
+                },
                 "missing": False,
             }
         ],
@@ -626,7 +647,11 @@ def test_status_takes_the_operators_fields_and_shows_them_in_columns(
         "lastAppliedChange": {"id": "c-0001", "approvedBy": "bob", "appliedAt": "2026-11-20T10:00:00Z"},
         "history": [{"at": "2026-11-20T10:00:00Z", "change": "c-0001", "hard": {"requests.cpu": "4"}}],
         "alerts": [{"namespace": "payments", "resource": "requests.cpu", "threshold": 80, "sentAt": "x"}],
-        "summary": {"namespaces": 1, "highestUtilization": "83% payments/requests.cpu"},
+        "summary": {
+            "namespaces": 1,
+            "highestUtilization": "83% payments/requests.cpu",
+            "soonestFull": "2026-12-11 payments/requests.cpu",
+        },
         "futureField": {"anything": ["goes"]},
     }
 
@@ -647,6 +672,7 @@ def test_status_takes_the_operators_fields_and_shows_them_in_columns(
     assert row["Phase"] == "PendingApproval"
     assert row["Pending"] == "c-1a2b"
     assert row["Utilization"] == "83% payments/requests.cpu"
+    assert row["Full"] == "2026-12-11 payments/requests.cpu"
 
 
 def test_spec_cannot_be_written_through_status(projects: Projects) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -164,6 +164,7 @@ def observed(
     partial: bool = False,
     claimed: Mapping[str, str] | None = None,
     extra: Mapping[str, Mapping[str, str]] | None = None,
+    daily: Mapping[tuple[str, str], Mapping[date, Decimal]] | None = None,
 ) -> Observed:
     quotas = quotas or {}
     return Observed(
@@ -176,6 +177,7 @@ def observed(
         history_error=history_error,
         history_partial=partial,
         extra_annotations=dict(extra or {}),
+        daily=dict(daily or {}),
     )
 
 
@@ -1118,3 +1120,33 @@ def test_governed_values_written_by_headroom_itself_are_trusted() -> None:
     result = plan(spec, body, observed({"ns": quota}))
     assert values(quota_in(result).hard)["requests.cpu"] == Decimal(3)
     assert "GovernedValuesRestored" not in reasons(result)
+
+
+# --------------------------------------------------------------------------------------------- forecasts
+
+
+def test_status_publishes_the_forecast_of_each_resource_against_the_governed_hard() -> None:
+    spec, body = project(quota={"resources": CPU_PODS})
+    # requests.cpu: 1 core on Mar 1, +250m a day; governed at 4 cores: 3 / 0.25 = 12 days after the
+    # first day ended (Mar 2 00:00 UTC): Mar 14 00:00. pods: flat at 6.
+    daily = {
+        ("ns", "requests.cpu"): {date(2026, 3, 1) + timedelta(days=i): D(1) + D("0.25") * i for i in range(10)},
+        ("ns", "pods"): {date(2026, 3, 1) + timedelta(days=i): D(6) for i in range(10)},
+    }
+    seen = observed({"ns": governed_rq(used=GOV_USED)}, daily=daily)
+    result = plan(spec, body, seen)
+    assert ns_entry(result)["forecast"] == {
+        "requests.cpu": {"growthPerDay": "250m", "fullAt": "2026-03-14T00:00:00Z"},
+        "pods": {"growthPerDay": "0"},
+    }
+    assert result.status["summary"]["soonestFull"] == "2026-03-14 ns/requests.cpu"
+    assert result.forecasts["ns"]["requests.cpu"].full_at == datetime(2026, 3, 14, tzinfo=UTC)
+    # The same days on a later reconcile of the same day: the same status (nothing to write).
+    assert plan(spec, body, seen, now=LATER).status["namespaces"] == result.status["namespaces"]
+
+
+def test_no_daily_peaks_no_forecast() -> None:
+    spec, body = project(quota={"resources": CPU_PODS})
+    result = plan(spec, body, observed({"ns": governed_rq(used=GOV_USED)}, peaks={("ns", "pods"): D(3)}))
+    assert "forecast" not in ns_entry(result)
+    assert "soonestFull" not in result.status["summary"]

@@ -135,7 +135,12 @@ def test_minimal_project_gets_defaults() -> None:
     )
     assert DEFAULT_RESOURCES == ("requests.cpu", "requests.memory", "limits.cpu", "limits.memory", "pods")
     assert project.alerts == AlertSettings(
-        thresholds=(80, 90, 100), hysteresis=5, cooldown=None, urgent_when_full=False, webhook_secret_ref=None
+        thresholds=(80, 90, 100),
+        hysteresis=5,
+        cooldown=None,
+        urgent_when_full=False,
+        webhook_secret_ref=None,
+        forecast_days=14,
     )
     assert project.defaults == LimitDefaults(requests={}, limits={})
     assert project.owner == Owner(team="payments")
@@ -182,8 +187,9 @@ def test_zero_headroom_is_allowed() -> None:
 
 def test_largest_settings_the_crd_allows() -> None:
     obj = with_field("spec.quota.headroomPercent", 1000)
-    obj["spec"]["alerts"] = {"hysteresis": 50, "thresholds": list(range(10, 101, 10))}
+    obj["spec"]["alerts"] = {"hysteresis": 50, "thresholds": list(range(10, 101, 10)), "forecastDays": 365}
     project = parse_project(obj)
+    assert project.alerts.forecast_days == 365
     assert project.quota.headroom_percent == 1000
     assert project.alerts.hysteresis == 50
     assert project.alerts.thresholds == (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
@@ -337,6 +343,7 @@ NOT_GOVERNABLE = "is not a resource Headroom can govern"
         ("spec.alerts.thresholds", ["80%"], r'spec.alerts.thresholds\[0\]: "80%" is not a whole number'),
         ("spec.alerts.hysteresis", -1, "spec.alerts.hysteresis: -1 must be between 0 and 50"),
         ("spec.alerts.hysteresis", 51, "spec.alerts.hysteresis: 51 must be between 0 and 50"),
+        ("spec.alerts.forecastDays", 0, "spec.alerts.forecastDays: 0 must be between 1 and 365"),
         ("spec.alerts.cooldown", "1 day", 'spec.alerts.cooldown: "1 day" is not a duration'),
         ("spec.alerts.cooldown", "0s", 'spec.alerts.cooldown: "0s" must be longer than zero'),
         ("spec.alerts.urgentWhenFull", "yes", 'spec.alerts.urgentWhenFull: "yes" is not true or false'),

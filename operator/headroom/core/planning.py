@@ -40,6 +40,7 @@ from headroom.core.changes import (
 from headroom.core.claims import Claim, judge_claim
 from headroom.core.conditions import condition, merge_conditions, rfc3339
 from headroom.core.derivation import Derivation, default_minimum, derive_namespace
+from headroom.core.forecast import Forecast, forecast
 from headroom.core.names import (
     APPLIED_CHANGE_ANNOTATION,
     FIELD_MANAGER,
@@ -257,6 +258,8 @@ class Plan:
     released: tuple[str, ...] = ()  # namespaces that left the Project: their quota stays as it is
     # namespace -> resource -> how its recommendation came about (what `headroom plan` shows)
     derivations: Mapping[str, Mapping[str, Derivation]] = field(default_factory=dict)
+    # namespace -> resource -> the trend of its daily peaks against its hard value (status .forecast)
+    forecasts: Mapping[str, Mapping[str, Forecast]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -340,6 +343,7 @@ def plan_project(
     for ns in spec.namespaces:
         _plan_namespace(work, ns)
     _decide_change(work)
+    forecasts = _forecasts(work)
     quotas, limitranges = _desired_objects(work)
     delete_in, released = _leaving(work)
     utilization = {
@@ -349,6 +353,7 @@ def plan_project(
         if r in work.used.get(name, {}) and (pct := utilization_percent(work.used[name][r], hard)) is not None
     }
     status = _status(work, utilization, released)
+    status["summary"].update(_soonest_full(forecasts))
     return Plan(
         quotas,
         limitranges,
@@ -360,6 +365,7 @@ def plan_project(
         work.governed,
         released,
         work.derivations,
+        forecasts,
     )
 
 
@@ -657,6 +663,37 @@ def terms_in_force(spec: ProjectSpec, body: Mapping[str, Any], settings: Setting
 
 def _bootstrap_value(derivation: Derivation, used: Values) -> Decimal:
     return max(derivation.recommended, used.get(derivation.resource, Decimal(0)))
+
+
+def _forecasts(work: _Pass) -> dict[str, dict[str, Forecast]]:
+    """Where the daily peaks of each namespace are heading, against the hard value that binds it (the
+    governed one; before it is governed, or in Observe mode, the one that would apply)."""
+    found: dict[str, dict[str, Forecast]] = {}
+    for name, derivations in work.derivations.items():
+        bound = work.governed.get(name) or work.recommended.get(name) or {}
+        offset = work.observed.day_offsets.get(name, timedelta(0))
+        mine = {
+            resource: trend
+            for resource in derivations
+            if (daily := work.observed.daily.get((name, resource)))
+            and (trend := forecast(daily, bound.get(resource), work.now, offset)) is not None
+        }
+        if mine:
+            found[name] = mine
+            work.entries[name]["forecast"] = {
+                resource: {
+                    "growthPerDay": format_quantity(trend.published_growth(resource), resource),
+                    **({"fullAt": rfc3339(trend.full_at)} if trend.full_at is not None else {}),
+                }
+                for resource, trend in sorted(mine.items())
+            }
+    return found
+
+
+def _soonest_full(forecasts: Mapping[str, Mapping[str, Forecast]]) -> dict[str, str]:
+    """summary.soonestFull (the printer column): the earliest date a trend reaches its quota."""
+    dates = sorted((f.full_at, ns, r) for ns, by in forecasts.items() for r, f in by.items() if f.full_at is not None)
+    return {"soonestFull": f"{dates[0][0].date().isoformat()} {dates[0][1]}/{dates[0][2]}"} if dates else {}
 
 
 def _status(work: _Pass, utilization: Mapping[tuple[str, str], Decimal], released: tuple[str, ...]) -> dict[str, Any]:

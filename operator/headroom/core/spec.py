@@ -69,6 +69,7 @@ DEFAULT_HEADROOM_PERCENT = 20
 DEFAULT_LOOKBACK = timedelta(days=30)
 DEFAULT_THRESHOLDS: tuple[int, ...] = (80, 90, 100)
 DEFAULT_HYSTERESIS = 5
+DEFAULT_FORECAST_DAYS = 14
 DEFAULT_SECRET_KEY = "url"
 ENFORCEMENT_MODES: tuple[str, ...] = ("Enforce", "Observe")
 
@@ -87,6 +88,7 @@ GOVERNABLE_RESOURCES: tuple[str, ...] = (
 DEFAULTABLE_RESOURCES: tuple[str, ...] = ("cpu", "memory", "ephemeral-storage")
 MAX_HEADROOM_PERCENT = 1000
 MAX_HYSTERESIS = 50
+MAX_FORECAST_DAYS = 365
 MAX_THRESHOLDS = 10
 
 _DURATION = re.compile(
@@ -153,6 +155,7 @@ class AlertSettings:
     cooldown: timedelta | None = None  # None: one business day
     urgent_when_full: bool = False
     webhook_secret_ref: SecretKeyRef | None = None
+    forecast_days: int = DEFAULT_FORECAST_DAYS  # a forecast full within this many days alerts the owners
 
 
 @dataclass(frozen=True)
@@ -459,7 +462,9 @@ def _secret_ref(raw: Any, path: str) -> SecretKeyRef | None:
 def _alerts(raw: Any) -> AlertSettings:
     path = "spec.alerts"
     section = _mapping(raw, path)
-    _no_unknown_fields(section, path, ("thresholds", "hysteresis", "cooldown", "urgentWhenFull", "webhookSecretRef"))
+    _no_unknown_fields(
+        section, path, ("thresholds", "hysteresis", "cooldown", "urgentWhenFull", "webhookSecretRef", "forecastDays")
+    )
     thresholds = DEFAULT_THRESHOLDS
     if section.get("thresholds") is not None:
         listed = _list(section["thresholds"], f"{path}.thresholds")
@@ -484,6 +489,9 @@ def _alerts(raw: Any) -> AlertSettings:
         cooldown=_positive_duration(section.get("cooldown"), f"{path}.cooldown"),
         urgent_when_full=_boolean(section.get("urgentWhenFull"), f"{path}.urgentWhenFull", False),
         webhook_secret_ref=_secret_ref(section.get("webhookSecretRef"), f"{path}.webhookSecretRef"),
+        forecast_days=_integer(
+            section.get("forecastDays"), f"{path}.forecastDays", DEFAULT_FORECAST_DAYS, 1, MAX_FORECAST_DAYS
+        ),
     )
 
 
