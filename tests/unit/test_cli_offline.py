@@ -343,3 +343,65 @@ def test_plan_table_shows_a_raw_byte_peak_in_the_unit_of_its_row() -> None:
         "3960m",
         "4000m",
     ]
+
+
+def test_plan_shows_when_a_growing_namespace_will_be_full(tmp_path: Path) -> None:
+    """A file history that climbs 400m a day: plan shows the trend and the date it reaches the quota."""
+    import json
+    from datetime import UTC, datetime, time, timedelta
+
+    project = tmp_path / "p.yaml"
+    project.write_text("""
+apiVersion: headroom.dev/v1alpha1
+kind: Project
+metadata: {name: web}
+spec:
+  owner: {team: web}
+  namespaces: [{name: web}]
+  quota: {resources: [requests.cpu]}
+""")
+    today = datetime.now(UTC).date()
+    first = today - timedelta(days=10)
+    lines = ["time,namespace,resource,value"]
+    for i in range(10):  # 1 core, 1.4, ... 4.6 at noon of each of the ten days before today
+        lines.append(f"{first + timedelta(days=i)}T12:00:00Z,web,requests.cpu,{1000 + 400 * i}m")
+    history = tmp_path / "h.csv"
+    history.write_text("\n".join(lines) + "\n")
+    shown = headroom("plan", "-f", str(project), "--history-source=file", f"--history-file={history}", "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    (row,) = json.loads(shown.stdout)
+    # A new Project is bound by its recommendation: 4.6 cores + 20 % = 5520m. The first day's peak
+    # stands at its end (first + 1 day, 00:00 UTC); 5.52 is reached (5.52 - 1) / 0.4 = 11.3 days later.
+    assert row["recommended"] == "5520m"
+    full = datetime.combine(first + timedelta(days=1), time(0), UTC) + timedelta(days=11, hours=7, minutes=12)
+    assert full.date() == today + timedelta(days=2)
+    assert row["forecast"].endswith(f"({full.date().isoformat()}) at +400m/day"), row["forecast"]
+    days = round((full - datetime.now(UTC)) / timedelta(days=1))  # 1 or 2, by the time of day
+    assert row["forecast"].startswith(f"full in ~{days} day"), row["forecast"]
+    table = headroom("plan", "-f", str(project), "--history-source=file", f"--history-file={history}")
+    assert "FORECAST" in table.stdout and f"({full.date().isoformat()}) at +400m/day" in table.stdout
+
+
+def test_status_shows_each_forecast_beside_its_resource(capsys: pytest.CaptureFixture[str]) -> None:
+    status = {
+        "phase": "Governed",
+        "namespaces": [
+            {
+                "name": "web",
+                "state": "Governed",
+                "hard": {"requests.cpu": "8", "pods": "20"},
+                "used": {"requests.cpu": "5", "pods": "6"},
+                "recommended": {"requests.cpu": "6", "pods": "10"},
+                "forecast": {
+                    "requests.cpu": {"growthPerDay": "400m", "fullAt": "2099-12-11T06:00:00Z", "days": 14},
+                    "pods": {"growthPerDay": "-0.25", "days": 14},
+                },
+            }
+        ],
+    }
+    cli._print_status("web", status, [])
+    out = capsys.readouterr().out
+    cpu = next(line for line in out.splitlines() if line.strip().startswith("requests.cpu "))
+    assert "full in ~" in cpu and "(2099-12-11) at +400m/day" in cpu
+    pods = next(line for line in out.splitlines() if line.strip().startswith("pods "))
+    assert pods.rstrip().endswith("shrinking at -0.25/day")

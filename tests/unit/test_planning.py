@@ -1136,8 +1136,8 @@ def test_status_publishes_the_forecast_of_each_resource_against_the_governed_har
     seen = observed({"ns": governed_rq(used=GOV_USED)}, daily=daily)
     result = plan(spec, body, seen)
     assert ns_entry(result)["forecast"] == {
-        "requests.cpu": {"growthPerDay": "250m", "fullAt": "2026-03-14T00:00:00Z"},
-        "pods": {"growthPerDay": "0"},
+        "requests.cpu": {"growthPerDay": "250m", "fullAt": "2026-03-14T00:00:00Z", "days": 9},
+        "pods": {"growthPerDay": "0", "days": 9},
     }
     assert result.status["summary"]["soonestFull"] == "2026-03-14 ns/requests.cpu"
     assert result.forecasts["ns"]["requests.cpu"].full_at == datetime(2026, 3, 14, tzinfo=UTC)

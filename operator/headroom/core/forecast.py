@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
 from functools import lru_cache
+from typing import Any
 
-from headroom.core.quantity import CONTEXT, MI, format_quantity, resource_kind
+from headroom.core.conditions import rfc3339
+from headroom.core.quantity import CONTEXT, MI, QuantityError, format_quantity, parse_quantity, resource_kind
 
 # Fewer days than this give a growth rate but no date: a week is the shortest history in which a
 # weekly rhythm (quiet weekends) does not pass for a trend.
@@ -52,6 +54,29 @@ class Forecast:
         """growthPerDay as published: to a unit a person reads (whole millicores, Mi, hundredths)."""
         with localcontext(CONTEXT):
             return self.growth_per_day.quantize(_GROWTH_STEP[resource_kind(resource)], rounding=ROUND_HALF_EVEN)
+
+
+def to_status(resource: str, trend: Forecast) -> dict[str, Any]:
+    """status.namespaces[].forecast[resource]: growthPerDay, fullAt (when there is a date), days."""
+    entry: dict[str, Any] = {"growthPerDay": format_quantity(trend.published_growth(resource), resource)}
+    if trend.full_at is not None:
+        entry["fullAt"] = rfc3339(trend.full_at)
+    entry["days"] = trend.days
+    return entry
+
+
+def from_status(entry: Any, hard: Decimal | None = None) -> Forecast | None:
+    """A published forecast read back (for `headroom status`); None when it is not one."""
+    if not isinstance(entry, Mapping):
+        return None
+    try:
+        growth = parse_quantity(str(entry["growthPerDay"]))
+        full_at = entry.get("fullAt")
+        moment = datetime.fromisoformat(str(full_at).replace("Z", "+00:00")) if full_at else None
+        days = int(entry.get("days", MIN_DAYS))
+    except (KeyError, ValueError, TypeError, QuantityError):
+        return None
+    return Forecast(growth, moment, days, hard)
 
 
 def day_end(day: date, offset: timedelta = timedelta(0)) -> datetime:
@@ -127,8 +152,8 @@ def describe(resource: str, forecast: Forecast, now: datetime) -> str:
         return f"full in ~{days} day{'s' if days != 1 else ''} ({forecast.full_at.date().isoformat()}) at {rate}"
     if forecast.growth_per_day <= 0:
         return "flat" if growth == 0 else f"shrinking at {rate}"
-    if forecast.hard is None:
-        return f"growing at {rate}"
     if forecast.days < MIN_DAYS:
         return f"growing at {rate} (a date after {MIN_DAYS} days of history; {forecast.days} so far)"
+    if forecast.hard is None:
+        return f"growing at {rate}"
     return f"growing at {rate}, not full within {MAX_AHEAD.days // 365} years"

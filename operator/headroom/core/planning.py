@@ -40,7 +40,7 @@ from headroom.core.changes import (
 from headroom.core.claims import Claim, judge_claim
 from headroom.core.conditions import condition, merge_conditions, rfc3339
 from headroom.core.derivation import Derivation, default_minimum, derive_namespace
-from headroom.core.forecast import Forecast, forecast
+from headroom.core.forecast import Forecast, forecast, to_status
 from headroom.core.names import (
     APPLIED_CHANGE_ANNOTATION,
     FIELD_MANAGER,
@@ -680,13 +680,7 @@ def _forecasts(work: _Pass) -> dict[str, dict[str, Forecast]]:
         }
         if mine:
             found[name] = mine
-            work.entries[name]["forecast"] = {
-                resource: {
-                    "growthPerDay": format_quantity(trend.published_growth(resource), resource),
-                    **({"fullAt": rfc3339(trend.full_at)} if trend.full_at is not None else {}),
-                }
-                for resource, trend in sorted(mine.items())
-            }
+            work.entries[name]["forecast"] = {resource: to_status(resource, t) for resource, t in sorted(mine.items())}
     return found
 
 

@@ -33,6 +33,8 @@ from typing import Any
 import yaml
 
 from headroom.core.changes import Terms, change_id, tighter_terms
+from headroom.core.forecast import describe as describe_forecast
+from headroom.core.forecast import from_status
 from headroom.core.history import DailyPeaks, HistoryResult, PeakQuery, decode
 from headroom.core.names import (
     APPROVED_BY_ANNOTATION,
@@ -700,7 +702,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forecast_text(entry: Mapping[str, Any], resource: str, now: datetime) -> str:
+    """A namespace's published forecast for people ("full in ~9 days (2026-12-11) at +400m/day"); "-" if none."""
+    hard_text = (entry.get("hard") or entry.get("recommended") or {}).get(resource)
+    try:
+        hard = parse_quantity(str(hard_text)) if hard_text is not None else None
+    except QuantityError:
+        hard = None
+    trend = from_status((entry.get("forecast") or {}).get(resource), hard)
+    return describe_forecast(resource, trend, now) if trend is not None else "-"
+
+
 def _print_status(project: str, status: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]]) -> None:
+    now = datetime.now(UTC)
     print(f"Project {project}: {status.get('phase', 'unknown')}")
     for ns in status.get("namespaces") or []:
         print(f"  {ns['name']} ({ns.get('state')})")
@@ -709,9 +723,13 @@ def _print_status(project: str, status: Mapping[str, Any], conditions: Sequence[
             hard, used, recommended = _together(
                 [(ns.get(k) or {}).get(resource) for k in ("hard", "used", "recommended")], resource
             )
-            rows.append({"resource": resource, "hard": hard, "used": used, "recommended": recommended})
+            trend = _forecast_text(ns, resource, now)
+            rows.append(
+                {"resource": resource, "hard": hard, "used": used, "recommended": recommended, "forecast": trend}
+            )
         if rows:
-            _table(rows, ["resource", "hard", "used", "recommended"], indent="    ")
+            columns = ["resource", "hard", "used", "recommended"]
+            _table(rows, [*columns, "forecast"] if any(r["forecast"] != "-" for r in rows) else columns, indent="    ")
     pending = status.get("pendingChange") or {}
     full = str(pending.get("id") or "")
     if full:
@@ -789,10 +807,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     elif args.output == "yaml":
         print(yaml.safe_dump(rows, sort_keys=False))
     else:
-        _table(
-            [_for_people(r) for r in rows],
-            ["project", "namespace", "resource", "peak", "headroom", "floor", "used", "recommended", "hard", "why"],
-        )
+        columns = ["project", "namespace", "resource", "peak", "headroom", "floor", "used", "recommended", "hard"]
+        if any(r["forecast"] != "-" for r in rows):
+            columns.append("forecast")  # only where history has days to make a trend of
+        _table([_for_people(r) for r in rows], [*columns, "why"])
     return 0
 
 
@@ -843,6 +861,7 @@ def _plan_rows(
                     "recommended": "-",
                     "hard": "-",
                     "why": f"{entries.get(ns, {}).get('state', '?')}: {entries.get(ns, {}).get('message', '')}",
+                    "forecast": "-",
                 }
             )
             continue
@@ -860,6 +879,9 @@ def _plan_rows(
                     "recommended": _fmt(d.recommended, resource),
                     "hard": _fmt(governed.get(resource), resource),
                     "why": d.reason + (f" (history: {history.error})" if history.error else ""),
+                    "forecast": describe_forecast(resource, trend, now)
+                    if (trend := plan.forecasts.get(ns, {}).get(resource))
+                    else "-",
                 }
             )
     return rows
