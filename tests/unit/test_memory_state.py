@@ -8,10 +8,12 @@ its managedFields that drift detection reads, and drift detection still names th
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
+from headroom.core.forecast import Forecast
 from headroom.core.names import FIELD_MANAGER, GOVERNED_ANNOTATION
 from headroom.core.planning import observe_quota
 from headroom.shell.metrics import Metrics
@@ -22,9 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 D = Decimal
 
 
-def plan(namespaces: dict[str, tuple[Decimal, Decimal]], pending: bool = False) -> Any:
+def plan(
+    namespaces: dict[str, tuple[Decimal, Decimal]], pending: bool = False, forecasts: dict[str, Any] | None = None
+) -> Any:
     """What observe_plan reads of a plan: per namespace, requests.cpu (hard, used)."""
     return SimpleNamespace(
+        forecasts=forecasts or {},
         utilization={(ns, "requests.cpu"): used * 100 / hard for ns, (hard, used) in namespaces.items()},
         governed={ns: {"requests.cpu": hard} for ns, (hard, _) in namespaces.items()},
         used={ns: {"requests.cpu": used} for ns, (_, used) in namespaces.items()},
@@ -68,6 +73,27 @@ def test_a_namespace_that_left_and_a_deleted_project_leave_no_series() -> None:
     assert {dict(labels).get("namespace") for _, labels in scraped(metrics)} == {"web", None}
     metrics.forget("shop")
     assert scraped(metrics) == {}
+
+
+def test_forecasts_are_scraped_and_leave_with_their_project() -> None:
+    metrics = Metrics()
+    full_at = datetime(2026, 12, 11, 6, 0, tzinfo=UTC)
+    forecasts = {
+        "web": {"requests.cpu": Forecast(D("0.4"), full_at, 14, D(8))},
+        "db": {"requests.cpu": Forecast(D("-0.25"), None, 14, D(2))},
+    }
+    metrics.observe_plan(
+        SimpleNamespace(name="shop"), plan({"web": (D(8), D(5)), "db": (D(2), D(1))}, False, forecasts)
+    )
+    seen = scraped(metrics)
+    web = {"project": "shop", "namespace": "web", "resource": "requests.cpu"}
+    db = {**web, "namespace": "db"}
+    assert seen[key("headroom_quota_growth_per_day", **web)] == 0.4
+    assert seen[key("headroom_quota_growth_per_day", **db)] == -0.25
+    assert seen[key("headroom_quota_forecast_full_timestamp_seconds", **web)] == full_at.timestamp()
+    assert key("headroom_quota_forecast_full_timestamp_seconds", **db) not in seen  # shrinking: no date
+    metrics.observe_plan(SimpleNamespace(name="shop"), plan({"web": (D(8), D(5))}))
+    assert not [k for k in scraped(metrics) if "growth" in k[0] or "forecast" in k[0]]
 
 
 def quota(*editors: dict[str, Any]) -> dict[str, Any]:

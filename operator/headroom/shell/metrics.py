@@ -74,7 +74,8 @@ _Row = tuple[str, str, float]  # namespace, resource, value
 
 
 class ProjectFigures(Collector):
-    """headroom_quota_utilization_percent, _hard, _used and headroom_pending_changes, made at scrape time.
+    """headroom_quota_utilization_percent, _hard, _used, headroom_pending_changes and the forecasts
+    (headroom_quota_growth_per_day, headroom_quota_forecast_full_timestamp_seconds), made at scrape time.
 
     A labelled Gauge keeps a child object (a lock, a value holder, its label tuple) per series: 16
     series a Project cost about 14 KiB, most of the operator's memory per Project. Here each
@@ -87,6 +88,8 @@ class ProjectFigures(Collector):
 
     def __init__(self) -> None:
         self._projects: dict[str, tuple[tuple[_Row, ...], tuple[_Row, ...], tuple[_Row, ...], bool]] = {}
+        # Forecasts: per Project, (growth rows, full-at rows); only Projects whose history has days.
+        self._forecasts: dict[str, tuple[tuple[_Row, ...], tuple[_Row, ...]]] = {}
 
     def put(self, project: str, plan: Plan) -> None:
         def rows(table: Iterator[tuple[str, str, SupportsFloat]]) -> tuple[_Row, ...]:
@@ -98,9 +101,18 @@ class ProjectFigures(Collector):
             rows((ns, r, v) for ns, values in plan.used.items() for r, v in values.items()),
             bool(plan.status.get("pendingChange")),
         )
+        trends = [(ns, r, f) for ns, by in plan.forecasts.items() for r, f in by.items()]
+        if trends:
+            self._forecasts[project] = (
+                rows((ns, r, f.growth_per_day) for ns, r, f in trends),
+                rows((ns, r, f.full_at.timestamp()) for ns, r, f in trends if f.full_at is not None),
+            )
+        else:
+            self._forecasts.pop(project, None)
 
     def forget(self, project: str) -> None:
         self._projects.pop(project, None)
+        self._forecasts.pop(project, None)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["project", "namespace", "resource"]
@@ -121,3 +133,23 @@ class ProjectFigures(Collector):
             pending.add_metric([project], 1 if is_pending else 0)
         yield from families
         yield pending
+        yield from self._collect_forecasts(labels)
+
+    def _collect_forecasts(self, labels: list[str]) -> Iterator[GaugeMetricFamily]:
+        growth = GaugeMetricFamily(
+            "headroom_quota_growth_per_day",
+            "Growth a day of the trend of daily peaks (Theil-Sen; cores, bytes or count; negative when shrinking)",
+            labels=labels,
+        )
+        full = GaugeMetricFamily(
+            "headroom_quota_forecast_full_timestamp_seconds",
+            "When the trend of daily peaks reaches the governed hard value (Unix time); absent when flat, "
+            "shrinking or fewer than 7 days are known",
+            labels=labels,
+        )
+        for project, tables in list(self._forecasts.items()):
+            for family, table in zip((growth, full), tables, strict=True):
+                for namespace, resource, value in table:
+                    family.add_metric([project, namespace, resource], value)
+        yield growth
+        yield full
