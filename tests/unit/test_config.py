@@ -31,7 +31,7 @@ def test_defaults() -> None:
     assert config.resync_interval == timedelta(minutes=5)
     assert config.prometheus_step == "5m"
     assert (config.metrics_port, config.health_port) == (8080, 8081)
-    assert (config.api_qps, config.api_burst) == (20.0, 40)
+    assert (config.api_qps, config.api_burst) == (50.0, 100)
     assert config.namespace == "headroom-system"
     assert config.lease_name == "headroom"
     assert not config.auto_approve_within_recommendation

@@ -194,3 +194,45 @@ def test_a_cancelled_waiter_does_not_hold_up_the_line(fake: FakeTime) -> None:
     order = grant_order(bucket, [0, 1, 2, 3], cancel={0, 2})
     assert order == [1, 3]
     assert fake.now - start == pytest.approx(2.0, abs=1e-3)  # no token spent on the cancelled ones
+
+
+# --- the adaptive rate (AIMD): the API server's pushback sets the pace, --api-qps only caps it
+
+
+def test_a_429_halves_the_rate_and_leaves_no_saved_burst(fake: FakeTime) -> None:
+    bucket = TokenBucket(rate=8.0, burst=8, clock=fake.clock)
+    bucket.throttled()
+    assert bucket.rate == 4.0
+    # No burst of 8 right after the refusal: one token, then 4 per second.
+    assert take_times(bucket, fake, 3) == [0, 0.25, 0.5]
+
+
+def test_refusals_of_one_burst_count_once_and_the_rate_never_drops_below_the_floor(fake: FakeTime) -> None:
+    bucket = TokenBucket(rate=40.0, burst=40, clock=fake.clock, floor=2.0)
+    for _ in range(10):  # ten writes refused together
+        bucket.throttled()
+    assert bucket.rate == 20.0
+    for _ in range(10):
+        fake.now += 1.0
+        bucket.throttled()
+    assert bucket.rate == 2.0
+
+
+def test_a_slow_answer_slows_down_like_a_429(fake: FakeTime) -> None:
+    bucket = TokenBucket(rate=10.0, burst=10, clock=fake.clock)
+    bucket.answered(kube_io.SLOW_WRITE_SECONDS + 0.5)
+    assert bucket.rate == 5.0
+
+
+def test_quick_answers_raise_the_rate_back_to_the_ceiling_and_not_beyond(fake: FakeTime) -> None:
+    bucket = TokenBucket(rate=50.0, burst=10, clock=fake.clock)
+    bucket.throttled()
+    assert bucket.rate == 25.0
+    rates = []
+    for _ in range(2000):
+        bucket.answered(0.02)
+        rates.append(bucket.rate)
+    assert rates == sorted(rates)  # only up
+    assert bucket.rate == 50.0
+    # Additive: the first 25 quick answers (one second at 25/s) add about RATE_INCREASE writes/s.
+    assert 25.0 + 1.5 < rates[24] < 25.0 + 2.5

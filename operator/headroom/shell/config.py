@@ -228,9 +228,12 @@ class OperatorConfig:
         tuple(sorted(DEFAULT_PROTECTED_NAMESPACES)),
     )
     api_qps: float = setting(
-        "--api-qps", "sustained writes per second to the API server", _number(float, 1e-3, what="> 0"), 20.0
+        "--api-qps",
+        "most writes per second to the API server (halved on 429 or slow answers, raised again as they succeed)",
+        _number(float, 1e-3, what="> 0"),
+        50.0,
     )
-    api_burst: int = setting("--api-burst", "burst of writes above --api-qps", _number(int, 1, what=">= 1"), 40)
+    api_burst: int = setting("--api-burst", "burst of writes above --api-qps", _number(int, 1, what=">= 1"), 100)
     leader_elect: bool = setting(
         "--leader-elect", "run several replicas with one active, elected on a Lease", _boolean, False, **_SWITCH
     )

@@ -2,7 +2,10 @@
 
 Reads never happen here: the operator learns the cluster's state from watch streams only. Every
 write waits for a token from a client-side rate limiter (QPS and burst), so that a burst of
-reconciles cannot become a burst of API requests. Every request has a timeout (a connection that
+reconciles cannot become a burst of API requests. The limiter's rate adapts (AIMD, like TCP's
+congestion window): halved when the API server answers 429 or slowly, raised again a little with
+every quick answer, never above --api-qps; the API server's own priority and fairness (manifests/
+apf.yaml) does the pacing, and Headroom follows it. Every request has a timeout (a connection that
 went silent without closing must not hold a write forever), and a 429 from an overloaded API server
 is retried here, after its Retry-After plus jitter, before the reconcile is failed.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import heapq
 import itertools
 import json
@@ -20,7 +24,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -58,6 +62,11 @@ UNREACHABLE_STATUSES = frozenset({0, 502, 503, 504})
 # (connect, read) seconds for one request. Writes take milliseconds; the read timeout leaves room for
 # an API server that queues requests under load (API Priority and Fairness) before answering.
 REQUEST_TIMEOUT = (10.0, 20.0)
+# A write answered slower than this means the API server is queueing us (APF) or is busy: slow down.
+SLOW_WRITE_SECONDS = 1.0
+# Additive increase: a quick answer raises the rate by this much divided by the rate, so that at full
+# speed the rate climbs by this many writes per second every second.
+RATE_INCREASE = 2.0
 THROTTLED_ATTEMPTS = 6  # tries of one write that keeps getting 429, before the reconcile fails
 # A kept-alive connection idle for longer may have died without a word (a NAT entry, a proxy); the
 # first write after a quiet spell opens a new one rather than wait out REQUEST_TIMEOUT on a dead one.
@@ -69,6 +78,10 @@ T = TypeVar("T")
 # Which write goes first when writes queue at the rate limiter: lower first. A reconcile sets the
 # priority of its Project; writes without one (Events posted on the side) queue behind them in order.
 WRITE_PRIORITY: contextvars.ContextVar[float] = contextvars.ContextVar("headroom_write_priority", default=math.inf)
+# Status writes and Events queue behind every quota and LimitRange write (onboarding and enforcement
+# first): a new Project's quota does not wait for the status of Projects seen before it.
+AFTER_ENFORCEMENT = 1e12
+_BOOKKEEPING = frozenset({"patch-project-status", "create-event"})
 
 
 @dataclass(order=True)
@@ -83,6 +96,10 @@ class _Ticket:
 class TokenBucket:
     """Client-side rate limit for writes: `rate` per second sustained, `burst` at once.
 
+    The rate adapts between `floor` and the configured `ceiling`: `throttled()` (a 429, or an answer
+    slower than SLOW_WRITE_SECONDS) halves it, at most once a second so that one burst of refusals
+    counts once, and leaves no saved-up burst; `answered()` of a quick write raises it additively.
+
     Waiting writes are served by priority, then in arrival order. With thousands of new Projects at
     once, first-come-first-served per *write* would interleave everyone's writes, so that every
     Project finished only near the end; served per *Project*, the first ones are done in seconds.
@@ -90,8 +107,13 @@ class TokenBucket:
     or not); the others sleep until they are served or handed the lock.
     """
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic, floor: float | None = None
+    ) -> None:
         self.rate, self.burst, self._clock = rate, burst, clock
+        self.ceiling = rate
+        self.floor = min(rate, floor if floor is not None else 1.0)
+        self._last_cut = -math.inf
         self._tokens = float(burst)
         self._stamp = clock()
         self._lock = asyncio.Lock()
@@ -102,6 +124,25 @@ class TokenBucket:
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
+
+    def throttled(self) -> None:
+        """The API server pushed back: halve the rate (multiplicative decrease)."""
+        now = self._clock()
+        if now - self._last_cut < 1.0:
+            return
+        self._last_cut = now
+        self._refill()
+        self.rate = max(self.floor, self.rate / 2)
+        self._tokens = min(self._tokens, 1.0)
+
+    def answered(self, seconds: float) -> None:
+        """A write succeeded in `seconds`: slow down if that was slow, else speed up a little."""
+        if seconds >= SLOW_WRITE_SECONDS:
+            self.throttled()
+            return
+        if self.rate < self.ceiling:
+            self._refill()
+            self.rate = min(self.ceiling, self.rate + RATE_INCREASE / self.rate)
 
     def _serve(self) -> None:
         while self._queue and self._tokens >= 1:
@@ -140,6 +181,16 @@ class TokenBucket:
             ticket.cancelled = True
             self._hand_over()
             raise
+
+
+def _timed(timing: list[float], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """fn(...) in the worker thread, its duration appended to `timing` (the API server's answer
+    time, without the wait for a free thread), whether it returned or raised."""
+    started = time.monotonic()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        timing.append(time.monotonic() - started)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -265,19 +316,35 @@ class KubeWriter:
     async def _call(self, kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         delays = backoff_delays(base=1.0, cap=10.0)
         for attempt in range(1, THROTTLED_ATTEMPTS + 1):
-            await self.limiter.take(WRITE_PRIORITY.get())
+            await self.limiter.take(WRITE_PRIORITY.get() + (AFTER_ENFORCEMENT if kind in _BOOKKEEPING else 0))
             self.writes.add(kind)
             self._fresh_connections_after_idle()
+            timing: list[float] = []
             try:
-                return await asyncio.to_thread(fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+                result: T = await asyncio.to_thread(
+                    functools.partial(_timed, timing, fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+                )
             except ApiException as exc:
+                if exc.status == 429:
+                    self.limiter.throttled()
+                elif timing:
+                    self.limiter.answered(timing[0])
                 if exc.status != 429 or attempt == THROTTLED_ATTEMPTS:
                     raise
                 # Throttled: wait at least what the server asks, plus jitter so that the writes
                 # refused together do not come back together.
                 delay = retry_after(exc) + next(delays)
-                log.info("%s throttled by the API server (429); retrying in %.1fs", kind, delay)
+                log.info(
+                    "%s throttled by the API server (429); retrying in %.1fs, writes now at most %.1f/s",
+                    kind,
+                    delay,
+                    self.limiter.rate,
+                )
                 await asyncio.sleep(delay)
+            else:
+                if timing:
+                    self.limiter.answered(timing[0])
+                return result
         raise AssertionError("unreachable")
 
     async def apply_quota(self, project: Mapping[str, Any], desired: DesiredQuota) -> None:
@@ -365,11 +432,25 @@ async def retrying(action: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
     raise AssertionError("unreachable")
 
 
-async def list_plain(fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    """A LIST's items as plain dicts, parsed straight from the JSON: the client's model objects for
-    thousands of items would cost several times the memory, and the store keeps dicts anyway."""
-    response = await asyncio.to_thread(fn, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-    try:
-        return list(json.loads(response.data).get("items") or [])
-    finally:
-        response.release_conn()
+# Items per page of a start-up LIST: the API server serves it in chunks (as kubectl does), so the
+# operator never holds more than one page of raw JSON and parsed items on top of what it keeps.
+LIST_PAGE = 500
+
+
+async def list_pages(fn: Any, limit: int = LIST_PAGE, **kwargs: Any) -> AsyncIterator[list[dict[str, Any]]]:
+    """A LIST, page by page (limit/continue), each page's items as plain dicts."""
+    token: str | None = None
+    while True:
+        extra = {"_continue": token} if token else {}
+        response = await asyncio.to_thread(
+            fn, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, limit=limit, **extra, **kwargs
+        )
+        try:
+            body = json.loads(response.data)
+        finally:
+            response.release_conn()
+        yield list(body.get("items") or [])
+        token = (body.get("metadata") or {}).get("continue") or None
+        del body
+        if not token:
+            return
