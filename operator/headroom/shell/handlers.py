@@ -25,6 +25,7 @@ from headroom.core.names import (
     VERSION,
 )
 from headroom.shell.backoff import backoff_delays
+from headroom.shell.kube import LIST_PAGE
 from headroom.shell.store import plain
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ def _owned(body: Mapping[str, Any], name: str) -> bool:
     return meta.get("name") == name and (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
 
 
+KOPF_WORKER_LIMIT = 64  # Kopf's per-object workers running at once (see startup)
+
+
 def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: asyncio.Event | None = None) -> None:
     store = runtime.store
     tasks: list[asyncio.Task[None]] = []
@@ -103,6 +107,13 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         # the Store needs and return, so a worker has nothing to wait for; a later event of the
         # same object just starts a new one.
         settings.queueing.idle_timeout = 0.5
+        # And at most this many of those workers at once: a start-up list of thousands of objects
+        # otherwise starts thousands of tasks together, each with its frame and its body; the rest
+        # wait in Kopf's queue, holding only their raw event, and are done in milliseconds each.
+        settings.queueing.worker_limit = KOPF_WORKER_LIMIT
+        # Kopf's start-up LISTs in pages too (it lets go of each page before it reads the next), like
+        # the Store's own (list_pages): at thousands of Projects a whole list at once is the peak.
+        settings.watching.chunk_size = LIST_PAGE
         # One active replica is ensured by the Lease (leader.py), not by Kopf's peering.
         settings.peering.standalone = True
         tasks.append(asyncio.create_task(runtime.prime_with_retry()))

@@ -36,7 +36,7 @@ from headroom.shell.config import OperatorConfig
 from headroom.shell.handlers import register
 from headroom.shell.history import history_source
 from headroom.shell.history.cache import HistoryCache
-from headroom.shell.kube import KubeWriter, api_client, list_plain
+from headroom.shell.kube import KubeWriter, api_client, list_pages
 from headroom.shell.leader import LeaderElector
 from headroom.shell.metrics import Metrics
 from headroom.shell.reconcile import Reconciler
@@ -103,22 +103,24 @@ class Runtime:
         watches only.
         """
         core = self.reconciler.writer.core
-        quotas = await list_plain(core.list_resource_quota_for_all_namespaces, label_selector=MANAGED_SELECTOR)
-        limitranges = await list_plain(core.list_limit_range_for_all_namespaces, label_selector=MANAGED_SELECTOR)
-        namespaces = await list_plain(core.list_namespace)
-        for item in quotas:
-            if item["metadata"].get("name") == QUOTA_NAME:
-                self.store.quotas[item["metadata"]["namespace"]] = item
-        for item in limitranges:
-            if item["metadata"].get("name") == LIMITRANGE_NAME:
-                self.store.limitranges[item["metadata"]["namespace"]] = plain(item, keep_managed_fields=False)
-        for item in namespaces:
-            meta = item["metadata"]
-            if not meta.get("deletionTimestamp"):
-                self.store.namespaces.add(meta["name"])
-                label = (meta.get("labels") or {}).get(PROJECT_LABEL)
-                if label is not None:
-                    self.store.namespace_labels[meta["name"]] = label
+        # Page by page: at thousands of namespaces the whole lists at once, on top of the same lists
+        # Kopf's watches are reading at start-up, were the operator's high-water mark.
+        async for page in list_pages(core.list_resource_quota_for_all_namespaces, label_selector=MANAGED_SELECTOR):
+            for item in page:
+                if item["metadata"].get("name") == QUOTA_NAME:
+                    self.store.quotas[item["metadata"]["namespace"]] = item
+        async for page in list_pages(core.list_limit_range_for_all_namespaces, label_selector=MANAGED_SELECTOR):
+            for item in page:
+                if item["metadata"].get("name") == LIMITRANGE_NAME:
+                    self.store.limitranges[item["metadata"]["namespace"]] = plain(item, keep_managed_fields=False)
+        async for page in list_pages(core.list_namespace):
+            for item in page:
+                meta = item["metadata"]
+                if not meta.get("deletionTimestamp"):
+                    self.store.namespaces.add(meta["name"])
+                    label = (meta.get("labels") or {}).get(PROJECT_LABEL)
+                    if label is not None:
+                        self.store.namespace_labels[meta["name"]] = label
         self.primed.set()
         for name in list(self.store.projects):
             self.reconciler.schedule(name)

@@ -85,6 +85,9 @@ class Reconciler:
     alerts: AlertHook | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     min_interval: float = 1.0  # seconds between two reconciles of one Project (coalescing)
+    # ... and while one of its namespaces waits for the quota controller's first count: the event of
+    # that count is what turns the counting quota into the governed one, so it is not held back.
+    counting_interval: float = 0.05
     _dirty: set[str] = field(default_factory=set)
     _workers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _later: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
@@ -93,6 +96,7 @@ class Reconciler:
     # so that a burst of new Projects is onboarded one after the other, not all of them at the end.
     _order: dict[str, int] = field(default_factory=dict)
     _seen: Iterator[int] = field(default_factory=itertools.count)
+    _counting: set[str] = field(default_factory=set)  # Projects with a namespace still counting
 
     # --- scheduling
 
@@ -161,7 +165,7 @@ class Reconciler:
                 await self._backoff(name, delay, failed)
                 self._dirty.add(name)
             # Coalesce: events that arrive during this pause are handled by one more pass.
-            await asyncio.sleep(self.min_interval)
+            await asyncio.sleep(self.counting_interval if name in self._counting else self.min_interval)
         self._workers.pop(name, None)
 
     async def shutdown(self) -> None:
@@ -179,6 +183,7 @@ class Reconciler:
         if body is None:
             self.metrics.forget(name)
             self._order.pop(name, None)
+            self._counting.discard(name)
             return  # deleted: garbage collection removes the quotas it owned
         now = self.clock()
         try:
@@ -192,6 +197,10 @@ class Reconciler:
         )
         observed = self._observe(spec, body, history, now)
         plan = plan_project(spec, body, observed, self.settings, now)
+        if any(q.annotations.get(STATE_ANNOTATION) == COUNTING for q in plan.quotas):
+            self._counting.add(name)
+        else:
+            self._counting.discard(name)
         applying = any(event.reason == "ChangeApplied" for event in plan.events)
         if applying:
             await async_failpoint("approved-change-before-write")
