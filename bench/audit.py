@@ -166,10 +166,13 @@ class AuditLog:
         with self._lock:
             return [r for r in self.requests if r.actor == actor and start <= r.at < end]
 
-    def last_request(self, actor: str, include_watch: bool = False) -> float | None:
+    def last_request(
+        self, actor: str, include_watch: bool = False, exclude: frozenset[str] = frozenset()
+    ) -> float | None:
+        """The moment of `actor`'s last request, watches and the resources in `exclude` aside."""
         with self._lock:
             for r in reversed(self.requests):
-                if r.actor == actor and (include_watch or r.verb != "watch"):
+                if r.actor == actor and (include_watch or r.verb != "watch") and r.resource not in exclude:
                     return r.at
         return None
 

@@ -25,6 +25,7 @@ def _get(data: Any, path: str) -> Any:
 
 
 # (label, path under headroom, path under baseline, unit). The ratio is Headroom's / the baseline's.
+# The competent cron job's column reads the baseline's path under baseline.competent (steady state).
 ROWS: list[tuple[str, str, str, str]] = [
     ("convergence p50", "convergence.p50_s", "convergence.p50_s", "s"),
     ("convergence p95", "convergence.p95_s", "convergence.p95_s", "s"),
@@ -57,6 +58,18 @@ ROWS: list[tuple[str, str, str, str]] = [
     ),
     ("steady state: LIST calls", "steady.requests.lists", "steady.requests.lists", ""),
     (
+        "steady state: bytes served per project per hour (API server)",
+        "steady.apiserver.bytes_per_project_per_hour",
+        "steady.apiserver.bytes_per_project_per_hour",
+        "B",
+    ),
+    (
+        "steady state: API server CPU per hour",
+        "steady.apiserver.cpu_s_per_hour",
+        "steady.apiserver.cpu_s_per_hour",
+        "s",
+    ),
+    (
         "steady state: peak requests in one second",
         "steady.requests.peak_per_second",
         "steady.requests.peak_per_second",
@@ -64,7 +77,14 @@ ROWS: list[tuple[str, str, str, str]] = [
     ),
     ("usage reads per cycle", "history.max_queries_per_cycle", "reads_per_cycle", ""),
     ("RSS after steady state", "steady.process.end.rss_mib", "steady.process.end.rss_mib", "MiB"),
-    ("peak RSS (VmHWM)", "steady.process.end.hwm_mib", "steady.process.end.hwm_mib", "MiB"),
+    ("peak RSS (VmHWM) up to the steady state", "steady.process.end.hwm_mib", "steady.process.end.hwm_mib", "MiB"),
+    ("peak RSS of a restart (VmHWM)", "restart.process.hwm_mib", "", "MiB"),
+    ("one new Project among N steady: p50", "single_project.p50_s", "", "s"),
+    ("one new Project among N steady: p99", "single_project.p99_s", "", "s"),
+    ("one new Project during derivation cycles: p99", "history.single_project.p99_s", "", "s"),
+    ("sampler (default source): writes per project per day", "sampler.steady.writes_per_project_per_day", "", ""),
+    ("sampler: writes on its first start over governed quotas", "sampler.first_start.requests.writes", "", ""),
+    ("leader election (2 replicas): requests per hour", "sampler.leader_election.requests_per_hour", "", ""),
     ("CPU during convergence", "convergence.process.cpu_s", "convergence.process.cpu_s", "s"),
     ("CPU per hour of steady state", "steady.process.cpu_s_per_hour", "steady.process.cpu_s_per_hour", "s"),
 ]
@@ -80,7 +100,7 @@ def add_ratios(size: dict[str, Any]) -> None:
     h, b = size.get("headroom"), size.get("baseline")
     if not h or not b:
         return
-    size["ratios"] = {label.strip(): _ratio(_get(h, hp), _get(b, bp)) for label, hp, bp, _ in ROWS}
+    size["ratios"] = {label.strip(): _ratio(_get(h, hp), _get(b, bp)) for label, hp, bp, _ in ROWS if bp}
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -111,6 +131,8 @@ def _breakdown(size: dict[str, Any]) -> list[str]:
         ("Headroom start-up", "headroom", "startup"),
         ("baseline convergence", "baseline", "convergence.requests"),
         ("baseline steady", "baseline", "steady.requests"),
+        ("competent steady", "baseline", "competent.steady.requests"),
+        ("Headroom sampler + election steady", "headroom", "sampler.steady.requests"),
     ]
     data = [(title, _get(size.get(who) or {}, path + ".by_verb_resource") or {}) for title, who, path in columns]
     keys = sorted({k for _, counts in data for k in counts})
@@ -138,12 +160,19 @@ def render_size(size: dict[str, Any]) -> list[str]:
         f"Headroom revision {size.get('revision', '?')}; "
         f"load average {size.get('loadavg_start')} → {size.get('loadavg_end')}."
     )
-    lines += ["", "| | Headroom | baseline | Headroom ÷ baseline |", "|---|---:|---:|---:|"]
+    competent = b.get("competent") or {}
+    lines += [
+        "",
+        "| | Headroom | naive script | Headroom ÷ naive | competent cron job (steady) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     ratios = size.get("ratios") or {}
     for label, hp, bp, unit in ROWS:
+        steady_path = bp.startswith("steady.") and bp
         lines.append(
-            f"| {label} | {_fmt(_get(h, hp), unit)} | {_fmt(_get(b, bp), unit)} | "
-            f"{_ratio_text(ratios.get(label.strip()))} |"
+            f"| {label} | {_fmt(_get(h, hp), unit)} | {_fmt(_get(b, bp) if bp else None, unit)} | "
+            f"{_ratio_text(ratios.get(label.strip()))} | "
+            f"{_fmt(_get(competent, steady_path) if steady_path else None, unit)} |"
         )
     restart = _get(h, "restart.requests") or {}
     lines.append(f"| restart over governed quotas: writes | {_fmt(restart.get('writes'))} | n/a | |")
@@ -202,6 +231,17 @@ def render_size(size: dict[str, Any]) -> list[str]:
             f"{hist.get('cpu_s_after_startup')} s of CPU in the {hist.get('seconds_after_startup')} s "
             "after the start-up reconciles."
         )
+    election = _get(h, "sampler.leader_election") or {}
+    if election:
+        notes.append(
+            f"Leader election (`--leader-elect`, a leader and a standby): {election.get('requests_per_hour')} "
+            f"requests an hour ({election.get('by_verb')}), beside the watches; not in the steady-state rows."
+        )
+    for who, path in (("naive", "steady.apiserver"), ("competent", "competent.steady.apiserver")):
+        served = _get(b, path) or {}
+        if served.get("bytes_by_request"):
+            top = ", ".join(f"`{k}` {_fmt(v / 2**20, 'MiB')}" for k, v in list(served["bytes_by_request"].items())[:3])
+            notes.append(f"API server bytes in the {who} baseline's steady state, largest: {top}.")
     if b:
         ticks = [t for t in b.get("tick_seconds") or [] if t is not None]
         if ticks:
@@ -230,23 +270,40 @@ def render(results: dict[str, Any]) -> str:
     good = [s for s in sizes if "error" not in s]
     if good:
         lines += [
-            "| N | convergence p50 / p99 (s), Headroom | baseline | steady requests/project/hour, "
-            "Headroom | baseline | steady writes, Headroom | restart writes | history queries/cycle | "
-            "RSS MiB, Headroom | baseline |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| N | RSS MiB: steady / restart peak | one new Project p99 (s): steady / in a cycle | bulk p50 / p99 (s): "
+            "Headroom | naive | writes per new Project | steady requests/project/hour: Headroom | naive | "
+            "competent | steady KiB served/project/hour: Headroom | naive | competent | sampler writes/project/day |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for s in good:
             h, b = s.get("headroom") or {}, s.get("baseline") or {}
+            c = b.get("competent") or {}
+
+            def kib(value: Any) -> str:
+                return _fmt(value / 1024 if isinstance(value, int | float) else None)
+
             lines.append(
-                f"| {s['n']:,} | {_fmt(_get(h, 'convergence.p50_s'))} / {_fmt(_get(h, 'convergence.p99_s'))} "
+                f"| {s['n']:,} | {_fmt(_get(h, 'steady.process.end.rss_mib'))} / "
+                f"{_fmt(_get(h, 'restart.process.hwm_mib'))} "
+                f"| {_fmt(_get(h, 'single_project.p99_s'))} / {_fmt(_get(h, 'history.single_project.p99_s'))} "
+                f"| {_fmt(_get(h, 'convergence.p50_s'))} / {_fmt(_get(h, 'convergence.p99_s'))} "
                 f"| {_fmt(_get(b, 'convergence.p50_s'))} / {_fmt(_get(b, 'convergence.p99_s'))} "
+                f"| {_fmt(_get(h, 'convergence.requests.writes_per_project'))} "
                 f"| {_fmt(_get(h, 'steady.requests.per_project_per_hour'))} "
                 f"| {_fmt(_get(b, 'steady.requests.per_project_per_hour'))} "
-                f"| {_fmt(_get(h, 'steady.requests.writes'))} | {_fmt(_get(h, 'restart.requests.writes'))} "
-                f"| {_fmt(_get(h, 'history.max_queries_per_cycle'))} "
-                f"| {_fmt(_get(h, 'steady.process.end.rss_mib'))} | {_fmt(_get(b, 'steady.process.end.rss_mib'))} |"
+                f"| {_fmt(_get(c, 'steady.requests.per_project_per_hour'))} "
+                f"| {kib(_get(h, 'steady.apiserver.bytes_per_project_per_hour'))} "
+                f"| {kib(_get(b, 'steady.apiserver.bytes_per_project_per_hour'))} "
+                f"| {kib(_get(c, 'steady.apiserver.bytes_per_project_per_hour'))} "
+                f"| {_fmt(_get(h, 'sampler.steady.writes_per_project_per_day'))} |"
             )
-        lines.append("")
+        loads = ", ".join(f"N = {s['n']:,}: {s.get('loadavg_start')} → {s.get('loadavg_end')}" for s in good)
+        lines += [
+            "",
+            "The machine's 2 CPUs were shared with other work during the runs; load averages (1, 5, 15 min) "
+            f"at the start and end of each size: {loads}.",
+            "",
+        ]
     for size in sizes:
         lines += render_size(size)
     return "\n".join(lines) + "\n"

@@ -7,9 +7,17 @@ Headroom's ServiceAccount and of the baseline's:
 2. Headroom (`headroom run` as its ServiceAccount, file history): the N Projects are created, and a
    WATCH from the benchmark times each one until its quota is governed; then a steady state where
    nothing changes; then a restart over quotas that are already right; then one phase with a fake
-   Prometheus that counts the history queries of each derivation cycle;
+   Prometheus that counts the history queries of each derivation cycle. One new Project at a time
+   (`--singles` of them) is timed from its creation to its governed quota twice: after the steady
+   state, and while the derivation cycles of the fake Prometheus phase reconcile every Project;
+   then a phase with the default history source (the sampler) and `--leader-elect`, a standby
+   replica beside the leader, that counts the sampler's bookkeeping writes and the Lease requests;
 3. the baseline (bench/baseline.py, its own ServiceAccount): the same namespaces are labelled for
-   it, timed until each has its quota, then the same steady state.
+   it, timed until each has its quota, then the same steady state; then the competent cron job
+   (one LIST of all pods per run, writes on change) in its steady state.
+
+Beside the audit log's request counts, the API server's own /metrics give the bytes it served and
+its CPU seconds in each steady state (bench/apimetrics.py).
 
 Results: bench/results/<timestamp>.json, latest.json and latest.md. The method: docs/benchmark.md.
 """
@@ -36,7 +44,7 @@ import kubernetes
 from headroom.core.quantity import parse_quantity
 from headroom.core.spec import parse_duration
 
-from bench import workload
+from bench import apimetrics, workload
 from bench.audit import BASELINE_NAMESPACE, AuditLog, tally, writes_per_project
 from bench.fakeprom import FakePrometheus, cycles
 from bench.procstats import Sample, cpu_between, sample
@@ -67,6 +75,38 @@ def percentile(values: list[float], p: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * p // 100))
     return round(ordered[int(rank) - 1], 3)
+
+
+def rss_peak(size: dict[str, Any]) -> float | None:
+    """The larger of the RSS after the steady state and the high-water mark of a restart."""
+    h = size.get("headroom") or {}
+    values = [
+        v
+        for v in (
+            ((h.get("steady") or {}).get("process") or {}).get("end", {}).get("rss_mib"),
+            ((h.get("restart") or {}).get("process") or {}).get("hwm_mib"),
+        )
+        if isinstance(v, int | float)
+    ]
+    return max(values) if values else None
+
+
+def headline(size: dict[str, Any]) -> None:
+    """The keys every size carries at its top level (bench/results/latest.json)."""
+    h = size.get("headroom") or {}
+    size["rss_mib"] = rss_peak(size)
+    size["rss_steady_mib"] = ((h.get("steady") or {}).get("process") or {}).get("end", {}).get("rss_mib")
+    size["rss_restart_peak_mib"] = ((h.get("restart") or {}).get("process") or {}).get("hwm_mib")
+    singles = [
+        x
+        for x in (
+            (h.get("single_project") or {}).get("p99_s"),
+            ((h.get("history") or {}).get("single_project") or {}).get("p99_s"),
+        )
+        if isinstance(x, int | float)
+    ]
+    size["single_project_p99_s"] = max(singles) if singles else None
+    size["writes_per_new_project"] = ((h.get("convergence") or {}).get("requests") or {}).get("writes_per_project")
 
 
 def latency_summary(sent: dict[str, float], seen: dict[str, tuple[float, Any]]) -> dict[str, Any]:
@@ -143,11 +183,20 @@ class Bench:
             time.sleep(0.5)
         return False
 
-    def wait_quiet(self, audit: AuditLog, actor: str, since: float, quiet: float, timeout: float) -> tuple[float, bool]:
-        """Until `actor` has made no request (watches aside) for `quiet` seconds; (moment, reached)."""
+    def wait_quiet(
+        self,
+        audit: AuditLog,
+        actor: str,
+        since: float,
+        quiet: float,
+        timeout: float,
+        exclude: frozenset[str] = frozenset(),
+    ) -> tuple[float, bool]:
+        """Until `actor` has made no request (watches and `exclude` aside) for `quiet` seconds;
+        (moment, reached)."""
         deadline = time.monotonic() + timeout
         while True:
-            last = max(audit.last_request(actor) or since, since)
+            last = max(audit.last_request(actor, exclude=exclude) or since, since)
             if time.time() - last >= quiet:
                 return time.time(), True
             if time.monotonic() > deadline:
@@ -178,8 +227,10 @@ class Bench:
             result["kubernetes"] = plane.version()
             self.install(cluster, admin)
             log(f"N={n}: setup: {n} namespaces with {args.pods} Pending pods each (not measured)")
-            setup_seconds = workload.create_namespaces(admin, n, args.pods, workdir.name, args.workers, log)
-            history = workload.write_history(workdir / "history.csv", n, args.history_days)
+            # N namespaces for the Projects, and 2 x --singles more for the ones created one at a time.
+            total = n + 2 * args.singles
+            setup_seconds = workload.create_namespaces(admin, total, args.pods, workdir.name, args.workers, log)
+            history = workload.write_history(workdir / "history.csv", total, args.history_days)
             result["setup"] = {"seconds": round(setup_seconds, 1), "history_rows": n * 5 * args.history_days}
             if args.only in ("both", "headroom"):
                 result["headroom"] = self.headroom(n, cluster, admin, audit, history, workdir)
@@ -187,6 +238,7 @@ class Bench:
                 result["baseline"] = self.baseline(n, cluster, admin, audit, workdir)
             audit.sync()
             result["audit_records"] = len(audit.requests)
+            headline(result)
             result["audit_malformed_lines"] = audit.malformed
         finally:
             audit.stop()
@@ -281,7 +333,12 @@ class Bench:
             )
 
             # Steady state: nothing changes.
-            out["steady"] = self.steady("headroom", op.pid, audit, n, lambda: op.counters("headroom_"))
+            out["steady"] = self.steady("headroom", op.pid, audit, n, lambda: op.counters("headroom_"), admin)
+
+            # One new Project at a time while N are steady: from its creation to its governed quota.
+            out["single_project"] = guarded(
+                "single Projects", lambda: self.singles(admin, watcher, range(n, n + args.singles), args.single_gap)
+            )
 
             # Restart over quotas that are already right.
             op.stop()
@@ -304,7 +361,8 @@ class Bench:
             )
             op.stop()
 
-            out["history"] = self.history_phase(n, cluster, audit, workdir)
+            out["history"] = self.history_phase(n, cluster, audit, workdir, admin, watcher)
+            out["sampler"] = guarded("sampler phase", lambda: self.sampler_phase(n, cluster, audit, workdir, admin))
             out["events_by_reason"] = events_by_reason(admin)
         finally:
             op.stop()
@@ -332,8 +390,15 @@ class Bench:
         return {"count": len(wrong), "examples": wrong[:5]}
 
     def steady(
-        self, actor: str, pid: int, audit: AuditLog, n: int, counters: Callable[[], dict[str, float]] | None = None
+        self,
+        actor: str,
+        pid: int,
+        audit: AuditLog,
+        n: int,
+        counters: Callable[[], dict[str, float]] | None = None,
+        admin: kubernetes.client.ApiClient | None = None,
     ) -> dict[str, Any]:
+        server_before = apimetrics.scrape(admin) if admin else None
         t0 = time.time()
         first = sample(pid)
         metrics_before = counters() if counters else {}
@@ -341,6 +406,7 @@ class Bench:
         t1 = time.time()
         last = sample(pid)
         metrics_after = counters() if counters else {}
+        server_after = apimetrics.scrape(admin) if admin else None
         audit.sync()
         cpu = cpu_between(first, last)
         out: dict[str, Any] = {
@@ -351,6 +417,7 @@ class Bench:
                 "cpu_s": cpu,
                 "cpu_s_per_hour": round(cpu * 3600 / (t1 - t0), 2) if cpu is not None else None,
             },
+            "apiserver": apimetrics.between(server_before, server_after, t1 - t0, n),
         }
         if counters:
             out["metric_deltas"] = {
@@ -365,8 +432,115 @@ class Bench:
         )
         return out
 
-    def history_phase(self, n: int, cluster: Cluster, audit: AuditLog, workdir: Path) -> dict[str, Any]:
-        """History queries per derivation cycle, counted by a fake Prometheus."""
+    def singles(self, admin: kubernetes.client.ApiClient, watcher: Any, indices: range, gap: float) -> dict[str, Any]:
+        """Create one Project every `gap` seconds (not waiting for the one before) and time each
+        until its quota is governed: the wait of a team onboarding while the rest is busy."""
+        custom = kubernetes.client.CustomObjectsApi(admin)
+        sent: dict[str, float] = {}
+        for index in indices:
+            body = workload.project_body(index)
+            sent[workload.name_of(index)] = time.time()
+            workload.retrying(
+                lambda body=body: custom.create_cluster_custom_object(
+                    "headroom.dev", "v1alpha1", "projects", body, _request_timeout=60
+                ),
+                f"project {workload.name_of(index)}",
+            )
+            time.sleep(gap)
+        done = watcher.wait_for(set(sent), 120, log)
+        result = latency_summary(sent, watcher.first)
+        result["all_converged"] = done
+        result["gap_s"] = gap
+        result["latencies_s"] = sorted(round(watcher.first[k][0] - t, 3) for k, t in sent.items() if k in watcher.first)
+        result["sent_at"] = {k: round(t, 3) for k, t in sent.items()}
+        log(f"single Projects: p50 {result['p50_s']}s p99 {result['p99_s']}s max {result['max_s']}s")
+        return result
+
+    def sampler_phase(
+        self, n: int, cluster: Cluster, audit: AuditLog, workdir: Path, admin: kubernetes.client.ApiClient
+    ) -> dict[str, Any]:
+        """The configuration users get: the sampler history source, with leader election and a
+        standby replica. Counts the sampler's writes (its first day on quotas governed before, then
+        its steady state) and the Lease requests of both replicas."""
+        args = self.args
+        flags = [
+            "--history-source=sampler",
+            "--leader-elect",
+            "--mode=enforce",
+            f"--resync-interval={args.resync}",
+            *args.operator_arg,
+        ]
+        leader = BenchOperator(cluster, workdir / "operator-sampler", args=flags)
+        standby = BenchOperator(cluster, workdir / "operator-standby", args=flags)
+        out: dict[str, Any] = {"flags": flags}
+        try:
+            t0 = time.time()
+            leader.start()
+            self.wait_ready(leader, audit, t0)
+            standby.start()  # starts after the leader holds the Lease: it waits as the standby
+            reconciled = self.wait_reconciled(leader, n, 120 + 0.5 * n)
+            # The Lease's renewals and the standby's polls never stop: they are counted apart.
+            t_quiet, quiet = self.wait_quiet(
+                audit, "headroom", t0, self.quiet(n), 120 + 0.2 * n, exclude=frozenset({"leases"})
+            )
+            audit.sync()
+            first = audit.select("headroom", t0, t_quiet)
+            out["first_start"] = {
+                "reconciled_all": reconciled,
+                "quiet_reached": quiet,
+                "requests": tally([r for r in first if r.resource != "leases"], n, t_quiet - t0),
+                "writes_histogram": writes_per_project(first),
+            }
+            log(
+                f"N={n}: sampler first start: {out['first_start']['requests']['writes']} writes; "
+                f"steady {args.steady:.0f}s"
+            )
+            server_before = apimetrics.scrape(admin)
+            t1 = time.time()
+            before = sample(leader.pid)
+            time.sleep(args.steady)
+            t2 = time.time()
+            after = sample(leader.pid)
+            server_after = apimetrics.scrape(admin)
+            audit.sync()
+            steady = audit.select("headroom", t1, t2)
+            hours = (t2 - t1) / 3600
+            leases = [r for r in steady if r.resource == "leases"]
+            rest = [r for r in steady if r.resource != "leases"]
+            writes = sum(1 for r in rest if r.write)
+            out["steady"] = {
+                "requests": tally(rest, n, t2 - t1),
+                "writes_per_project_per_day": round(writes / n / hours * 24, 3) if n else None,
+                "process": {"start": _d(before), "end": _d(after), "cpu_s": cpu_between(before, after)},
+                "apiserver": apimetrics.between(server_before, server_after, t2 - t1, n),
+            }
+            out["leader_election"] = {
+                "replicas": 2,
+                "requests": len(leases),
+                "requests_per_hour": round(len(leases) / hours, 1),
+                "by_verb": tally(leases, n)["by_verb_resource"],
+            }
+            log(
+                f"N={n}: sampler steady: {writes} writes ({out['steady']['writes_per_project_per_day']} per project "
+                f"per day), leader election {out['leader_election']['requests_per_hour']} requests/hour"
+            )
+        finally:
+            standby.stop()
+            leader.stop()
+        out["operator_log_issues"] = log_issues(leader.workdir)
+        return out
+
+    def history_phase(
+        self,
+        n: int,
+        cluster: Cluster,
+        audit: AuditLog,
+        workdir: Path,
+        admin: kubernetes.client.ApiClient,
+        watcher: Any,
+    ) -> dict[str, Any]:
+        """History queries per derivation cycle, counted by a fake Prometheus; and new Projects,
+        one at a time, timed while those cycles reconcile every Project."""
         args = self.args
         resync = parse_duration(args.history_resync).total_seconds()
         fake = FakePrometheus().start()
@@ -386,7 +560,13 @@ class Bench:
             t_reconciled, cpu_reconciled = time.time(), sample(op.pid)
             log(
                 f"N={n}: history phase: waiting for {args.history_cycles} derivation cycles "
-                f"(--resync-interval={args.history_resync})"
+                f"(--resync-interval={args.history_resync}); single Projects meanwhile"
+            )
+            # Spread over two cycles, so that some are created while a cycle reconciles everyone.
+            gap = 2 * resync / max(1, args.singles)
+            start = n + args.singles
+            single = guarded(
+                "single Projects", lambda: self.singles(admin, watcher, range(start, start + args.singles), gap)
             )
             deadline = time.time() + (args.history_cycles + 1) * resync * 1.2 + 60
             periodic: list[list[Any]] = []
@@ -420,6 +600,7 @@ class Bench:
                 "startup_reconcile_s": round(t_reconciled - t0, 1),
                 "cpu_s_after_startup": cpu_between(cpu_reconciled, cpu_end),
                 "seconds_after_startup": round(t1 - t_reconciled, 1),
+                "single_project": single,
             }
         finally:
             op.stop()
@@ -487,7 +668,7 @@ class Bench:
                 f"N={n}: baseline converged: p50 {convergence['p50_s']}s p99 {convergence['p99_s']}s; "
                 f"steady state for {args.steady:.0f}s"
             )
-            out["steady"] = self.steady("baseline", proc.pid, audit, n)
+            out["steady"] = self.steady("baseline", proc.pid, audit, n, admin=admin)
         finally:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -506,7 +687,68 @@ class Bench:
         out["tick_errors"] = sum(int(t.get("errors", 0)) for t in ticks)
         out["reads_per_cycle"] = n + 1  # one LIST of namespaces, one LIST of pods per namespace
         out["watch_errors"] = watcher.errors[:10]
+        out["competent"] = guarded("competent baseline", lambda: self.competent(n, audit, workdir, kubeconfig, admin))
         return out
+
+    def competent(
+        self, n: int, audit: AuditLog, workdir: Path, kubeconfig: Path, admin: kubernetes.client.ApiClient
+    ) -> dict[str, Any]:
+        """The competent cron job over the same namespaces: one LIST of all pods per run."""
+        args = self.args
+        log_path = workdir / "baseline-competent.log"
+        with open(log_path, "ab") as handle:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.baseline",
+                    "--all-pods",
+                    f"--interval={args.baseline_interval}",
+                    f"--selector={workload.BASELINE_LABEL}=baseline",
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
+                env={**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(REPO)},
+                preexec_fn=_die_with_parent,
+            )
+        out: dict[str, Any] = {"interval_s": args.baseline_interval}
+        try:
+            # Its first run writes every quota once (it has not applied any yet): not steady state.
+            deadline = time.monotonic() + 120 + 0.1 * n
+            while time.monotonic() < deadline and '"tick": 1,' not in log_path.read_text():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the competent baseline exited:\n{log_path.read_text()[-2000:]}")
+                time.sleep(0.5)
+            log(f"N={n}: competent baseline: steady state for {args.steady:.0f}s")
+            out["steady"] = self.steady("baseline", proc.pid, audit, n, admin=admin)
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+            if proc.poll() is None:
+                proc.kill()
+        ticks = []
+        for line in log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if "tick" in record:
+                    ticks.append(record)
+        out["ticks"] = len(ticks)
+        out["tick_seconds"] = [t.get("seconds") for t in ticks]
+        out["tick_errors"] = sum(int(t.get("errors", 0)) for t in ticks)
+        out["reads_per_cycle"] = 2
+        return out
+
+
+def guarded(what: str, phase: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A phase added to a size's run: its failure is recorded, and the size's other figures kept."""
+    try:
+        return phase()
+    except Exception as exc:
+        log(f"{what} failed: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
 
 
 def events_by_reason(api: kubernetes.client.ApiClient) -> dict[str, int]:
@@ -574,6 +816,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--history-resync", default="30s", help="--resync-interval of the phase that counts history queries"
     )
     parser.add_argument("--history-cycles", type=int, default=3, help="derivation cycles to count")
+    parser.add_argument("--singles", type=int, default=20, help="Projects created one at a time, per phase")
+    parser.add_argument("--single-gap", type=float, default=2.0, help="seconds between two single Projects")
     parser.add_argument("--baseline-interval", type=float, default=60, help="seconds between baseline runs")
     parser.add_argument("--workers", type=int, default=16, help="threads creating objects")
     parser.add_argument(

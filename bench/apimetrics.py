@@ -1,0 +1,80 @@
+"""What the API server itself spends, from its own /metrics: bytes it served and its CPU time.
+
+Request counts treat a LIST of 3 000 pods like a GET of one object; `apiserver_response_sizes` (the
+bytes of every response body, by verb and resource; watch streams are not in it) and
+`process_cpu_seconds_total` (the kube-apiserver process, which in the local cluster runs apart from
+etcd and the controllers) say what the requests cost. Both are server-wide: a phase's delta also
+holds the controllers' and the benchmark's own small requests, which are the same for every
+contender, so the phases compare.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import kubernetes
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass
+class Snapshot:
+    cpu_seconds: float = 0.0
+    bytes_by_request: dict[str, float] = field(default_factory=dict)  # "VERB resource" -> bytes
+    count_by_request: dict[str, float] = field(default_factory=dict)
+
+
+def parse(text: str) -> Snapshot:
+    snap = Snapshot()
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        name, labels_text, value = match.groups()
+        if name == "process_cpu_seconds_total":
+            snap.cpu_seconds = float(value)
+        elif name in ("apiserver_response_sizes_sum", "apiserver_response_sizes_count"):
+            labels = dict(_LABEL.findall(labels_text or ""))
+            resource = labels.get("resource", "")
+            if labels.get("subresource"):
+                resource += "/" + labels["subresource"]
+            key = f"{labels.get('verb', '')} {resource}"
+            target = snap.bytes_by_request if name.endswith("_sum") else snap.count_by_request
+            target[key] = target.get(key, 0.0) + float(value)
+    return snap
+
+
+def scrape(api: kubernetes.client.ApiClient) -> Snapshot | None:
+    """None if the API server would not say (the benchmark goes on without these figures)."""
+    try:
+        response = api.call_api(
+            "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30
+        )[0]
+        return parse(response.data.decode())
+    except Exception:
+        return None
+
+
+def between(start: Snapshot | None, end: Snapshot | None, seconds: float, projects: int) -> dict[str, Any] | None:
+    """The API server's bytes served and CPU seconds in a phase, in total and per Project per hour."""
+    if start is None or end is None or seconds <= 0:
+        return None
+    by_request = {
+        key: round(value - start.bytes_by_request.get(key, 0.0))
+        for key, value in end.bytes_by_request.items()
+        if value - start.bytes_by_request.get(key, 0.0) > 0
+    }
+    total = sum(by_request.values())
+    cpu = end.cpu_seconds - start.cpu_seconds
+    hours = seconds / 3600
+    return {
+        "seconds": round(seconds, 1),
+        "bytes_served": total,
+        "bytes_by_request": dict(sorted(by_request.items(), key=lambda kv: -kv[1])[:12]),
+        "bytes_per_project_per_hour": round(total / projects / hours, 1) if projects else None,
+        "cpu_s": round(cpu, 2),
+        "cpu_s_per_hour": round(cpu / hours, 1),
+    }
