@@ -263,6 +263,8 @@ class Bench:
             lambda: custom.list_cluster_custom_object("headroom.dev", "v1alpha1", "projects"), "list projects", 120
         )
         install_rbac(cluster)
+        # Headroom as shipped: its requests in their own limited, queuing priority level.
+        apply_yaml(admin, REPO / "manifests" / "apf.yaml")
         apply_yaml(admin, REPO / "bench" / "baseline-rbac.yaml")
 
     # --- Headroom
