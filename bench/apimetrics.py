@@ -50,9 +50,8 @@ def parse(text: str) -> Snapshot:
 def scrape(api: kubernetes.client.ApiClient) -> Snapshot | None:
     """None if the API server would not say (the benchmark goes on without these figures)."""
     try:
-        response = api.call_api(
-            "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, _request_timeout=30
-        )[0]
+        response = api.call_api("GET", f"{api.configuration.host}/metrics", _request_timeout=30)
+        response.read()
         return parse(response.data.decode())
     except Exception:
         return None
