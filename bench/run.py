@@ -781,6 +781,9 @@ def _d(s: Sample | None) -> dict[str, Any] | None:
 
 
 def git_revision() -> str:
+    """The revision measured; BENCH_REVISION names it for a run from an exported tree (git archive)."""
+    if os.environ.get("BENCH_REVISION"):
+        return os.environ["BENCH_REVISION"]
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
