@@ -14,7 +14,7 @@ export PYTHONPATH := $(CURDIR)
 LOCAL_KUBECONFIG = $$( [ -z "$$KUBECONFIG" ] && [ -f $(CLUSTER_DIR)/kubeconfig ] && echo $(CLUSTER_DIR)/kubeconfig || echo "$$KUBECONFIG")
 
 .PHONY: help setup install uninstall run controlplane cluster-up cluster-down demo test test-unit test-e2e lint fmt bench \
-	bench-reconcile kind-up kind-down image deploy undeploy
+	bench-reconcile bench-history kind-up kind-down image deploy undeploy
 
 help: ## list the targets, by section
 	@awk '/^##@ /{printf "\n%s\n", substr($$0, 5)} /^[a-z0-9-]+:.*## /{split($$0, a, ":.*## "); printf "  %-16s %s\n", a[1], a[2]}' $(MAKEFILE_LIST)
@@ -66,6 +66,9 @@ bench: setup ## API cost benchmark against the naive baseline (writes bench/resu
 
 bench-reconcile: setup ## CPU per reconcile at 100, 1000 and 3000 Projects (no cluster; seconds)
 	$(PYTHON) -m bench.reconcile_cost
+
+bench-history: setup ## samples Prometheus reads for Headroom's history, old design beside new (~15 min)
+	$(PYTHON) -m bench.history
 
 ##@ Deployment
 

@@ -238,6 +238,25 @@ class Prometheus:
         return self.workdir / "data"
 
     @property
+    def query_log(self) -> Path:
+        return self.workdir / "queries.log"
+
+    def asked(self) -> list[dict[str, Any]]:
+        """The queries Prometheus evaluated, oldest first: each one's `params` (query, start, end,
+        step; start == end for an instant query) and `stats` (timings, and samples when asked)."""
+        try:
+            lines = self.query_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def forget_asked(self) -> None:
+        """Empty the query log (Prometheus appends to the file it holds open)."""
+        if self.query_log.exists():
+            with self.query_log.open("r+") as log:
+                log.truncate(0)
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "prometheus.log"
 
@@ -254,7 +273,8 @@ class Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
-        config.write_text(_CONFIG)
+        # Every query Prometheus evaluates is logged, so that a test can check what it was asked.
+        config.write_text(_CONFIG + f"  query_log_file: {self.query_log}\n")
         self.starts += 1
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(

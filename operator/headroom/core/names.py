@@ -34,6 +34,8 @@ STATE_ANNOTATION = f"{GROUP}/state"
 GOVERNED_ANNOTATION = f"{GROUP}/governed-hard"
 APPLIED_CHANGE_ANNOTATION = f"{GROUP}/applied-change"
 DAILY_PEAKS_ANNOTATION = f"{GROUP}/daily-peaks"
+# The Prometheus source's closed daily peaks, so that a restart asks only the days since.
+PROMETHEUS_DAYS_ANNOTATION = f"{GROUP}/prometheus-days"
 
 # The leader-election Lease, in the operator's namespace.
 LEASE_NAME = "headroom"

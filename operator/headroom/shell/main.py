@@ -40,7 +40,7 @@ from headroom.shell.kube import KubeWriter, api_client, list_pages
 from headroom.shell.leader import LeaderElector
 from headroom.shell.metrics import Metrics
 from headroom.shell.reconcile import Reconciler
-from headroom.shell.store import Store, plain, quota_daily_peaks
+from headroom.shell.store import Store, plain, quota_daily_peaks, quota_prometheus_days
 
 log = logging.getLogger("headroom")
 
@@ -176,7 +176,7 @@ def build_runtime(
     metrics = metrics or Metrics()
     store = Store()
     writer = KubeWriter(client, qps=config.api_qps, burst=config.api_burst)
-    source = history_source(config, quota_daily_peaks(store))
+    source = history_source(config, quota_daily_peaks(store), quota_prometheus_days(store))
     cache = HistoryCache(source, max_age=config.resync_interval, metrics=metrics)
     settings = Settings(
         default_enforcement=config.enforcement_default,

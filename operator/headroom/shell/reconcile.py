@@ -24,6 +24,7 @@ from headroom.core.history import HistoryResult, day_offset, decode, encode, kee
 from headroom.core.names import (
     DAILY_PEAKS_ANNOTATION,
     FIELD_MANAGER,
+    PROMETHEUS_DAYS_ANNOTATION,
     QUOTA_NAME,
     STATE_ANNOTATION,
 )
@@ -246,6 +247,13 @@ class Reconciler:
                 text = encode(changed) if changed else before if daily else None
                 if text:
                     extra[ns] = {DAILY_PEAKS_ANNOTATION: text}
+        keeper = getattr(self.history.source, "annotation", None)
+        if keeper is not None:
+            # The Prometheus source's closed days ride on the quota: rewritten once a day at the
+            # namespace's own moment, otherwise kept as they are (so nothing is written).
+            for ns, seen in quotas.items():
+                if text := keeper(ns, seen.annotations.get(PROMETHEUS_DAYS_ANNOTATION), now):
+                    extra.setdefault(ns, {})[PROMETHEUS_DAYS_ANNOTATION] = text
         return Observed(
             project_uid=body["metadata"].get("uid", ""),
             namespaces_present=frozenset(ns for ns in spec.namespace_names if ns in self.store.namespaces),

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headroom.core.history import DailyPeaks, decode
-from headroom.core.names import DAILY_PEAKS_ANNOTATION, FIELD_MANAGER, GOVERNED_ANNOTATION, PROJECT_LABEL
+from headroom.core.names import (
+    DAILY_PEAKS_ANNOTATION,
+    FIELD_MANAGER,
+    GOVERNED_ANNOTATION,
+    PROJECT_LABEL,
+    PROMETHEUS_DAYS_ANNOTATION,
+)
 
 
 class IndexedDict(dict[str, dict[str, Any]]):
@@ -148,6 +154,17 @@ def quota_daily_peaks(store: Store) -> Callable[[str], DailyPeaks]:
     def of(namespace: str) -> DailyPeaks:
         quota = store.quotas.get(namespace) or {}
         return decode((quota.get("metadata", {}).get("annotations") or {}).get(DAILY_PEAKS_ANNOTATION))
+
+    return of
+
+
+def quota_prometheus_days(store: Store) -> Callable[[str], str | None]:
+    """The Prometheus source's closed days of a namespace, as kept on Headroom's quota there."""
+
+    def of(namespace: str) -> str | None:
+        quota = store.quotas.get(namespace) or {}
+        text = (quota.get("metadata", {}).get("annotations") or {}).get(PROMETHEUS_DAYS_ANNOTATION)
+        return str(text) if text else None
 
     return of
 
