@@ -1,6 +1,7 @@
 """A tiny stand-in for Prometheus that counts the history queries Headroom makes.
 
-It answers `POST /api/v1/query` with an instant vector: for each namespace named in the query's
+It answers `POST /api/v1/query` with an instant vector (and `/api/v1/query_range`, the days Headroom
+asks at start-up, with the same value at every step): for each namespace named in the query's
 `namespace=~"..."` alternation, the same peak the history file holds (workload.peaks_of), so that
 switching Headroom from the file to Prometheus changes no quota and no status. Every query is
 recorded with the moment it arrived, the resource it asked for and how many namespaces it covered.
@@ -54,12 +55,17 @@ class FakePrometheus:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
-                if self.path.split("?")[0] != "/api/v1/query":
+                path = self.path.split("?")[0]
+                if path not in ("/api/v1/query", "/api/v1/query_range"):
                     self.send_error(404)
                     return
                 form = parse_qs(raw.decode())
                 promql = (form.get("query") or [""])[0]
-                self._reply(outer.answer(promql, len(raw)))
+                body = outer.answer(promql, len(raw))
+                if path.endswith("_range"):
+                    start, end, step = (float((form.get(k) or ["0"])[0]) for k in ("start", "end", "step"))
+                    body = _as_matrix(body, start, end, step)
+                self._reply(body)
 
             def _reply(self, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
@@ -105,6 +111,15 @@ class FakePrometheus:
     def since(self, start: float) -> list[Query]:
         with self._lock:
             return [q for q in self.queries if q.at >= start]
+
+
+def _as_matrix(body: dict[str, Any], start: float, end: float, step: float) -> dict[str, Any]:
+    times = [start + i * step for i in range(int((end - start) // step) + 1)] if step > 0 else [end]
+    result = [
+        {"metric": sample["metric"], "values": [[t, sample["value"][1]] for t in times]}
+        for sample in body["data"]["result"]
+    ]
+    return {"status": "success", "data": {"resultType": "matrix", "result": result}}
 
 
 def cycles(queries: list[Query], gap: float = 3.0) -> list[list[Query]]:

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from headroom.core import prometheus_days as days
 from headroom.core.history import PeakQuery
 from headroom.shell.history.cache import HistoryCache
-from headroom.shell.history.prometheus import DEFAULT_RULES, PrometheusHistory
+from headroom.shell.history.prometheus import DEFAULT_QUERIES, DEFAULT_RULES, PrometheusHistory
 from headroom.shell.metrics import Metrics
 
 from tests.harness.prometheus import PodSegment, Prometheus, pod
 
+MONITORING = Path(__file__).resolve().parents[2] / "manifests" / "monitoring"
 NS = "daily-team"
 LOOKBACK = timedelta(days=3)
 RESOURCES = frozenset({"pods", "requests.cpu"})
@@ -196,3 +198,44 @@ def test_recording_rules_are_read_where_they_exist_and_the_raw_series_elsewhere(
     pods_queries = [q for q in queries if not q.startswith("count(") and "resource=" not in q]
     assert pods_queries and all(record in q and "kube_pod_status_phase{" not in q for q in pods_queries)
     assert any("kube_pod_container_resource_requests" in q for q in queries)
+
+
+def _shipped_rules() -> dict[str, str]:
+    """record -> expr of every recording rule in manifests/monitoring/."""
+    rules: dict[str, str] = {}
+    for name in ("recording-rules.yaml", "kubernetes-mixin-rules.yaml"):
+        manifest = yaml.safe_load((MONITORING / name).read_text())
+        for group in manifest["spec"]["groups"]:
+            rules.update({rule["record"]: rule["expr"] for rule in group["rules"]})
+    return rules
+
+
+def test_shipped_recording_rules_record_what_the_raw_queries_compute(
+    prometheus_factory: Callable[..., Prometheus],
+) -> None:
+    now = days.align(datetime.now(UTC), timedelta(minutes=1)) - timedelta(minutes=10)
+    start, end = now - timedelta(minutes=30), now + timedelta(minutes=5)
+    full = {
+        "requests.cpu": "250m",
+        "limits.cpu": "1",
+        "requests.memory": "128Mi",
+        "limits.memory": "256Mi",
+        "requests.ephemeral-storage": "1Gi",
+        "limits.ephemeral-storage": "2Gi",
+    }
+    prometheus = prometheus_factory(
+        [
+            pod(NS, "web-1", start, end, app=full, sidecar={"requests.cpu": "100m", "requests.memory": "64Mi"}),
+            pod(NS, "web-2", start, end, phase="Pending", app=full),
+            pod(NS, "done", start, end, phase="Succeeded", app=full),  # holds nothing: not counted
+            pod(f"{NS}-other", "web-1", start, end, app=full),
+        ]
+    )
+    rules = _shipped_rules()
+    assert set(DEFAULT_RULES.values()) == set(rules), "every rule Headroom reads is shipped, and only those"
+    for resource, record in DEFAULT_RULES.items():
+        raw = DEFAULT_QUERIES[resource].format(namespaces=f"{NS}|{NS}-other")
+        recorded = f"sum by (namespace) ({rules[record]})"
+        want = {r["metric"]["namespace"]: Decimal(r["value"][1]) for r in prometheus.query(raw, now)}
+        got = {r["metric"]["namespace"]: Decimal(r["value"][1]) for r in prometheus.query(recorded, now)}
+        assert want and got == want, (resource, got, want)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from headroom.core.history import DailyPeaks, HistorySource
 from headroom.shell.config import OperatorConfig
 from headroom.shell.history.file import FileHistory
-from headroom.shell.history.prometheus import DEFAULT_QUERIES, DEFAULT_RULES, PrometheusHistory
+from headroom.shell.history.prometheus import DEFAULT_QUERIES, DEFAULT_RULES, PrometheusHistory, step_of
 from headroom.shell.history.sampler import SamplerHistory
 
 __all__ = ["history_source"]
@@ -28,6 +28,7 @@ def history_source(
     if config.history_source == "prometheus":
         if not config.prometheus_url:
             raise ValueError("--history-source=prometheus needs --prometheus-url")
+        step_of(config.prometheus_step)  # refused at start, not every cycle
         return PrometheusHistory(
             config.prometheus_url,
             step=config.prometheus_step,

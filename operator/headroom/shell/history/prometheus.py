@@ -110,7 +110,8 @@ def daily_query(template: str, namespaces: frozenset[str], step: str) -> str:
     return peak_query(template, namespaces, 86_400, step)
 
 
-def _step(step: str) -> timedelta:
+def step_of(step: str) -> timedelta:
+    """The subquery step as a duration; it must divide a day, so that days are made of whole steps."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800, "y": 31_536_000}
     total = 0.0
     for number, unit in re.findall(r"(\d+)(ms|s|m|h|d|w|y)", step):
@@ -236,7 +237,7 @@ class PrometheusHistory:
                 self._state.setdefault((namespace, resource), state)
 
     async def _daily(self, session: aiohttp.ClientSession, query: PeakQuery) -> HistoryResult:
-        end = days.align(query.now, _step(self.step))
+        end = days.align(query.now, step_of(self.step))
         self._seed(query.namespaces)
         keys = [(ns, r) for ns in query.namespaces for r in query.resources if r in self.queries]
         for key in keys:
