@@ -81,6 +81,14 @@ def test_start_up_asks_every_day_once_and_finds_the_lookback_peak(history: tuple
     assert result.complete
     # Day D-3 counts whole (its pods were at 01:00, before t0's time of day three days back).
     assert result.peaks == {(NS, "pods"): Decimal(5), (NS, "requests.cpu"): Decimal(5)}
+    # Each day's peak, for forecasts: D-3..D-1 and today so far; D-10 is outside the lookback.
+    d = days.utc_day(t0)
+    assert result.daily[(NS, "pods")] == {
+        d - timedelta(days=3): 5,
+        d - timedelta(days=2): 2,
+        d - timedelta(days=1): 3,
+        d: 1,
+    }
     asked = _windows(prometheus.asked())
     # Whole days D-3..D-1 in one range query per resource, today since midnight in one instant query.
     assert sorted((r, end) for _, end, r in asked) == sorted(

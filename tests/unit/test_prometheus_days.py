@@ -228,3 +228,12 @@ def test_recording_rule_template_reads_one_series_per_namespace() -> None:
     assert template.format(namespaces="a|b") == (
         'sum by (namespace) (namespace_cpu:kube_pod_container_resource_requests:sum{namespace=~"a|b"})'
     )
+
+
+def test_daily_peaks_for_forecasts_are_the_days_the_peak_is_made_of() -> None:
+    lookback = timedelta(days=2)
+    values = {date(2026, 12, 1): D(99), date(2026, 12, 2): D(4), date(2026, 12, 3): None, date(2026, 12, 4): D(3)}
+    state = KeyDays(values, NOON)
+    daily = days.lookback_days(state, NOON, lookback)
+    assert daily == {date(2026, 12, 2): D(4), date(2026, 12, 4): D(3)}
+    assert days.peak(state, NOON, lookback) == (True, max(daily.values()))

@@ -150,6 +150,13 @@ def peak(kept: KeyDays | None, end: datetime, lookback: timedelta) -> tuple[bool
     return True, max(values) if values else None
 
 
+def lookback_days(kept: KeyDays, end: datetime, lookback: timedelta) -> dict[date, Decimal]:
+    """Each day's peak over the lookback ending at `end` (days with no series left out): the days
+    `peak` takes its maximum of, so the two always agree."""
+    oldest, newest = first_day(end, lookback), _newest(end)
+    return {day: v for day, v in sorted(kept.days.items()) if oldest <= day <= newest and v is not None}
+
+
 def prune(kept: KeyDays, end: datetime, keep: timedelta) -> KeyDays:
     """Days older than the longest lookback kept leave memory (and, at its next write, the annotation)."""
     oldest = first_day(end, keep)

@@ -260,15 +260,19 @@ class PrometheusHistory:
                 key = (namespace, ask.resource)
                 self._state[key] = days.merge(self._state.get(key), window, value)
         peaks: dict[tuple[str, str], Decimal] = {}
+        daily: dict[tuple[str, str], dict[date, Decimal]] = {}
         for key in keys:
             state = self._state.get(key)
             if key not in failed and state is not None:
                 state = self._state[key] = days.advance(days.prune(state, end, self._keep[key]), end)
             known, value = days.peak(state, end, query.lookback)
-            if known and value is not None:
-                peaks[key] = value
+            if known and state is not None:
+                # For forecasts: the UTC days of the lookback (day_offsets stay empty), today so far.
+                daily[key] = days.lookback_days(state, end, query.lookback)
+                if value is not None:
+                    peaks[key] = value
         error = "; ".join(sorted(set(errors))) or None
-        return HistoryResult(peaks=peaks, error=error, partial=partial, queries=count)
+        return HistoryResult(peaks=peaks, error=error, partial=partial, queries=count, daily=daily)
 
     async def _answer(self, session: aiohttp.ClientSession, ask: days.Ask, end: datetime) -> _Outcome:
         """One ask, cut in halves while Prometheus refuses it as too big; every window of it answered,
