@@ -519,7 +519,8 @@ def test_prometheus_outage_leaves_governed_quota_alone_until_it_answers_again(
     def reconciled_without_history() -> bool:
         try:
             return (
-                operator.metric("headroom_history_queries_total") >= 5
+                # Prometheus asked (once a cycle while it is unreachable: the rest of the cycle is skipped)
+                operator.metric("headroom_history_queries_total") >= 1
                 and operator.metric("headroom_reconcile_duration_seconds_count") >= 1
             )
         except OSError:

@@ -128,6 +128,11 @@ class _Refused(Exception):
     """Prometheus refused a question as too big (samples, timeout): ask it in halves."""
 
 
+class _Unreachable(Exception):
+    """Prometheus did not answer after every attempt: the rest of the cycle is not asked (each
+    question would wait out its own retries), and everything it would have answered stays unknown."""
+
+
 @dataclass
 class PrometheusHistory:
     """History from Prometheus, with daily peaks kept (see headroom.core.prometheus_days).
@@ -184,7 +189,7 @@ class PrometheusHistory:
                 last = exc
                 if attempt + 1 < self.attempts:
                     await asyncio.sleep(next(delays))
-        return {"error": f"Prometheus at {self.url} unavailable: {last!s}"}
+        raise _Unreachable(f"Prometheus at {self.url} unavailable: {last!s}")
 
     async def peaks(self, query: PeakQuery) -> HistoryResult:
         if not query.namespaces:
@@ -212,7 +217,10 @@ class PrometheusHistory:
             for chunk in chunks:
                 count += 1
                 promql = peak_query(template, chunk, seconds, self.step)
-                body = await self._instant(session, promql, query.now, "direct")
+                try:
+                    body = await self._instant(session, promql, query.now, "direct")
+                except _Unreachable as exc:
+                    return HistoryResult(peaks=peaks, error=str(exc), partial=partial, queries=count)
                 values, error, warned = _vector(body, resource)
                 if error:
                     errors.append(f"{resource}: {error}")
@@ -248,8 +256,14 @@ class PrometheusHistory:
         errors: list[str] = []
         partial = False
         count = 0
-        for ask in asks:
-            outcome = await self._answer(session, ask, end)
+        for index, ask in enumerate(asks):
+            try:
+                outcome = await self._answer(session, ask, end)
+            except _Unreachable as exc:
+                count += 1
+                errors.append(str(exc))
+                failed.update((ns, a.resource) for a in asks[index:] for ns in a.namespaces)
+                break
             count += outcome.queries
             partial = partial or outcome.partial
             if outcome.error is not None:
