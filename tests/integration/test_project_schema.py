@@ -287,6 +287,42 @@ VALID: list[Any] = [
     ),
     pytest.param(_set("spec.quota.minimum", {"requests.cpu": "0", "pods": 0}), id="zero-quantities"),
     pytest.param(
+        _set(
+            "spec.quota.resources",
+            [
+                "requests.nvidia.com/gpu",
+                "requests.example.com/fpga_v2",
+                "gold.storageclass.storage.k8s.io/requests.storage",
+                "gold.storageclass.storage.k8s.io/persistentvolumeclaims",
+                "services.loadbalancers",
+                "services.nodeports",
+                "replicationcontrollers",
+                "resourcequotas",
+                "hugepages-2Mi",
+                "requests.hugepages-1Gi",
+                "cpu",
+                "memory",
+                "ephemeral-storage",
+                "count/cronjobs.batch",
+                "count/pods",
+            ],
+        ),
+        id="every-key-a-resourcequota-enforces",
+    ),
+    pytest.param(
+        _set(
+            "spec.namespaces.0.requested",
+            {
+                "requests.nvidia.com/gpu": 4,
+                "fast-ssd.storageclass.storage.k8s.io/requests.storage": "500Gi",
+                "services.loadbalancers": "2",
+                "requests.hugepages-2Mi": "1Gi",
+            },
+        ),
+        id="gpus-storage-class-and-load-balancers-requested",
+    ),
+    pytest.param(_set("spec.quota.minimum", {"requests.nvidia.com/gpu": "1"}), id="gpu-minimum"),
+    pytest.param(
         _set("spec.owner.businessHours", "Mon-Thu 08:00-16:00 UTC, Fri 08:00-12:00 UTC"), id="business-hours-two-ranges"
     ),
     pytest.param(
@@ -374,6 +410,60 @@ INVALID: list[Any] = [
         422,
         ["spec.quota.resources[0]", "'request.cpu'"],
         id="misspelt-resource",
+    ),
+    pytest.param(
+        _set("spec.quota.resources", ["requests.cpu", "limits.nvidia.com/gpu"]),
+        422,
+        ["spec.quota.resources[1]", "'limits.nvidia.com/gpu'", "never overcommitted", "requests.nvidia.com/gpu"],
+        id="limits-of-an-extended-resource",
+    ),
+    pytest.param(
+        _set("spec.quota.resources", ["nvidia.com/gpu"]),
+        422,
+        ["spec.quota.resources[0]", "'nvidia.com/gpu'", "only as requests.<name>"],
+        id="extended-resource-without-requests",
+    ),
+    pytest.param(
+        _set("spec.quota.resources", ["gold.storageclass.storage.k8s.io/limits.storage"]),
+        422,
+        ["spec.quota.resources[0]", "is not a resource Headroom can govern", "storageclass"],
+        id="storage-class-key-that-no-quota-counts",
+    ),
+    pytest.param(
+        _set("spec.quota.resources", ["requests.kubernetes.io/widgets"]),
+        422,
+        ["spec.quota.resources[0]", "is not a resource Headroom can govern"],
+        id="kubernetes-io-names-are-not-extended-resources",
+    ),
+    pytest.param(
+        _set("spec.namespaces.0.requested", {"limits.nvidia.com/gpu": 2}),
+        422,
+        ["spec.namespaces[0].requested", "never overcommitted", "requests.nvidia.com/gpu"],
+        id="requested-limits-of-a-gpu",
+    ),
+    pytest.param(
+        _set("spec.namespaces.0.requested", {"nvidia.com/gpu": 2}),
+        422,
+        ["spec.namespaces[0].requested", "not nvidia.com/gpu"],
+        id="requested-gpu-without-requests",
+    ),
+    pytest.param(
+        _set("spec.namespaces.0.requested", {"requests.nvidia.com/gpu": "1.5"}),
+        422,
+        ["spec.namespaces[0].requested", "must be whole numbers", "no half GPU"],
+        id="half-a-gpu",
+    ),
+    pytest.param(
+        _set("spec.quota.minimum", {"services.loadbalancers": "500m"}),
+        422,
+        ["spec.quota.minimum", "must be whole numbers"],
+        id="half-a-load-balancer",
+    ),
+    pytest.param(
+        _set("spec.quota.minimum", {"limits.hugepages-2Mi": "1Gi"}),
+        422,
+        ["spec.quota.minimum", "never overcommitted"],
+        id="limits-of-hugepages",
     ),
     pytest.param(
         _set("spec.quota.resources", ["pods", "pods"]),

@@ -206,3 +206,18 @@ def test_derive_namespace_uses_spec_minimum_then_default() -> None:
 
 def test_derive_namespace_with_no_resources() -> None:
     assert derive_namespace([], {}, {}, 20, {}) == {}
+
+
+def test_gpus_are_whole_and_have_no_floor() -> None:
+    """3.1 GPUs at peak is 3.72 with headroom: 4 whole GPUs. Without history a namespace gets none:
+    a floor would hand out devices nobody used (it gets what runs now, or asks)."""
+    from headroom.core.derivation import default_minimum, derive
+
+    gpu = "requests.nvidia.com/gpu"
+    assert derive(gpu, Decimal("3.1"), 20, default_minimum(gpu), Decimal(2)).recommended == Decimal(4)
+    assert derive(gpu, None, 20, default_minimum(gpu), None).recommended == Decimal(0)
+    assert derive(gpu, None, 20, default_minimum(gpu), Decimal(1)).recommended == Decimal(1)
+    assert default_minimum("requests.hugepages-2Mi") == 0
+    # Storage classes and object counts keep their floors, as the other storage and counts do.
+    assert default_minimum("gold.storageclass.storage.k8s.io/requests.storage") > 0
+    assert default_minimum("services.loadbalancers") == 10

@@ -420,3 +420,17 @@ def test_denoised_peak_does_not_gain_a_millicore() -> None:
     # Without denoising, 3.3000000000000003 x 1.2 = 3.96000000000000036 rounds up to 3961m.
     assert round_up(noisy * D("1.2"), "requests.cpu") == D("3.961")
     assert round_up(_denoise(noisy, "requests.cpu") * D("1.2"), "requests.cpu") == D("3.96")
+
+
+def test_prometheus_asks_kube_state_metrics_for_gpus_by_their_label() -> None:
+    """kube-state-metrics writes nvidia.com/gpu as resource="nvidia_com_gpu", unit="integer"."""
+    from headroom.shell.history.prometheus import DEFAULT_QUERIES, query_for
+
+    gpu = query_for("requests.nvidia.com/gpu", DEFAULT_QUERIES)
+    assert gpu is not None and 'resource="nvidia_com_gpu", unit="integer"' in gpu
+    pages = query_for("requests.hugepages-2Mi", DEFAULT_QUERIES)
+    assert pages is not None and 'resource="hugepages_2Mi", unit="byte"' in pages
+    assert query_for("requests.cpu", DEFAULT_QUERIES) == DEFAULT_QUERIES["requests.cpu"]
+    # No series counts these per namespace: unknown, never zero.
+    assert query_for("count/jobs.batch", DEFAULT_QUERIES) is None
+    assert query_for("gold.storageclass.storage.k8s.io/requests.storage", DEFAULT_QUERIES) is None

@@ -1150,3 +1150,14 @@ def test_no_daily_peaks_no_forecast() -> None:
     result = plan(spec, body, observed({"ns": governed_rq(used=GOV_USED)}, peaks={("ns", "pods"): D(3)}))
     assert "forecast" not in ns_entry(result)
     assert "soonestFull" not in result.status["summary"]
+
+
+def test_a_counting_quota_is_valid_for_whole_unit_bytes() -> None:
+    """The API server refuses 1Ei for a storage class's bytes (checked in thousandths of 64 bits):
+    the counting value stays within what it accepts, and far above any namespace."""
+    from headroom.core.planning import unbounded
+
+    gold = "gold.storageclass.storage.k8s.io/requests.storage"
+    assert unbounded(gold) * 1000 < 2**63
+    assert unbounded(gold) >= 2**50
+    assert unbounded("requests.storage") == 2**60

@@ -209,10 +209,80 @@ def test_every_governable_resource_is_accepted(resource: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "resource", ["requests.nvidia.com/gpu", "cpu", "count/", "count/Pods", "count/-x", "requests.cpus", ""]
+    "resource",
+    [
+        "count/",
+        "count/Pods",
+        "count/-x",
+        "requests.cpus",
+        "",
+        "gpus",
+        "hugepages-",
+        "limits.storage",
+        "requests.kubernetes.io/widgets",
+        "gold.storageclass.storage.k8s.io/limits.storage",
+    ],
 )
 def test_is_governable_rejects(resource: str) -> None:
     assert not is_governable(resource)
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "requests.nvidia.com/gpu",
+        "requests.example.com/fpga_v2",
+        "gold.storageclass.storage.k8s.io/requests.storage",
+        "fast-ssd.storageclass.storage.k8s.io/persistentvolumeclaims",
+        "services.loadbalancers",
+        "services.nodeports",
+        "hugepages-2Mi",
+        "requests.hugepages-1Gi",
+        "cpu",
+        "memory",
+        "ephemeral-storage",
+        "count/cronjobs.batch",
+    ],
+)
+def test_every_key_a_resourcequota_enforces_is_governable(resource: str) -> None:
+    obj = with_field("spec.quota.resources", [resource])
+    obj["spec"]["namespaces"][0]["requested"] = {resource: "2"}
+    assert parse_project(obj).namespaces[0].requested == {resource: D(2)}
+
+
+@pytest.mark.parametrize(
+    ("resource", "says"),
+    [
+        (
+            "limits.nvidia.com/gpu",
+            "never overcommitted, so a quota limits them only as requests.<name>: use requests.nvidia.com/gpu",
+        ),
+        ("limits.hugepages-2Mi", "use requests.hugepages-2Mi"),
+        ("nvidia.com/gpu", "a quota counts an extended resource only as requests.<name>: use requests.nvidia.com/gpu"),
+    ],
+)
+def test_keys_the_api_server_stores_but_no_quota_enforces_are_refused_saying_what_to_use(
+    resource: str, says: str
+) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_project(with_field("spec.quota.resources", [resource]))
+    assert info.value.path == "spec.quota.resources[0]"
+    assert says in info.value.problem
+    obj = with_field("spec.namespaces", [{"name": "ml", "requested": {resource: "1"}}])
+    with pytest.raises(SpecError, match="requested") as info:
+        parse_project(obj)
+    assert says in info.value.problem
+
+
+@pytest.mark.parametrize(
+    "resource",
+    ["requests.nvidia.com/gpu", "pods", "services.loadbalancers", "gold.storageclass.storage.k8s.io/requests.storage"],
+)
+def test_whole_units_stay_whole(resource: str) -> None:
+    """There is no half GPU; the API server refuses a fraction in such a quota, so the file is refused first."""
+    obj = with_field("spec.namespaces", [{"name": "ml", "requested": {resource: "1500m"}}])
+    with pytest.raises(SpecError, match="is not a whole number"):
+        parse_project(obj)
 
 
 def test_minimum_and_requested_may_name_resources_outside_quota_resources() -> None:
@@ -259,7 +329,7 @@ NOT_GOVERNABLE = "is not a resource Headroom can govern"
         (
             "spec.quota.resources",
             ["limits.nvidia.com/gpu"],
-            rf'spec.quota.resources\[0\]: ".*" {NOT_GOVERNABLE}',
+            r'spec.quota.resources\[0\]: "limits.nvidia.com/gpu": .* use requests.nvidia.com/gpu',
         ),
         ("spec.quota.minimum", {"requests.cpu": "-1"}, 'spec.quota.minimum.requests.cpu: "-1" is negative'),
         (
@@ -308,7 +378,7 @@ NOT_GOVERNABLE = "is not a resource Headroom can govern"
         (
             "spec.namespaces.0.requested",
             {"limits.nvidia.com/gpu": "5"},
-            rf"spec.namespaces\[0\].requested.limits.nvidia.com/gpu: {NOT_GOVERNABLE}",
+            r"spec.namespaces\[0\].requested.limits.nvidia.com/gpu: extended resources .* never overcommitted",
         ),
         ("spec.namespaces.0.requested", ["cpu"], r"spec.namespaces\[0\].requested: must be a mapping"),
         ("spec.namespaces.0.quota", {}, r"spec.namespaces\[0\].quota: unknown field"),

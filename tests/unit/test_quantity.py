@@ -326,3 +326,12 @@ def test_exact_values_shown_together_parse_back() -> None:
 )
 def test_percent_is_short(percent: D | None, expected: str) -> None:
     assert format_percent(percent) == expected
+
+
+def test_hugepages_round_up_to_whole_pages_and_devices_to_whole_units() -> None:
+    from headroom.core.quantity import round_up
+
+    assert round_up(Decimal(5 * 2**20), "hugepages-2Mi") == 6 * 2**20
+    assert round_up(Decimal(1), "requests.hugepages-1Gi") == 2**30
+    assert round_up(Decimal("3.01"), "requests.nvidia.com/gpu") == 4
+    assert round_up(Decimal("1.5"), "gold.storageclass.storage.k8s.io/persistentvolumeclaims") == 2

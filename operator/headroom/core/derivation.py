@@ -64,8 +64,21 @@ class DerivationError(ValueError):
 
 
 def default_minimum(resource: str) -> Decimal:
-    """The built-in floor for a resource the project's spec.quota.minimum does not mention."""
+    """The built-in floor for a resource the project's spec.quota.minimum does not mention.
+
+    Devices and hugepages have none: a floor would hand scarce GPUs or pinned memory to a namespace
+    that never used them. Such a namespace gets what it uses, or asks (with sign-off).
+    """
+    if _is_scarce(resource):
+        return Decimal(0)
     return DEFAULT_MINIMUM.get(resource, _FALLBACK_MINIMUM[resource_kind(resource)])
+
+
+def _is_scarce(resource: str) -> bool:
+    """An extended resource (requests.nvidia.com/gpu) or hugepages, as opposed to objects and storage."""
+    if resource.removeprefix("requests.").startswith("hugepages-"):
+        return True
+    return resource.startswith("requests.") and "/" in resource and ".storageclass." not in resource
 
 
 def container_defaults(

@@ -57,7 +57,7 @@ from headroom.core.quantity import (
     resource_kind,
     utilization_percent,
 )
-from headroom.core.spec import DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK, NamespaceSpec, ProjectSpec
+from headroom.core.spec import DEFAULT_HEADROOM_PERCENT, DEFAULT_LOOKBACK, NamespaceSpec, ProjectSpec, is_whole
 
 COUNTING = "counting"
 GOVERNED = "governed"
@@ -71,8 +71,17 @@ Values = dict[str, Decimal]
 DEFAULT_PROTECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "default"})
 
 
+# The API server checks a whole-unit quota value (a storage class's bytes) in thousandths held in 64
+# bits: 1Ei overflows them and is refused as "must be an integer". 1Pi of one storage class is far
+# above any namespace still.
+_UNBOUNDED_WHOLE_BYTES = Decimal(2**50)
+
+
 def unbounded(resource: str) -> Decimal:
-    return UNBOUNDED[resource_kind(resource)]
+    kind = resource_kind(resource)
+    if kind == "memory" and is_whole(resource):
+        return _UNBOUNDED_WHOLE_BYTES
+    return UNBOUNDED[kind]
 
 
 # --------------------------------------------------------------------------------------------- observed

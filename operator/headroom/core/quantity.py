@@ -186,13 +186,28 @@ def _require_finite(value: Decimal) -> None:
         raise QuantityError(f"{value!r} is not a finite Decimal quantity", value)
 
 
+def _page_size(resource: str) -> Decimal | None:
+    """The page size of a hugepages quota (hugepages-2Mi, requests.hugepages-1Gi), else None."""
+    size = resource.removeprefix("requests.").removeprefix("hugepages-")
+    if size == resource.removeprefix("requests.") or size[-2:] not in _BINARY_SUFFIXES:
+        return None
+    try:
+        return _parse_text(size)
+    except QuantityError:
+        return None
+
+
 def round_up(value: Decimal, resource: str) -> Decimal:
-    """Round up to the unit a person would set: whole millicores, whole Mi, or whole items."""
+    """Round up to the unit a person would set: whole millicores, whole Mi, whole pages of a hugepages
+    quota, or whole items (objects, and extended resources: a GPU comes whole)."""
     _require_finite(value)
     kind = resource_kind(resource)
+    page = _page_size(resource) if kind == "memory" else None
     with localcontext(CONTEXT):
         if kind == "cpu":
             rounded = (value / _MILLI).to_integral_value(rounding=ROUND_CEILING) * _MILLI
+        elif page is not None and page > 0:
+            rounded = (value / page).to_integral_value(rounding=ROUND_CEILING) * page
         elif kind == "memory":
             rounded = (value / MI).to_integral_value(rounding=ROUND_CEILING) * MI
         else:

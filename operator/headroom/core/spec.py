@@ -51,8 +51,10 @@ __all__ = [
     "SpecError",
     "format_duration",
     "is_governable",
+    "is_whole",
     "parse_duration",
     "parse_project",
+    "resource_problem",
 ]
 
 
@@ -75,16 +77,40 @@ ENFORCEMENT_MODES: tuple[str, ...] = ("Enforce", "Observe")
 
 # These mirror the CRD schema (crds/projects.headroom.dev.yaml); keep the two in step.
 # Anything the API server accepts must parse here, or the operator could not reconcile it.
+# Every key a ResourceQuota enforces: the standard names, hugepages, extended resources (requests.
+# only: they are never overcommitted, and the quota controller tracks no limits.<extended>), per
+# storage class, and object counts. Keys the API server stores but no quota controller counts
+# (nvidia.com/gpu without requests., limits.nvidia.com/gpu, foo/bar) are refused: such a quota
+# would limit nothing.
+COUNT_RESOURCES: tuple[str, ...] = (
+    "pods",
+    "persistentvolumeclaims",
+    "services",
+    "services.loadbalancers",
+    "services.nodeports",
+    "configmaps",
+    "secrets",
+    "replicationcontrollers",
+    "resourcequotas",
+)
 GOVERNABLE_RESOURCES: tuple[str, ...] = (
     *DEFAULT_RESOURCES,
     "requests.ephemeral-storage",
     "limits.ephemeral-storage",
     "requests.storage",
-    "persistentvolumeclaims",
-    "services",
-    "configmaps",
-    "secrets",
+    *(r for r in COUNT_RESOURCES if r != "pods"),
+    "cpu",
+    "memory",
+    "ephemeral-storage",
 )
+# [.] rather than a backslash: the same text is a CEL string literal in the CRD, where "\." is no valid escape.
+_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+HUGEPAGES_PATTERN = r"^(requests[.])?hugepages-[1-9][0-9]*(Ki|Mi|Gi)$"
+EXTENDED_PATTERN = rf"^requests[.]{_SUBDOMAIN}/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+STORAGE_CLASS_PATTERN = (
+    rf"^{_SUBDOMAIN}[.]storageclass[.]storage[.]k8s[.]io/(requests[.]storage|persistentvolumeclaims)$"
+)
+COUNT_PATTERN = r"^count/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 DEFAULTABLE_RESOURCES: tuple[str, ...] = ("cpu", "memory", "ephemeral-storage")
 MAX_HEADROOM_PERCENT = 1000
 MAX_HYSTERESIS = 50
@@ -98,7 +124,6 @@ _DURATION_UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s":
 _MAX_DURATION_TEXT = 32
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_COUNT_RESOURCE = re.compile(r"count/[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?")
 _DNS_LABEL_HINT = "lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63"
 
 
@@ -186,8 +211,35 @@ def _show(value: object) -> str:
 
 
 def is_governable(resource: str) -> bool:
-    """Whether Headroom may put `resource` in a quota (the CRD's list, or count/<resource>)."""
-    return resource in GOVERNABLE_RESOURCES or _COUNT_RESOURCE.fullmatch(resource) is not None
+    """Whether Headroom may put `resource` in a quota: a key a ResourceQuota enforces (see COUNT_RESOURCES)."""
+    return resource_problem(resource) is None
+
+
+def resource_problem(resource: str) -> str | None:
+    """Why `resource` is no quota key Headroom can govern, in words; None when it is one."""
+    if resource in GOVERNABLE_RESOURCES or any(
+        re.fullmatch(pattern, resource) for pattern in (HUGEPAGES_PATTERN, STORAGE_CLASS_PATTERN, COUNT_PATTERN)
+    ):
+        return None
+    if re.fullmatch(EXTENDED_PATTERN, resource) and "kubernetes.io/" not in resource:
+        return None
+    if resource.startswith("limits.") and ("/" in resource or resource.startswith("limits.hugepages-")):
+        wanted = "requests." + resource.removeprefix("limits.")
+        return (
+            "extended resources and hugepages are never overcommitted, so a quota limits them only as "
+            f"requests.<name>: use {wanted}"
+        )
+    if "/" in resource and not resource.startswith(("requests.", "count/")) and ".storageclass." not in resource:
+        return f"a quota counts an extended resource only as requests.<name>: use requests.{resource}"
+    return _NOT_GOVERNABLE
+
+
+def is_whole(resource: str) -> bool:
+    """Whether the resource is counted in whole units: objects, GPUs and other devices, per-class storage.
+
+    The API server refuses a fraction in such a quota (a pod cannot ask for half a GPU).
+    """
+    return resource in COUNT_RESOURCES or "/" in resource
 
 
 def parse_duration(text: str) -> timedelta:
@@ -305,20 +357,25 @@ def _quantities(value: Any, path: str, allowed: Sequence[str] | None = None) -> 
             raise SpecError(path, f"{_show(resource)} is not a resource name")
         if allowed is not None and resource not in allowed:
             raise SpecError(item_path, f"is not a resource here (expected one of: {', '.join(allowed)})")
-        if allowed is None and not is_governable(resource):
-            raise SpecError(item_path, _NOT_GOVERNABLE)
+        problem = resource_problem(resource) if allowed is None else None
+        if problem is not None:
+            raise SpecError(item_path, problem)
         try:
             amount = parse_quantity(raw)
         except QuantityError as error:
             raise SpecError(item_path, str(error)) from None
         if amount < 0:
             raise SpecError(item_path, f"{_show(raw)} is negative; a quota cannot be below zero")
+        if allowed is None and is_whole(resource) and amount != amount.to_integral_value():
+            raise SpecError(item_path, f"{_show(raw)} is not a whole number; {resource} is counted in whole units")
         result[resource] = amount
     return result
 
 
 _NOT_GOVERNABLE = (
     f"is not a resource Headroom can govern (expected one of: {', '.join(GOVERNABLE_RESOURCES)}, "
+    "requests.hugepages-<size>, requests.<extended resource> such as requests.nvidia.com/gpu, "
+    "<class>.storageclass.storage.k8s.io/requests.storage or /persistentvolumeclaims, "
     "or count/<resource> such as count/jobs.batch)"
 )
 
@@ -376,8 +433,11 @@ def _quota(raw: Any) -> QuotaSettings:
         for index, resource in enumerate(listed):
             item_path = f"{path}.resources[{index}]"
             name = _required_string(resource, item_path)
-            if not is_governable(name):
-                raise SpecError(item_path, f"{_show(name)} {_NOT_GOVERNABLE}")
+            problem = resource_problem(name)
+            if problem is not None:
+                # The generic sentence reads on from the name ("gpus" is not a resource ...).
+                joint = " " if problem == _NOT_GOVERNABLE else ": "
+                raise SpecError(item_path, f"{_show(name)}{joint}{problem}")
             if name in names:
                 raise SpecError(item_path, f"{_show(name)} is listed twice")
             names.append(name)

@@ -393,13 +393,13 @@ def _current_use(args: argparse.Namespace, query: PeakQuery) -> dict[tuple[str, 
 async def _prometheus_now(url: str, query: PeakQuery) -> dict[tuple[str, str], Any]:
     import aiohttp
 
-    from headroom.shell.history.prometheus import DEFAULT_QUERIES
+    from headroom.shell.history.prometheus import DEFAULT_QUERIES, query_for
 
     pattern = "|".join(sorted(query.namespaces))
     found: dict[tuple[str, str], Any] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         for resource in sorted(query.resources):
-            template = DEFAULT_QUERIES.get(resource)
+            template = query_for(resource, DEFAULT_QUERIES)
             if template is None:
                 continue
             body = {"query": template.format(namespaces=pattern), "time": f"{query.now.timestamp():.3f}"}

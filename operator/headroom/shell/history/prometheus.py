@@ -79,6 +79,23 @@ def rule_template(record: str) -> str:
     return f'sum by (namespace) ({record}{{{{namespace=~"{{namespaces}}"}}}})'
 
 
+# kube-state-metrics names a resource label by replacing what Prometheus does not allow with "_":
+# nvidia.com/gpu is resource="nvidia_com_gpu" (unit "integer"), hugepages-2Mi is "hugepages_2Mi".
+_KSM_LABEL = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def query_for(resource: str, queries: Mapping[str, str]) -> str | None:
+    """The template for a resource: a configured one, else one for an extended resource or hugepages
+    (requests.nvidia.com/gpu), else None (not a resource Prometheus knows about)."""
+    if resource in queries:
+        return queries[resource]
+    name = resource.removeprefix("requests.")
+    if name == resource or ("/" not in name and not name.startswith("hugepages-")):
+        return None
+    unit = "byte" if name.startswith("hugepages-") else "integer"
+    return _container_sum("kube_pod_container_resource_requests", _KSM_LABEL.sub("_", name), unit)
+
+
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
@@ -211,7 +228,7 @@ class PrometheusHistory:
         seconds = int(query.lookback.total_seconds())
         chunks = days.chunks(query.namespaces, self.max_namespaces, self.max_pattern)
         for resource in sorted(query.resources):
-            template = self.queries.get(resource)
+            template = query_for(resource, self.queries)
             if template is None:
                 continue  # not a resource Prometheus knows about: unknown, never zero
             for chunk in chunks:
