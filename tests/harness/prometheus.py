@@ -51,6 +51,7 @@ _KSM_RESOURCES: Mapping[str, tuple[str, str]] = {
     "cpu": ("cpu", "core"),
     "memory": ("memory", "byte"),
     "ephemeral-storage": ("ephemeral_storage", "byte"),
+    "nvidia.com/gpu": ("nvidia_com_gpu", "integer"),  # an extended resource, as kube-state-metrics names it
 }
 # Labels a real scrape of kube-state-metrics adds; the queries must not depend on their absence.
 _SCRAPE_LABELS = {"job": "kube-state-metrics", "instance": "10.0.0.7:8080"}

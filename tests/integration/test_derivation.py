@@ -394,6 +394,30 @@ def test_float_noise_in_a_summed_cpu_peak_does_not_add_a_millicore(
     assert rows["requests.cpu"]["recommended"] == "3960m"
 
 
+@pytest.mark.parametrize("lookback", ["6h", "30d"], ids=["one-subquery", "daily-peaks"])
+def test_gpu_peaks_come_from_kube_state_metrics(
+    namespace: str, tmp_path: Path, prometheus_factory: Callable[..., Prometheus], lookback: str
+) -> None:
+    """resource="nvidia_com_gpu": 3 GPUs at the peak, 3.6 with headroom, 4 whole GPUs recommended."""
+    now = datetime.now(UTC)
+    gpu = {"requests.cpu": "1", "requests.nvidia.com/gpu": "1", "limits.nvidia.com/gpu": "1"}
+    prometheus = prometheus_factory(
+        [
+            *(pod(namespace, f"train-{i}", ago(now, hours=3), ago(now, hours=2), app=gpu) for i in range(3)),
+            pod(namespace, "done", ago(now, hours=3), ago(now, hours=2), "Succeeded", app=gpu),
+            pod(namespace, "eval", ago(now, hours=1), ago(now, minutes=30), app=gpu),
+        ]
+    )
+    project = project_manifest(
+        "gpus", [namespace], quota={"resources": ["requests.nvidia.com/gpu"], "lookback": lookback}
+    )
+
+    rows = run_plan(project, prometheus, tmp_path)
+
+    assert rows["requests.nvidia.com/gpu"]["peak"] == "3"
+    assert rows["requests.nvidia.com/gpu"]["recommended"] == "4"
+
+
 def test_floor_and_current_use_win_over_a_lower_peak(
     admin: k8s.ApiClient,
     namespace: str,

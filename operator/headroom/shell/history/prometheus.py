@@ -211,6 +211,11 @@ class PrometheusHistory:
     async def peaks(self, query: PeakQuery) -> HistoryResult:
         if not query.namespaces:
             return HistoryResult()
+        # Extended resources and hugepages are many and not known in advance (requests.nvidia.com/gpu,
+        # requests.example.com/fpga): their queries are added as Projects ask for them.
+        extra = {r: t for r in query.resources if r not in self.queries and (t := query_for(r, self.queries))}
+        if extra:
+            self.queries = {**self.queries, **extra}
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             if query.lookback < days.SHORT_LOOKBACK:
