@@ -21,6 +21,8 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
+from headroom.core import prometheus_days as days
+from headroom.core.history import day_offset
 from headroom.core.quantity import parse_quantity
 from headroom.shell.history.prometheus import DEFAULT_QUERIES
 from kubernetes.client import ApiException
@@ -598,3 +600,77 @@ def test_prometheus_down_at_bootstrap_keeps_counting_and_never_guesses(
         "pods": "6",
     }
     wait_condition(admin, name, "HistoryAvailable", "True", "HistoryFound")
+
+
+def _namespace_due_now(prefix: str, now: datetime) -> str:
+    """A namespace name whose daily write of the kept days falls due now: its own moment of the day
+    (a hash of its name) passed less than 40 minutes ago, so the write window holds the test."""
+    for i in range(100_000):
+        name = f"{prefix}-{i}"
+        offset = day_offset(name)
+        slot = days.midnight(days.utc_day(now - offset)) + offset
+        if timedelta(0) <= now - slot < timedelta(minutes=40):
+            return name
+    raise AssertionError("no namespace name falls due now")
+
+
+def test_prometheus_days_kept_on_the_quota_spare_prometheus_after_a_restart(
+    admin: k8s.ApiClient,
+    create_project: Callable[..., dict[str, Any]],
+    prometheus_factory: Callable[..., Prometheus],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    now = datetime.now(UTC)
+    namespace = _namespace_due_now(f"t-days-{uuid.uuid4().hex[:6]}", now)
+    core = k8s.CoreV1Api(admin)
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
+    try:
+        # 6 CPUs two days ago, 2 today: the peak over a 3-day lookback is the old day's.
+        old_day = days.midnight(days.utc_day(now) - timedelta(days=2)) + timedelta(hours=3)
+        prometheus = prometheus_factory(
+            [
+                pod(namespace, "batch", old_day, old_day + timedelta(minutes=30), app={"requests.cpu": "6"}),
+                pod(namespace, "web", ago(now, hours=1), ago(now, minutes=50), app={"requests.cpu": "2"}),
+            ]
+        )
+        args = prometheus_args(prometheus, "--resync-interval=5s")
+        operator = start_operator(*args)
+        quota = {"resources": ["requests.cpu"], "lookback": "3d", "minimum": {"requests.cpu": "100m"}}
+        name = create_project([namespace], quota=quota)["metadata"]["name"]
+        governed = quota_in_state(admin, namespace, "governed")
+        assert governed.spec.hard == {"requests.cpu": "7200m"}  # 6 + 20 %
+
+        # Its closed days are written on the quota, through yesterday.
+        def kept() -> str | None:
+            text = (read_quota(admin, namespace).metadata.annotations or {}).get("headroom.dev/prometheus-days")
+            return text if text and days.persisted_through(text) == days.utc_day(now) - timedelta(days=1) else None
+
+        text = wait_for(kept, 30, "the kept days on the quota")
+        assert days.decode_days(text)["requests.cpu"].days[days.utc_day(old_day)] == 6
+
+        operator.stop()
+        asked_before = len(prometheus.asked())
+        operator = start_operator(*args)
+        wait_for(
+            lambda: (
+                operator.metric("headroom_history_queries_total") >= 1
+                and operator.metric("headroom_reconcile_duration_seconds_count") >= 1
+            ),
+            30,
+            "a reconcile of the restarted operator",
+        )
+        wait_condition(admin, name, "HistoryAvailable", "True", "HistoryFound")
+        assert read_quota(admin, namespace).spec.hard == {"requests.cpu": "7200m"}
+        # After the restart Prometheus was asked about today only: no day the quota keeps.
+        midnight = days.midnight(days.utc_day(now))
+        for entry in prometheus.asked()[asked_before:]:
+            query, params = entry["params"]["query"], entry["params"]
+            if query.startswith("count("):
+                continue  # the daily probe for recording rules
+            assert params["step"] == 0, f"a range query after the restart: {query}"
+            evaluated = datetime.fromisoformat(params["end"].replace("Z", "+00:00"))
+            seconds = int(query.rsplit("[", 1)[1].split("s:", 1)[0])
+            assert evaluated - timedelta(seconds=seconds) >= midnight, query
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(namespace)
