@@ -237,3 +237,18 @@ def test_daily_peaks_for_forecasts_are_the_days_the_peak_is_made_of() -> None:
     daily = days.lookback_days(state, NOON, lookback)
     assert daily == {date(2026, 12, 2): D(4), date(2026, 12, 4): D(3)}
     assert days.peak(state, NOON, lookback) == (True, max(daily.values()))
+
+
+def test_kept_peaks_are_exact_to_a_thousandth_and_never_rounded_down() -> None:
+    kept = days.DayPeaks({date(2026, 12, 1): D("3.3"), date(2026, 12, 3): D("1073741824"), date(2026, 12, 4): None})
+    assert kept[date(2026, 12, 1)] == D("3.3")
+    assert kept[date(2026, 12, 3)] == D(1073741824)
+    assert kept[date(2026, 12, 4)] is None
+    assert date(2026, 12, 2) not in kept and len(kept) == 3
+    # Below a millicore: up to the next thousandth, never down to a lower peak.
+    assert days.DayPeaks({date(2026, 12, 1): D("0.1234561")})[date(2026, 12, 1)] == D("0.124")
+    # A day before the first one, and pruning, keep the others as they were.
+    earlier = kept.replaced(date(2026, 11, 29), D(7))
+    assert list(earlier) == [date(2026, 11, 29), date(2026, 12, 1), date(2026, 12, 3), date(2026, 12, 4)]
+    assert dict(earlier.since(date(2026, 12, 2))) == {date(2026, 12, 3): D(1073741824), date(2026, 12, 4): None}
+    assert list(kept) == [date(2026, 12, 1), date(2026, 12, 3), date(2026, 12, 4)]  # unchanged
