@@ -204,6 +204,13 @@ def run(config: OperatorConfig) -> None:
     )
     # Kopf logs every handled watch event at INFO; Headroom's own log says what matters.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # Audit records are bare JSON lines on the same stream, so that a log shipper parses them whole.
+    audit = logging.getLogger("headroom.audit")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    audit.addHandler(handler)
+    audit.propagate = False
+    audit.setLevel(logging.INFO)
     code = asyncio.run(_main(config))
     if code:
         raise SystemExit(code)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from headroom.core.audit import audit_line, audit_record
 from headroom.core.history import HistoryResult, day_offset, decode, encode, keep_days, recorded, sampler_day
 from headroom.core.names import (
     DAILY_PEAKS_ANNOTATION,
@@ -56,6 +57,8 @@ from headroom.shell.metrics import Metrics
 from headroom.shell.store import Store
 
 log = logging.getLogger("headroom")
+# The audit trail: one JSON object per line, nothing around it (main.run gives it its own handler).
+audit_log = logging.getLogger("headroom.audit")
 
 # Keys of status that belong to Kopf or to nobody: never compared, never removed.
 _FOREIGN_STATUS_KEYS = frozenset({"kopf"})
@@ -213,7 +216,7 @@ class Reconciler:
             # that report reconciles this Project again: one status write then, not two. (A sign-off
             # used now is recorded at once: it approves nothing more.)
             for event in plan.events:
-                await self._announce(body, event)
+                await self._announce(body, event, plan.status)
             return
         status = plan.status
         if self.alerts is not None:
@@ -223,7 +226,7 @@ class Reconciler:
         if applying:
             await async_failpoint("approved-change-after-status-write")
         for event in plan.events:
-            await self._announce(body, event)
+            await self._announce(body, event, status)
         self.metrics.observe_plan(spec, plan)
 
     def _observe(self, spec: ProjectSpec, body: Mapping[str, Any], history: HistoryResult, now: datetime) -> Observed:
@@ -307,9 +310,21 @@ class Reconciler:
             self.metrics.writes.labels("delete").inc()
         return created_counting
 
-    async def _announce(self, body: Mapping[str, Any], event: Event) -> None:
-        """An Event on the Project, and the same sentence in the log: what Headroom did, at INFO."""
+    async def _announce(self, body: Mapping[str, Any], event: Event, status: Mapping[str, Any] | None = None) -> None:
+        """An Event on the Project, and the same sentence in the log: what Headroom did, at INFO. An Event
+        about a change is also one JSON line in the audit log (who, what, why, when, the change id)."""
         log.info("Project %s: %s: %s", body["metadata"]["name"], event.reason, event.message)
+        record = audit_record(
+            body["metadata"]["name"],
+            event.type,
+            event.reason,
+            event.message,
+            status if status is not None else body.get("status") or {},
+            body["metadata"].get("annotations") or {},
+            self.clock(),
+        )
+        if record is not None:
+            audit_log.info(audit_line(record))
         await self.writer.post_event(body, event)
 
     def _note_deleted(self, body: Mapping[str, Any], namespace: str) -> None:
