@@ -1,0 +1,145 @@
+"""Forecasts on a real API server: a namespace whose daily peaks climb shows when its quota will be full.
+
+The sampler keeps each namespace's daily peaks in an annotation of Headroom's own quota; here a
+history of ended days is written there exactly as the sampler writes it (its day labels, its
+encoding), and the operator publishes the trend in the Project's status and its metrics. The file
+source buckets its samples by UTC day and gives the same kind of forecast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from headroom.core.history import day_offset, sampler_day
+from headroom.core.quantity import parse_quantity
+from kubernetes.client import ApiException
+
+from hack.localcluster.kube import wait_for
+from hack.localcluster.operator import OperatorProcess, custom, project_manifest
+
+pytestmark = pytest.mark.integration
+k8s = kubernetes.client
+GROUP, VERSION, PLURAL = "headroom.dev", "v1alpha1", "projects"
+D = Decimal
+
+
+@pytest.fixture
+def project_name(admin: k8s.ApiClient) -> Iterator[str]:
+    name = f"p-{uuid.uuid4().hex[:8]}"
+    yield name
+    with contextlib.suppress(ApiException):
+        custom(admin).delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+
+
+def get_project(admin: k8s.ApiClient, name: str) -> dict[str, Any]:
+    return dict(custom(admin).get_cluster_custom_object(GROUP, VERSION, PLURAL, name))
+
+
+def governed_hard(admin: k8s.ApiClient, namespace: str, resource: str) -> Decimal:
+    def probe() -> Decimal | None:
+        try:
+            quota = k8s.CoreV1Api(admin).read_namespaced_resource_quota("headroom", namespace)
+        except ApiException:
+            return None
+        if (quota.metadata.annotations or {}).get("headroom.dev/state") != "governed":
+            return None
+        return parse_quantity(quota.spec.hard[resource])
+
+    return wait_for(probe, 40, f"a governed quota in {namespace}")  # type: ignore[no-any-return]
+
+
+def forecast_of(admin: k8s.ApiClient, project: str, namespace: str, resource: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        status = get_project(admin, project).get("status") or {}
+        entry = next((e for e in status.get("namespaces") or [] if e.get("name") == namespace), {})
+        found = (entry.get("forecast") or {}).get(resource)
+        return dict(found) if found and "fullAt" in found else None
+
+    try:
+        return wait_for(probe, 40, f"a forecast of {namespace} {resource} in the status")  # type: ignore[no-any-return]
+    except AssertionError:
+        quota = k8s.CoreV1Api(admin).read_namespaced_resource_quota("headroom", namespace)
+        raise AssertionError(
+            f"no forecast; status {get_project(admin, project).get('status')}, quota {quota.metadata.annotations}"
+        ) from None
+
+
+def test_the_samplers_daily_peaks_give_a_forecast_in_status_and_metrics(
+    admin: k8s.ApiClient, namespace: str, project_name: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    operator = start_operator()  # the default history: the sampler
+    custom(admin).create_cluster_custom_object(
+        GROUP, VERSION, PLURAL, project_manifest(project_name, [namespace], quota={"resources": ["requests.cpu"]})
+    )
+    hard = governed_hard(admin, namespace, "requests.cpu")
+    # Ten ended sampler days (the namespace's own days, see day_offset) climbing 100m a day from 100m.
+    offset = day_offset(namespace)
+    today = sampler_day(datetime.now(UTC), offset)
+    first = today - timedelta(days=10)
+    # The sampler's encoding: plain decimals (cores), as core.history.encode writes them.
+    days = {(first + timedelta(days=i)).isoformat(): {"requests.cpu": str(D("0.1") * (i + 1))} for i in range(10)}
+    core = k8s.CoreV1Api(admin)
+
+    def sampled_today() -> dict[str, Any] | None:
+        annotations = core.read_namespaced_resource_quota("headroom", namespace).metadata.annotations or {}
+        kept = json.loads(annotations.get("headroom.dev/daily-peaks") or "{}")
+        return kept if today.isoformat() in kept else None
+
+    # Once the sampler has recorded today, the older days join it, as if sampled on those days (the
+    # operator then has nothing to add: today's entry is its own).
+    kept = wait_for(sampled_today, 30, "the sampler's entry for today")
+    core.patch_namespaced_resource_quota(
+        "headroom", namespace, {"metadata": {"annotations": {"headroom.dev/daily-peaks": json.dumps({**days, **kept})}}}
+    )
+
+    found = forecast_of(admin, project_name, namespace, "requests.cpu")
+    # Each day's peak stands at the end of its day; the first day ends at first + 1 day + the offset,
+    # and the trend (100m + 100m a day) reaches the governed hard value (hard - 100m) / 100m days later.
+    first_end = datetime.combine(first + timedelta(days=1), time(0), UTC) + offset
+    expected = first_end + timedelta(days=float((hard - D("0.1")) / D("0.1")))
+    assert found == {"growthPerDay": "100m", "fullAt": expected.strftime("%Y-%m-%dT%H:%M:%SZ"), "days": 10}
+    summary = get_project(admin, project_name)["status"]["summary"]
+    assert summary["soonestFull"] == f"{expected.date().isoformat()} {namespace}/requests.cpu"
+    labels = {"project": project_name, "namespace": namespace, "resource": "requests.cpu"}
+    assert operator.metric("headroom_quota_growth_per_day", labels) == 0.1
+    assert operator.metric("headroom_quota_forecast_full_timestamp_seconds", labels) == expected.timestamp()
+
+
+def test_a_growing_file_history_gives_a_forecast_by_utc_day(
+    admin: k8s.ApiClient,
+    namespace: str,
+    project_name: str,
+    tmp_path: Path,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    # Four samples a day over the 14 days before today, the day's highest at 18:00: 1 core + 250m a day.
+    first = datetime.now(UTC).date() - timedelta(days=14)
+    lines = ["time,namespace,resource,value"]
+    for i in range(14):
+        day: date = first + timedelta(days=i)
+        for hour, share in ((0, 50), (6, 70), (12, 90), (18, 100)):
+            lines.append(
+                f"{day.isoformat()}T{hour:02d}:00:00Z,{namespace},requests.cpu,{(1000 + 250 * i) * share // 100}m"
+            )
+    history = tmp_path / "growing.csv"
+    history.write_text("\n".join(lines) + "\n")
+    start_operator("--history-source=file", f"--history-file={history}")
+    custom(admin).create_cluster_custom_object(
+        GROUP, VERSION, PLURAL, project_manifest(project_name, [namespace], quota={"resources": ["requests.cpu"]})
+    )
+    hard = governed_hard(admin, namespace, "requests.cpu")
+    # Bootstrapped from the peak: 1 + 13 x 0.25 = 4.25 cores + 20 % = 5100m.
+    assert hard == D("5.1")
+    found = forecast_of(admin, project_name, namespace, "requests.cpu")
+    # UTC days; the first ends at first + 1 day 00:00, and 5.1 is reached (5.1 - 1) / 0.25 = 16.4 days later.
+    expected = datetime.combine(first + timedelta(days=1), time(0), UTC) + timedelta(days=16, hours=9, minutes=36)
+    assert found == {"growthPerDay": "250m", "fullAt": expected.strftime("%Y-%m-%dT%H:%M:%SZ"), "days": 14}
