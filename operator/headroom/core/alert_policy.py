@@ -35,12 +35,13 @@ from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from headroom.core.business_hours import BusinessHours, add_business_days, next_opening
 from headroom.core.conditions import condition, rfc3339
 from headroom.core.quantity import (
+    CONTEXT,
     QuantityError,
     format_percent,
     format_quantity,
@@ -52,6 +53,7 @@ from headroom.core.spec import DEFAULT_HYSTERESIS, DEFAULT_THRESHOLDS
 
 __all__ = [
     "FIRING",
+    "FORECAST_ID_PREFIX",
     "FULL",
     "RESOLVED",
     "AlertKey",
@@ -67,6 +69,8 @@ __all__ = [
     "describe_firing",
     "evaluate",
     "firing_alerts",
+    "forecast_inputs",
+    "forecast_policy",
     "mark_delivered",
     "next_wakeup",
     "pending_notifications",
@@ -115,6 +119,8 @@ class AlertPolicy:
     hysteresis: Decimal = Decimal(DEFAULT_HYSTERESIS)
     cooldown: timedelta | None = None
     urgent_when_full: bool = False
+    repeat: bool = True  # remind while firing (threshold alerts); a forecast alert is told once per crossing
+    id_prefix: str = ""  # keeps the ids of one kind of alert apart from another's ("forecast/...")
 
     def __post_init__(self) -> None:
         for threshold in self.thresholds:
@@ -299,7 +305,7 @@ def _advance(
     is_repeat = False
     if firing != record.announced:
         owed = FIRING if firing else RESOLVED
-    elif firing and record.outbox is None and record.last_sent is not None:
+    elif firing and policy.repeat and record.outbox is None and record.last_sent is not None:
         owed, is_repeat = FIRING, True
         if policy.cooldown is not None:
             earliest = record.last_sent + policy.cooldown
@@ -315,7 +321,7 @@ def _advance(
     due = moment if urgent else next_opening(hours, moment)
     if due > now:
         return replace(record, not_before=due)
-    return _hand_out(record, owed, now, urgent=urgent, is_repeat=is_repeat)
+    return _hand_out(record, owed, now, urgent=urgent, is_repeat=is_repeat, prefix=policy.id_prefix)
 
 
 def _hysteresis(firing: bool, value: Decimal | None, threshold: int, hysteresis: Decimal) -> bool:
@@ -329,11 +335,11 @@ def _hysteresis(firing: bool, value: Decimal | None, threshold: int, hysteresis:
 
 
 def _hand_out(
-    record: AlertRecord, state: NotificationState, now: datetime, *, urgent: bool, is_repeat: bool
+    record: AlertRecord, state: NotificationState, now: datetime, *, urgent: bool, is_repeat: bool, prefix: str = ""
 ) -> AlertRecord:
     key = record.key
     repeats = record.repeats + 1 if is_repeat else record.repeats
-    notification_id = f"{key.namespace}/{key.resource}/{key.threshold}/{state}/{_iso(record.since)}"
+    notification_id = f"{prefix}{key.namespace}/{key.resource}/{key.threshold}/{state}/{_iso(record.since)}"
     if is_repeat:
         notification_id += f"/repeat-{repeats}"
     notification = Notification(
@@ -623,6 +629,47 @@ def _names(value: Any) -> frozenset[str]:
 
 
 DeliveryOutcome = tuple[bool, str, str]  # (delivered, reason, message) of the last delivery attempt
+
+
+# -------------------------------------------------------------------------------------------- forecasts
+
+# A forecast alert is the same machinery (outbox, business hours, once per crossing, restart-safe
+# state in status) over another measure: how much of the horizon the time left until full takes.
+# 100 * horizon / time left is >= 100 exactly when the trend reaches the quota within the horizon;
+# it falls below 100 - FORECAST_HYSTERESIS (the date moved about 5 % past the horizon: a raise, or
+# slower growth) before the alert resolves, so a date that wobbles around the horizon's edge from
+# one day's peak to the next is not told twice.
+FORECAST_ID_PREFIX = "forecast/"
+FORECAST_THRESHOLD = 100
+FORECAST_HYSTERESIS = Decimal(5)
+_FORECAST_PAST = Decimal(1_000_000)  # the date has passed: as far inside the horizon as it gets
+
+
+def forecast_policy() -> AlertPolicy:
+    """Business hours always (a forecast is never urgent), no reminders: told once per crossing."""
+    return AlertPolicy(
+        thresholds=(FORECAST_THRESHOLD,),
+        hysteresis=FORECAST_HYSTERESIS,
+        repeat=False,
+        id_prefix=FORECAST_ID_PREFIX,
+    )
+
+
+def forecast_inputs(
+    full_at: Mapping[tuple[str, str], datetime], horizon_days: int, now: datetime
+) -> dict[tuple[str, str], Decimal]:
+    """The measure `evaluate` compares with FORECAST_THRESHOLD, per (namespace, resource) with a date.
+
+    A key without a date (flat, shrinking, too little history) is left out: absent resolves."""
+    if horizon_days < 1:
+        raise ValueError(f"the forecast horizon must be at least a day, got {horizon_days}")
+    horizon = Decimal(horizon_days * 86_400)
+    measures = {}
+    for key, moment in full_at.items():
+        left = Decimal(int((_utc(moment, "fullAt") - _utc(now, "now")).total_seconds()))
+        with localcontext(CONTEXT):
+            measures[key] = horizon * 100 / left if left > 0 else _FORECAST_PAST
+    return measures
 
 
 def describe_firing(record: AlertRecord, hysteresis: Decimal | None = None) -> str:

@@ -21,7 +21,15 @@ from functools import lru_cache
 from typing import Any
 
 from headroom.core.conditions import rfc3339
-from headroom.core.quantity import CONTEXT, MI, QuantityError, format_quantity, parse_quantity, resource_kind
+from headroom.core.quantity import (
+    CONTEXT,
+    MI,
+    QuantityError,
+    format_quantity,
+    parse_quantity,
+    resource_kind,
+    round_up,
+)
 
 # Fewer days than this give a growth rate but no date: a week is the shortest history in which a
 # weekly rhythm (quiet weekends) does not pass for a trend.
@@ -157,3 +165,57 @@ def describe(resource: str, forecast: Forecast, now: datetime) -> str:
     if forecast.hard is None:
         return f"growing at {rate}"
     return f"growing at {rate}, not full within {MAX_AHEAD.days // 365} years"
+
+
+def covering(trend: Forecast, until: datetime, headroom_percent: int, resource: str) -> Decimal | None:
+    """The hard value that keeps the trend inside the quota until `until`: the trend's value then, plus
+    the Project's headroom (as every quota is its peak plus headroom), rounded up to a unit a person
+    sets. None without a date (nothing to cover)."""
+    if trend.full_at is None or trend.hard is None:
+        return None
+    with localcontext(CONTEXT):
+        # The trend is at `hard` on full_at, and grows growth_per_day a day from there.
+        days = Decimal(int((until - trend.full_at).total_seconds())) / _DAY_SECONDS
+        peak = max(trend.hard, trend.hard + trend.growth_per_day * days)
+        return round_up(peak * (100 + headroom_percent) / 100, resource)
+
+
+@dataclass(frozen=True)
+class ForecastAlert:
+    """What a forecast alert tells the owners, for one namespace and resource."""
+
+    project: str
+    team: str
+    namespace: str
+    resource: str
+    horizon_days: int
+    headroom_percent: int
+
+
+def alert_text(alert: ForecastAlert, trend: Forecast | None, now: datetime, firing: bool) -> str:
+    """The sentence every sink carries: the trend, the date, and the `headroom request` that covers the
+    horizon (firing); that the date left the horizon (resolved)."""
+    who = f"Project {alert.project} (team {alert.team}): {alert.namespace} {alert.resource}"
+    if not firing:
+        return f":white_check_mark: {who} is no longer forecast to reach its quota within {alert.horizon_days} days" + (
+            f" ({describe(alert.resource, trend, now)})." if trend else "."
+        )
+    if trend is None or trend.full_at is None or trend.hard is None:
+        return f":crystal_ball: {who} is forecast to reach its quota within {alert.horizon_days} days."
+    until = now + timedelta(days=alert.horizon_days)
+    amount = covering(trend, until, alert.headroom_percent, alert.resource)
+    quota = format_quantity(trend.hard, alert.resource)
+    command = (
+        f"headroom request {alert.project} {alert.namespace} {alert.resource}={format_quantity(amount, alert.resource)}"
+        if amount is not None
+        else ""
+    )
+    growth = format_quantity(trend.published_growth(alert.resource), alert.resource)
+    days = days_until(trend.full_at, now)
+    when = "now" if trend.full_at <= now else f"in ~{days} day{'s' if days != 1 else ''}"
+    return (
+        f":crystal_ball: {who} will be full {when}: growing at +{growth}/day, the trend of its daily peaks "
+        f"reaches the quota of {quota} on {trend.full_at.date().isoformat()}. To cover the next "
+        f"{alert.horizon_days} days (to {until.date().isoformat()}, with {alert.headroom_percent}% headroom), "
+        f"ask for a raise: {command}"
+    )

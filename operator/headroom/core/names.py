@@ -37,5 +37,9 @@ DAILY_PEAKS_ANNOTATION = f"{GROUP}/daily-peaks"
 # The Prometheus source's closed daily peaks, so that a restart asks only the days since.
 PROMETHEUS_DAYS_ANNOTATION = f"{GROUP}/prometheus-days"
 
+# Forecast alerts: Alertmanager's alertname, and the Project status field that holds their outbox.
+FORECAST_ALERTNAME = "HeadroomQuotaForecast"
+FORECAST_ALERTS_FIELD = "forecastAlerts"
+
 # The leader-election Lease, in the operator's namespace.
 LEASE_NAME = "headroom"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
@@ -22,11 +22,14 @@ import kubernetes
 
 from headroom.core.alert_policy import (
     AlertPolicy,
+    AlertState,
     DeliveryOutcome,
     Notification,
     Usage,
     alert_conditions,
     evaluate,
+    forecast_inputs,
+    forecast_policy,
     mark_delivered,
     next_wakeup,
     state_from_status,
@@ -40,6 +43,8 @@ from headroom.core.business_hours import (
     parse_business_hours,
 )
 from headroom.core.conditions import rfc3339
+from headroom.core.forecast import ForecastAlert, alert_text
+from headroom.core.names import FORECAST_ALERTNAME, FORECAST_ALERTS_FIELD
 from headroom.core.planning import Event, Plan
 from headroom.core.quantity import format_percent, format_quantity, format_together
 from headroom.core.spec import ProjectSpec
@@ -63,13 +68,21 @@ class Delivery:
     # Until when Alertmanager should hold a firing alert without hearing from us again: past the
     # next reminder, so that it never resolves an alert that still fires.
     firing_until: datetime | None = None
+    # A forecast alert's sentence (core.forecast.alert_text); None for a threshold alert.
+    forecast_text: str | None = None
+
+    @property
+    def is_forecast(self) -> bool:
+        return self.forecast_text is not None
 
     @property
     def severity(self) -> str:
-        return "critical" if self.notification.threshold >= 100 else "warning"
+        return "critical" if self.notification.threshold >= 100 and not self.is_forecast else "warning"
 
     def text(self) -> str:
         n = self.notification
+        if self.forecast_text is not None:
+            return self.forecast_text
         # One unit on both sides ("4000m of 4800m", never "4 of 4800m"), the percentage to 0.1.
         used, hard = (x.replace("-", "?") for x in format_together([n.used, n.hard], n.resource))
         if n.state == "firing":
@@ -95,7 +108,8 @@ class Delivery:
             "used": format_quantity(n.used, n.resource) if n.used is not None else None,
             "hard": format_quantity(n.hard, n.resource) if n.hard is not None else None,
             "utilization": str(n.utilization) if n.utilization is not None else None,
-            "threshold": n.threshold,
+            "threshold": None if self.is_forecast else n.threshold,
+            "kind": "forecast" if self.is_forecast else "threshold",
             "state": n.state,
             "severity": self.severity,
             "since": rfc3339(n.since),
@@ -175,16 +189,19 @@ class AlertmanagerSink:
         # Alertmanager resolves an alert that is not re-sent once endsAt passes; the cooldown repeat
         # re-sends a still-firing alert well before that. A resolved alert ends now.
         ends = (delivery.firing_until or delivery.now + timedelta(days=2)) if n.state == "firing" else delivery.now
+        labels = {
+            "alertname": FORECAST_ALERTNAME if delivery.is_forecast else "HeadroomQuotaNearLimit",
+            "project": delivery.project,
+            "team": delivery.team,
+            "namespace": n.namespace,
+            "resource": n.resource,
+            "threshold": str(n.threshold),
+            "severity": delivery.severity,
+        }
+        if delivery.is_forecast:
+            del labels["threshold"]  # a forecast has a horizon (in the text), not a threshold
         return {
-            "labels": {
-                "alertname": "HeadroomQuotaNearLimit",
-                "project": delivery.project,
-                "team": delivery.team,
-                "namespace": n.namespace,
-                "resource": n.resource,
-                "threshold": str(n.threshold),
-                "severity": delivery.severity,
-            },
+            "labels": labels,
             "annotations": {
                 "summary": delivery.text(),
                 "contacts": ", ".join(delivery.contacts),
@@ -226,6 +243,8 @@ class EventSink:
         n = delivery.notification
         kind = "Warning" if n.state == "firing" else "Normal"
         reason = "QuotaNearLimit" if n.state == "firing" else "QuotaBelowLimit"
+        if delivery.is_forecast:
+            reason = "QuotaForecastFull" if n.state == "firing" else "QuotaForecastClear"
         await self.writer.post_event(body, Event(kind, reason, delivery.text()))
 
 
@@ -311,43 +330,48 @@ class Alerting:
                     r.state,
                     r.not_before,
                 )
-        if owed and state_to_status(state) != state_to_status(before):
+        forecast_before = state_from_status((body.get("status") or {}).get(FORECAST_ALERTS_FIELD))
+        forecast_state, forecast_owed = evaluate(
+            forecast_before,
+            forecast_inputs(_full_at(plan), spec.alerts.forecast_days, now),
+            forecast_policy(),
+            hours,
+            now,
+            {s.name for s in sinks},
+        )
+        if any(r.not_before for r in forecast_state.records) and not any(r.not_before for r in forecast_before.records):
+            self.metrics.alerts_deferred.inc()
+            log.info("Project %s: forecast alert deferred until business hours open", spec.name)
+        if (owed or forecast_owed) and (
+            state_to_status(state) != state_to_status(before)
+            or state_to_status(forecast_state) != state_to_status(forecast_before)
+        ):
             # Outbox first: what is owed is on record before anything leaves.
-            await self.writer.patch_status(spec.name, {"alerts": state_to_status(state)})
+            await self.writer.patch_status(
+                spec.name,
+                {"alerts": state_to_status(state), FORECAST_ALERTS_FIELD: state_to_status(forecast_state) or None},
+            )
         failed = False
         problems: list[str] = []
         delivered_from = state
         for notification in owed:
             delivery = Delivery(notification, spec.name, spec.owner.team, tuple(spec.owner.contacts), now, firing_until)
-            record = state.get(notification.key)
-            done = record.delivered_sinks if record else frozenset()
-            for sink in sinks:
-                if sink.name in done:
-                    continue
-                try:
-                    await sink.deliver(delivery, spec)
-                except Exception as exc:
-                    failed = True
-                    problems.append(f"{sink.name}: {exc}")
-                    if isinstance(exc, WebhookSecretMissing):
-                        self._secret_missing.add(spec.name)
-                    self.metrics.alerts_failed.labels(sink.name).inc()
-                    log.warning(
-                        "Project %s: delivery of %s to %s failed: %s", spec.name, notification.id, sink.name, exc
-                    )
-                    continue
-                state = mark_delivered(state, notification.id, sink.name, now)
-                self.metrics.alerts_sent.labels(sink.name, notification.state).inc()
-                log.info(
-                    "Project %s: alert %s %s %s (%s of the quota, threshold %s%%) sent to %s",
-                    spec.name,
-                    notification.key.namespace,
-                    notification.key.resource,
-                    notification.state,
-                    format_percent(notification.utilization),
-                    notification.key.threshold,
-                    sink.name,
-                )
+            state, failed_one = await self._deliver(spec, delivery, state, sinks, now, problems)
+            failed |= failed_one
+        for notification in forecast_owed:
+            delivery = Delivery(
+                notification,
+                spec.name,
+                spec.owner.team,
+                tuple(spec.owner.contacts),
+                now,
+                # Not repeated: Alertmanager holds it until past the horizon, when the quota is, by the
+                # forecast, full (and the threshold alerts speak), unless it resolves first.
+                now + timedelta(days=spec.alerts.forecast_days + 1),
+                forecast_text=_forecast_text(spec, plan, notification, now),
+            )
+            forecast_state, failed_one = await self._deliver(spec, delivery, forecast_state, sinks, now, problems)
+            failed |= failed_one
         if state is not delivered_from:
             # Deliveries retired outboxes: evaluating once more now schedules the reminders, so the
             # status written below is already what the next reconcile computes (one write, not two).
@@ -362,14 +386,15 @@ class Alerting:
                 "WebhookSecretMissing" if spec.name in self._secret_missing else "DeliveryFailed",
                 "; ".join(problems) + "; retried until it succeeds",
             )
-        elif owed or not state.records or all(not r.outbox for r in state.records):
+        elif owed or forecast_owed or all(not r.outbox for r in (*state.records, *forecast_state.records)):
             outcome = (True, "Delivered", "every alert owed was delivered")
         if failed:
             delays = self._retry.setdefault(spec.name, backoff_delays(base=2.0, cap=300.0))
             self.wake_at(spec.name, now + timedelta(seconds=next(delays)))
         else:
             self._retry.pop(spec.name, None)
-            wake = next_wakeup(state)
+            wakes = [w for w in (next_wakeup(state), next_wakeup(forecast_state)) if w is not None]
+            wake = min(wakes, default=None)
             if wake is not None:
                 self.wake_at(spec.name, wake)
         conditions = alert_conditions(
@@ -382,12 +407,88 @@ class Alerting:
             now=now,
             hysteresis=policy.hysteresis,
         )
-        return AlertOutcome(state_to_status(state), conditions)
+        return AlertOutcome(state_to_status(state), conditions, state_to_status(forecast_state))
+
+    async def _deliver(
+        self,
+        spec: ProjectSpec,
+        delivery: Delivery,
+        state: AlertState,
+        sinks: Sequence[Sink],
+        now: datetime,
+        problems: list[str],
+    ) -> tuple[AlertState, bool]:
+        """One notification to every sink that has not acknowledged it; the state with what was."""
+        notification = delivery.notification
+        record = state.get(notification.key)
+        done = record.delivered_sinks if record else frozenset()
+        failed = False
+        for sink in sinks:
+            if sink.name in done:
+                continue
+            try:
+                await sink.deliver(delivery, spec)
+            except Exception as exc:
+                failed = True
+                problems.append(f"{sink.name}: {exc}")
+                if isinstance(exc, WebhookSecretMissing):
+                    self._secret_missing.add(spec.name)
+                self.metrics.alerts_failed.labels(sink.name).inc()
+                log.warning("Project %s: delivery of %s to %s failed: %s", spec.name, notification.id, sink.name, exc)
+                continue
+            state = mark_delivered(state, notification.id, sink.name, now)
+            self.metrics.alerts_sent.labels(sink.name, notification.state).inc()
+            if delivery.is_forecast:
+                log.info(
+                    "Project %s: forecast alert %s %s %s sent to %s",
+                    spec.name,
+                    notification.key.namespace,
+                    notification.key.resource,
+                    notification.state,
+                    sink.name,
+                )
+                continue
+            log.info(
+                "Project %s: alert %s %s %s (%s of the quota, threshold %s%%) sent to %s",
+                spec.name,
+                notification.key.namespace,
+                notification.key.resource,
+                notification.state,
+                format_percent(notification.utilization),
+                notification.key.threshold,
+                sink.name,
+            )
+        return state, failed
+
+
+def _full_at(plan: Plan) -> dict[tuple[str, str], datetime]:
+    return {
+        (ns, r): trend.full_at
+        for ns, by in plan.forecasts.items()
+        for r, trend in by.items()
+        if trend.full_at is not None
+    }
+
+
+def _forecast_text(spec: ProjectSpec, plan: Plan, notification: Notification, now: datetime) -> str:
+    """The forecast alert's sentence, from the trend as it is now (a deferred alert says today's date)."""
+    alert = ForecastAlert(
+        spec.name,
+        spec.owner.team,
+        notification.namespace,
+        notification.resource,
+        spec.alerts.forecast_days,
+        spec.quota.headroom_percent,
+    )
+    trend = plan.forecasts.get(notification.namespace, {}).get(notification.resource)
+    return alert_text(alert, trend, now, notification.state == "firing")
 
 
 @dataclass(frozen=True)
 class AlertOutcome:
-    """What alerting adds to the status: the alert records (the outbox) and its conditions."""
+    """What alerting adds to the status: the alert records (the outbox), its conditions, and the
+    forecast alerts' records (their own outbox, status.forecastAlerts)."""
 
     records: list[dict[str, Any]]
     conditions: list[dict[str, Any]]
+    forecast_records: list[dict[str, Any]] = field(default_factory=list)

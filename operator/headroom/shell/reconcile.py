@@ -25,6 +25,7 @@ from headroom.core.history import HistoryResult, day_offset, decode, encode, kee
 from headroom.core.names import (
     DAILY_PEAKS_ANNOTATION,
     FIELD_MANAGER,
+    FORECAST_ALERTS_FIELD,
     PROMETHEUS_DAYS_ANNOTATION,
     QUOTA_NAME,
     STATE_ANNOTATION,
@@ -70,6 +71,9 @@ class AlertOutcomeLike(Protocol):
 
     @property
     def conditions(self) -> list[dict[str, Any]]: ...
+
+    @property
+    def forecast_records(self) -> list[dict[str, Any]]: ...
 
 
 class AlertHook(Protocol):
@@ -222,6 +226,8 @@ class Reconciler:
         if self.alerts is not None:
             outcome = await self.alerts(spec, body, plan, now)
             status = with_alerts(plan.status, outcome.records, outcome.conditions)
+            if outcome.forecast_records:
+                status[FORECAST_ALERTS_FIELD] = outcome.forecast_records  # the forecast alerts' outbox
         await self._write_status(body, status)
         if applying:
             await async_failpoint("approved-change-after-status-write")
