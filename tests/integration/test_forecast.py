@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time as clock
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
@@ -25,6 +26,7 @@ from kubernetes.client import ApiException
 
 from hack.localcluster.kube import wait_for
 from hack.localcluster.operator import OperatorProcess, custom, project_manifest
+from tests.harness.receivers import Alertmanager, WebhookReceiver, alertmanager_binary
 
 pytestmark = pytest.mark.integration
 k8s = kubernetes.client
@@ -121,17 +123,7 @@ def test_a_growing_file_history_gives_a_forecast_by_utc_day(
     tmp_path: Path,
     start_operator: Callable[..., OperatorProcess],
 ) -> None:
-    # Four samples a day over the 14 days before today, the day's highest at 18:00: 1 core + 250m a day.
-    first = datetime.now(UTC).date() - timedelta(days=14)
-    lines = ["time,namespace,resource,value"]
-    for i in range(14):
-        day: date = first + timedelta(days=i)
-        for hour, share in ((0, 50), (6, 70), (12, 90), (18, 100)):
-            lines.append(
-                f"{day.isoformat()}T{hour:02d}:00:00Z,{namespace},requests.cpu,{(1000 + 250 * i) * share // 100}m"
-            )
-    history = tmp_path / "growing.csv"
-    history.write_text("\n".join(lines) + "\n")
+    history, first = growing_history(tmp_path / "growing.csv", namespace)
     start_operator("--history-source=file", f"--history-file={history}")
     custom(admin).create_cluster_custom_object(
         GROUP, VERSION, PLURAL, project_manifest(project_name, [namespace], quota={"resources": ["requests.cpu"]})
@@ -143,3 +135,125 @@ def test_a_growing_file_history_gives_a_forecast_by_utc_day(
     # UTC days; the first ends at first + 1 day 00:00, and 5.1 is reached (5.1 - 1) / 0.25 = 16.4 days later.
     expected = datetime.combine(first + timedelta(days=1), time(0), UTC) + timedelta(days=16, hours=9, minutes=36)
     assert found == {"growthPerDay": "250m", "fullAt": expected.strftime("%Y-%m-%dT%H:%M:%SZ"), "days": 14}
+
+
+# ------------------------------------------------------------------------------------------ the alert
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Alertmanager, WebhookReceiver]]:
+    """A real Alertmanager that routes every alert on to a webhook (what its receivers were told)."""
+    if alertmanager_binary() is None:
+        pytest.skip("prometheus-alertmanager is not installed (.ci/run installs it)")
+    with (
+        WebhookReceiver() as forwarded,
+        Alertmanager(tmp_path_factory.mktemp("alertmanager"), forward_to=forwarded.url) as manager,
+    ):
+        yield manager, forwarded
+
+
+def growing_history(path: Path, namespace: str) -> tuple[Path, date]:
+    """14 UTC days before today, 1 core on the first and 250m more each day (the day's peak at 18:00)."""
+    first = datetime.now(UTC).date() - timedelta(days=14)
+    lines = ["time,namespace,resource,value"]
+    for i in range(14):
+        day = first + timedelta(days=i)
+        for hour, share in ((0, 50), (6, 70), (12, 90), (18, 100)):
+            lines.append(
+                f"{day.isoformat()}T{hour:02d}:00:00Z,{namespace},requests.cpu,{(1000 + 250 * i) * share // 100}m"
+            )
+    path.write_text("\n".join(lines) + "\n")
+    return path, first
+
+
+def test_a_forecast_full_within_the_horizon_alerts_every_sink_once(
+    admin: k8s.ApiClient,
+    namespace: str,
+    project_name: str,
+    tmp_path: Path,
+    start_operator: Callable[..., OperatorProcess],
+    alertmanager: tuple[Alertmanager, WebhookReceiver],
+) -> None:
+    manager, forwarded = alertmanager
+    history, first = growing_history(tmp_path / "growing.csv", namespace)
+    with WebhookReceiver() as webhook:
+        operator = start_operator(
+            "--history-source=file",
+            f"--history-file={history}",
+            f"--webhook-url={webhook.url}",
+            f"--alertmanager-url={manager.url}",
+        )
+        body = project_manifest(project_name, [namespace], quota={"resources": ["requests.cpu"]})
+        body["spec"]["owner"].update({"contacts": ["#web"], "businessHours": "Mon-Sun 00:00-24:00 UTC"})  # type: ignore[index]
+        custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+        # Governed at 5100m, the trend (1 core + 250m a day from the first day's end) reaches it 16.4 days
+        # after the first day ended: about three days from now, inside the default horizon of 14 days.
+        full_at = datetime.combine(first + timedelta(days=1), time(0), UTC) + timedelta(days=16, hours=9, minutes=36)
+        payload = wait_for(
+            lambda: webhook.payloads({"project": project_name, "kind": "forecast", "state": "firing"}),
+            60,
+            "the forecast alert at the webhook",
+        )[0]
+        assert payload["namespace"] == namespace and payload["resource"] == "requests.cpu"
+        assert payload["id"].startswith(f"forecast/{namespace}/requests.cpu/")
+        assert payload["threshold"] is None and payload["severity"] == "warning"
+        text = payload["text"]
+        assert (
+            f"growing at +250m/day, the trend of its daily peaks reaches the quota of 5100m on {full_at.date()}" in text
+        )
+        # The request that covers the next 14 days: the trend then, plus 20 % headroom.
+        command = f"headroom request {project_name} {namespace} requests.cpu="
+        assert command in text
+        asked = parse_quantity(text.split(command)[1])
+        sent = datetime.fromisoformat(payload["since"])
+        horizon_end = sent + timedelta(days=14)
+        expected = (D("5.1") + D("0.25") * D((horizon_end - full_at).total_seconds()) / 86400) * D("1.2")
+        assert abs(asked - expected) <= D("0.002"), (asked, expected)
+
+        alerts = wait_for(
+            lambda: manager.alerts(active=True, alertname="HeadroomQuotaForecast", project=project_name),
+            30,
+            "Alertmanager to list the forecast alert",
+        )
+        assert alerts[0]["labels"]["namespace"] == namespace and "threshold" not in alerts[0]["labels"]
+        assert alerts[0]["annotations"]["summary"] == text
+        wait_for(
+            lambda: [p for p in forwarded.payloads() if p["commonLabels"].get("alertname") == "HeadroomQuotaForecast"],
+            30,
+            "Alertmanager to notify its receiver of the forecast alert",
+        )
+        event = wait_for(lambda: events(admin, project_name, "QuotaForecastFull"), 30, "the QuotaForecastFull Event")
+        assert event[0].type == "Warning" and event[0].message == text
+        wait_for(
+            lambda: (r := forecast_records(admin, project_name)) and not any("outbox" in x for x in r),
+            30,
+            "the forecast alert's outbox to settle",
+        )
+
+        # Told once: nothing more while the date stays inside the horizon, nor after a restart.
+        updated = alerts[0]["updatedAt"]
+        operator.stop()
+        operator.start()
+        labels = {"project": project_name, "namespace": namespace, "resource": "requests.cpu"}
+        wait_for(
+            lambda: operator.metric("headroom_quota_forecast_full_timestamp_seconds", labels) == full_at.timestamp(),
+            60,
+            "the restarted operator to reconcile the Project",
+        )
+        clock.sleep(5)  # room for a second notification, which must not come
+        assert len(webhook.requests({"project": project_name, "kind": "forecast"})) == 1
+        again = manager.alerts(active=True, alertname="HeadroomQuotaForecast", project=project_name)
+        assert len(again) == 1 and again[0]["updatedAt"] == updated
+        assert len(events(admin, project_name, "QuotaForecastFull")) == 1
+
+
+def forecast_records(admin: k8s.ApiClient, name: str) -> list[dict[str, Any]]:
+    return list((get_project(admin, name).get("status") or {}).get("forecastAlerts") or [])
+
+
+def events(admin: k8s.ApiClient, name: str, reason: str) -> list[k8s.CoreV1Event]:
+    return (
+        k8s.CoreV1Api(admin)
+        .list_namespaced_event("default", field_selector=f"involvedObject.name={name},reason={reason}")
+        .items
+    )
