@@ -243,7 +243,12 @@ def test_crossing_80_percent_alerts_every_sink_exactly_once(
         f"Alertmanager to notify its receiver about {name}",
     )
 
-    near = wait_for(lambda: condition(admin, name), 30, "condition QuotaNearLimit")
+    # The webhook hears of it before the status write that records the delivery: wait for that write.
+    near = wait_for(
+        lambda: (found := condition(admin, name)) and found["status"] == "True" and found,
+        30,
+        "condition QuotaNearLimit=True",
+    )
     assert near["status"] == "True", near
     assert near["reason"] == "Above80Percent"
     assert f"{namespace} pods at 80%" in near["message"]
