@@ -226,8 +226,8 @@ def review(
 def _shown(value: ValueChange) -> dict[str, str]:
     """The row's amounts in one unit, so a reviewer compares them at a glance."""
     f = value.figures
-    names = ("from", "to", "peak", "used", "recommended")
-    amounts = [value.from_value, value.to_value, f.peak, f.used, f.recommended]
+    names = ("from", "to", "governed", "peak", "used", "recommended")
+    amounts = [value.from_value, value.to_value, f.hard, f.peak, f.used, f.recommended]
     shown = dict(zip(names, format_at_a_glance(amounts, value.resource), strict=True))
     if value.from_value is None:
         shown["from"] = "(derived)"
@@ -258,14 +258,18 @@ def _headline(p: ProjectReview) -> str:
 def _markdown_values(p: ProjectReview) -> list[str]:
     if not p.values:
         return []
+    # With the live status, what is governed now: a request is a raise when it is above that, whatever
+    # the base file asked for.
+    columns = ["from", "to", *(["governed"] if any(v.figures.hard is not None for v in p.values) else [])]
+    columns += ["peak", "used", "recommended"]
     lines = [
-        "| namespace | resource | from | to | peak | used | recommended | forecast |",
-        "|---|---|--:|--:|--:|--:|--:|---|",
+        "| namespace | resource | " + " | ".join(columns) + " | forecast |",
+        "|---|---|" + "--:|" * len(columns) + "---|",
     ]
     for v in p.values:
         s = _shown(v)
-        cells = [v.namespace, f"`{v.resource}`", s["from"], s["to"], s["peak"], s["used"], s["recommended"]]
-        lines.append("| " + " | ".join([*cells, s["forecast"]]) + " |")
+        cells = [v.namespace, f"`{v.resource}`", *(s[c] for c in columns), s["forecast"]]
+        lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
