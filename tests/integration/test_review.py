@@ -19,6 +19,7 @@ from kubernetes.client import ApiException
 
 from hack.localcluster.kube import Cluster, wait_for
 from hack.localcluster.operator import OperatorProcess, custom, project_manifest
+from tests.harness.prometheus import Prometheus, ago, pod
 
 pytestmark = pytest.mark.integration
 k8s = kubernetes.client
@@ -95,3 +96,37 @@ def test_review_compares_with_what_is_governed_not_with_the_base_file(
     assert "| namespace | resource | from | to | governed | peak | used | recommended | forecast |" in markdown
     assert f"| {namespace} | `requests.cpu` | 20 | 10 | 6 | 5 |" in markdown
     assert "evidence: the live Projects' status" in markdown
+
+
+def test_review_takes_peak_and_current_use_from_prometheus(
+    tmp_path: Path, prometheus_factory: Callable[..., Prometheus]
+) -> None:
+    """kube-state-metrics series in a real Prometheus: a peak of 6 cores four hours ago, 1.5 now."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    namespace = f"rv-{uuid.uuid4().hex[:6]}"
+    prometheus = prometheus_factory(
+        [
+            *(
+                pod(namespace, f"batch-{i}", ago(now, hours=5), ago(now, hours=4), app={"requests.cpu": "2"})
+                for i in range(3)
+            ),
+            pod(namespace, "web", ago(now, hours=1), now, app={"requests.cpu": "1500m"}),
+        ]
+    )
+    quota = {"resources": ["requests.cpu"], "minimum": {"requests.cpu": "1"}}
+    for side, cores in (("base", "4"), ("head", "10")):
+        body = project_manifest("batch", [{"name": namespace, "requested": {"requests.cpu": cores}}], quota=quota)
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "batch.yaml").write_text(yaml.safe_dump(body))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "headroom.cli", "review", "base", "head", f"--prometheus-url={prometheus.url}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert f"| {namespace} | `requests.cpu` | 4 | 10 | 6 | 1.5 | 7.2 | - |" in result.stdout
+    assert f"evidence: Prometheus at {prometheus.url}" in result.stdout

@@ -124,3 +124,17 @@ def test_days_recorded_by_utc_date_still_count_after_the_switch_to_offsets() -> 
     # The UTC reading counted this day up to 2026-03-06 23:59; with the offset, still then.
     assert peak_within(peaks, "pods", datetime(2026, 3, 6, 23, 59, tzinfo=UTC), lookback) == D(9)
     assert peak_within(peaks, "pods", datetime(2026, 3, 6, 23, 59, tzinfo=UTC), lookback, offset) == D(9)
+
+
+def test_the_sampler_keeps_gpu_peaks_like_any_other_quota_resource() -> None:
+    """The quota controller reports requests.nvidia.com/gpu in status.used; the sampler's days keep it."""
+    from headroom.core.history import decode, encode, peak_within, recorded
+
+    gpu = "requests.nvidia.com/gpu"
+    now = datetime(2026, 12, 4, 12, tzinfo=UTC)
+    first = recorded({}, {gpu: Decimal(3), "requests.cpu": Decimal(2)}, (now - timedelta(days=2)).date(), 31)
+    assert first is not None
+    later = recorded(decode(encode(first)), {gpu: Decimal(1)}, now.date(), 31)
+    assert later is not None
+    assert peak_within(decode(encode(later)), gpu, now, timedelta(days=30)) == Decimal(3)
+    assert peak_within(decode(encode(later)), gpu, now, timedelta(hours=12)) == Decimal(1)
