@@ -105,6 +105,12 @@ class Reconciler:
     _order: dict[str, int] = field(default_factory=dict)
     _seen: Iterator[int] = field(default_factory=itertools.count)
     _counting: set[str] = field(default_factory=set)  # Projects with a namespace still counting
+    # Plans made and not yet written, at most: a burst of thousands of Projects otherwise holds
+    # thousands of plans (status, desired objects, derivations) queued at the write limiter at once,
+    # which was the operator's high-water mark. Enough to keep the limiter busy; the rest wait with
+    # their history in hand and nothing else.
+    max_in_flight: int = 64
+    _admission: asyncio.Semaphore | None = None
 
     # --- scheduling
 
@@ -203,6 +209,16 @@ class Reconciler:
         history = await self.history.get(
             set(spec.namespace_names), set(terms.resources), terms.lookback, on_refresh=lambda: self.schedule(name)
         )
+        if self._admission is None:
+            self._admission = asyncio.Semaphore(self.max_in_flight)
+        async with self._admission:
+            # Planned at the moment it is admitted (an event meanwhile has marked it for one more pass).
+            await self._plan_and_write(name, body, spec, history, self.clock())
+
+    async def _plan_and_write(
+        self, name: str, body: Mapping[str, Any], spec: ProjectSpec, history: HistoryResult, now: datetime
+    ) -> None:
+        """Plan the Project and write what differs: one of at most max_in_flight at once."""
         observed = self._observe(spec, body, history, now)
         plan = plan_project(spec, body, observed, self.settings, now)
         if any(q.annotations.get(STATE_ANNOTATION) == COUNTING for q in plan.quotas):

@@ -1,0 +1,75 @@
+"""A burst of new Projects holds at most `max_in_flight` plans at once: the others wait for a place
+before they are planned, so their plans are not all queued at the write limiter together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from headroom.core.planning import DesiredLimitRange, DesiredQuota, Settings
+from headroom.shell.history.cache import HistoryCache
+from headroom.shell.metrics import Metrics
+from headroom.shell.reconcile import Reconciler
+from headroom.shell.store import Store
+
+from bench.reconcile_cost import InstantHistory, StoreWriter
+
+
+class SlowWriter(StoreWriter):
+    """A write limiter that lets one write through at a time, slowly: plans pile up behind it."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.planned_at_once = 0
+        self.most_at_once = 0
+        self.projects_written: list[str] = []
+
+    async def _slow(self) -> None:
+        await asyncio.sleep(0.001)
+
+    async def apply_limitrange(self, project: Mapping[str, Any], desired: DesiredLimitRange) -> None:
+        self.planned_at_once += 1
+        self.most_at_once = max(self.most_at_once, self.planned_at_once)
+        try:
+            await self._slow()
+            await super().apply_limitrange(project, desired)
+        finally:
+            self.planned_at_once -= 1
+
+    async def apply_quota(self, project: Mapping[str, Any], desired: DesiredQuota) -> None:
+        await self._slow()
+        self.projects_written.append(project["metadata"]["name"])
+        await super().apply_quota(project, desired)
+
+
+def test_a_burst_of_projects_holds_at_most_max_in_flight_plans_and_onboards_them_all() -> None:
+    store = Store()
+    writer = SlowWriter(store)
+    metrics = Metrics()
+    cache = HistoryCache(InstantHistory(), max_age=timedelta(hours=1), metrics=metrics)
+    reconciler = Reconciler(
+        store=store,
+        writer=writer,  # type: ignore[arg-type]
+        history=cache,
+        settings=Settings(),  # type: ignore[call-arg]
+        metrics=metrics,
+        max_in_flight=4,
+    )
+    names = [f"team-{i:03d}" for i in range(40)]
+    for i, name in enumerate(names):
+        store.namespaces.add(name)
+        store.projects[name] = {
+            "apiVersion": "headroom.dev/v1alpha1",
+            "kind": "Project",
+            "metadata": {"name": name, "uid": f"uid-{i}", "generation": 1},
+            "spec": {"owner": {"team": "t"}, "namespaces": [{"name": name}]},
+        }
+
+    async def run() -> None:
+        await asyncio.gather(*(reconciler.reconcile(name) for name in names))
+
+    asyncio.run(run())
+    assert 1 < writer.most_at_once <= 4
+    assert set(writer.projects_written) == set(names)  # every one onboarded, none lost waiting
