@@ -118,6 +118,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         settings.peering.standalone = True
         tasks.append(asyncio.create_task(runtime.prime_with_retry()))
         tasks.append(asyncio.create_task(runtime.derivation_cycle()))
+        tasks.append(asyncio.create_task(runtime.trim_memory()))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
