@@ -43,3 +43,8 @@ FORECAST_ALERTS_FIELD = "forecastAlerts"
 
 # The leader-election Lease, in the operator's namespace.
 LEASE_NAME = "headroom"
+
+# The capacity override a platform approver sets on a Project: the change id it lets past the
+# overcommit budget, and who signed it (core/capacity.py; the admission policy checks both).
+CAPACITY_OVERRIDE_ANNOTATION = f"{GROUP}/capacity-override"
+CAPACITY_OVERRIDE_BY_ANNOTATION = f"{GROUP}/capacity-override-by"

@@ -23,6 +23,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from headroom.core.capacity import CapacityView, Hold, Override, held
 from headroom.core.changes import (
     Approval,
     ChangeDecision,
@@ -43,6 +44,8 @@ from headroom.core.derivation import Derivation, default_minimum, derive_namespa
 from headroom.core.forecast import Forecast, forecast, to_status
 from headroom.core.names import (
     APPLIED_CHANGE_ANNOTATION,
+    CAPACITY_OVERRIDE_ANNOTATION,
+    CAPACITY_OVERRIDE_BY_ANNOTATION,
     FIELD_MANAGER,
     GOVERNED_ANNOTATION,
     PROJECT_LABEL,
@@ -204,6 +207,8 @@ class Observed:
     # and where each namespace's days begin after 00:00 UTC (HistoryResult.day_offsets)
     daily: Mapping[tuple[str, str], Mapping[date, Decimal]] = field(default_factory=dict)
     day_offsets: Mapping[str, timedelta] = field(default_factory=dict)
+    # the cluster's capacity and every other Project's governed total (core/capacity.py); None: not read
+    capacity: CapacityView | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,8 @@ class Settings:
     auto_approve_within_recommendation: bool = False
     # Never governed unless the platform labels the Namespace for a Project (see claims.py).
     protected_namespaces: frozenset[str] = DEFAULT_PROTECTED_NAMESPACES
+    # resource -> the most its cluster-wide governed total may be, as a multiple of allocatable capacity
+    max_overcommit: Mapping[str, Decimal] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------- desired
@@ -311,6 +318,7 @@ class _Pass:
     applied: dict[str, Any] | None = None  # the record of a change applied in this pass
     consumed: bool = False  # the sign-off was used: it approves nothing more
     blocked: list[str] = field(default_factory=list)
+    hold: Hold | None = None  # a signed-off raise held by the overcommit budget
 
     @property
     def old_status(self) -> Mapping[str, Any]:
@@ -549,6 +557,10 @@ def _decide_change(work: _Pass) -> None:
     )
     if work.decision.action != "apply" or pending is None:
         return
+    work.hold = _capacity_hold(work, pending)
+    if work.hold is not None:
+        work.decision = ChangeDecision("wait", work.hold.reason, {})
+        return
     changed = {
         ns: targets
         for ns, targets in work.decision.targets.items()
@@ -558,6 +570,21 @@ def _decide_change(work: _Pass) -> None:
         _record_applied(work, pending, changed)
     if changed:
         work.events.extend(Event("Warning", "DecreaseClamped", c.message) for c in work.decision.clamped)
+
+
+def _capacity_hold(work: _Pass, pending: PendingChange) -> Hold | None:
+    """Whether the overcommit budget holds a change that is otherwise ready to apply."""
+    if not work.settings.max_overcommit:
+        return None
+    annotations = work.body.get("metadata", {}).get("annotations") or {}
+    override = Override(
+        annotations.get(CAPACITY_OVERRIDE_ANNOTATION),
+        annotations.get(CAPACITY_OVERRIDE_BY_ANNOTATION),
+        work.spec.requested_by,
+        work.terms.approval.used,
+    )
+    targets = work.decision.targets
+    return held(pending.id, targets, work.governed, work.observed.capacity, work.settings.max_overcommit, override)
 
 
 def _record_applied(work: _Pass, pending: PendingChange, changed: Mapping[str, Mapping[str, Decimal]]) -> None:
@@ -717,8 +744,9 @@ def _status(work: _Pass, utilization: Mapping[tuple[str, str], Decimal], release
             **work.pending.to_status(),
             "reason": work.decision.reason,
         }
-        if not since and work.decision.action == "wait":
+        if not since and work.decision.action == "wait" and work.hold is None:  # a hold posts its own
             work.events.append(Event("Normal", "ChangePending", work.decision.reason))
+        _note_hold(work, status["pendingChange"], before)
     all_done = all(e.get("state") in ("Governed", "Observed") for e in work.entries.values())
     status["conditions"] = _conditions(work, all_done, still_pending)
     enforced = work.terms.enforced
@@ -759,6 +787,15 @@ def _status(work: _Pass, utilization: Mapping[tuple[str, str], Decimal], release
     return status
 
 
+def _note_hold(work: _Pass, pending: dict[str, Any], before: Mapping[str, Any]) -> None:
+    """A held change says by how much in its status; the Event is posted once, when the hold begins."""
+    if work.hold is None:
+        return
+    pending["heldForCapacity"] = [e.to_status() for e in work.hold.excess]
+    if not (before.get("id") == pending["id"] and before.get("heldForCapacity")):
+        work.events.append(Event("Warning", "ChangeHeld", work.hold.reason))
+
+
 def _history(work: _Pass) -> dict[str, Any]:
     """status.history and lastAppliedChange. The applied record on the quotas is the source of truth:
     a status write lost to a crash is recovered from it, and append_history ignores an id it holds."""
@@ -797,7 +834,13 @@ def _conditions(work: _Pass, all_done: bool, still_pending: bool) -> list[dict[s
     """The Project's conditions: (type, ok, reason, message) each, decided here, stamped by condition()."""
     decided = [_ready(work, all_done), _history_available(work.observed, work.no_history)]
     if still_pending:
-        kind = "AwaitingSignOff" if work.decision.action == "wait" else "Clamped"
+        kind = (
+            "HeldForCapacity"
+            if work.hold is not None
+            else "AwaitingSignOff"
+            if work.decision.action == "wait"
+            else "Clamped"
+        )
         decided.append(("ChangePending", True, kind, work.decision.reason))
     else:
         decided.append(("ChangePending", False, "NoChange", "no change is pending"))
@@ -811,6 +854,8 @@ def _conditions(work: _Pass, all_done: bool, still_pending: bool) -> list[dict[s
                 f"requested values for {blocked} wait until the namespace is governed",
             )
         )
+    if work.settings.max_overcommit:
+        decided.append(_capacity_held(work.hold))
     previous = work.old_status.get("conditions") or []
     return [condition(*c, generation=work.generation, previous=previous, now=work.now) for c in decided]
 
@@ -830,6 +875,12 @@ def _ready(work: _Pass, all_done: bool) -> _Decided:
         return ("Ready", True, "Governed", "all namespaces are governed")
     waiting = "; ".join(work.waiting) or "waiting for the quota controller to report current use"
     return ("Ready", False, "Waiting", waiting)
+
+
+def _capacity_held(hold: Hold | None) -> _Decided:
+    if hold is None:
+        return ("CapacityHeld", False, "WithinBudget", "no change is held by the overcommit budget")
+    return ("CapacityHeld", True, "CapacityUnknown" if hold.unknown else "OverBudget", hold.reason)
 
 
 def _history_available(observed: Observed, no_history: list[str]) -> _Decided:
