@@ -8,6 +8,7 @@
     headroom request PROJECT [NAMESPACE] RESOURCE=QUANTITY...
     headroom approve PROJECT [--id ID] [--yes]
     headroom status PROJECT
+    headroom capacity [--prometheus-url URL]  governed quotas against allocatable capacity
 
 The commands that talk to the cluster take kubectl's global flags (--kubeconfig, --context,
 -n/--namespace, --as, --as-group), so `kubectl headroom ...` behaves like the rest of kubectl, and
@@ -1083,6 +1084,11 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     _cluster_flags(status)
     status.set_defaults(func=cmd_status)
+
+    # Imported here: that module builds on this one's helpers (client, errors, tables).
+    from headroom.shell.capacity_cli import add_parser as add_capacity
+
+    add_capacity(sub, _cluster_flags)
     return top
 
 

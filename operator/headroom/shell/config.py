@@ -13,10 +13,12 @@ import re
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from headroom.core.capacity import parse_budget
 from headroom.core.names import LEASE_NAME
 from headroom.core.planning import DEFAULT_PROTECTED_NAMESPACES
 from headroom.core.spec import parse_duration
@@ -144,6 +146,13 @@ def _queries(items: str | list[str], flag: str) -> dict[str, str]:
     return queries
 
 
+def _budget(text: str, flag: str) -> dict[str, Decimal]:
+    try:
+        return parse_budget(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from exc
+
+
 def setting(flag: str, why: str, parse: Callable[..., Any], default: Any, **argparse_kwargs: Any) -> Any:
     """One setting: a dataclass field carrying its flag, parser and purpose (a dict default is made fresh)."""
     metadata = {"flag": flag, "why": why, "parse": parse, "argparse": argparse_kwargs}
@@ -214,6 +223,13 @@ class OperatorConfig:
         False,
         **_SWITCH,
     )
+    max_overcommit: Mapping[str, Decimal] = setting(
+        "--max-overcommit",
+        "overcommit budget: RESOURCE=RATIO[,...], e.g. requests.cpu=1.5; a signed-off raise that would take "
+        "the cluster's governed total past RATIO x allocatable waits (needs --prometheus-url)",
+        _budget,
+        {},
+    )
     namespace: str = setting(
         "--namespace",
         "the operator's own namespace (webhook Secrets are read there)",
@@ -281,6 +297,11 @@ def _check_together(config: OperatorConfig) -> None:
     """What one setting asks of another."""
     if config.history_source == "prometheus" and not config.prometheus_url:
         raise ConfigError("--history-source=prometheus needs --prometheus-url (or HEADROOM_PROMETHEUS_URL)")
+    if config.max_overcommit and not config.prometheus_url:
+        raise ConfigError(
+            "--max-overcommit needs --prometheus-url (or HEADROOM_PROMETHEUS_URL): the cluster's allocatable "
+            "capacity is read from kube-state-metrics' kube_node_status_allocatable there"
+        )
     if config.history_source == "file":
         if config.history_file is None:
             raise ConfigError("--history-source=file needs --history-file (or HEADROOM_HISTORY_FILE)")

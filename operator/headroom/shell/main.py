@@ -33,6 +33,7 @@ from headroom.core.spec import SpecError, parse_duration
 from headroom.shell import memory
 from headroom.shell.alerting import Alerting, build_sinks
 from headroom.shell.backoff import backoff_delays, jittered
+from headroom.shell.capacity import CapacityReader
 from headroom.shell.config import OperatorConfig
 from headroom.shell.handlers import register
 from headroom.shell.history import history_source
@@ -85,6 +86,11 @@ def startup_line(config: OperatorConfig) -> str:
         f"{_duration(config.resync_interval)}, alerts to {', '.join(sinks)}, auto-approval within "
         f"recommendation {'on' if config.auto_approve_within_recommendation else 'off'}, ports {ports}, "
         f"leader election {election}, writes {config.api_qps:g}/s (burst {config.api_burst})"
+        + (
+            ", overcommit budget " + ",".join(f"{r}={v}" for r, v in sorted(config.max_overcommit.items()))
+            if config.max_overcommit
+            else ""
+        )
     )
 
 
@@ -122,6 +128,8 @@ class Runtime:
                     label = (meta.get("labels") or {}).get(PROJECT_LABEL)
                     if label is not None:
                         self.store.namespace_labels[meta["name"]] = label
+        if self.reconciler.capacity is not None:
+            await self.reconciler.capacity.refresh()  # before the first reconcile weighs a raise
         self.primed.set()
         for name in list(self.store.projects):
             self.reconciler.schedule(name)
@@ -174,6 +182,9 @@ class Runtime:
                     wanted.setdefault(lookback, set()).update((ns.get("name"), r) for r in resources)
             with contextlib.suppress(Exception):
                 await self.reconciler.history.refresh_all(wanted)
+            if self.reconciler.capacity is not None:
+                # Capacity read here, with history: a held raise is weighed again as every Project is.
+                await self.reconciler.capacity.refresh()
             for name in list(self.store.projects):
                 self.schedule(name)
 
@@ -190,6 +201,7 @@ def build_runtime(
         default_enforcement=config.enforcement_default,
         auto_approve_within_recommendation=config.auto_approve_within_recommendation,
         protected_namespaces=frozenset({*config.protected_namespaces, config.namespace}),
+        max_overcommit=dict(config.max_overcommit),
     )
     reconciler = Reconciler(
         store=store,
@@ -199,6 +211,9 @@ def build_runtime(
         metrics=metrics,
         sampler=config.history_source == "sampler",
     )
+    if config.prometheus_url:
+        reconciler.capacity = CapacityReader(config.prometheus_url, timeout=config.prometheus_timeout)
+    metrics.capacity_from(store.quotas.values, reconciler.capacity, settings.max_overcommit)
     reconciler.alerts = Alerting(
         build_sinks(config, client), writer, metrics, reconciler.schedule_at, store.projects.get
     )

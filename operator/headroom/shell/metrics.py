@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, SupportsFloat
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, SupportsFloat
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -13,6 +14,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from headroom.core.planning import Plan
     from headroom.core.spec import ProjectSpec
+    from headroom.shell.capacity import CapacityReader
 
 
 class Metrics:
@@ -53,6 +55,15 @@ class Metrics:
         self.history_duration = Histogram(
             "headroom_history_fetch_seconds", "Time to fetch peaks for one lookback", registry=r
         )
+
+    def capacity_from(
+        self,
+        quotas: Callable[[], Iterable[Mapping[str, Any]]],
+        reader: CapacityReader | None,
+        budget: Mapping[str, Decimal],
+    ) -> None:
+        """Publish the cluster's capacity figures, computed from these sources at scrape time."""
+        self.registry.register(CapacityFigures(quotas, reader, budget))
 
     def observe_plan(self, spec: ProjectSpec, plan: Plan) -> None:
         # Replaced whole: a namespace that left the Project does not keep its last utilization (and alerts).
@@ -153,3 +164,49 @@ class ProjectFigures(Collector):
                     family.add_metric([project, namespace, resource], value)
         yield growth
         yield full
+
+
+class CapacityFigures(Collector):
+    """headroom_capacity_governed_hard, _allocatable, _overcommit_ratio and _budget_ratio per resource.
+
+    Summed while /metrics is read, from the quotas the watch keeps: nothing is kept between scrapes,
+    and a reconcile never pays for it.
+    """
+
+    def __init__(
+        self,
+        quotas: Callable[[], Iterable[Mapping[str, Any]]],
+        reader: CapacityReader | None,
+        budget: Mapping[str, Decimal],
+    ) -> None:
+        self._quotas, self._reader, self._budget = quotas, reader, dict(budget)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from headroom.shell.capacity import capacity_figures
+
+        allocatable = self._reader.allocatable if self._reader is not None else {}
+        governed = GaugeMetricFamily(
+            "headroom_capacity_governed_hard",
+            "Sum of every governed quota's hard value (cores, bytes or count)",
+            labels=["resource"],
+        )
+        capacity = GaugeMetricFamily(
+            "headroom_capacity_allocatable",
+            "Allocatable capacity of the schedulable nodes that the resource draws on",
+            labels=["resource"],
+        )
+        ratio = GaugeMetricFamily(
+            "headroom_capacity_overcommit_ratio", "Governed total divided by allocatable capacity", labels=["resource"]
+        )
+        budget = GaugeMetricFamily(
+            "headroom_capacity_budget_ratio", "The overcommit budget (--max-overcommit)", labels=["resource"]
+        )
+        for resource, total, node, overcommit in capacity_figures(list(self._quotas()), allocatable):
+            governed.add_metric([resource], float(total))
+            if node is not None:
+                capacity.add_metric([resource], float(node))
+            if overcommit is not None:
+                ratio.add_metric([resource], float(overcommit))
+        for resource, limit in sorted(self._budget.items()):
+            budget.add_metric([resource], float(limit))
+        yield from (governed, capacity, ratio, budget)

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -46,6 +46,7 @@ from headroom.core.planning import (
 )
 from headroom.core.spec import ProjectSpec, SpecError, parse_project
 from headroom.shell.backoff import backoff_delays, jittered
+from headroom.shell.capacity import CapacityReader
 from headroom.shell.failpoints import async_failpoint
 from headroom.shell.history.cache import HistoryCache
 from headroom.shell.kube import (
@@ -91,6 +92,7 @@ class Reconciler:
     metrics: Metrics
     sampler: bool = False
     alerts: AlertHook | None = None
+    capacity: CapacityReader | None = None  # read only with an overcommit budget (--max-overcommit)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     min_interval: float = 1.0  # seconds between two reconciles of one Project (coalescing)
     # ... and while one of its namespaces waits for the quota controller's first count: the event of
@@ -221,6 +223,12 @@ class Reconciler:
         """Plan the Project and write what differs: one of at most max_in_flight at once."""
         observed = self._observe(spec, body, history, now)
         plan = plan_project(spec, body, observed, self.settings, now)
+        if self.capacity is not None and "heldForCapacity" in (plan.status.get("pendingChange") or {}):
+            # A raise is about to apply (without capacity known, the budget holds every one): only
+            # now is the cluster's governed total summed, so a steady reconcile never costs a pass
+            # over every quota.
+            observed = replace(observed, capacity=self.capacity.view(self.store.quotas, spec.name))
+            plan = plan_project(spec, body, observed, self.settings, now)
         if any(q.annotations.get(STATE_ANNOTATION) == COUNTING for q in plan.quotas):
             self._counting.add(name)
         else:
