@@ -22,7 +22,7 @@ from typing import Any
 
 import kubernetes
 import pytest
-from headroom.core.quantity import format_quantity
+from headroom.core.quantity import format_quantity, parse_quantity
 from kubernetes.client import ApiException
 
 from hack.localcluster.kube import Cluster, wait_for
@@ -165,7 +165,6 @@ def test_a_raise_past_the_budget_is_held_until_a_platform_approver_overrides_it(
     a, _, operator = budgeted
     dana, bob = cluster.impersonate("dana", TEAM), cluster.impersonate("bob", APPROVERS)
     assert operator.metric("headroom_capacity_allocatable", {"resource": "requests.cpu"}) == ALLOCATABLE_CORES
-    before = wait_for(lambda: _governed_total(operator) or None, 20, "the governed total on /metrics")
 
     edit_spec(dana, "dana", _ask("100"))
     change = settled(admin)["pendingChange"]["id"]
@@ -176,8 +175,10 @@ def test_a_raise_past_the_budget_is_held_until_a_platform_approver_overrides_it(
         return status if (status.get("pendingChange") or {}).get("heldForCapacity") else None
 
     status = wait_for(held, 30, "the signed-off raise to be held by the budget")
-    # The rest of the cluster, plus 100 instead of 2 here: everything past 1.5 x 10 cores is the excess.
-    total = before - 2 + 100
+    (excess,) = status["pendingChange"]["heldForCapacity"]
+    total = parse_quantity(excess["total"])
+    # The cluster's total as /metrics has it (every quota, ours at 2 + 2), with 100 instead of 2 here.
+    wait_for(lambda: _governed_total(operator) == total - 98, 20, "the governed total on /metrics to agree")
     assert status["pendingChange"]["heldForCapacity"] == [
         {
             "resource": "requests.cpu",
@@ -209,7 +210,13 @@ def test_a_raise_past_the_budget_is_held_until_a_platform_approver_overrides_it(
 
     _override(pat, change, "pat")
     wait_for(lambda: hard(admin, a) == {"requests.cpu": "100", "pods": "10"}, 30, "the overridden raise")
-    status = settled(admin)
+
+    def applied() -> dict[str, Any] | None:
+        # An annotation does not move the generation: wait for the status of the pass that applied it.
+        status = get_project(admin).get("status") or {}
+        return status if (status.get("lastAppliedChange") or {}).get("id") == change else None
+
+    status = wait_for(applied, 20, "the status recording the applied change")
     assert "pendingChange" not in status
     assert _condition(status, "CapacityHeld")["status"] == "False"
 
