@@ -229,6 +229,7 @@ class Prometheus:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    flags: tuple[str, ...] = ()  # more command-line flags, e.g. ("--query.max-samples=5000",)
 
     @property
     def url(self) -> str:
@@ -286,6 +287,7 @@ class Prometheus:
                 "--storage.tsdb.retention.time=400d",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn",
+                *self.flags,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -247,3 +247,26 @@ def test_shipped_recording_rules_record_what_the_raw_queries_compute(
         want = {r["metric"]["namespace"]: Decimal(r["value"][1]) for r in prometheus.query(raw, now)}
         got = {r["metric"]["namespace"]: Decimal(r["value"][1]) for r in prometheus.query(recorded, now)}
         assert want and got == want, (resource, got, want)
+
+
+def test_a_question_too_big_for_prometheus_is_asked_again_in_halves(tmp_path: Path) -> None:
+    t0 = _t0()
+    # Three days of this history hold about 5 500 samples at once, one day about 2 000.
+    prometheus = Prometheus(tmp_path / "small", flags=("--query.max-samples=4000",)).backfill(_history(t0))
+    prometheus.start()
+    try:
+        result = _ask(_source(prometheus), t0)
+        assert result.complete, result.error
+        assert result.peaks == {(NS, "pods"): Decimal(5), (NS, "requests.cpu"): Decimal(5)}
+        # Unrefused, the start-up is 4 questions (days and today, per resource): here more, smaller.
+        assert result.queries > 4
+        # Per resource: the three days in one question (refused), then one day and two days.
+        spans = [
+            datetime.fromisoformat(p["end"].replace("Z", "+00:00"))
+            - datetime.fromisoformat(p["start"].replace("Z", "+00:00"))
+            for e in prometheus.asked()
+            if (p := e["params"])["step"] > 0
+        ]
+        assert spans == [timedelta(days=2), timedelta(0), timedelta(days=1)] * 2
+    finally:
+        prometheus.stop()

@@ -8,7 +8,7 @@ from decimal import Decimal as D
 import pytest
 from headroom.core import prometheus_days as days
 from headroom.core.prometheus_days import Ask, KeyDays, Window
-from headroom.shell.history.prometheus import DEFAULT_QUERIES, daily_query, rule_template
+from headroom.shell.history.prometheus import DEFAULT_QUERIES, _too_big, daily_query, rule_template
 
 NOON = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 MONTH = timedelta(days=30)
@@ -252,3 +252,17 @@ def test_kept_peaks_are_exact_to_a_thousandth_and_never_rounded_down() -> None:
     assert list(earlier) == [date(2026, 11, 29), date(2026, 12, 1), date(2026, 12, 3), date(2026, 12, 4)]
     assert dict(earlier.since(date(2026, 12, 2))) == {date(2026, 12, 3): D(1073741824), date(2026, 12, 4): None}
     assert list(kept) == [date(2026, 12, 1), date(2026, 12, 3), date(2026, 12, 4)]  # unchanged
+
+
+@pytest.mark.parametrize(
+    ("body", "too_big"),
+    [
+        # Prometheus 2.x's own words for --query.max-samples and --query.timeout.
+        ({"errorType": "execution", "error": "query processing would load too many samples into memory"}, True),
+        ({"errorType": "timeout", "error": "query timed out in expression evaluation"}, True),
+        ({"errorType": "bad_data", "error": "1:10: parse error"}, False),
+        ({"errorType": "execution", "error": "many-to-many matching not allowed"}, False),
+    ],
+)
+def test_only_a_question_too_big_for_prometheus_is_asked_again_in_halves(body: dict[str, str], too_big: bool) -> None:
+    assert _too_big(body) is too_big

@@ -446,7 +446,7 @@ class _Outcome:
 def _too_big(body: Mapping[str, Any]) -> bool:
     text = str(body.get("error", ""))
     return body.get("errorType") in ("execution", "timeout") and (
-        "too many samples" in text or "timeout" in text or "exceeded" in text
+        "too many samples" in text or "timed out" in text or "timeout" in text or "exceeded" in text
     )
 
 
