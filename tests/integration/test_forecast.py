@@ -26,6 +26,7 @@ from kubernetes.client import ApiException
 
 from hack.localcluster.kube import wait_for
 from hack.localcluster.operator import OperatorProcess, custom, project_manifest
+from tests.harness.prometheus import Prometheus, pod
 from tests.harness.receivers import Alertmanager, WebhookReceiver, alertmanager_binary
 
 pytestmark = pytest.mark.integration
@@ -257,3 +258,41 @@ def events(admin: k8s.ApiClient, name: str, reason: str) -> list[k8s.CoreV1Event
         .list_namespaced_event("default", field_selector=f"involvedObject.name={name},reason={reason}")
         .items
     )
+
+
+# ---------------------------------------------------------------------------------------- Prometheus
+
+
+def test_a_growing_history_in_prometheus_gives_a_forecast(
+    admin: k8s.ApiClient,
+    namespace: str,
+    project_name: str,
+    prometheus_factory: Callable[..., Prometheus],
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    """kube-state-metrics series backfilled into a real Prometheus: on each of the ten UTC days before
+    today, 2 + i pods (one core each) run for half an hour at noon."""
+    first = datetime.now(UTC).date() - timedelta(days=10)
+    segments = []
+    for i in range(10):
+        noon = datetime.combine(first + timedelta(days=i), time(12), UTC)
+        segments += [
+            pod(namespace, f"d{i}-{n}", noon, noon + timedelta(minutes=30), app={"requests.cpu": "1"})
+            for n in range(2 + i)
+        ]
+    prometheus = prometheus_factory(segments)
+    start_operator(
+        "--history-source=prometheus",
+        f"--prometheus-url={prometheus.url}",
+        "--prometheus-step=1m",
+        "--prometheus-timeout=5",
+    )
+    custom(admin).create_cluster_custom_object(
+        GROUP, VERSION, PLURAL, project_manifest(project_name, [namespace], quota={"resources": ["pods"]})
+    )
+    # Governed from the peak, 11 pods + 20 % = 14 pods.
+    assert governed_hard(admin, namespace, "pods") == 14
+    found = forecast_of(admin, project_name, namespace, "pods")
+    # The trend (2 pods when the first day ended, one more each day) reaches 14 twelve days later.
+    expected = datetime.combine(first + timedelta(days=13), time(0), UTC)
+    assert found == {"growthPerDay": "1", "fullAt": expected.strftime("%Y-%m-%dT%H:%M:%SZ"), "days": 10}
