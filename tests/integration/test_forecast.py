@@ -197,7 +197,7 @@ def test_a_forecast_full_within_the_horizon_alerts_every_sink_once(
         )[0]
         assert payload["namespace"] == namespace and payload["resource"] == "requests.cpu"
         assert payload["id"].startswith(f"forecast/{namespace}/requests.cpu/")
-        assert payload["threshold"] is None and payload["severity"] == "warning"
+        assert payload["threshold"] is None and payload["utilization"] is None and payload["severity"] == "warning"
         text = payload["text"]
         assert (
             f"growing at +250m/day, the trend of its daily peaks reaches the quota of 5100m on {full_at.date()}" in text

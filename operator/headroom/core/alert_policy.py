@@ -668,7 +668,9 @@ def forecast_inputs(
     for key, moment in full_at.items():
         left = Decimal(int((_utc(moment, "fullAt") - _utc(now, "now")).total_seconds()))
         with localcontext(CONTEXT):
-            measures[key] = horizon * 100 / left if left > 0 else _FORECAST_PAST
+            # To a hundredth: enough to compare with 100 and 95, short enough to keep in status.
+            measure = (horizon * 100 / left).quantize(Decimal("0.01")) if left > 0 else _FORECAST_PAST
+        measures[key] = min(measure, _FORECAST_PAST)
     return measures
 
 

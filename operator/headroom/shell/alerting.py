@@ -107,7 +107,7 @@ class Delivery:
             "resource": n.resource,
             "used": format_quantity(n.used, n.resource) if n.used is not None else None,
             "hard": format_quantity(n.hard, n.resource) if n.hard is not None else None,
-            "utilization": str(n.utilization) if n.utilization is not None else None,
+            "utilization": str(n.utilization) if n.utilization is not None and not self.is_forecast else None,
             "threshold": None if self.is_forecast else n.threshold,
             "kind": "forecast" if self.is_forecast else "threshold",
             "state": n.state,
@@ -205,7 +205,7 @@ class AlertmanagerSink:
             "annotations": {
                 "summary": delivery.text(),
                 "contacts": ", ".join(delivery.contacts),
-                "utilization": format_percent(n.utilization),
+                **({} if delivery.is_forecast else {"utilization": format_percent(n.utilization)}),
                 "notification_id": n.id,
             },
             "startsAt": rfc3339(starts) if n.state == "firing" else rfc3339(_alert_start(n)),
