@@ -405,3 +405,18 @@ def test_status_shows_each_forecast_beside_its_resource(capsys: pytest.CaptureFi
     assert "full in ~" in cpu and "(2099-12-11) at +400m/day" in cpu
     pods = next(line for line in out.splitlines() if line.strip().startswith("pods "))
     assert pods.rstrip().endswith("shrinking at -0.25/day")
+
+
+def test_cpu_reads_in_one_unit_down_a_table() -> None:
+    """requests.cpu in cores and limits.cpu in millicores side by side is hard to compare: one unit for all."""
+    rows = [
+        {"resource": "requests.cpu", "hard": "4", "used": "2", "recommended": "6"},
+        {"resource": "limits.cpu", "hard": "4800m", "used": "-", "recommended": "6"},
+        {"resource": "requests.memory", "hard": "2Gi", "used": "1Gi", "recommended": "2Gi"},
+    ]
+    shown = cli._one_cpu_unit([dict(r) for r in rows], ["hard", "used", "recommended"])
+    assert [shown[0][c] for c in ("hard", "used", "recommended")] == ["4000m", "2000m", "6000m"]
+    assert [shown[1][c] for c in ("hard", "used", "recommended")] == ["4800m", "-", "6000m"]
+    assert shown[2] == rows[2]
+    whole = [{"resource": "requests.cpu", "hard": "4000m"}, {"resource": "limits.cpu", "hard": "8"}]
+    assert [r["hard"] for r in cli._one_cpu_unit(whole, ["hard"])] == ["4", "8"]

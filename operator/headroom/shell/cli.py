@@ -730,6 +730,7 @@ def _print_status(project: str, status: Mapping[str, Any], conditions: Sequence[
             )
         if rows:
             columns = ["resource", "hard", "used", "recommended"]
+            rows = _one_cpu_unit(rows, columns[1:])
             _table(rows, [*columns, "forecast"] if any(r["forecast"] != "-" for r in rows) else columns, indent="    ")
     pending = status.get("pendingChange") or {}
     full = str(pending.get("id") or "")
@@ -811,7 +812,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         columns = ["project", "namespace", "resource", "peak", "headroom", "floor", "used", "recommended", "hard"]
         if any(r["forecast"] != "-" for r in rows):
             columns.append("forecast")  # only where history has days to make a trend of
-        _table([_for_people(r) for r in rows], [*columns, "why"])
+        _table(_one_cpu_unit([_for_people(r) for r in rows], _PLAN_AMOUNTS), [*columns, "why"])
     return 0
 
 
@@ -935,6 +936,22 @@ def _table(rows: Sequence[Mapping[str, str]], columns: Sequence[str], indent: st
 
 
 _PLAN_AMOUNTS = ("peak", "floor", "used", "recommended", "hard")
+
+
+def _one_cpu_unit(rows: list[dict[str, str]], columns: Sequence[str]) -> list[dict[str, str]]:
+    """Cpu in one unit across a table's rows (requests.cpu and limits.cpu both in cores, or both in
+    millicores), so that a column reads down at a glance; each row's own unit otherwise."""
+    cpu = [r for r in rows if r.get("resource", "-") != "-" and resource_kind(r["resource"]) == "cpu"]
+    if len(cpu) < 2:
+        return rows
+    try:
+        values = [None if r[c] in ("-", "") else parse_quantity(r[c]) for r in cpu for c in columns]
+    except QuantityError:
+        return rows  # a text that is not an amount: leave the rows as they are
+    texts = iter(format_together(values, "requests.cpu"))
+    for row in cpu:
+        row.update({c: next(texts) for c in columns})
+    return rows
 
 
 def _for_people(row: Mapping[str, str]) -> dict[str, str]:
