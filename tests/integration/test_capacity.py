@@ -219,6 +219,8 @@ def test_a_raise_past_the_budget_is_held_until_a_platform_approver_overrides_it(
     status = wait_for(applied, 20, "the status recording the applied change")
     assert "pendingChange" not in status
     assert _condition(status, "CapacityHeld")["status"] == "False"
+    # Who let it past the budget stays with the change.
+    assert (status["history"][-1]["approvedBy"], status["history"][-1]["capacityOverrideBy"]) == ("bob", "pat")
 
     # Far past the budget now, a decrease still applies at once.
     edit_spec(dana, "dana", _ask("50"))

@@ -30,7 +30,9 @@ from tests.unit.test_planning import (
     APPROVED_CHANGE,
     GOV_USED,
     NAME,
+    NOW,
     condition,
+    counting,
     expected_id,
     governed_project,
     governed_rq,
@@ -210,7 +212,8 @@ def test_capacity_that_grows_releases_the_raise() -> None:
 def test_a_capacity_override_follows_the_sign_off_rules(override: Override, lets_through: bool) -> None:
     assert (override_problem("sha256:abc", override) is None) == lets_through
     hold = held("sha256:abc", {"ns": {"requests.cpu": D(20)}}, {}, VIEW, {"requests.cpu": D(1)}, override)
-    assert (hold is None) == lets_through
+    assert hold is not None and hold.overridden == lets_through
+    assert hold.overridden_by == ("pat" if lets_through else None)
 
 
 # --------------------------------------------------------------------------------------------- in the plan
@@ -257,6 +260,10 @@ def test_the_held_raise_applies_with_a_capacity_override_for_that_change() -> No
     assert quota_in(result).hard["requests.cpu"] == "12"
     assert reasons(result) == ["ChangeApplied"]
     assert condition(result, "CapacityHeld")["status"] == "False"
+    # The record of the change names who let it past the budget, and the Event says by how much.
+    assert result.status["lastAppliedChange"]["id"] == change
+    assert result.status["history"][-1]["capacityOverrideBy"] == "pat"
+    assert "capacity override of pat: requests.cpu to 18, 1.80x the allocatable 10" in result.events[0].message
 
 
 def test_a_decrease_is_never_held_even_past_the_budget() -> None:
@@ -269,7 +276,7 @@ def test_a_decrease_is_never_held_even_past_the_budget() -> None:
 
 
 def test_a_first_quota_is_never_held() -> None:
-    from tests.unit.test_planning import counting, project
+    from tests.unit.test_planning import project
 
     spec, body = project(quota={"resources": ["requests.cpu", "pods"]})
     over = dataclasses.replace(VIEW, others={"requests.cpu": D(1000)})
@@ -322,3 +329,30 @@ def test_a_budget_needs_prometheus_and_a_sensible_ratio() -> None:
         config_from(parse(["--max-overcommit=requests.cpu=1.5"]), {})
     with pytest.raises(ConfigError, match=r"--max-overcommit: .*above 0"):
         config_from(parse(["--max-overcommit=requests.cpu=0", "--prometheus-url=http://prom:9090"]), {})
+
+
+def test_a_hold_is_one_line_of_the_audit_trail() -> None:
+    from headroom.core.audit import audit_record
+
+    change, spec, body = _raise_to("12")
+    seen = dataclasses.replace(observed({"ns": governed_rq(used=GOV_USED)}), capacity=VIEW)
+    result = plan(spec, body, seen, BUDGET)  # type: ignore[arg-type]
+    (event,) = result.events
+    record = audit_record(NAME, event.type, event.reason, event.message, result.status, {REQUESTED_BY: "dana"}, NOW)
+    assert record is not None
+    assert (record["action"], record["changeId"], record["requestedBy"]) == ("held-for-capacity", change, "dana")
+    assert record["diff"] == [{"namespace": "ns", "resource": "requests.cpu", "from": "4", "to": "12"}]
+
+
+def test_the_others_total_leaves_out_only_what_the_plan_counts_itself() -> None:
+    from headroom.shell.capacity import CapacityReader
+
+    quotas = {
+        "ns": governed_rq("ns", {"requests.cpu": "4", "pods": "20"}),  # this Project's, in the plan
+        "gone": governed_rq("gone", {"requests.cpu": "3", "pods": "5"}),  # released by it: still in force
+        "other": governed_rq("other", {"requests.cpu": "7"}, owner="search"),
+        "new": counting("new", owner="search"),  # counting: promises nothing
+    }
+    view = CapacityReader("http://prometheus:9090", allocatable={"cpu": D(10)}, error=None).view(quotas, NAME, ["ns"])
+    assert view.others == {"requests.cpu": D(10), "pods": D(5)}
+    assert view.capacity_of("limits.cpu") == D(10) and view.capacity_of("services") is None

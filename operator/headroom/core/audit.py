@@ -21,6 +21,7 @@ __all__ = ["AUDIT_ACTIONS", "audit_line", "audit_record"]
 AUDIT_ACTIONS: Mapping[str, str] = {
     "ChangeApplied": "applied",
     "ChangePending": "held",
+    "ChangeHeld": "held-for-capacity",
     "DecreaseClamped": "clamped",
     "ChangeExpired": "expired",
     "ChangeRuleApproved": "rule-approved",
@@ -36,7 +37,7 @@ def _find(history: Sequence[Any], message: str) -> Mapping[str, Any]:
 
 
 def _change(action: str, message: str, status: Mapping[str, Any]) -> Mapping[str, Any]:
-    if action == "held":
+    if action in ("held", "held-for-capacity"):
         pending = status.get("pendingChange")
         return pending if isinstance(pending, Mapping) else {}
     found = _find(status.get("history") or [], message)
@@ -72,7 +73,7 @@ def audit_record(
         "event": {"type": event_type, "reason": reason},
         "changeId": change.get("id"),
         "requestedBy": annotations.get(REQUESTED_BY_ANNOTATION),
-        "approvedBy": change.get("approvedBy") if action != "held" else None,
+        "approvedBy": change.get("approvedBy") if action not in ("held", "held-for-capacity") else None,
         "diff": list(change.get("diff") or []),
         "loosens": list(change.get("loosens") or []),
         "why": message,

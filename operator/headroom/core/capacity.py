@@ -194,9 +194,16 @@ class Excess:
 
 @dataclass(frozen=True)
 class Hold:
+    """A change past the budget: held, unless a valid capacity override lets it through."""
+
     change_id: str
     excess: tuple[Excess, ...]
-    why_not_overridden: str
+    why_not_overridden: str | None  # None: overridden, it applies
+    overridden_by: str | None = None
+
+    @property
+    def overridden(self) -> bool:
+        return self.why_not_overridden is None
 
     @property
     def unknown(self) -> bool:
@@ -223,7 +230,8 @@ def held(
     """Whether a change about to apply (`targets`: namespace -> resource -> new hard value) must wait
     for capacity. `governed` is this Project's governed values before it. Only a resource whose
     budgeted total the change grows is weighed: a change that moves quota between namespaces, or
-    lowers it, never waits."""
+    lowers it, never waits. A change past the budget gives a Hold, `overridden` when a valid capacity
+    override lets it through (the record of the change names who signed that)."""
     if not budget:
         return None
     growth: dict[str, Decimal] = {}
@@ -243,7 +251,7 @@ def held(
     if not excess:
         return None
     problem = override_problem(identifier, override)
-    return None if problem is None else Hold(identifier, tuple(excess), problem)
+    return Hold(identifier, tuple(excess), problem, override.signed_by if problem is None else None)
 
 
 def capacity_rows(

@@ -557,9 +557,10 @@ def _decide_change(work: _Pass) -> None:
     )
     if work.decision.action != "apply" or pending is None:
         return
-    work.hold = _capacity_hold(work, pending)
-    if work.hold is not None:
-        work.decision = ChangeDecision("wait", work.hold.reason, {})
+    hold = _capacity_hold(work, pending)
+    if hold is not None and not hold.overridden:
+        work.hold = hold
+        work.decision = ChangeDecision("wait", hold.reason, {})
         return
     changed = {
         ns: targets
@@ -567,7 +568,7 @@ def _decide_change(work: _Pass) -> None:
         if any(work.governed[ns].get(r) != v for r, v in targets.items())
     }
     if changed or pending.loosened:
-        _record_applied(work, pending, changed)
+        _record_applied(work, pending, changed, hold)
     if changed:
         work.events.extend(Event("Warning", "DecreaseClamped", c.message) for c in work.decision.clamped)
 
@@ -587,7 +588,9 @@ def _capacity_hold(work: _Pass, pending: PendingChange) -> Hold | None:
     return held(pending.id, targets, work.governed, work.observed.capacity, work.settings.max_overcommit, override)
 
 
-def _record_applied(work: _Pass, pending: PendingChange, changed: Mapping[str, Mapping[str, Decimal]]) -> None:
+def _record_applied(
+    work: _Pass, pending: PendingChange, changed: Mapping[str, Mapping[str, Decimal]], overridden: Hold | None = None
+) -> None:
     spec, terms = work.spec, work.terms
     work.consumed = terms.signed_off
     approved_by = (
@@ -608,6 +611,11 @@ def _record_applied(work: _Pass, pending: PendingChange, changed: Mapping[str, M
     for ns, targets in changed.items():
         work.governed[ns] = {**work.governed[ns], **targets}
     described = "; ".join([*(c.describe() for c in pending.changes), *(c.describe() for c in pending.loosened)])
+    if overridden is not None:
+        # Who let it past the overcommit budget, and by how much, stays with the change.
+        work.applied["capacityOverrideBy"] = overridden.overridden_by or "unknown"
+        described += f"; past the overcommit budget by capacity override of {work.applied['capacityOverrideBy']}: "
+        described += "; ".join(e.describe() for e in overridden.excess)
     work.events.append(
         Event("Normal", "ChangeApplied", f"applied change {pending.id} (approved by {approved_by}): {described}")
     )
