@@ -88,9 +88,13 @@ class CapacityReader:
         self.error = problem + kept
         log.warning("cannot read the cluster's allocatable capacity: %s", self.error)
 
-    def view(self, quotas: Mapping[str, Mapping[str, Any]], project: str) -> CapacityView:
-        """The capacity, and the governed total of every quota that is not `project`'s."""
-        others = governed_totals(governed_of(q) for q in quotas.values() if _labelled(q) != project)
+    def view(self, quotas: Mapping[str, Mapping[str, Any]], project: str, listed: Iterable[str]) -> CapacityView:
+        """The capacity, and the governed total of every quota but those of `project` in the namespaces it
+        lists (the plan has those, with the change). A namespace it released still promises its quota."""
+        mine = set(listed)
+        others = governed_totals(
+            governed_of(q) for ns, q in quotas.items() if not (ns in mine and _labelled(q) == project)
+        )
         return CapacityView(dict(self.allocatable), others, self.error)
 
 

@@ -227,7 +227,9 @@ class Reconciler:
             # A raise is about to apply (without capacity known, the budget holds every one): only
             # now is the cluster's governed total summed, so a steady reconcile never costs a pass
             # over every quota.
-            observed = replace(observed, capacity=self.capacity.view(self.store.quotas, spec.name))
+            observed = replace(
+                observed, capacity=self.capacity.view(self.store.quotas, spec.name, spec.namespace_names)
+            )
             plan = plan_project(spec, body, observed, self.settings, now)
         if any(q.annotations.get(STATE_ANNOTATION) == COUNTING for q in plan.quotas):
             self._counting.add(name)
