@@ -436,6 +436,12 @@ INVALID: list[Any] = [
         id="kubernetes-io-names-are-not-extended-resources",
     ),
     pytest.param(
+        _set("spec.quota.resources", ["requests.example.com/" + "a" * 64]),
+        422,
+        ["spec.quota.resources[0]", "is not a resource Headroom can govern"],
+        id="extended-resource-name-over-63-characters",
+    ),
+    pytest.param(
         _set("spec.namespaces.0.requested", {"limits.nvidia.com/gpu": 2}),
         422,
         ["spec.namespaces[0].requested", "never overcommitted", "requests.nvidia.com/gpu"],

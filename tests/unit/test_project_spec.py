@@ -221,6 +221,9 @@ def test_every_governable_resource_is_accepted(resource: str) -> None:
         "limits.storage",
         "requests.kubernetes.io/widgets",
         "gold.storageclass.storage.k8s.io/limits.storage",
+        # The name after the slash of a qualified name has at most 63 characters, or no quota takes it.
+        "requests.example.com/" + "a" * 64,
+        "count/" + "a" * 64,
     ],
 )
 def test_is_governable_rejects(resource: str) -> None:

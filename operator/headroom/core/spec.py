@@ -106,11 +106,11 @@ GOVERNABLE_RESOURCES: tuple[str, ...] = (
 # [.] rather than a backslash: the same text is a CEL string literal in the CRD, where "\." is no valid escape.
 _SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 HUGEPAGES_PATTERN = r"^(requests[.])?hugepages-[1-9][0-9]*(Ki|Mi|Gi)$"
-EXTENDED_PATTERN = rf"^requests[.]{_SUBDOMAIN}/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+EXTENDED_PATTERN = rf"^requests[.]{_SUBDOMAIN}/[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?$"
 STORAGE_CLASS_PATTERN = (
     rf"^{_SUBDOMAIN}[.]storageclass[.]storage[.]k8s[.]io/(requests[.]storage|persistentvolumeclaims)$"
 )
-COUNT_PATTERN = r"^count/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+COUNT_PATTERN = r"^count/[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?$"
 DEFAULTABLE_RESOURCES: tuple[str, ...] = ("cpu", "memory", "ephemeral-storage")
 MAX_HEADROOM_PERCENT = 1000
 MAX_HYSTERESIS = 50
