@@ -111,6 +111,16 @@ def test_the_day_in_progress_does_not_count() -> None:
     assert forecast({FIRST: D(1)}, D(8), after(3)) is None  # one day is no trend
 
 
+def test_a_day_counts_from_the_second_it_ends() -> None:
+    offset = timedelta(hours=7, seconds=13)
+    daily = linear(8, "1", "0.4")
+    last_end = day_end(FIRST + timedelta(days=7), offset)
+    before = forecast(daily, D(8), last_end - timedelta(seconds=1), offset)
+    at = forecast(daily, D(8), last_end, offset)
+    assert before is not None and before.days == 7
+    assert at is not None and at.days == 8
+
+
 def test_no_hard_value_gives_no_date() -> None:
     result = forecast(linear(10, "1", "0.4"), None, after(10))
     assert result is not None and result.full_at is None and result.growth_per_day == D("0.4")
@@ -130,9 +140,9 @@ def test_gaps_in_the_history_are_measured_in_days() -> None:
 
 def test_theil_sen_on_an_even_number_of_slopes_takes_the_middle_of_the_two() -> None:
     # Slopes between (0,0), (1,1), (2,4): 1, 2, 3 -> 2; intercept: median(0, -1, 0) = 0.
-    assert theil_sen(((0, D(0)), (1, D(1)), (2, D(4)))) == (D(2), D(0))
+    assert theil_sen((0, 1, 2), (D(0), D(1), D(4))) == (D(2), D(0))
     # (0,0), (1,2), (3,3), (4,7): slopes 2, 1, 1.75, 0.5, 1.666..., 4 -> median (1.666... + 1.75) / 2
-    slope, _ = theil_sen(((0, D(0)), (1, D(2)), (3, D(3)), (4, D(7))))
+    slope, _ = theil_sen((0, 1, 3, 4), (D(0), D(2), D(3), D(7)))
     with localcontext(CONTEXT):
         assert abs(slope - (D(5) / 3 + D("1.75")) / 2) < D("1e-190")
 

@@ -101,11 +101,14 @@ def forecast(
     changed with every reconcile of the same day would rewrite the status each time. Each day's peak
     stands at the end of its day, where a steady climb reaches it: a linear history gives its own line.
     """
-    ended = sorted((day, value) for day, value in daily.items() if day_end(day, offset) <= now)
+    # Day d has ended when day_end(d) <= now, that is when d is before the date of now - offset
+    # (one comparison a day rather than one moment a day: this runs at every reconcile).
+    today = (now.astimezone(UTC) - offset).date()
+    ended = sorted((day, value) for day, value in daily.items() if day < today)
     if len(ended) < 2:
         return None
     first = ended[0][0]
-    slope, intercept = theil_sen(tuple(((day - first).days, value) for day, value in ended))
+    slope, intercept = theil_sen(tuple((day - first).days for day, _ in ended), tuple(v for _, v in ended))
     full_at = None
     if len(ended) >= MIN_DAYS and slope > 0 and hard is not None:
         full_at = _crossing(slope, intercept, hard, day_end(first, offset))
@@ -131,11 +134,14 @@ def _median(values: Sequence[Decimal]) -> Decimal:
         return (ordered[middle - 1] + ordered[middle]) / 2
 
 
-# Keyed by the days themselves (day numbers and peaks): a Project reconciled again on the same day
-# asks the same question, and the answer costs O(days²) divisions.
+# Keyed by the days themselves (day numbers and peaks, in two flat tuples that share the peaks'
+# Decimals: about 1 KiB an entry for 30 days, 4 MiB when full): a Project reconciled again on the
+# same day asks the same question, and the answer costs O(days²) exact divisions (0.5 to 0.9 ms for
+# 29 days on a loaded 2-core machine, against 0.014 ms for a forecast whose trend is cached).
 @lru_cache(maxsize=4096)
-def theil_sen(points: tuple[tuple[int, Decimal], ...]) -> tuple[Decimal, Decimal]:
-    """(slope, intercept) of the Theil-Sen line through (x, y) points with distinct x (at least two)."""
+def theil_sen(xs: tuple[int, ...], ys: tuple[Decimal, ...]) -> tuple[Decimal, Decimal]:
+    """(slope, intercept) of the Theil-Sen line through points (xs[i], ys[i]) with distinct xs (two or more)."""
+    points = tuple(zip(xs, ys, strict=True))
     with localcontext(CONTEXT):
         slopes = [(y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points) for x2, y2 in points[i + 1 :] if x2 != x1]
         slope = _median(slopes)
