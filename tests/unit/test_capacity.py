@@ -356,3 +356,17 @@ def test_the_others_total_leaves_out_only_what_the_plan_counts_itself() -> None:
     view = CapacityReader("http://prometheus:9090", allocatable={"cpu": D(10)}, error=None).view(quotas, NAME, ["ns"])
     assert view.others == {"requests.cpu": D(10), "pods": D(5)}
     assert view.capacity_of("limits.cpu") == D(10) and view.capacity_of("services") is None
+
+
+def test_what_a_scrape_publishes() -> None:
+    from headroom.shell.capacity import capacity_figures
+
+    quotas = [
+        governed_rq("a", {"requests.cpu": "1500m", "services": "4"}),
+        governed_rq("b", {"requests.cpu": "1500m"}),  # the same text again: parsed once, counted twice
+        counting("c"),
+    ]
+    assert capacity_figures(quotas, {"cpu": D(2)}) == [
+        ("requests.cpu", D(3), D(2), D("1.5")),
+        ("services", D(4), None, None),
+    ]
