@@ -338,6 +338,8 @@ VALID: list[Any] = [
     ),
     pytest.param(_set("spec.namespaces", _namespaces(500)), id="500-namespaces"),
     pytest.param(_set("spec.namespaces.0.name", "a" * 63), id="63-character-namespace"),
+    pytest.param(_set("spec.namespaces.0.until", "2026-12-31T19:00:00+01:00"), id="until-with-an-offset"),
+    pytest.param(_set("spec.namespaces.0.reason", "x" * 500), id="500-character-namespace-reason"),
 ]
 
 
@@ -665,6 +667,30 @@ INVALID: list[Any] = [
         422,
         ["metadata.name must be a DNS-1123 label"],
         id="project-name-not-a-label",
+    ),
+    pytest.param(
+        _set("spec.namespaces.0.until", "next tuesday"),
+        422,
+        ["spec.namespaces[].until must be an RFC 3339 time with a zone", "'next tuesday' is not"],
+        id="until-not-a-time",
+    ),
+    pytest.param(
+        _set("spec.namespaces.0.until", "2026-12-31T18:00:00"),
+        422,
+        ["spec.namespaces[].until must be an RFC 3339 time with a zone"],
+        id="until-without-a-zone",
+    ),
+    pytest.param(
+        _set("spec.namespaces.1.until", "2026-12-31T18:00:00Z"),
+        422,
+        ["spec.namespaces[1]", "until ends a raise, so it needs requested values"],
+        id="until-without-requested",
+    ),
+    pytest.param(
+        _set("spec.namespaces.0.reason", "x" * 501),
+        422,
+        ["spec.namespaces[0].reason", "may not be more than 500"],
+        id="namespace-reason-too-long",
     ),
     pytest.param(_set("spec.colour", "blue"), 400, ['unknown field "spec.colour"'], id="unknown-field"),
     pytest.param(

@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -60,7 +60,7 @@ def change_id(spec: ProjectSpec) -> str:
     the project name is included, so an approval cannot be replayed on another Project. Fields that
     bound nothing (owner, alerts) are left out: editing them voids no approval.
     """
-    body = {
+    body: dict[str, Any] = {
         "project": spec.name,
         "namespaces": {ns.name: {r: canonical(v) for r, v in ns.requested.items()} for ns in spec.namespaces},
         "resources": sorted(spec.quota.resources),
@@ -74,6 +74,18 @@ def change_id(spec: ProjectSpec) -> str:
             "limits": {r: canonical(v) for r, v in spec.defaults.limits.items()},
         },
     }
+    # When a raise ends and why it is asked for are part of the change (a longer time or another reason
+    # is another change); left out when no namespace names them, so older ids stay what they were.
+    ending = {
+        ns.name: {
+            **({"until": ns.until.astimezone(UTC).isoformat()} if ns.until else {}),
+            **({"reason": ns.reason} if ns.reason else {}),
+        }
+        for ns in spec.namespaces
+        if ns.until or ns.reason
+    }
+    if ending:
+        body["namespaceTerms"] = ending
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return ID_PREFIX + hashlib.sha256(text.encode("ascii")).hexdigest()
 

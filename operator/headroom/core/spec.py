@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -59,6 +59,8 @@ __all__ = [
 
 
 MAX_REASON = 500
+# RFC 3339 with a time zone (what the CRD's format: date-time accepts, and Kubernetes writes).
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 DEFAULT_RESOURCES: tuple[str, ...] = (
     "requests.cpu",
@@ -149,6 +151,9 @@ class NamespaceSpec:
     name: str
     # Absolute hard values the owner asks for; empty means "use the derived quota".
     requested: Mapping[str, Decimal] = field(default_factory=dict)
+    # When the raise ends (expiry.py withdraws it then), and why it is asked for: both in the change id.
+    until: datetime | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -479,14 +484,39 @@ def _namespaces(raw: Any) -> tuple[NamespaceSpec, ...]:
     for index, entry in enumerate(entries):
         entry_path = f"{path}[{index}]"
         section = _mapping(entry, entry_path, required=True)
-        _no_unknown_fields(section, entry_path, ("name", "requested"))
+        _no_unknown_fields(section, entry_path, ("name", "requested", "until", "reason"))
         name = _dns_label(section.get("name"), f"{entry_path}.name")
         if name in seen:
             raise SpecError(f"{entry_path}.name", f"{_show(name)} is listed twice")
         seen.add(name)
         requested = _quantities(section.get("requested"), f"{entry_path}.requested")
-        namespaces.append(NamespaceSpec(name=name, requested=requested))
+        reason = _string(section.get("reason"), f"{entry_path}.reason")
+        if reason is not None and len(reason) > MAX_REASON:
+            raise SpecError(
+                f"{entry_path}.reason", f"is {len(reason)} characters long; at most {MAX_REASON} are allowed"
+            )
+        until = _moment(section.get("until"), f"{entry_path}.until")
+        namespaces.append(NamespaceSpec(name=name, requested=requested, until=until, reason=reason))
     return tuple(namespaces)
+
+
+def _moment(value: Any, path: str) -> datetime | None:
+    """An RFC 3339 time with its offset (2026-12-31T18:00:00Z), as an aware UTC datetime."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):  # YAML loaders turn an unquoted timestamp into a datetime
+        moment = value
+    else:
+        text = _required_string(value, path)
+        if not RFC3339.fullmatch(text):
+            raise SpecError(path, f"{_show(text)} is not an RFC 3339 time like 2026-12-31T18:00:00Z")
+        try:
+            moment = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise SpecError(path, f"{_show(text)} is not a valid time") from None
+    if moment.tzinfo is None:
+        raise SpecError(path, "needs a time zone offset (Z or +02:00)")
+    return moment.astimezone(UTC)
 
 
 def _defaults(raw: Any) -> LimitDefaults:
