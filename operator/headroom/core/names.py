@@ -40,6 +40,11 @@ PROMETHEUS_DAYS_ANNOTATION = f"{GROUP}/prometheus-days"
 # Forecast alerts: Alertmanager's alertname, and the Project status field that holds their outbox.
 FORECAST_ALERTNAME = "HeadroomQuotaForecast"
 FORECAST_ALERTS_FIELD = "forecastAlerts"
+RAISE_EXPIRY_ANNOTATION = f"{GROUP}/raise-expiry"  # an applied raise that ends (core/expiry.py)
+
+# Alertnames of the messages about raises that end (core/expiry.py), beside HeadroomQuotaNearLimit.
+RAISE_ENDING_ALERT = "HeadroomRaiseEnding"
+RAISE_WITHDRAWN_ALERT = "HeadroomRaiseWithdrawn"
 
 # The leader-election Lease, in the operator's namespace.
 LEASE_NAME = "headroom"

@@ -41,6 +41,7 @@ from headroom.core.changes import (
 from headroom.core.claims import Claim, judge_claim
 from headroom.core.conditions import condition, merge_conditions, rfc3339
 from headroom.core.derivation import Derivation, default_minimum, derive_namespace
+from headroom.core.expiry import ExpiryStep, RaiseRecord, expiry_step, record_after_change, withdrawal_message
 from headroom.core.forecast import Forecast, forecast, to_status
 from headroom.core.names import (
     APPLIED_CHANGE_ANNOTATION,
@@ -50,6 +51,7 @@ from headroom.core.names import (
     GOVERNED_ANNOTATION,
     PROJECT_LABEL,
     QUOTA_NAME,
+    RAISE_EXPIRY_ANNOTATION,
     STATE_ANNOTATION,
 )
 from headroom.core.quantity import (
@@ -319,6 +321,7 @@ class _Pass:
     consumed: bool = False  # the sign-off was used: it approves nothing more
     blocked: list[str] = field(default_factory=list)
     hold: Hold | None = None  # a signed-off raise held by the overcommit budget
+    expiry: ExpiryStep = field(default_factory=ExpiryStep)  # raises that end (expiry.py)
 
     @property
     def old_status(self) -> Mapping[str, Any]:
@@ -359,6 +362,7 @@ def plan_project(
     work = _Pass(spec, body, observed, settings, now, _terms_in_force(spec, body, observed, settings))
     for ns in spec.namespaces:
         _plan_namespace(work, ns)
+    _expire(work)
     _decide_change(work)
     forecasts = _forecasts(work)
     quotas, limitranges = _desired_objects(work)
@@ -541,8 +545,11 @@ def _decide_change(work: _Pass) -> None:
     """Pass 2: the change request, as one unit over all namespaces. Its id always covers the whole
     request, so it equals what `headroom change-id` computes offline."""
     spec, terms = work.spec, work.terms
-    work.blocked = sorted(ns for ns in spec.requested if ns not in work.governed)
-    pending = work.pending = pending_change(terms.identifier, spec.requested, work.governed, terms.loosened)
+    # A request whose `until` has passed is never applied, however often the file in Git still asks it.
+    requested = {ns: values for ns, values in spec.requested.items() if ns not in work.expiry.expired}
+    work.blocked = sorted(ns for ns in requested if ns not in work.governed)
+    loosened = (*terms.loosened, *work.expiry.loosened)
+    pending = work.pending = pending_change(terms.identifier, requested, work.governed, loosened)
     if pending is not None and work.blocked:
         why = (
             f"change {pending.id} waits until {', '.join(work.blocked)} is governed (its first quota is not in "
@@ -610,6 +617,14 @@ def _record_applied(
         work.applied["loosens"] = [c.to_status() for c in pending.loosened]
     for ns, targets in changed.items():
         work.governed[ns] = {**work.governed[ns], **targets}
+    for entry in spec.namespaces:  # a raise with `until` gets its record; a signed-off end moves it
+        if entry.name in work.governed and entry.name not in work.expiry.expired:
+            before = work.expiry.records.pop(entry.name, None)
+            record = record_after_change(
+                before, entry, pending.id, pending.changes, work.recommended.get(entry.name, {})
+            )
+            if record is not None:
+                work.expiry.records[entry.name] = record
     described = "; ".join([*(c.describe() for c in pending.changes), *(c.describe() for c in pending.loosened)])
     if overridden is not None:
         # Who let it past the overcommit budget, and by how much, stays with the change.
@@ -650,9 +665,78 @@ def _desired_objects(work: _Pass) -> tuple[tuple[DesiredQuota, ...], tuple[Desir
             record = work.applied if here else (seen.applied_change if seen else None)
             if record:
                 annotations[APPLIED_CHANGE_ANNOTATION] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+            annotations.update(_expiry_annotation(work, name, seen))
         quotas.append(DesiredQuota(name, _text(hard), annotations))
         limitranges.append(DesiredLimitRange(name, _text(default_limits), _text(default_requests)))
     return tuple(quotas), tuple(limitranges)
+
+
+def _expire(work: _Pass) -> None:
+    """Pass 1b: raises whose `until` has come are withdrawn (no sign-off: it tightens), with an Event."""
+    mine = {
+        ns: record
+        for ns, q in work.observed.quotas.items()
+        if q.project == work.spec.name
+        and (record := RaiseRecord.from_annotation(q.annotations.get(RAISE_EXPIRY_ANNOTATION)))
+    }
+    step = work.expiry = expiry_step(work.spec.namespaces, mine, work.governed, work.used, work.now)
+    for name, targets in step.withdrawn.items():
+        message = withdrawal_message(name, mine[name], work.governed[name], targets)
+        work.governed[name] = {**work.governed[name], **targets}
+        work.events.append(Event("Normal", "RaiseWithdrawn", message))
+    work.waiting.extend(step.waiting)
+    for name, until in step.expired.items():
+        if name in work.entries:
+            work.entries[name]["expiredRequest"] = {
+                "until": rfc3339(until),
+                "message": f"the request for {name} ended at {rfc3339(until)} and is not applied; a later "
+                "until (or new values) is a new change that needs sign-off",
+            }
+
+
+def _expiry_annotation(work: _Pass, name: str, seen: ObservedQuota | None) -> dict[str, str]:
+    """The raise record on the quota, written with the values it bounds; emptied once it is gone."""
+    record = work.expiry.records.get(name)
+    if record is not None:
+        if record.active:
+            work.entries[name]["expiresAt"] = rfc3339(record.until)
+        work.entries[name]["raise"] = record.to_status()
+        return {RAISE_EXPIRY_ANNOTATION: record.to_annotation()}
+    return {RAISE_EXPIRY_ANNOTATION: ""} if seen is not None and seen.annotations.get(RAISE_EXPIRY_ANNOTATION) else {}
+
+
+def _withdrawals(work: _Pass, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A history record per withdrawn raise; from the record on the quota, so a lost status write is
+    recovered (and its Event posted then)."""
+    for name, record in sorted(work.expiry.records.items()):
+        ident = f"withdrawn:{record.change_id}"
+        if record.active or record.withdrawn_at is None or any(h.get("id") == ident for h in history):
+            continue
+        history = append_history(
+            history,
+            {
+                "id": ident,
+                "changeId": record.change_id,
+                "approvedBy": "expiry (no sign-off needed)",
+                "appliedAt": rfc3339(record.withdrawn_at),
+                "until": rfc3339(record.until),
+                "diff": [
+                    {"namespace": name, "resource": r, "to": v}
+                    for r, v in sorted(_text(work.governed.get(name, {})).items())
+                    if r in record.before
+                ],
+            },
+        )
+        if name not in work.expiry.withdrawn:
+            work.events.append(
+                Event(
+                    "Normal",
+                    "RaiseWithdrawn",
+                    f"the raise of {name} by change {record.change_id} ended at "
+                    f"{rfc3339(record.until)} and was withdrawn, recorded after a restart",
+                )
+            )
+    return history
 
 
 def _leaving(work: _Pass) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -832,6 +916,7 @@ def _history(work: _Pass) -> dict[str, Any]:
                     )
                 )
         last_applied = {k: record[k] for k in ("id", "approvedBy", "appliedAt") if k in record}
+    history = _withdrawals(work, history)
     out: dict[str, Any] = {"history": history} if history else {}
     if last_applied:
         out["lastAppliedChange"] = last_applied
