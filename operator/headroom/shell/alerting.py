@@ -161,15 +161,17 @@ class WebhookSink:
         return url
 
     async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
+        await self.post(delivery.payload(), delivery.notification.id, spec)
+
+    async def post(self, payload: Mapping[str, Any], key: str, spec: ProjectSpec) -> None:
+        """One JSON message to the Project's webhook; `key` lets the receiver drop a re-delivery."""
         url = await self._url_for(spec)
         if not url:
             return
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
-                session.post(
-                    url, json=delivery.payload(), headers={"Idempotency-Key": delivery.notification.id}
-                ) as resp,
+                session.post(url, json=payload, headers={"Idempotency-Key": key}) as resp,
             ):
                 if resp.status >= 300:
                     raise DeliveryError(f"webhook answered HTTP {resp.status}")
@@ -214,10 +216,13 @@ class AlertmanagerSink:
         }
 
     async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
+        await self.post([self.alert(delivery)])
+
+    async def post(self, alerts: Sequence[Mapping[str, Any]]) -> None:
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
-                session.post(f"{self.url.rstrip('/')}/api/v2/alerts", json=[self.alert(delivery)]) as resp,
+                session.post(f"{self.url.rstrip('/')}/api/v2/alerts", json=list(alerts)) as resp,
             ):
                 if resp.status >= 300:
                     raise DeliveryError(f"Alertmanager answered HTTP {resp.status}: {await resp.text()}")
@@ -283,6 +288,10 @@ class Alerting:
         self.sinks: list[Sink] = [*sinks, EventSink(writer, body_of)]
         self._retry: dict[str, Any] = {}
         self._secret_missing: set[str] = set()  # Projects whose own webhook Secret cannot be used
+
+    def active_sinks(self, spec: ProjectSpec) -> list[Sink]:
+        """The sinks that deliver this Project's messages (its own webhook, or the operator's)."""
+        return self._active_sinks(spec)
 
     def _active_sinks(self, spec: ProjectSpec) -> list[Sink]:
         active: list[Sink] = []

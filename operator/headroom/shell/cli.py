@@ -719,6 +719,12 @@ def _print_status(project: str, status: Mapping[str, Any], conditions: Sequence[
     print(f"Project {project}: {status.get('phase', 'unknown')}")
     for ns in status.get("namespaces") or []:
         print(f"  {ns['name']} ({ns.get('state')})")
+        if ns.get("expiresAt"):
+            print(f"    raise expires at {ns['expiresAt']} (then withdrawn without sign-off)")
+        elif (ns.get("raise") or {}).get("state") == "Withdrawn":
+            print(f"    raise ended at {ns['raise'].get('until')}, withdrawn at {ns['raise'].get('withdrawnAt')}")
+        if ns.get("expiredRequest"):
+            print(f"    {ns['expiredRequest'].get('message')}")
         rows = []
         for resource in sorted(ns.get("hard") or ns.get("recommended") or {}):
             hard, used, recommended = _together(

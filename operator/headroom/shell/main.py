@@ -35,6 +35,7 @@ from headroom.shell.alerting import Alerting, build_sinks
 from headroom.shell.backoff import backoff_delays, jittered
 from headroom.shell.capacity import CapacityReader
 from headroom.shell.config import OperatorConfig
+from headroom.shell.expiry import RaiseNotices
 from headroom.shell.handlers import register
 from headroom.shell.history import history_source
 from headroom.shell.history.cache import HistoryCache
@@ -217,6 +218,7 @@ def build_runtime(
     reconciler.alerts = Alerting(
         build_sinks(config, client), writer, metrics, reconciler.schedule_at, store.projects.get
     )
+    reconciler.notices = RaiseNotices(reconciler.alerts, writer, reconciler.schedule_at)
     return Runtime(config, store, reconciler, metrics, asyncio.Event())
 
 

@@ -77,6 +77,12 @@ class AlertOutcomeLike(Protocol):
     def forecast_records(self) -> list[dict[str, Any]]: ...
 
 
+class NoticeHook(Protocol):
+    async def __call__(
+        self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan, now: datetime
+    ) -> list[dict[str, Any]]: ...
+
+
 class AlertHook(Protocol):
     async def __call__(
         self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan, now: datetime
@@ -93,6 +99,7 @@ class Reconciler:
     sampler: bool = False
     alerts: AlertHook | None = None
     capacity: CapacityReader | None = None  # read only with an overcommit budget (--max-overcommit)
+    notices: NoticeHook | None = None  # messages about raises that end (shell/expiry.py)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     min_interval: float = 1.0  # seconds between two reconciles of one Project (coalescing)
     # ... and while one of its namespaces waits for the quota controller's first count: the event of
@@ -125,12 +132,22 @@ class Reconciler:
             self._workers[name] = asyncio.create_task(self._work(name), name=f"reconcile:{name}")
 
     def schedule_at(self, name: str, when: datetime) -> None:
-        """Wake a Project at a moment (a deferred alert's opening hour, a retry)."""
+        """Wake a Project at a moment (a deferred alert's opening hour, the end of a raise, a retry).
+
+        The earliest wake-up asked for holds: every reconcile asks again for the moments it still
+        needs, so a later one is not lost, and one timer per Project is all there is."""
         delay = max(0.0, (when - self.clock()).total_seconds())
-        previous = self._later.pop(name, None)
+        loop = asyncio.get_running_loop()
+        previous = self._later.get(name)
+        if previous is not None and not previous.cancelled() and loop.time() <= previous.when() <= loop.time() + delay:
+            return
         if previous is not None:
             previous.cancel()
-        self._later[name] = asyncio.get_running_loop().call_later(delay, self.schedule, name)
+        self._later[name] = loop.call_later(delay, self._wake, name)
+
+    def _wake(self, name: str) -> None:
+        self._later.pop(name, None)
+        self.schedule(name)
 
     def api_reachable(self) -> None:
         """The API server answered (a watch event arrived): Projects whose last reconcile could not
@@ -254,6 +271,9 @@ class Reconciler:
             status = with_alerts(plan.status, outcome.records, outcome.conditions)
             if outcome.forecast_records:
                 status[FORECAST_ALERTS_FIELD] = outcome.forecast_records  # the forecast alerts' outbox
+        if self.notices is not None:
+            notices = await self.notices(spec, body, plan, now)
+            status = {**status, "raiseNotices": notices or None}
         await self._write_status(body, status)
         if applying:
             await async_failpoint("approved-change-after-status-write")
