@@ -13,6 +13,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -548,3 +549,81 @@ def test_raising_a_container_default_names_its_requester_and_waits(
     assert {"spec.defaults.requests.cpu", "spec.defaults.limits.cpu"} <= fields
     limitrange = k8s.CoreV1Api(admin).read_namespaced_limit_range("headroom-defaults", payments[0])
     assert limitrange.spec.limits[0].default_request["cpu"] == "100m"  # the approved default holds meanwhile
+
+
+# --------------------------------------------------------------------------------------------- raises that end
+
+
+def test_a_raise_that_ends_cannot_be_stretched_by_the_team(
+    cluster: Cluster, admin: k8s.ApiClient, payments: tuple[str, str, OperatorProcess]
+) -> None:
+    a = payments[0]
+    dana, bob = cluster.impersonate("dana", TEAM), cluster.impersonate("bob", APPROVERS)
+    now = datetime.now(UTC).replace(microsecond=0)
+    signed_off = (now + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def ending(until: str | None, value: str = "4") -> Callable[[dict[str, Any]], None]:
+        def change(spec: dict[str, Any]) -> None:
+            entry = spec["namespaces"][0]
+            entry.update(requested={"requests.cpu": value}, reason="INC-1: the sale weekend")
+            entry.pop("until", None)
+            if until is not None:
+                entry["until"] = until
+
+        return change
+
+    edit_spec(dana, "dana", ending(signed_off))
+    first = settled(admin)["pendingChange"]["id"]
+    approve(bob, first, "bob")
+    wait_for(lambda: hard(admin, a) == {"requests.cpu": "4", "pods": "10"}, 20, "the raise until tomorrow")
+    # The quota is written before the status of the same reconcile: wait for the status that records it.
+    wait_for(lambda: entry(get_project(admin)["status"], a).get("expiresAt") == signed_off, 20, "status.expiresAt")
+
+    # The end and the reason are part of the request: the writer names themselves, and a request never
+    # comes with its approval in one write.
+    spec = get_project(dana)["spec"]
+    spec["namespaces"][0]["until"] = (now + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    erin = cluster.impersonate("erin", TEAM)
+    assert "headroom.dev/requested-by=erin" in denied(lambda: patch(erin, {"spec": spec}))
+    spec["namespaces"][0]["reason"] = "INC-2"
+    message = denied(
+        lambda: patch(
+            bob,
+            {
+                "spec": spec,
+                "metadata": {
+                    "annotations": {
+                        "headroom.dev/requested-by": "bob",
+                        "headroom.dev/approved-change": _id_if(admin, lambda s: s.update(spec)),
+                        "headroom.dev/approved-by": "bob",
+                    }
+                },
+            },
+        )
+    )
+    assert "two separate writes" in message
+
+    # Removing the end, or moving it later, is a loosening: it waits, and the signed-off end stays.
+    for until, shown in ((None, "none (permanent)"), ((now + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"), None)):
+        edit_spec(dana, "dana", ending(until))
+        status = settled(admin)
+        loosens = status["pendingChange"]["loosens"]
+        assert loosens == [{"field": f"spec.namespaces[{a}].until", "from": signed_off, "to": shown or until}]
+        assert "needs sign-off" in status["pendingChange"]["reason"]
+        assert entry(status, a)["expiresAt"] == signed_off
+        still(admin, a, {"requests.cpu": "4", "pods": "10"})
+
+    # Back to what was signed off: nothing pending. Earlier: in force at once, without anybody.
+    edit_spec(dana, "dana", ending(signed_off))
+    assert "pendingChange" not in settled(admin)
+    sooner = (now + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    edit_spec(dana, "dana", ending(sooner))
+    status = settled(admin)
+    assert entry(status, a)["expiresAt"] == sooner
+    assert "pendingChange" not in status
+    # ... and back to the signed-off end is asking for more again: the old approval was used once.
+    edit_spec(dana, "dana", ending(signed_off))
+    status = settled(admin)
+    assert status["pendingChange"]["id"] == first
+    assert "used once" in status["pendingChange"]["reason"]
+    assert entry(status, a)["expiresAt"] == sooner
