@@ -40,11 +40,12 @@ PROMETHEUS_DAYS_ANNOTATION = f"{GROUP}/prometheus-days"
 # Forecast alerts: Alertmanager's alertname, and the Project status field that holds their outbox.
 FORECAST_ALERTNAME = "HeadroomQuotaForecast"
 FORECAST_ALERTS_FIELD = "forecastAlerts"
-RAISE_EXPIRY_ANNOTATION = f"{GROUP}/raise-expiry"  # an applied raise that ends (core/expiry.py)
 
-# Alertnames of the messages about raises that end (core/expiry.py), beside HeadroomQuotaNearLimit.
+# Raises that end (core/expiry.py): the record on the quota, Alertmanager's alertnames, the outbox field.
+RAISE_EXPIRY_ANNOTATION = f"{GROUP}/raise-expiry"
 RAISE_ENDING_ALERT = "HeadroomRaiseEnding"
 RAISE_WITHDRAWN_ALERT = "HeadroomRaiseWithdrawn"
+RAISE_NOTICES_FIELD = "raiseNotices"
 
 # The leader-election Lease, in the operator's namespace.
 LEASE_NAME = "headroom"

@@ -26,7 +26,7 @@ from headroom.core.expiry import (
     owed_notices,
     records_from_status,
 )
-from headroom.core.names import RAISE_ENDING_ALERT, RAISE_WITHDRAWN_ALERT
+from headroom.core.names import RAISE_ENDING_ALERT, RAISE_NOTICES_FIELD, RAISE_WITHDRAWN_ALERT
 from headroom.core.planning import Event, Plan
 from headroom.core.spec import ProjectSpec
 from headroom.shell.alerting import Alerting, AlertmanagerSink, EventSink, Sink, WebhookSink
@@ -103,10 +103,10 @@ class RaiseNotices:
         except BusinessHoursError:
             hours = parse_business_hours(None)  # alerting reports the bad hours in a condition
         records = records_from_status(plan.status.get("namespaces"))
-        before = notices_from_status((body.get("status") or {}).get("raiseNotices"))
+        before = notices_from_status((body.get("status") or {}).get(RAISE_NOTICES_FIELD))
         notices, wake = owed_notices(spec.name, records, before, hours, now)
         if notices and notices_to_status(notices) != notices_to_status(before):
-            await self.writer.patch_status(spec.name, {"raiseNotices": notices_to_status(notices)})
+            await self.writer.patch_status(spec.name, {RAISE_NOTICES_FIELD: notices_to_status(notices)})
         sinks = self.alerting.active_sinks(spec)
         names = frozenset(s.name for s in sinks)
         failed = False

@@ -28,6 +28,7 @@ from headroom.core.names import (
     FORECAST_ALERTS_FIELD,
     PROMETHEUS_DAYS_ANNOTATION,
     QUOTA_NAME,
+    RAISE_NOTICES_FIELD,
     STATE_ANNOTATION,
 )
 from headroom.core.planning import (
@@ -273,7 +274,7 @@ class Reconciler:
                 status[FORECAST_ALERTS_FIELD] = outcome.forecast_records  # the forecast alerts' outbox
         if self.notices is not None:
             notices = await self.notices(spec, body, plan, now)
-            status = {**status, "raiseNotices": notices or None}
+            status = {**status, RAISE_NOTICES_FIELD: notices or None}
         await self._write_status(body, status)
         if applying:
             await async_failpoint("approved-change-after-status-write")
