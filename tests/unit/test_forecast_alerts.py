@@ -136,3 +136,18 @@ def test_the_alert_text_says_the_trend_the_date_and_the_request() -> None:
         ":white_check_mark: Project payments (team payments): payments requests.cpu is no longer forecast to "
         "reach its quota within 14 days (full in ~49 days (2027-01-20) at +400m/day)."
     )
+
+
+def test_only_governed_quotas_are_watched() -> None:
+    """Observe mode (or a namespace not governed yet) enforces nothing that could fill up: its date is
+    in status, but the owners are not alerted about it."""
+    from types import SimpleNamespace
+
+    from headroom.shell.alerting import _full_at
+
+    soon = Forecast(D("0.4"), datetime(2026, 3, 5, tzinfo=UTC), 14, D(8))
+    plan = SimpleNamespace(
+        forecasts={"governed": {"requests.cpu": soon, "pods": soon}, "observed": {"requests.cpu": soon}},
+        governed={"governed": {"requests.cpu": D(8)}},
+    )
+    assert _full_at(plan) == {("governed", "requests.cpu"): soon.full_at}  # type: ignore[arg-type]

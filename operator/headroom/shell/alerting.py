@@ -471,11 +471,14 @@ class Alerting:
 
 
 def _full_at(plan: Plan) -> dict[tuple[str, str], datetime]:
+    """The dates the forecast alert watches: those of governed quotas only, as for threshold alerts (in
+    Observe mode, or before a namespace is governed, nothing is enforced that could fill up; the date
+    is still in status)."""
     return {
         (ns, r): trend.full_at
         for ns, by in plan.forecasts.items()
         for r, trend in by.items()
-        if trend.full_at is not None
+        if trend.full_at is not None and r in plan.governed.get(ns, {})
     }
 
 
