@@ -120,3 +120,24 @@ def test_a_forecast_in_status_is_shown_in_words() -> None:
     assert describe_forecast(raw, "requests.cpu", parse_quantity) == "full 2026-12-11, +400m/day"
     assert describe_forecast({"growthPerDay": "0"}, "requests.cpu", parse_quantity) == "+0/day"
     assert describe_forecast(None, "requests.cpu", parse_quantity) is None
+
+
+def test_with_a_history_source_the_forecast_is_when_the_asked_value_fills() -> None:
+    """Ten days climbing 400m a day from 1 core: 40 cores are reached long after the 8 in force would be."""
+    from datetime import UTC, date, datetime, timedelta
+
+    from headroom.core.changes import Terms
+    from headroom.core.review import evidence_from_history
+
+    head = project({"requests.cpu": "6"})
+    first = date(2026, 11, 20)
+    days = {first + timedelta(days=i): Decimal(1) + Decimal("0.4") * i for i in range(10)}
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    peaks = {("payments", "requests.cpu"): max(days.values())}
+    found = evidence_from_history(
+        [head], peaks, {}, {"payments": Terms.of(head)}, {("payments", "requests.cpu"): days}, now
+    )
+    figures = found[("payments", "requests.cpu")]
+    # 6 cores at 1 + 0.4 d: d = 12.5 days after the first day ended (2026-11-21 00:00): 2026-12-03 12:00.
+    assert figures.forecast == "full in ~3 days (2026-12-03) at +400m/day"
+    assert figures.peak == Decimal("4.6") and figures.recommended == Decimal("5.52")

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
 from headroom.core.changes import SettingChange, Terms, change_id, short_id, tighter_terms
 from headroom.core.derivation import derive_namespace
+from headroom.core.forecast import describe, forecast
 from headroom.core.names import APPROVED_BY_ANNOTATION, APPROVED_CHANGE_ANNOTATION
 from headroom.core.quantity import format_at_a_glance, format_quantity
 from headroom.core.spec import ProjectSpec
@@ -439,18 +441,24 @@ def evidence_from_history(
     peaks: Mapping[tuple[str, str], Decimal],
     used: Mapping[tuple[str, str], Decimal],
     in_force: Mapping[str, Terms],
+    daily: Mapping[tuple[str, str], Mapping[date, Decimal]],
+    now: datetime,
 ) -> dict[tuple[str, str], Figures]:
-    """Evidence from a history source: peaks, latest use, and the recommendation the terms in force give."""
+    """Evidence from a history source: peaks, latest use, the recommendation the terms in force give,
+    and the trend of the daily peaks against the value the head asks for (when would it be full)."""
     found: dict[tuple[str, str], Figures] = {}
     for spec in specs:
         terms = in_force.get(spec.name) or Terms.of(spec)
         resources = sorted({*terms.resources, *(r for ns in spec.namespaces for r in ns.requested)})
-        for ns in spec.namespace_names:
-            ns_peaks = {r: peaks[(ns, r)] for r in resources if (ns, r) in peaks}
-            ns_used = {r: used[(ns, r)] for r in resources if (ns, r) in used}
+        for ns in spec.namespaces:
+            ns_peaks = {r: peaks[(ns.name, r)] for r in resources if (ns.name, r) in peaks}
+            ns_used = {r: used[(ns.name, r)] for r in resources if (ns.name, r) in used}
             derived = derive_namespace(
                 resources, ns_peaks, ns_used, terms.headroom_percent, terms.minimum, terms.container
             )
             for r, d in derived.items():
-                found[(ns, r)] = Figures(peak=d.peak, used=d.used, recommended=d.recommended)
+                days = daily.get((ns.name, r))
+                trend = forecast(days, ns.requested.get(r, d.recommended), now) if days else None
+                text = describe(r, trend, now) if trend is not None else None
+                found[(ns.name, r)] = Figures(peak=d.peak, used=d.used, recommended=d.recommended, forecast=text)
     return found

@@ -352,6 +352,7 @@ def _history_evidence(args: argparse.Namespace, base: Side, head: Side) -> tuple
     now = datetime.now(UTC)
     peaks: dict[tuple[str, str], Any] = {}
     used: dict[tuple[str, str], Any] = {}
+    daily: dict[tuple[str, str], Any] = {}
     source = _review_source(args)
     for name, spec in specs.items():
         terms = in_force[name]
@@ -361,9 +362,10 @@ def _history_evidence(args: argparse.Namespace, base: Side, head: Side) -> tuple
         if result.error:
             raise CliError(f"history for Project {name}: {result.error}", EXIT_UNREACHABLE)
         peaks.update(result.peaks)
+        daily.update(result.daily)
         used.update(_current_use(args, query))
     where = f"history file `{args.history_file}`" if args.history_file else f"Prometheus at {args.prometheus_url}"
-    return evidence_from_history(list(specs.values()), peaks, used, in_force), where
+    return evidence_from_history(list(specs.values()), peaks, used, in_force, daily, now), where
 
 
 def _review_source(args: argparse.Namespace) -> Any:
