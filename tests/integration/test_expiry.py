@@ -23,6 +23,7 @@ from kubernetes.client import ApiException
 from hack.localcluster.kube import Cluster, wait_for
 from hack.localcluster.operator import OperatorProcess, custom, project_manifest
 from tests.harness.receivers import WebhookReceiver
+from tests.integration.test_cli import headroom, user_kubeconfig
 
 pytestmark = pytest.mark.integration
 k8s = kubernetes.client
@@ -100,7 +101,7 @@ def sign_off(client: k8s.ApiClient, project: str, change: str, who: str) -> None
 
 
 def test_an_expiring_raise_is_applied_reminded_and_withdrawn_at_its_end(
-    cluster: Cluster, admin: k8s.ApiClient, namespace: str, project: str, webhook: WebhookReceiver
+    cluster: Cluster, admin: k8s.ApiClient, namespace: str, project: str, webhook: WebhookReceiver, tmp_path: Path
 ) -> None:
     alice, bob = cluster.impersonate("alice"), cluster.impersonate("bob", APPROVERS)
     until = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=40)
@@ -116,6 +117,10 @@ def test_an_expiring_raise_is_applied_reminded_and_withdrawn_at_its_end(
     )
     assert entry["expiresAt"] == rfc3339(until)
     assert entry["raise"] == {"changeId": change, "until": rfc3339(until), "state": "Active"}
+    as_alice = user_kubeconfig(cluster, "alice", (), tmp_path / "alice")
+    shown = headroom(as_alice, "status", project)
+    print(shown.stdout)
+    assert f"raise expires at {rfc3339(until)}" in shown.stdout
 
     # The owners are always in office, so one business day before the end is now: the reminder goes out.
     reminder = wait_for(lambda: webhook.payloads({"kind": "raise-reminder"}), 20, "the reminder at the webhook")
@@ -140,6 +145,10 @@ def test_an_expiring_raise_is_applied_reminded_and_withdrawn_at_its_end(
     assert "expiresAt" not in status["namespaces"][0]
     assert "pendingChange" not in status  # the file still asks for 20, but that request has ended
     assert "is not applied" in status["namespaces"][0]["expiredRequest"]["message"]
+    shown = headroom(as_alice, "status", project)
+    print(shown.stdout)
+    assert f"raise ended at {rfc3339(until)}" in shown.stdout and "is not applied" in shown.stdout
+    assert f"withdrawn {change} at" in shown.stdout
 
     def reasons() -> list[str]:
         events = k8s.CoreV1Api(admin).list_namespaced_event("default", field_selector=f"involvedObject.name={project}")

@@ -751,6 +751,9 @@ def _print_status(project: str, status: Mapping[str, Any], conditions: Sequence[
             print(f"    {entry.get('field')} from {entry.get('from')} to {entry.get('to')}")
     short = str(pending.get("shortId") or full[:19])
     for entry in (status.get("history") or [])[-5:]:
+        if str(entry.get("id")).startswith("withdrawn:"):  # a raise that ended (core/expiry.py)
+            print(f"  withdrawn {entry.get('changeId')} at {entry.get('appliedAt')}: its until had come")
+            continue
         print(f"  applied {entry.get('id')} at {entry.get('appliedAt')} by {entry.get('approvedBy')}")
     for c in conditions:
         message = str(c.get("message") or "")
