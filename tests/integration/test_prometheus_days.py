@@ -270,3 +270,20 @@ def test_a_question_too_big_for_prometheus_is_asked_again_in_halves(tmp_path: Pa
         assert spans == [timedelta(days=2), timedelta(0), timedelta(days=1)] * 2
     finally:
         prometheus.stop()
+
+
+def test_a_short_lookback_is_asked_directly_every_cycle(history: tuple[Prometheus, datetime]) -> None:
+    prometheus, t0 = history
+    source = _source(prometheus)
+    for now in (t0, t0 + timedelta(minutes=5)):
+        # One hour back from t0: the pod of 10 minutes, 20 minutes before it; the days do not count.
+        result = _ask(source, now, timedelta(hours=1))
+        assert result.complete
+        assert result.peaks == {(NS, "pods"): Decimal(1), (NS, "requests.cpu"): Decimal(1)}
+        assert result.daily == {}  # no daily peaks known: forecasts are not made from an hour
+    asked = _windows(prometheus.asked())
+    assert (
+        asked
+        == [(t0 - timedelta(hours=1), t0, False)] * 2
+        + [(t0 - timedelta(minutes=55), t0 + timedelta(minutes=5), False)] * 2
+    )
