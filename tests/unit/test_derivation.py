@@ -221,3 +221,10 @@ def test_gpus_are_whole_and_have_no_floor() -> None:
     # Storage classes and object counts keep their floors, as the other storage and counts do.
     assert default_minimum("gold.storageclass.storage.k8s.io/requests.storage") > 0
     assert default_minimum("services.loadbalancers") == 10
+
+
+def test_a_quotas_bare_cpu_and_memory_have_the_floors_of_their_requests() -> None:
+    from headroom.core.derivation import default_minimum
+
+    for bare in ("cpu", "memory", "ephemeral-storage"):
+        assert default_minimum(bare) == default_minimum(f"requests.{bare}")

@@ -431,6 +431,7 @@ def test_prometheus_asks_kube_state_metrics_for_gpus_by_their_label() -> None:
     pages = query_for("requests.hugepages-2Mi", DEFAULT_QUERIES)
     assert pages is not None and 'resource="hugepages_2Mi", unit="byte"' in pages
     assert query_for("requests.cpu", DEFAULT_QUERIES) == DEFAULT_QUERIES["requests.cpu"]
+    assert query_for("memory", DEFAULT_QUERIES) == DEFAULT_QUERIES["requests.memory"]  # the same in a quota
     # No series counts these per namespace: unknown, never zero.
     assert query_for("count/jobs.batch", DEFAULT_QUERIES) is None
     assert query_for("gold.storageclass.storage.k8s.io/requests.storage", DEFAULT_QUERIES) is None

@@ -71,7 +71,9 @@ def default_minimum(resource: str) -> Decimal:
     """
     if _is_scarce(resource):
         return Decimal(0)
-    return DEFAULT_MINIMUM.get(resource, _FALLBACK_MINIMUM[resource_kind(resource)])
+    # A quota's bare cpu, memory and ephemeral-storage are its requests.*: the same floors.
+    named = f"requests.{resource}" if resource in ("cpu", "memory", "ephemeral-storage") else resource
+    return DEFAULT_MINIMUM.get(named, _FALLBACK_MINIMUM[resource_kind(resource)])
 
 
 def _is_scarce(resource: str) -> bool:

@@ -89,6 +89,8 @@ def query_for(resource: str, queries: Mapping[str, str]) -> str | None:
     (requests.nvidia.com/gpu), else None (not a resource Prometheus knows about)."""
     if resource in queries:
         return queries[resource]
+    if resource in ("cpu", "memory", "ephemeral-storage"):
+        return queries.get(f"requests.{resource}")  # a quota's bare cpu is its requests.cpu
     name = resource.removeprefix("requests.")
     if name == resource or ("/" not in name and not name.startswith("hugepages-")):
         return None
