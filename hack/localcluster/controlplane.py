@@ -51,14 +51,16 @@ CONTROLLERS = (
     "root-ca-certificate-publisher-controller",
     # Fills the aggregated admin/edit/view ClusterRoles, as in any real cluster.
     "clusterrole-aggregation-controller",
-)
-# What workloads on a node need: Deployments, Jobs & co, Services' endpoints, node health.
-NODE_CONTROLLERS = (
+    # The workload controllers that create pods, and post FailedCreate Events when the quota
+    # refuses one (quota-denial incidents); without a node their pods stay Pending.
     "deployment-controller",
     "replicaset-controller",
+    "job-controller",
+)
+# What workloads on a node need: StatefulSets & co, Services' endpoints, node health.
+NODE_CONTROLLERS = (
     "statefulset-controller",
     "daemonset-controller",
-    "job-controller",
     "cronjob-controller",
     "ttl-after-finished-controller",
     "endpoints-controller",

@@ -54,3 +54,10 @@ LEASE_NAME = "headroom"
 # overcommit budget, and who signed it (core/capacity.py; the admission policy checks both).
 CAPACITY_OVERRIDE_ANNOTATION = f"{GROUP}/capacity-override"
 CAPACITY_OVERRIDE_BY_ANNOTATION = f"{GROUP}/capacity-override-by"
+
+# Quota denials (core/denials.py): the Events the workload controllers post when the API server
+# refuses a pod, watched with this server-side field selector; what Headroom says about them.
+FAILED_CREATE_REASON = "FailedCreate"
+FAILED_CREATE_SELECTOR = f"reason={FAILED_CREATE_REASON}"
+QUOTA_DENIED_CONDITION = "QuotaDenied"
+QUOTA_DENIED_ALERTNAME = "HeadroomQuotaDenied"

@@ -186,6 +186,7 @@ class AlertSettings:
     urgent_when_full: bool = False
     webhook_secret_ref: SecretKeyRef | None = None
     forecast_days: int = DEFAULT_FORECAST_DAYS  # a forecast full within this many days alerts the owners
+    denials: str = "Immediate"  # quota-denial incidents: at once, or only in business hours
 
 
 @dataclass(frozen=True)
@@ -553,8 +554,13 @@ def _alerts(raw: Any) -> AlertSettings:
     path = "spec.alerts"
     section = _mapping(raw, path)
     _no_unknown_fields(
-        section, path, ("thresholds", "hysteresis", "cooldown", "urgentWhenFull", "webhookSecretRef", "forecastDays")
+        section,
+        path,
+        ("thresholds", "hysteresis", "cooldown", "urgentWhenFull", "webhookSecretRef", "forecastDays", "denials"),
     )
+    denials = section.get("denials", "Immediate")
+    if denials not in ("Immediate", "BusinessHours"):
+        raise SpecError(f"{path}.denials", f"{_show(denials)} is not Immediate or BusinessHours")
     thresholds = DEFAULT_THRESHOLDS
     if section.get("thresholds") is not None:
         listed = _list(section["thresholds"], f"{path}.thresholds")
@@ -582,6 +588,7 @@ def _alerts(raw: Any) -> AlertSettings:
         forecast_days=_integer(
             section.get("forecastDays"), f"{path}.forecastDays", DEFAULT_FORECAST_DAYS, 1, MAX_FORECAST_DAYS
         ),
+        denials=str(denials),
     )
 
 

@@ -43,8 +43,28 @@ from headroom.core.business_hours import (
     parse_business_hours,
 )
 from headroom.core.conditions import rfc3339
+from headroom.core.denials import (
+    BUSINESS_HOURS,
+    IMMEDIATE,
+    DenialNotification,
+    DenialPolicy,
+    DenialState,
+    DeniedPod,
+    denial_condition,
+    describe,
+    evaluate_denials,
+    mark_denial_delivered,
+    next_check,
+)
+from headroom.core.denials import state_from_status as denial_state_from_status
+from headroom.core.denials import state_to_status as denial_state_to_status
 from headroom.core.forecast import ForecastAlert, alert_text
-from headroom.core.names import FORECAST_ALERTNAME, FORECAST_ALERTS_FIELD
+from headroom.core.names import (
+    FORECAST_ALERTNAME,
+    FORECAST_ALERTS_FIELD,
+    QUOTA_DENIED_ALERTNAME,
+    QUOTA_DENIED_CONDITION,
+)
 from headroom.core.planning import Event, Plan
 from headroom.core.quantity import format_percent, format_quantity, format_together
 from headroom.core.spec import ProjectSpec
@@ -121,7 +141,7 @@ class Delivery:
 class Sink(Protocol):
     name: str
 
-    async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None: ...
+    async def deliver(self, delivery: Delivery | DenialDelivery, spec: ProjectSpec) -> None: ...
 
 
 class DeliveryError(RuntimeError):
@@ -160,7 +180,7 @@ class WebhookSink:
             )
         return url
 
-    async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
+    async def deliver(self, delivery: Delivery | DenialDelivery, spec: ProjectSpec) -> None:
         await self.post(delivery.payload(), delivery.notification.id, spec)
 
     async def post(self, payload: Mapping[str, Any], key: str, spec: ProjectSpec) -> None:
@@ -215,8 +235,8 @@ class AlertmanagerSink:
             "generatorURL": f"headroom://projects/{delivery.project}",
         }
 
-    async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
-        await self.post([self.alert(delivery)])
+    async def deliver(self, delivery: Delivery | DenialDelivery, spec: ProjectSpec) -> None:
+        await self.post([delivery.alert() if isinstance(delivery, DenialDelivery) else self.alert(delivery)])
 
     async def post(self, alerts: Sequence[Mapping[str, Any]]) -> None:
         try:
@@ -241,9 +261,12 @@ class EventSink:
     body_of: Callable[[str], Mapping[str, Any] | None]
     name: str = "event"
 
-    async def deliver(self, delivery: Delivery, spec: ProjectSpec) -> None:
+    async def deliver(self, delivery: Delivery | DenialDelivery, spec: ProjectSpec) -> None:
         body = self.body_of(delivery.project)
         if body is None:
+            return
+        if isinstance(delivery, DenialDelivery):
+            await self.writer.post_event(body, delivery.event())
             return
         n = delivery.notification
         kind = "Warning" if n.state == "firing" else "Normal"
@@ -504,3 +527,182 @@ class AlertOutcome:
     records: list[dict[str, Any]]
     conditions: list[dict[str, Any]]
     forecast_records: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------- quota denials
+
+
+@dataclass(frozen=True)
+class DenialDelivery:
+    """What every sink needs to know about one quota-denial notification (core/denials.py)."""
+
+    notification: DenialNotification
+    project: str
+    team: str
+    contacts: tuple[str, ...]
+    now: datetime
+
+    def text(self) -> str:
+        n = self.notification
+        what = describe(n.key, n.denial)
+        if n.state == "firing":
+            room = f" To make room: `{n.command}` (change id {n.change_id}), then sign it off." if n.command else ""
+            return f":no_entry: Project {self.project} (team {self.team}): {what}.{room}"
+        return (
+            f":white_check_mark: Project {self.project} (team {self.team}): no pod of {n.key} refused by the "
+            f"quota since {rfc3339(n.since)} ({n.denials} denial(s) in all)."
+        )
+
+    def payload(self) -> dict[str, Any]:
+        n = self.notification
+        return {
+            "id": n.id,
+            "kind": "QuotaDenied",
+            "project": self.project,
+            "team": self.team,
+            "contacts": list(self.contacts),
+            "namespace": n.key.namespace,
+            "workload": {"kind": n.key.kind, "name": n.key.name},
+            "quota": n.denial.quota,
+            "shortfall": {r: format_quantity(v, r) for r, v in n.denial.shortfall.items()},
+            "denials": n.denials,
+            "request": n.command or None,
+            "changeId": n.change_id or None,
+            "state": n.state,
+            "severity": "critical",
+            "since": rfc3339(n.since),
+            "text": self.text(),
+        }
+
+    def alert(self) -> dict[str, Any]:
+        n = self.notification
+        firing = n.state == "firing"
+        # Alertmanager ends an alert it stops hearing about at endsAt; an incident is announced once
+        # and ended by its resolution, so a firing alert is held for as long as any incident lasts.
+        ends = self.now + timedelta(days=30) if firing else self.now
+        return {
+            "labels": {
+                "alertname": QUOTA_DENIED_ALERTNAME,
+                "project": self.project,
+                "team": self.team,
+                "namespace": n.key.namespace,
+                "workload_kind": n.key.kind,
+                "workload": n.key.name,
+                "severity": "critical",
+            },
+            "annotations": {
+                "summary": self.text(),
+                "contacts": ", ".join(self.contacts),
+                "shortfall": ", ".join(f"{r}={format_quantity(v, r)}" for r, v in n.denial.shortfall.items()),
+                "request": n.command,
+                "change_id": n.change_id,
+                "notification_id": n.id,
+            },
+            # For a resolution `since` is when it resolved: the alert started before that.
+            "startsAt": rfc3339(n.since if firing else n.since - timedelta(seconds=1)),
+            "endsAt": rfc3339(ends),
+            "generatorURL": f"headroom://projects/{self.project}",
+        }
+
+    def event(self) -> Event:
+        if self.notification.state == "firing":
+            return Event("Warning", QUOTA_DENIED_CONDITION, self.text())
+        return Event("Normal", "QuotaDenialResolved", self.text())
+
+
+class DenialAlerting:
+    """Folds the quota-denial Events seen for a Project into its incidents and delivers what is owed.
+
+    The same outbox as the threshold alerts: the incident with its notification is written to
+    status before anything is sent, each sink's acknowledgement is recorded, and the Events are the
+    input again after a restart (core/denials.py ignores what an incident already holds).
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        writer: KubeWriter,
+        metrics: Metrics,
+        wake_at: Callable[[str, datetime], None],
+        observed: Callable[[ProjectSpec], Sequence[DeniedPod]],
+        quiet: timedelta,
+    ) -> None:
+        self.sinks, self.writer, self.metrics, self.wake_at = list(sinks), writer, metrics, wake_at
+        self.observed, self.quiet = observed, quiet
+        self._retry: dict[str, Any] = {}
+
+    def _active_sinks(self, spec: ProjectSpec) -> list[Sink]:
+        return [
+            s for s in self.sinks if not (isinstance(s, WebhookSink) and not (s.url or spec.alerts.webhook_secret_ref))
+        ]
+
+    async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], now: datetime) -> AlertOutcome:
+        try:
+            hours = parse_business_hours(spec.owner.business_hours, spec.owner.holidays)
+        except BusinessHoursError:
+            hours = parse_business_hours(None)  # the threshold alerts' condition says why
+        policy = DenialPolicy(self.quiet, BUSINESS_HOURS if spec.alerts.denials == BUSINESS_HOURS else IMMEDIATE)
+        sinks = self._active_sinks(spec)
+        names = frozenset(s.name for s in sinks)
+        status = body.get("status") or {}
+        before = denial_state_from_status(status.get("denials"))
+        state, owed = evaluate_denials(before, self.observed(spec), spec, policy, hours, now, names)
+        self._count(spec.name, before, state)
+        if owed and denial_state_to_status(state) != denial_state_to_status(before):
+            await self.writer.patch_status(spec.name, {"denials": denial_state_to_status(state)})
+        failed = False
+        for notification in owed:
+            delivery = DenialDelivery(notification, spec.name, spec.owner.team, tuple(spec.owner.contacts), now)
+            incident = next((i for i in state if i.key == notification.key), None)
+            done = incident.delivered_sinks if incident else frozenset()
+            for sink in sinks:
+                if sink.name in done:
+                    continue
+                try:
+                    await sink.deliver(delivery, spec)
+                except Exception as exc:
+                    failed = True
+                    self.metrics.alerts_failed.labels(sink.name).inc()
+                    log.warning(
+                        "Project %s: delivery of %s to %s failed: %s", spec.name, notification.id, sink.name, exc
+                    )
+                    continue
+                state = mark_denial_delivered(state, notification.id, sink.name)
+                self.metrics.alerts_sent.labels(sink.name, f"denial-{notification.state}").inc()
+                log.info(
+                    "Project %s: quota denial %s (%s) sent to %s",
+                    spec.name,
+                    notification.state,
+                    notification.id,
+                    sink.name,
+                )
+        if failed:
+            delays = self._retry.setdefault(spec.name, backoff_delays(base=2.0, cap=300.0))
+            self.wake_at(spec.name, now + timedelta(seconds=next(delays)))
+        else:
+            self._retry.pop(spec.name, None)
+            wake = next_check(state, policy)
+            if wake is not None:
+                self.wake_at(spec.name, wake)
+        conditions = [
+            denial_condition(
+                state,
+                policy,
+                generation=body.get("metadata", {}).get("generation"),
+                previous=status.get("conditions") or [],
+                now=now,
+            )
+        ]
+        return AlertOutcome(denial_state_to_status(state), conditions)
+
+    def _count(self, project: str, before: DenialState, after: DenialState) -> None:
+        """headroom_quota_denials_total: denials newly folded in (replays after a restart add nothing)."""
+        known = {i.key: i for i in before}
+        for incident in after:
+            old = known.get(incident.key)
+            added = incident.denials if old is None or old.since != incident.since else incident.denials - old.denials
+            if added > 0:
+                for resource in incident.denial.shortfall:
+                    self.metrics.quota_denials.labels(project, incident.key.namespace, resource).inc(added)
+                if old is None or old.since != incident.since:
+                    log.warning("Project %s: %s", project, describe(incident.key, incident.denial))

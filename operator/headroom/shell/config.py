@@ -130,6 +130,16 @@ def _resync(text: str, flag: str) -> timedelta:
     return value
 
 
+def _quiet(text: str, flag: str) -> timedelta:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from exc
+    if value < timedelta(seconds=1):
+        raise ConfigError(f"{flag} must be at least 1s")
+    return value
+
+
 def _file(text: str, flag: str) -> Path | None:
     return Path(text) if text else None
 
@@ -255,6 +265,13 @@ class OperatorConfig:
     )
     lease_name: str = setting(
         "--lease-name", "name of the Lease in --namespace used for leader election", _name(label=False), LEASE_NAME
+    )
+    denial_quiet_period: timedelta = setting(
+        "--denial-quiet-period",
+        "a quota-denial incident resolves when no pod of its workload was refused for this long "
+        "(longer than the controllers' 16m40s retry backoff), e.g. 20m",
+        _quiet,
+        timedelta(minutes=20),
     )
     verbose: bool = setting("--verbose", "debug logging", _boolean, False, **_SWITCH)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from headroom.core.names import (
+    FAILED_CREATE_SELECTOR,
     GROUP,
     LIMITRANGE_NAME,
     MANAGED_BY,
@@ -96,6 +97,9 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         settings.scanning.disabled = True
         settings.watching.label_selectors["v1", "resourcequotas"] = MANAGED_SELECTOR
         settings.watching.label_selectors["v1", "limitranges"] = MANAGED_SELECTOR
+        # Quota denials: only the Events the workload controllers post when a pod is refused, chosen
+        # by the API server (a field selector), so the stream carries no other Event of the cluster.
+        settings.watching.field_selectors["v1", "events"] = FAILED_CREATE_SELECTOR
         settings.watching.connect_timeout = 10
         settings.watching.server_timeout = WATCH_SECONDS
         settings.watching.inactivity_timeout = WATCH_INACTIVITY_SECONDS
@@ -178,6 +182,11 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
     @kopf.on.event("v1", "limitranges", registry=registry)
     async def limitrange_event(event: Mapping[str, Any], body: kopf.Body, namespace: str | None, **_: Any) -> None:
         owned_object_event(store.limitranges, LIMITRANGE_NAME, False, event, body, namespace or "")
+
+    @kopf.on.event("v1", "events", registry=registry)
+    async def denial_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+        runtime.reconciler.api_reachable()
+        await runtime.denial_seen(event.get("type"), plain(body, keep_managed_fields=False))
 
     @kopf.on.event("v1", "namespaces", registry=registry)
     async def namespace_event(event: Mapping[str, Any], name: str, body: kopf.Body, **_: Any) -> None:

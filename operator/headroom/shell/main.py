@@ -13,7 +13,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +22,7 @@ import kopf
 import kubernetes
 from aiohttp import web
 
+from headroom.core.denials import DeniedPod, IncidentKey, observe_event, owner_of
 from headroom.core.names import (
     LIMITRANGE_NAME,
     MANAGED_SELECTOR,
@@ -29,9 +30,9 @@ from headroom.core.names import (
     QUOTA_NAME,
 )
 from headroom.core.planning import Settings
-from headroom.core.spec import SpecError, parse_duration
+from headroom.core.spec import ProjectSpec, SpecError, parse_duration
 from headroom.shell import memory
-from headroom.shell.alerting import Alerting, build_sinks
+from headroom.shell.alerting import Alerting, DenialAlerting, EventSink, build_sinks
 from headroom.shell.backoff import backoff_delays, jittered
 from headroom.shell.capacity import CapacityReader
 from headroom.shell.config import OperatorConfig
@@ -139,6 +140,50 @@ class Runtime:
         if self.primed.is_set():
             self.reconciler.schedule(name)
 
+    async def denial_seen(self, kind: str | None, body: dict[str, Any]) -> None:
+        """A FailedCreate Event (handlers.py): keep it if it is a denial by Headroom's quota in a
+        governed namespace, and wake that namespace's Project. Everything else is dropped here."""
+        uid = str(body.get("metadata", {}).get("uid") or "")
+        namespace = str((body.get("involvedObject") or {}).get("namespace") or "")
+        if kind == "DELETED":
+            self.store.denials.get(namespace, {}).pop(uid, None)
+            return
+        seen = observe_event(body)
+        if seen is None:
+            return
+        quota = self.store.quotas.get(seen.key.namespace) or {}
+        project = (quota.get("metadata", {}).get("labels") or {}).get(PROJECT_LABEL)
+        if not isinstance(project, str) or project not in self.store.projects:
+            return  # not a namespace a Project governs (or a quota of that name that is not ours)
+        if self.reconciler.clock() - seen.at >= self.config.denial_quiet_period:
+            return  # listed at start-up, long over
+        if seen.key.kind == "ReplicaSet":
+            seen = replace(seen, key=await self._replicaset_owner(seen.key, body))
+        self.store.denials.setdefault(seen.key.namespace, {})[uid] = seen
+        self.schedule(project)
+
+    async def _replicaset_owner(self, key: IncidentKey, event: dict[str, Any]) -> IncidentKey:
+        """The Deployment behind a refused ReplicaSet: one GET per ReplicaSet, remembered. People know
+        their Deployment, and a rollout's new ReplicaSet belongs to the same incident as the old."""
+        uid = str((event.get("involvedObject") or {}).get("uid") or f"{key.namespace}/{key.name}")
+        if uid not in self.store.owners:
+            apps = kubernetes.client.AppsV1Api(self.reconciler.writer.core.api_client)
+            try:
+                rs = await asyncio.to_thread(apps.read_namespaced_replica_set, key.name, key.namespace)
+                owner = owner_of(apps.api_client.sanitize_for_serialization(rs))
+            except Exception as exc:  # forbidden, gone, unreachable: name the ReplicaSet instead
+                log.debug("owner of ReplicaSet %s/%s unknown: %s", key.namespace, key.name, exc)
+                owner = None
+            if len(self.store.owners) >= 10_000:
+                self.store.owners.pop(next(iter(self.store.owners)))
+            self.store.owners[uid] = owner
+        owner = self.store.owners[uid]
+        return IncidentKey(key.namespace, *owner) if owner else key
+
+    def denials_of(self, spec: ProjectSpec) -> list[DeniedPod]:
+        since = self.reconciler.clock() - self.config.denial_quiet_period
+        return self.store.recent_denials(set(spec.namespace_names), since)
+
     async def prime_with_retry(self) -> None:
         """prime(), until the API server answers."""
         delays = backoff_delays(base=2.0, cap=60.0)
@@ -215,11 +260,19 @@ def build_runtime(
     if config.prometheus_url:
         reconciler.capacity = CapacityReader(config.prometheus_url, timeout=config.prometheus_timeout)
     metrics.capacity_from(store.quotas.values, reconciler.capacity, settings.max_overcommit)
-    reconciler.alerts = Alerting(
-        build_sinks(config, client), writer, metrics, reconciler.schedule_at, store.projects.get
+    sinks = build_sinks(config, client)
+    reconciler.alerts = Alerting(sinks, writer, metrics, reconciler.schedule_at, store.projects.get)
+    runtime = Runtime(config, store, reconciler, metrics, asyncio.Event())
+    reconciler.denials = DenialAlerting(
+        [*sinks, EventSink(writer, store.projects.get)],
+        writer,
+        metrics,
+        reconciler.schedule_at,
+        runtime.denials_of,
+        config.denial_quiet_period,
     )
     reconciler.notices = RaiseNotices(reconciler.alerts, writer, reconciler.schedule_at)
-    return Runtime(config, store, reconciler, metrics, asyncio.Event())
+    return runtime
 
 
 def run(config: OperatorConfig) -> None:

@@ -37,6 +37,12 @@ class Metrics:
         self.alerts_failed = Counter(
             "headroom_alert_delivery_failures_total", "Failed alert delivery attempts (retried)", ["sink"], registry=r
         )
+        self.quota_denials = Counter(
+            "headroom_quota_denials_total",
+            "Pods refused by Headroom's quota (FailedCreate Events), per exceeded resource",
+            ["project", "namespace", "resource"],
+            registry=r,
+        )
         self.reconcile_duration = Histogram(
             "headroom_reconcile_duration_seconds", "Time to reconcile one Project", registry=r
         )

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from headroom.core.audit import audit_line, audit_record
+from headroom.core.conditions import merge_conditions
 from headroom.core.history import HistoryResult, day_offset, decode, encode, keep_days, recorded, sampler_day
 from headroom.core.names import (
     DAILY_PEAKS_ANNOTATION,
@@ -84,6 +85,10 @@ class NoticeHook(Protocol):
     ) -> list[dict[str, Any]]: ...
 
 
+class DenialHook(Protocol):
+    async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], now: datetime) -> AlertOutcomeLike: ...
+
+
 class AlertHook(Protocol):
     async def __call__(
         self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan, now: datetime
@@ -101,6 +106,7 @@ class Reconciler:
     alerts: AlertHook | None = None
     capacity: CapacityReader | None = None  # read only with an overcommit budget (--max-overcommit)
     notices: NoticeHook | None = None  # messages about raises that end (shell/expiry.py)
+    denials: DenialHook | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     min_interval: float = 1.0  # seconds between two reconciles of one Project (coalescing)
     # ... and while one of its namespaces waits for the quota controller's first count: the event of
@@ -275,6 +281,13 @@ class Reconciler:
         if self.notices is not None:
             notices = await self.notices(spec, body, plan, now)
             status = {**status, RAISE_NOTICES_FIELD: notices or None}
+        if self.denials is not None:
+            denied = await self.denials(spec, body, now)
+            status = {
+                **status,
+                "denials": denied.records or None,
+                "conditions": merge_conditions(status.get("conditions") or [], denied.conditions),
+            }
         await self._write_status(body, status)
         if applying:
             await async_failpoint("approved-change-after-status-write")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
+from headroom.core.denials import DeniedPod
 from headroom.core.history import DailyPeaks, decode
 from headroom.core.names import (
     DAILY_PEAKS_ANNOTATION,
@@ -96,6 +98,24 @@ class Store:
     namespaces: set[str] = field(default_factory=set)
     # namespace -> the Project its headroom.dev/project label names (only labelled namespaces)
     namespace_labels: dict[str, str] = field(default_factory=dict)
+    # namespace -> Event uid -> the latest quota denial in it (FailedCreate Events; kept while recent)
+    denials: dict[str, dict[str, DeniedPod]] = field(default_factory=dict)
+    # ReplicaSet uid -> its controller (kind, name), or None: looked up once per ReplicaSet refused
+    owners: dict[str, tuple[str, str] | None] = field(default_factory=dict)
+
+    def recent_denials(self, namespaces: set[str], since: datetime) -> list[DeniedPod]:
+        """The denials seen in `namespaces` at or after `since`; older ones are forgotten here."""
+        found: list[DeniedPod] = []
+        for ns in namespaces:
+            kept = self.denials.get(ns)
+            if not kept:
+                continue
+            for uid in [u for u, d in kept.items() if d.at < since]:
+                del kept[uid]
+            if not kept:
+                del self.denials[ns]
+            found.extend(kept.values())
+        return found
 
     def projects_claiming(self, namespace: str) -> list[str]:
         return sorted(self.projects.keys_for(namespace))
