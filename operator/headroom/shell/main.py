@@ -151,16 +151,20 @@ class Runtime:
         seen = observe_event(body)
         if seen is None:
             return
+        # The start-up list of Events may come before the quotas are loaded: a denial listed then
+        # (an incident that went on while the operator was down) must not be taken for a stranger's.
+        await self.primed.wait()
         quota = self.store.quotas.get(seen.key.namespace) or {}
         project = (quota.get("metadata", {}).get("labels") or {}).get(PROJECT_LABEL)
-        if not isinstance(project, str) or project not in self.store.projects:
-            return  # not a namespace a Project governs (or a quota of that name that is not ours)
+        if not isinstance(project, str):
+            return  # not a namespace Headroom governs (or a quota of that name that is not ours)
         if self.reconciler.clock() - seen.at >= self.config.denial_quiet_period:
             return  # listed at start-up, long over
         if seen.key.kind == "ReplicaSet":
             seen = replace(seen, key=await self._replicaset_owner(seen.key, body))
         self.store.denials.setdefault(seen.key.namespace, {})[uid] = seen
-        self.schedule(project)
+        if project in self.store.projects:  # else its first reconcile, when it is seen, reads this
+            self.schedule(project)
 
     async def _replicaset_owner(self, key: IncidentKey, event: dict[str, Any]) -> IncidentKey:
         """The Deployment behind a refused ReplicaSet: one GET per ReplicaSet, remembered. People know
