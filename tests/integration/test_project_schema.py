@@ -84,6 +84,7 @@ def _full(name: str) -> Body:
                 "cooldown": "24h",
                 "urgentWhenFull": True,
                 "forecastDays": 21,
+                "denials": "BusinessHours",
                 "webhookSecretRef": {"name": "payments-webhook", "key": "url"},
             },
         },
@@ -233,7 +234,7 @@ def test_minimal_project_gets_the_documented_defaults(projects: Projects) -> Non
         "headroomPercent": 20,
         "lookback": "30d",
     }
-    assert spec["alerts"] == {"thresholds": [80, 90, 100], "hysteresis": 5, "forecastDays": 14}
+    assert spec["alerts"] == {"thresholds": [80, 90, 100], "hysteresis": 5, "forecastDays": 14, "denials": "Immediate"}
     # enforcement has no default: absent means "the operator's --mode".
     assert "enforcement" not in spec["quota"]
     assert "defaults" not in spec
@@ -252,6 +253,7 @@ VALID: list[Any] = [
     pytest.param(_set("spec.quota.lookback", "90m"), id="lookback-minutes"),
     pytest.param(_set("spec.alerts.cooldown", "1d12h"), id="cooldown"),
     pytest.param(_set("spec.alerts.forecastDays", 365), id="forecast-days-a-year"),
+    pytest.param(_set("spec.alerts.denials", "BusinessHours"), id="denials-in-business-hours"),
     pytest.param(_set("spec.quota.headroomPercent", 0), id="headroom-0"),
     pytest.param(_set("spec.quota.headroomPercent", 1000), id="headroom-1000"),
     pytest.param(
@@ -619,6 +621,12 @@ INVALID: list[Any] = [
         422,
         ["spec.alerts.forecastDays", "less than or equal to 365"],
         id="forecast-days-over-a-year",
+    ),
+    pytest.param(
+        _set("spec.alerts.denials", "Never"),
+        422,
+        ["spec.alerts.denials", 'supported values: "Immediate", "BusinessHours"'],
+        id="denials-never",
     ),
     pytest.param(
         _set("spec.alerts.webhookSecretRef", {"key": "url"}),
