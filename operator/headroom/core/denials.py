@@ -267,6 +267,7 @@ class DenialNotification:
     denial: Denial
     command: str = ""
     change_id: str = ""
+    last_seen: datetime | None = None  # the last denial (a resolution's `since` is when it resolved)
 
 
 @dataclass(frozen=True)
@@ -390,6 +391,7 @@ def _owed(incident: Incident, policy: DenialPolicy, hours: BusinessHours, now: d
         denial=incident.denial,
         command=incident.command,
         change_id=incident.change_id,
+        last_seen=incident.last_seen,
     )
     handed = replace(
         incident, announced=incident.active, not_before=None, outbox=notification, delivered_sinks=frozenset()
@@ -564,6 +566,7 @@ def _incident_from_status(item: Any) -> Incident:
             denial,
             str(item.get("request") or ""),
             str(item.get("changeId") or ""),
+            _time(item["lastSeen"]),
         )
     return Incident(
         key=key,
