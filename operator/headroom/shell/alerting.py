@@ -548,9 +548,10 @@ class DenialDelivery:
         if n.state == "firing":
             room = f" To make room: `{n.command}` (change id {n.change_id}), then sign it off." if n.command else ""
             return f":no_entry: Project {self.project} (team {self.team}): {what}.{room}"
+        last = rfc3339(n.last_seen or n.since)
         return (
-            f":white_check_mark: Project {self.project} (team {self.team}): no pod of {n.key} refused by the "
-            f"quota since {rfc3339(n.since)} ({n.denials} denial(s) in all)."
+            f":white_check_mark: Project {self.project} (team {self.team}): {n.key} is no longer refused by "
+            f"the quota: no denial since {last} ({n.denials} denial(s) in all)."
         )
 
     def payload(self) -> dict[str, Any]:
