@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from headroom.core.names import (
-    FAILED_CREATE_SELECTOR,
     GROUP,
     LIMITRANGE_NAME,
     MANAGED_BY,
@@ -34,7 +33,8 @@ if TYPE_CHECKING:
 
 
 # A watch request lasts this long on the server, then is renewed from its last bookmark: one
-# request per watch (four in all), no re-list. Long watches are what keep the steady state cheap.
+# request per watch (four in all, and the Events watch of denials_watch.py), no re-list. Long
+# watches are what keep the steady state cheap.
 WATCH_SECONDS = 300
 
 
@@ -97,9 +97,6 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         settings.scanning.disabled = True
         settings.watching.label_selectors["v1", "resourcequotas"] = MANAGED_SELECTOR
         settings.watching.label_selectors["v1", "limitranges"] = MANAGED_SELECTOR
-        # Quota denials: only the Events the workload controllers post when a pod is refused, chosen
-        # by the API server (a field selector), so the stream carries no other Event of the cluster.
-        settings.watching.field_selectors["v1", "events"] = FAILED_CREATE_SELECTOR
         settings.watching.connect_timeout = 10
         settings.watching.server_timeout = WATCH_SECONDS
         settings.watching.inactivity_timeout = WATCH_INACTIVITY_SECONDS
@@ -123,11 +120,14 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         tasks.append(asyncio.create_task(runtime.prime_with_retry()))
         tasks.append(asyncio.create_task(runtime.derivation_cycle()))
         tasks.append(asyncio.create_task(runtime.trim_memory()))
+        # Quota denials: FailedCreate Events, on a watch of their own (denials_watch.py says why).
+        runtime.start_denial_watch(asyncio.get_running_loop())
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         for task in tasks:
             task.cancel()
+        runtime.stop_denial_watch()
         await runtime.reconciler.shutdown()
         if stop_flag is not None:
             # Stopped by a signal: Kopf's waiter on our stop flag would otherwise linger as a "hung"
@@ -182,11 +182,6 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
     @kopf.on.event("v1", "limitranges", registry=registry)
     async def limitrange_event(event: Mapping[str, Any], body: kopf.Body, namespace: str | None, **_: Any) -> None:
         owned_object_event(store.limitranges, LIMITRANGE_NAME, False, event, body, namespace or "")
-
-    @kopf.on.event("v1", "events", registry=registry)
-    async def denial_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
-        runtime.reconciler.api_reachable()
-        await runtime.denial_seen(event.get("type"), plain(body, keep_managed_fields=False))
 
     @kopf.on.event("v1", "namespaces", registry=registry)
     async def namespace_event(event: Mapping[str, Any], name: str, body: kopf.Body, **_: Any) -> None:

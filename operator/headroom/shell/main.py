@@ -36,6 +36,7 @@ from headroom.shell.alerting import Alerting, DenialAlerting, EventSink, build_s
 from headroom.shell.backoff import backoff_delays, jittered
 from headroom.shell.capacity import CapacityReader
 from headroom.shell.config import OperatorConfig
+from headroom.shell.denials_watch import DenialWatch
 from headroom.shell.expiry import RaiseNotices
 from headroom.shell.handlers import register
 from headroom.shell.history import history_source
@@ -103,6 +104,7 @@ class Runtime:
     reconciler: Reconciler
     metrics: Metrics
     primed: asyncio.Event
+    denial_watch: DenialWatch | None = None
 
     async def prime(self) -> None:
         """Load quotas, LimitRanges and namespaces before the first reconcile.
@@ -140,9 +142,21 @@ class Runtime:
         if self.primed.is_set():
             self.reconciler.schedule(name)
 
+    def start_denial_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.denial_watch is None:
+            client = self.reconciler.writer.core.api_client
+            self.denial_watch = DenialWatch(
+                client, self.denial_seen, loop, lambda how: self.metrics.denial_watch_requests.labels(how).inc()
+            ).start()
+
+    def stop_denial_watch(self) -> None:
+        if self.denial_watch is not None:
+            self.denial_watch.stop()
+
     async def denial_seen(self, kind: str | None, body: dict[str, Any]) -> None:
         """A FailedCreate Event (handlers.py): keep it if it is a denial by Headroom's quota in a
         governed namespace, and wake that namespace's Project. Everything else is dropped here."""
+        self.reconciler.api_reachable()
         uid = str(body.get("metadata", {}).get("uid") or "")
         namespace = str((body.get("involvedObject") or {}).get("namespace") or "")
         if kind == "DELETED":

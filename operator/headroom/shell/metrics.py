@@ -43,6 +43,12 @@ class Metrics:
             ["project", "namespace", "resource"],
             registry=r,
         )
+        self.denial_watch_requests = Counter(
+            "headroom_denial_watch_requests_total",
+            "Requests of the FailedCreate Events watch: list, resume (from the last version), from-now",
+            ["how"],
+            registry=r,
+        )
         self.reconcile_duration = Histogram(
             "headroom_reconcile_duration_seconds", "Time to reconcile one Project", registry=r
         )

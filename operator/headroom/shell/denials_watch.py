@@ -1,0 +1,173 @@
+"""The watch on quota denials: the FailedCreate Events of the whole cluster, selected by the API server.
+
+Why not through Kopf, like the other watches: the API server keeps no watch cache for Events (its
+default --watch-cache-sizes has events at 0), so an Events watch is served straight from etcd and
+carries no bookmarks. Kopf would take the silence of a quiet cluster for a dead stream after its
+inactivity timeout (75 s) and reconnect four times as often, and resuming from a resourceVersion
+older than etcd's last compaction (every 5 minutes) fails with 410 Gone, after which Kopf re-lists.
+On a quiet cluster that is a LIST every few minutes, for nothing.
+
+This watch instead:
+
+* lists once at start (paged), so that denials that went on while the operator was down are seen;
+* renews each watch request after WATCH_SECONDS from the last resourceVersion it saw, while that
+  version is recent enough not to be compacted away;
+* once it is older (nothing happened for minutes), renews "from now" (sendInitialEvents=false,
+  resourceVersionMatch=NotOlderThan: no initial events, no LIST). The stream was open until the
+  moment before, so only a Event written in that instant could be missed, and the controllers post
+  a denial again at their next retry;
+* after an error (the API server gone, a dropped connection) waits a jittered backoff and then
+  resumes from its version if still recent, else lists again: what happened meanwhile is read;
+* a server that refuses sendInitialEvents (the WatchList feature off) gets the resume-or-list
+  behaviour only.
+
+The stream is read in a thread of its own (the Kubernetes client is synchronous); events are handed
+to the event loop, where Runtime.denial_seen keeps the ones that matter. The thread is a daemon: it
+never holds up the operator's exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiException
+
+from headroom.core.names import FAILED_CREATE_SELECTOR
+from headroom.shell.backoff import backoff_delays
+from headroom.shell.handlers import WATCH_SECONDS
+
+log = logging.getLogger("headroom.denials")
+
+# A resourceVersion this young is safely newer than etcd's last compaction (the API server compacts
+# every 5 minutes, keeping at least the last 5 minutes): resuming from it cannot get 410 Gone.
+FRESH_SECONDS = 150.0
+# No bookmarks come on an Events watch: silence until the server ends the request is normal. A
+# connection that died silently is noticed this long after the request's own end at the latest.
+READ_GRACE_SECONDS = 30
+PAGE = 500
+
+Handler = Callable[[str | None, dict[str, Any]], Coroutine[Any, Any, None]]
+
+
+class DenialWatch:
+    def __init__(
+        self,
+        client: kubernetes.client.ApiClient,
+        handle: Handler,
+        loop: asyncio.AbstractEventLoop,
+        count: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        # Untyped on purpose: with _preload_content=False it returns the raw response, not the model.
+        self.events: Any = kubernetes.client.CoreV1Api(client).list_event_for_all_namespaces
+        self.handle, self.loop, self.count = handle, loop, count
+        self.version: str | None = None
+        self.version_at = 0.0
+        self.from_now_supported = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="denial-watch", daemon=True)
+
+    def start(self) -> DenialWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- the thread
+
+    def _hand(self, kind: str | None, obj: dict[str, Any]) -> None:
+        future: Any = asyncio.run_coroutine_threadsafe(self.handle(kind, obj), self.loop)
+        # In order, and never faster than the loop takes them: one Event at a time.
+        future.result()
+
+    def _remember(self, version: str | None) -> None:
+        if version:
+            self.version, self.version_at = version, time.monotonic()
+
+    def _list(self) -> None:
+        token: str | None = None
+        while True:
+            self.count("list")
+            kwargs: dict[str, Any] = {"field_selector": FAILED_CREATE_SELECTOR, "limit": PAGE}
+            if token:
+                kwargs["_continue"] = token
+            response = self.events(**kwargs, _preload_content=False, _request_timeout=(10, 60))
+            try:
+                page = json.loads(response.data)
+            finally:
+                response.release_conn()
+            for item in page.get("items") or []:
+                self._hand(None, item)
+            token = (page.get("metadata") or {}).get("continue") or None
+            if not token:
+                self._remember((page.get("metadata") or {}).get("resourceVersion"))
+                return
+
+    def _watch(self, from_now: bool) -> bool:
+        """One watch request until the server ends it; False when the version was too old (410)."""
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "field_selector": FAILED_CREATE_SELECTOR,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": WATCH_SECONDS,
+        }
+        if from_now:
+            kwargs.update(send_initial_events=False, resource_version_match="NotOlderThan")
+        else:
+            kwargs["resource_version"] = self.version
+        self.count("from-now" if from_now else "resume")
+        response = self.events(
+            **kwargs, _preload_content=False, _request_timeout=(10, WATCH_SECONDS + READ_GRACE_SECONDS)
+        )
+        try:
+            for line in response:
+                if self._stop.is_set():
+                    return True
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                kind, obj = item.get("type"), item.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        return False
+                    raise ApiException(status=obj.get("code"), reason=str(obj.get("message")))
+                self._remember((obj.get("metadata") or {}).get("resourceVersion"))
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    self._hand(kind, obj)
+        finally:
+            response.release_conn()
+        return True
+
+    def _run(self) -> None:
+        delays = backoff_delays(base=1.0, cap=60.0)
+        clean = False  # the last request ended as the server meant it to
+        while not self._stop.is_set():
+            try:
+                fresh = self.version is not None and time.monotonic() - self.version_at < FRESH_SECONDS
+                if not fresh and not (clean and self.from_now_supported):
+                    self._list()
+                    fresh = True
+                try:
+                    clean = self._watch(from_now=not fresh)
+                except ApiException as exc:
+                    if fresh or exc.status not in (400, 403, 422):
+                        raise
+                    # This API server does not take sendInitialEvents: resume or list from now on.
+                    log.info("the API server refuses watches from now (%s); resuming or listing instead", exc.reason)
+                    self.from_now_supported, clean = False, False
+                    continue
+                if not clean:
+                    self.version = None  # 410 Gone: list again
+                delays = backoff_delays(base=1.0, cap=60.0)
+            except Exception as exc:
+                clean = False
+                delay = next(delays)
+                log.warning("watch of FailedCreate Events failed (%s); again in %.1fs", exc, delay)
+                self._stop.wait(delay)
