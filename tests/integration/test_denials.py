@@ -8,14 +8,18 @@ the test watches what reaches the Project's status, a webhook receiver and a rea
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import kubernetes
 import pytest
+from headroom.shell.denials_watch import DenialWatch
 from kubernetes.client import ApiException
 
 from hack.localcluster.kube import wait_for
@@ -198,3 +202,55 @@ def test_a_deployment_refused_by_the_quota_is_one_incident_told_at_once_and_reso
     )
     assert len(webhook.payloads({"project": project, "kind": "QuotaDenied", "state": "firing"})) == 1
     assert operator.metric("headroom_quota_denials_total", {"project": project, "resource": "requests.cpu"}) >= 1
+
+
+def test_the_events_watch_renewed_from_now_carries_new_failed_creates_only(
+    admin: k8s.ApiClient, namespace: str
+) -> None:
+    """A quiet cluster's Events watch is renewed "from now" (no bookmarks come on Events to keep a
+    version fresh): the API server must take it, send only what happens afterwards, and select by
+    reason itself."""
+    core = k8s.CoreV1Api(admin)
+
+    def post(name: str, reason: str = "FailedCreate") -> None:
+        now = datetime.now(UTC)
+        core.create_namespaced_event(
+            namespace,
+            k8s.CoreV1Event(
+                metadata=k8s.V1ObjectMeta(name=name),
+                involved_object=k8s.V1ObjectReference(kind="ReplicaSet", name="web-1", namespace=namespace),
+                reason=reason,
+                message="Error creating: test",
+                type="Warning",
+                first_timestamp=now,
+                last_timestamp=now,
+                count=1,
+            ),
+        )
+
+    post("before-the-watch")
+    seen: list[tuple[str | None, str]] = []
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def handle(kind: str | None, obj: dict[str, Any]) -> None:
+        if obj.get("metadata", {}).get("namespace") == namespace:
+            seen.append((kind, obj["metadata"]["name"]))
+
+    watch = DenialWatch(admin, handle, loop)
+    threading.Thread(target=watch._watch, kwargs={"from_now": True}, daemon=True).start()
+    posted: list[str] = []
+
+    def arrived() -> bool:
+        # The watch request may not be open yet when the first Event is written: write another.
+        posted.append(f"after-{len(posted)}")
+        post(f"other-{len(posted)}", reason="Scheduled")
+        post(posted[-1])
+        return any(name in posted for _, name in seen)
+
+    wait_for(arrived, 60, "a FailedCreate Event written after the watch began, on the watch")
+    watch.stop()
+    loop.call_soon_threadsafe(loop.stop)
+    names = {name for _, name in seen}
+    assert names <= set(posted), f"only new FailedCreate Events, got {sorted(names)}"
+    assert all(kind == "ADDED" for kind, _ in seen)
