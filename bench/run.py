@@ -46,6 +46,7 @@ from headroom.core.spec import parse_duration
 
 from bench import apimetrics, workload
 from bench.audit import BASELINE_NAMESPACE, AuditLog, tally, writes_per_project
+from bench.eventswatch import EventsWatchMeter
 from bench.fakeprom import FakePrometheus, cycles
 from bench.procstats import Sample, cpu_between, sample
 from bench.report import add_ratios, render
@@ -56,7 +57,7 @@ from hack.localcluster.operator import OPERATOR_NAMESPACE, OperatorProcess, inst
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-WATCHED = {"projects", "resourcequotas", "limitranges", "namespaces"}
+WATCHED = {"projects", "resourcequotas", "limitranges", "namespaces", "events"}
 TOKEN_SECONDS = 48 * 3600  # a run at N=3000 lasts longer than the harness's one-hour token
 
 
@@ -164,7 +165,7 @@ class Bench:
         return float(self.args.quiet or max(10.0, n / 100))
 
     def wait_ready(self, op: BenchOperator, audit: AuditLog, since: float, timeout: float = 120) -> float:
-        """Until the operator has opened its four watches (the audit log shows them)."""
+        """Until the operator has opened its five watches (the audit log shows them)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not op.running():
@@ -334,8 +335,11 @@ class Bench:
                 f"{convergence['requests']['writes']} writes; steady state for {args.steady:.0f}s"
             )
 
-            # Steady state: nothing changes.
+            # Steady state: nothing changes. The meter opens the operator's Events watch beside it
+            # and counts the bytes the stream carries (the audit log counts only its requests).
+            meter = EventsWatchMeter(admin).start()
             out["steady"] = self.steady("headroom", op.pid, audit, n, lambda: op.counters("headroom_"), admin)
+            out["steady"]["events_watch"] = meter.stop()
 
             # One new Project at a time while N are steady: from its creation to its governed quota.
             out["single_project"] = guarded(
