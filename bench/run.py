@@ -158,13 +158,15 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
+        # What a size measured so far: a phase that fails late keeps the figures of the ones before.
+        self.partial: dict[str, Any] = {}
 
     # --- waiting
 
     def quiet(self, n: int) -> float:
         return float(self.args.quiet or max(10.0, n / 100))
 
-    def wait_ready(self, op: BenchOperator, audit: AuditLog, since: float, timeout: float = 120) -> float:
+    def wait_ready(self, op: BenchOperator, audit: AuditLog, since: float, timeout: float = 600) -> float:
         """Until the operator has opened its five watches (the audit log shows them)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -219,6 +221,7 @@ class Bench:
             "steady_seconds": args.steady,
             "loadavg_start": loadavg(),
         }
+        self.partial = result
         log(f"N={n}: starting the control plane (audit: {audit.log_path})")
         plane.start()
         audit.start()
@@ -289,6 +292,7 @@ class Bench:
             *args.operator_arg,
         ]
         out: dict[str, Any] = {"resync_interval": args.resync, "flags": flags}
+        self.partial["headroom"] = out
         watcher = quota_watcher(admin, "app.kubernetes.io/managed-by=headroom", governed).start()
         statuses = project_watcher(admin, ready).start()
         op = BenchOperator(cluster, workdir / "operator", args=flags)
@@ -871,7 +875,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 failed = True
                 log(f"N={n} failed: {type(exc).__name__}: {exc}")
-                results["sizes"].append({"n": n, "error": f"{type(exc).__name__}: {exc}"[:4000]})
+                partial = {**bench.partial, "n": n, "error": f"{type(exc).__name__}: {exc}"[:4000]}
+                partial["loadavg_end"] = loadavg()
+                headline(partial)
+                results["sizes"].append(partial)
                 args.keep = True
             results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
             path = write_results(results, stamp, args.results_dir)
