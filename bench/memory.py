@@ -8,6 +8,10 @@ once and prints one JSON line: RSS now and at its peak (MiB), and with --tracema
 Python holds live, per Project. Run one process per N (RSS is the whole process's): the bytes per
 Project are the difference between two sizes divided by the difference in Projects.
 
+`python -m bench.memory --kopf N` measures instead what Kopf itself keeps per watched object for
+as long as the object exists (its ResourceMemory: memo, error throttler, indexing and daemon
+records), by filling its inventory with N objects as its watch streams would.
+
 What this does not hold: Kopf's own per-object state and the watch streams' buffers, the client
 library's connection pools, and the start-up LIST's transient copy; the RSS of a real operator is
 measured by `make bench`.
@@ -142,11 +146,37 @@ async def measure(n: int) -> dict[str, Any]:
     return result
 
 
+async def measure_kopf(n: int) -> dict[str, Any]:
+    """Bytes Kopf keeps per watched object between events (tracemalloc, live)."""
+    from kopf._core.reactor.inventory import ResourceMemories
+
+    memories = ResourceMemories()
+    bodies = [
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"namespace": f"team-{i:05d}", "name": "headroom", "uid": f"uid-{i:05d}"},
+        }
+        for i in range(n)
+    ]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for body in bodies:
+        await memories.recall(body)  # type: ignore[arg-type]
+    kept = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return {"objects": n, "kopf_bytes_per_object": round(kept / n)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.splitlines()[0])
     parser.add_argument("projects", type=int)
     parser.add_argument("--tracemalloc", action="store_true", help="also count live bytes (slower)")
+    parser.add_argument("--kopf", action="store_true", help="what Kopf keeps per watched object instead")
     args = parser.parse_args(argv)
+    if args.kopf:
+        print(json.dumps(asyncio.run(measure_kopf(args.projects))))
+        return
     if args.tracemalloc:
         tracemalloc.start()
     print(json.dumps(asyncio.run(measure(args.projects))))
