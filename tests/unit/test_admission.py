@@ -73,3 +73,54 @@ def test_a_burst_of_projects_holds_at_most_max_in_flight_plans_and_onboards_them
     asyncio.run(run())
     assert 1 < writer.most_at_once <= 4
     assert set(writer.projects_written) == set(names)  # every one onboarded, none lost waiting
+
+
+def test_a_new_project_is_let_in_before_the_re_reconciles_queued_ahead_of_it() -> None:
+    from headroom.shell.reconcile import Admission
+
+    admission = Admission(1)
+    order: list[str] = []
+
+    async def one(name: str, priority: int, hold: asyncio.Event | None = None) -> None:
+        async with admission.slot(priority):
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+
+    async def run() -> None:
+        hold = asyncio.Event()
+        first = asyncio.create_task(one("holder", 1, hold))  # holds the only place
+        await asyncio.sleep(0)
+        queued = [asyncio.create_task(one(f"cycle-{i}", 1)) for i in range(5)]
+        await asyncio.sleep(0)
+        new = asyncio.create_task(one("new", 0))  # arrives last
+        await asyncio.sleep(0)
+        hold.set()
+        await asyncio.gather(first, *queued, new)
+
+    asyncio.run(run())
+    assert order == ["holder", "new", "cycle-0", "cycle-1", "cycle-2", "cycle-3", "cycle-4"]
+
+
+def test_a_waiter_cancelled_in_the_queue_gives_its_place_to_the_next() -> None:
+    from headroom.shell.reconcile import Admission
+
+    admission = Admission(1)
+    order: list[str] = []
+
+    async def one(name: str) -> None:
+        async with admission.slot(1):
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    async def run() -> None:
+        holder = asyncio.create_task(one("holder"))
+        await asyncio.sleep(0)
+        gone = asyncio.create_task(one("gone"))
+        after = asyncio.create_task(one("after"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.gather(holder, after)
+
+    asyncio.run(run())
+    assert order == ["holder", "after"]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -95,6 +96,41 @@ class AlertHook(Protocol):
     ) -> AlertOutcomeLike: ...
 
 
+class Admission:
+    """A semaphore whose waiters are let in by priority (lower first), then in arrival order."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._sequence = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: int) -> AsyncIterator[None]:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+        else:
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (priority, next(self._sequence), granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._release()  # handed a place just as it was cancelled: pass it on
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            _, _, granted = heapq.heappop(self._waiting)
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self._free += 1
+
+
 @dataclass
 class Reconciler:
     store: Store
@@ -126,7 +162,8 @@ class Reconciler:
     # which was the operator's high-water mark. Enough to keep the limiter busy; the rest wait with
     # their history in hand and nothing else.
     max_in_flight: int = 64
-    _admission: asyncio.Semaphore | None = None
+    _admission: Admission | None = None
+    _planned: set[str] = field(default_factory=set)  # Projects planned at least once by this process
 
     # --- scheduling
 
@@ -224,6 +261,7 @@ class Reconciler:
             self.metrics.forget(name)
             self._order.pop(name, None)
             self._counting.discard(name)
+            self._planned.discard(name)
             return  # deleted: garbage collection removes the quotas it owned
         now = self.clock()
         try:
@@ -236,8 +274,11 @@ class Reconciler:
             set(spec.namespace_names), set(terms.resources), terms.lookback, on_refresh=lambda: self.schedule(name)
         )
         if self._admission is None:
-            self._admission = asyncio.Semaphore(self.max_in_flight)
-        async with self._admission:
+            self._admission = Admission(self.max_in_flight)
+        # A Project this process has not planned yet (a new one, above all) goes ahead of the
+        # re-reconciles of a derivation cycle: its quota is what a team is waiting for.
+        async with self._admission.slot(0 if name not in self._planned else 1):
+            self._planned.add(name)
             # Planned at the moment it is admitted (an event meanwhile has marked it for one more pass).
             await self._plan_and_write(name, body, spec, history, self.clock())
 
