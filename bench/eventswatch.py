@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.parse
 from collections import Counter
 from typing import Any
 
@@ -67,29 +66,24 @@ class EventsWatchMeter:
             self.errors.append(f"list: {exc}")
             return
         from_now = False
+        events: Any = core.list_event_for_all_namespaces  # raw response with _preload_content=False
         while not self._stop.is_set():
             # As the operator renews it (headroom.shell.denials_watch): from the last version while it
             # is recent, else from now, without initial events (Events carry no bookmarks).
-            params = {
-                "watch": "true",
-                "fieldSelector": FAILED_CREATE_SELECTOR,
-                "allowWatchBookmarks": "true",
-                "timeoutSeconds": str(WATCH_SECONDS),
+            params: dict[str, Any] = {
+                "watch": True,
+                "field_selector": FAILED_CREATE_SELECTOR,
+                "allow_watch_bookmarks": True,
+                "timeout_seconds": WATCH_SECONDS,
             }
             if from_now:
-                params.update(sendInitialEvents="false", resourceVersionMatch="NotOlderThan")
+                params.update(send_initial_events=False, resource_version_match="NotOlderThan")
             else:
-                params["resourceVersion"] = version
+                params["resource_version"] = version
             self.requests += 1
             from_now = True
             try:
-                response = self.client.call_api(
-                    f"/api/v1/events?{urllib.parse.urlencode(params)}",
-                    "GET",
-                    auth_settings=["BearerToken"],
-                    _preload_content=False,
-                    _request_timeout=(10, WATCH_SECONDS + 60),
-                )[0]
+                response = events(**params, _preload_content=False, _request_timeout=(10, WATCH_SECONDS + 60))
                 for line in response:
                     self.bytes += len(line)
                     item = json.loads(line)
