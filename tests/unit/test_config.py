@@ -182,6 +182,8 @@ def test_file_source_with_a_file(history_file: Path) -> None:
         ([], {"HEADROOM_HISTORY_SOURCE": "influx"}, "--history-source"),
         (["--resync-interval=4s"], {}, "--resync-interval"),
         (["--resync-interval=0s"], {}, "--resync-interval"),
+        (["--denial-quiet-period=0s"], {}, "--denial-quiet-period"),
+        ([], {"HEADROOM_DENIAL_QUIET_PERIOD": "soon"}, "--denial-quiet-period"),
         (["--prometheus-query=pods"], {}, "--prometheus-query"),
         (["--prometheus-query=pods=count(up)"], {}, "--prometheus-query"),  # no {namespaces}
         (["--metrics-port=65536"], {}, "--metrics-port"),
@@ -288,3 +290,8 @@ def test_protected_namespaces_default_to_the_system_ones_and_can_be_replaced() -
     assert parse_config([], {"HEADROOM_PROTECTED_NAMESPACES": "ops"}).protected_namespaces == ("ops",)
     with pytest.raises(ConfigError, match="--protected-namespaces"):
         parse_config(["--protected-namespaces", "Not A Namespace!"], {})
+
+
+def test_the_denial_quiet_period_defaults_to_longer_than_the_controllers_retry_backoff() -> None:
+    assert parse_config([], {}).denial_quiet_period == timedelta(minutes=20) > timedelta(seconds=1000)
+    assert parse_config(["--denial-quiet-period=45s"], {}).denial_quiet_period == timedelta(seconds=45)
