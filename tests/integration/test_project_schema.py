@@ -1109,10 +1109,10 @@ def test_sign_off_policy_on_create(
 
 
 def test_policy_settings_come_first_for_the_documented_patch() -> None:
-    """docs/install.md changes the settings with a JSON patch on /spec/variables/0 and /1."""
+    """docs/install.md changes the settings with a JSON patch on /spec/variables/0, /1 and /2."""
     policy = next(d for d in yaml.safe_load_all(POLICY_FILE.read_text()) if d)
     variables = policy["spec"]["variables"]
-    assert [v["name"] for v in variables[:2]] == ["approversGroup", "gitopsUsers"]
+    assert [v["name"] for v in variables[:3]] == ["approversGroup", "gitopsUsers", "platformApproversGroup"]
     assert variables[0]["expression"] == f"'{APPROVERS}'"
     assert GITOPS in variables[1]["expression"]
     assert "paramKind" not in policy["spec"]
