@@ -717,7 +717,9 @@ def test_auto_approval_up_to_the_recommendation(request_cpu: str, applied: bool)
     target = parse_quantity(request_cpu)
     if applied:
         assert result.governed["ns"]["requests.cpu"] == target
-        assert json.loads(quota_in(result).annotations[APPLIED])["approvedBy"] == "auto-approval"
+        record = json.loads(quota_in(result).annotations[APPLIED])
+        assert record["approvedBy"] == "rule within-recommendation"
+        assert record["rule"]["evidence"] == [f"ns requests.cpu: {request_cpu} <= recommendation 6 + 0% = 6"]
         assert reasons(result) == ["ChangeApplied"]
     else:
         assert result.governed["ns"]["requests.cpu"] == D(4)

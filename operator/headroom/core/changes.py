@@ -39,6 +39,7 @@ __all__ = [
     "SettingChange",
     "Terms",
     "append_history",
+    "apply_change",
     "approval_problem",
     "change_id",
     "decide",
@@ -420,6 +421,11 @@ def _apply(pending: PendingChange, used: Mapping[str, Mapping[str, Decimal]], wh
     if clamped:
         reason += "; " + "; ".join(clamp.message for clamp in clamped)
     return ChangeDecision("apply", reason, targets, clamped)
+
+
+def apply_change(pending: PendingChange, used: Mapping[str, Mapping[str, Decimal]], why: str) -> ChangeDecision:
+    """Apply `pending` for the reason given (a rule approved it): decreases still held at current use."""
+    return _apply(pending, used, why)
 
 
 def _within_recommendation(pending: PendingChange, recommended: Mapping[str, Mapping[str, Decimal]]) -> list[str]:

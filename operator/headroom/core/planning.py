@@ -23,6 +23,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from headroom.core.approval_rules import WITHIN_RECOMMENDATION, Rule, RuleApproval, approve_by_rule
 from headroom.core.capacity import CapacityView, Hold, Override, held
 from headroom.core.changes import (
     Approval,
@@ -31,6 +32,7 @@ from headroom.core.changes import (
     SettingChange,
     Terms,
     append_history,
+    apply_change,
     approval_problem,
     change_id,
     decide,
@@ -221,6 +223,8 @@ class Settings:
     protected_namespaces: frozenset[str] = DEFAULT_PROTECTED_NAMESPACES
     # resource -> the most its cluster-wide governed total may be, as a multiple of allocatable capacity
     max_overcommit: Mapping[str, Decimal] = field(default_factory=dict)
+    # The platform's rules for routine approvals (approval_rules.py), in order.
+    approval_rules: tuple[Rule, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------- desired
@@ -322,6 +326,7 @@ class _Pass:
     blocked: list[str] = field(default_factory=list)
     hold: Hold | None = None  # a signed-off raise held by the overcommit budget
     expiry: ExpiryStep = field(default_factory=ExpiryStep)  # raises that end (expiry.py)
+    rule: RuleApproval | None = None  # the platform rule that approved the change, with its evidence
 
     @property
     def old_status(self) -> Mapping[str, Any]:
@@ -559,9 +564,10 @@ def _decide_change(work: _Pass) -> None:
             why += f"; it raises {pending.describe_raises()} and needs sign-off: {terms.problem}"
         work.decision = ChangeDecision("wait", why, {})
         return
-    work.decision = decide(
-        pending, terms.approval, work.used, work.recommended, work.settings.auto_approve_within_recommendation
-    )
+    # --auto-approve-within-recommendation is the built-in rule WITHIN_RECOMMENDATION (_by_rule).
+    work.decision = decide(pending, terms.approval, work.used, work.recommended, False)
+    if work.decision.action == "wait" and pending is not None:
+        _by_rule(work, pending)
     if work.decision.action != "apply" or pending is None:
         return
     hold = _capacity_hold(work, pending)
@@ -578,6 +584,26 @@ def _decide_change(work: _Pass) -> None:
         _record_applied(work, pending, changed, hold)
     if changed:
         work.events.extend(Event("Warning", "DecreaseClamped", c.message) for c in work.decision.clamped)
+
+
+def _by_rule(work: _Pass, pending: PendingChange) -> None:
+    """A raise waiting for a person is applied if a platform rule covers it (never one used before)."""
+    settings = work.settings
+    rules = (
+        *((WITHIN_RECOMMENDATION,) if settings.auto_approve_within_recommendation else ()),
+        *settings.approval_rules,
+    )
+    if not rules or pending.id in work.terms.approval.used:
+        return
+    found, why_not = approve_by_rule(work.spec.name, pending, rules, work.recommended, work.observed.daily, work.now)
+    if found is None:
+        if why_not:
+            reason = f"{work.decision.reason}; not auto-approved because {'; '.join(why_not)}"
+            work.decision = ChangeDecision("wait", reason, {})
+        return
+    work.rule = found
+    why = f"change {pending.id} is approved by rule {found.rule}: {'; '.join(found.evidence)}"
+    work.decision = apply_change(pending, work.used, why)
 
 
 def _capacity_hold(work: _Pass, pending: PendingChange) -> Hold | None:
@@ -603,6 +629,8 @@ def _record_applied(
     approved_by = (
         spec.approved_by or "unknown"
         if terms.signed_off
+        else f"rule {work.rule.rule}"
+        if work.rule is not None
         else "auto-approval"
         if pending.raises
         else "no sign-off needed (decrease)"
@@ -615,6 +643,8 @@ def _record_applied(
     }
     if pending.loosened:
         work.applied["loosens"] = [c.to_status() for c in pending.loosened]
+    if work.rule is not None:
+        work.applied["rule"] = work.rule.to_status()  # the rule's name and the figures it compared
     for ns, targets in changed.items():
         work.governed[ns] = {**work.governed[ns], **targets}
     for entry in spec.namespaces:  # a raise with `until` gets its record; a signed-off end moves it
@@ -631,6 +661,8 @@ def _record_applied(
         work.applied["capacityOverrideBy"] = overridden.overridden_by or "unknown"
         described += f"; past the overcommit budget by capacity override of {work.applied['capacityOverrideBy']}: "
         described += "; ".join(e.describe() for e in overridden.excess)
+    if work.rule is not None:
+        described += f"; evidence: {'; '.join(work.rule.evidence)}"
     work.events.append(
         Event("Normal", "ChangeApplied", f"applied change {pending.id} (approved by {approved_by}): {described}")
     )
