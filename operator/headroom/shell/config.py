@@ -233,6 +233,12 @@ class OperatorConfig:
         False,
         **_SWITCH,
     )
+    approval_rules_file: Path | None = setting(
+        "--approval-rules-file",
+        "YAML file of rules for routine approvals (normally a mounted ConfigMap); re-read when it changes",
+        _file,
+        None,
+    )
     max_overcommit: Mapping[str, Decimal] = setting(
         "--max-overcommit",
         "overcommit budget: RESOURCE=RATIO[,...], e.g. requests.cpu=1.5; a signed-off raise that would take "

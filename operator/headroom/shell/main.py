@@ -33,6 +33,7 @@ from headroom.core.planning import Settings
 from headroom.core.spec import ProjectSpec, SpecError, parse_duration
 from headroom.shell import memory
 from headroom.shell.alerting import Alerting, DenialAlerting, EventSink, build_sinks
+from headroom.shell.approval_rules import RulesFile
 from headroom.shell.backoff import backoff_delays, jittered
 from headroom.shell.capacity import CapacityReader
 from headroom.shell.config import OperatorConfig
@@ -290,6 +291,8 @@ def build_runtime(
         config.denial_quiet_period,
     )
     reconciler.notices = RaiseNotices(reconciler.alerts, writer, reconciler.schedule_at)
+    if config.approval_rules_file is not None:
+        reconciler.rules = RulesFile(config.approval_rules_file).current
     return runtime
 
 

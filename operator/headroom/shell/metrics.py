@@ -28,6 +28,12 @@ class Metrics:
         self.changes_applied = Counter(
             "headroom_changes_applied_total", "Quota changes applied", ["project"], registry=r
         )
+        self.rule_approvals = Counter(
+            "headroom_rule_approvals_total",
+            "Raises applied without a person, by the rule that approved them",
+            ["rule"],
+            registry=r,
+        )
         self.alerts_sent = Counter(
             "headroom_alerts_sent_total", "Alert notifications delivered", ["sink", "state"], registry=r
         )
@@ -83,6 +89,9 @@ class Metrics:
         for event in plan.events:
             if event.reason == "ChangeApplied":
                 self.changes_applied.labels(spec.name).inc()
+                by = str((plan.status.get("lastAppliedChange") or {}).get("approvedBy") or "")
+                if by.startswith("rule "):  # approved by a platform rule (core/approval_rules.py)
+                    self.rule_approvals.labels(by.removeprefix("rule ")).inc()
 
     def forget(self, project: str) -> None:
         """Remove every series of a deleted Project."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from headroom.core.approval_rules import Rule
 from headroom.core.audit import audit_line, audit_record
 from headroom.core.conditions import merge_conditions
 from headroom.core.history import HistoryResult, day_offset, decode, encode, keep_days, recorded, sampler_day
@@ -143,6 +144,7 @@ class Reconciler:
     capacity: CapacityReader | None = None  # read only with an overcommit budget (--max-overcommit)
     notices: NoticeHook | None = None  # messages about raises that end (shell/expiry.py)
     denials: DenialHook | None = None
+    rules: Callable[[], tuple[Rule, ...]] | None = None  # rules for routine approvals (shell/approval_rules.py)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     min_interval: float = 1.0  # seconds between two reconciles of one Project (coalescing)
     # ... and while one of its namespaces waits for the quota controller's first count: the event of
@@ -287,7 +289,10 @@ class Reconciler:
     ) -> None:
         """Plan the Project and write what differs: one of at most max_in_flight at once."""
         observed = self._observe(spec, body, history, now)
-        plan = plan_project(spec, body, observed, self.settings, now)
+        settings = self.settings
+        if self.rules is not None:  # the platform's rules for routine approvals, as the file says now
+            settings = replace(settings, approval_rules=self.rules())
+        plan = plan_project(spec, body, observed, settings, now)
         if self.capacity is not None and "heldForCapacity" in (plan.status.get("pendingChange") or {}):
             # A raise is about to apply (without capacity known, the budget holds every one): only
             # now is the cluster's governed total summed, so a steady reconcile never costs a pass
@@ -295,7 +300,7 @@ class Reconciler:
             observed = replace(
                 observed, capacity=self.capacity.view(self.store.quotas, spec.name, spec.namespace_names)
             )
-            plan = plan_project(spec, body, observed, self.settings, now)
+            plan = plan_project(spec, body, observed, settings, now)
         if any(q.annotations.get(STATE_ANNOTATION) == COUNTING for q in plan.quotas):
             self._counting.add(name)
         else:
