@@ -22,7 +22,8 @@ from kubernetes.client import ApiException
 
 from hack.localcluster.kube import Cluster, wait_for
 from hack.localcluster.operator import OperatorProcess, custom, project_manifest
-from tests.harness.receivers import WebhookReceiver
+from tests.harness.receivers import Alertmanager, WebhookReceiver
+from tests.integration.test_alerts import alertmanager  # noqa: F401  (the real Alertmanager, module-wide)
 from tests.integration.test_cli import headroom, user_kubeconfig
 
 pytestmark = pytest.mark.integration
@@ -68,11 +69,19 @@ def webhook() -> Iterator[WebhookReceiver]:
 
 @pytest.fixture
 def operator(
-    start_operator: Callable[..., OperatorProcess], webhook: WebhookReceiver, tmp_path: Path
+    start_operator: Callable[..., OperatorProcess],
+    webhook: WebhookReceiver,
+    alertmanager: tuple[Alertmanager, WebhookReceiver],  # noqa: F811
+    tmp_path: Path,
 ) -> OperatorProcess:
     history = tmp_path / "history.csv"
     history.write_text("time,namespace,resource,value\n")  # no history: the minimum decides
-    return start_operator("--history-source=file", f"--history-file={history}", f"--webhook-url={webhook.url}")
+    return start_operator(
+        "--history-source=file",
+        f"--history-file={history}",
+        f"--webhook-url={webhook.url}",
+        f"--alertmanager-url={alertmanager[0].url}",
+    )
 
 
 @pytest.fixture
@@ -101,7 +110,13 @@ def sign_off(client: k8s.ApiClient, project: str, change: str, who: str) -> None
 
 
 def test_an_expiring_raise_is_applied_reminded_and_withdrawn_at_its_end(
-    cluster: Cluster, admin: k8s.ApiClient, namespace: str, project: str, webhook: WebhookReceiver, tmp_path: Path
+    cluster: Cluster,
+    admin: k8s.ApiClient,
+    namespace: str,
+    project: str,
+    webhook: WebhookReceiver,
+    alertmanager: tuple[Alertmanager, WebhookReceiver],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     alice, bob = cluster.impersonate("alice"), cluster.impersonate("bob", APPROVERS)
     until = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=40)
@@ -127,6 +142,12 @@ def test_an_expiring_raise_is_applied_reminded_and_withdrawn_at_its_end(
     assert len(reminder) == 1
     assert reminder[0]["namespace"] == namespace and reminder[0]["changeId"] == change
     assert reminder[0]["until"] == rfc3339(until) and "ends at" in reminder[0]["text"]
+    manager = alertmanager[0]
+    ending = wait_for(
+        lambda: manager.alerts(active=True, alertname="HeadroomRaiseEnding", project=project), 30, "HeadroomRaiseEnding"
+    )
+    assert ending[0]["labels"]["namespace"] == namespace
+    assert ending[0]["annotations"]["notification_id"] == reminder[0]["id"]
 
     # At the end the operator wakes by itself and withdraws the raise, without anyone signing off.
     wait_for(
@@ -136,6 +157,11 @@ def test_an_expiring_raise_is_applied_reminded_and_withdrawn_at_its_end(
     print(f"raise withdrawn {withdrawn_after:.1f}s after its until")
     notice = wait_for(lambda: webhook.payloads({"kind": "raise-withdrawn"}), 20, "the withdrawal notice at the webhook")
     assert notice[0]["namespace"] == namespace and "withdrawn" in notice[0]["text"]
+    wait_for(
+        lambda: manager.alerts(active=True, alertname="HeadroomRaiseWithdrawn", project=project),
+        30,
+        "HeadroomRaiseWithdrawn at Alertmanager",
+    )
     status = wait_for(
         lambda: (s := get_project(admin, project)["status"])["history"][-1]["id"] == f"withdrawn:{change}" and s,
         20,
