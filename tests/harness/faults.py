@@ -200,7 +200,7 @@ class FakePrometheus:
     `ok`: a vector with `peaks[namespace][resource]` for every namespace asked about; `slow`: the
     same after `delay` seconds; `invalid-json`: HTTP 200 with a body that is not JSON; `nan`: every
     value NaN; `partial`: only the first namespace, with the `warnings` a partial answer carries;
-    `error-500`: HTTP 500.
+    `error-500`: HTTP 500. A range query (`step` in the form) gets a matrix with the value at every step.
     """
 
     def __init__(self, peaks: Mapping[str, Mapping[str, str]], delay: float = 5.0) -> None:
@@ -248,6 +248,12 @@ class FakePrometheus:
                 continue
             result.append({"metric": {"namespace": ns}, "value": [at, "NaN" if mode == "nan" else value]})
         body: dict[str, Any] = {"status": "success", "data": {"resultType": "vector", "result": result}}
+        if "step" in form:
+            # A range query (the days Headroom asks for at start-up): the same value at every step.
+            start, end, step = (float(form[key][0]) for key in ("start", "end", "step"))
+            steps = [start + i * step for i in range(int((end - start) // step) + 1)] if step > 0 else [end]
+            matrix = [{"metric": s["metric"], "values": [[t, s["value"][1]] for t in steps]} for s in result]
+            body["data"] = {"resultType": "matrix", "result": matrix}
         if mode == "partial":
             body["warnings"] = ["partial response: 1 of 2 stores unavailable"]
         return 200, json.dumps(body).encode()

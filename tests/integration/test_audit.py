@@ -13,7 +13,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from hack.localcluster.kube import wait_for
+from hack.localcluster.kube import Cluster, wait_for
 from hack.localcluster.operator import OperatorProcess, custom, project_manifest
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,9 @@ def audit_records(operator: OperatorProcess, project: str) -> list[dict[str, Any
 
 
 def test_a_held_and_then_applied_raise_are_audit_lines(
+    cluster: Cluster,
     admin: k8s.ApiClient,
+    approval_policy: None,
     namespace: str,
     project_name: str,
     tmp_path: Path,
@@ -67,7 +69,8 @@ def test_a_held_and_then_applied_raise_are_audit_lines(
         "metadata": {"annotations": {"headroom.dev/requested-by": "alice"}},
         "spec": {"namespaces": [{"name": namespace, "requested": {"pods": "30"}}]},
     }
-    custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project_name, raise_pods)
+    # Asked and signed off by the people named, as the shipped admission policy insists.
+    custom(cluster.impersonate("alice")).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project_name, raise_pods)
     held = wait_for(
         lambda: [r for r in audit_records(operator, project_name) if r["action"] == "held"], 30, "a held record"
     )
@@ -77,7 +80,8 @@ def test_a_held_and_then_applied_raise_are_audit_lines(
     assert "needs sign-off" in held[0]["why"]
 
     approve = {"metadata": {"annotations": {"headroom.dev/approved-change": change, "headroom.dev/approved-by": "bob"}}}
-    custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project_name, approve)
+    approver = custom(cluster.impersonate("bob", ["headroom:approvers"]))
+    approver.patch_cluster_custom_object(GROUP, VERSION, PLURAL, project_name, approve)
     applied = wait_for(
         lambda: [r for r in audit_records(operator, project_name) if r["action"] == "applied"], 30, "an applied record"
     )

@@ -17,7 +17,7 @@ import kubernetes
 import pytest
 from kubernetes.client import ApiException
 
-from hack.localcluster.kube import wait_for
+from hack.localcluster.kube import user_name, wait_for
 from hack.localcluster.operator import OperatorProcess, custom, project_manifest
 
 pytestmark = pytest.mark.integration
@@ -107,9 +107,11 @@ def test_a_gpu_quota_is_derived_from_a_history_file_applied_and_enforced(
     assert "exceeded quota: headroom" in refused.value.body and "requests.nvidia.com/gpu" in refused.value.body
 
     # A GPU raise is a raise: it waits for sign-off, published with its diff.
-    custom(admin).patch_cluster_custom_object(
-        GROUP, VERSION, PLURAL, project_name, {"spec": {"namespaces": [{"name": namespace, "requested": {GPU: 8}}]}}
-    )
+    raise_gpus = {
+        "metadata": {"annotations": {"headroom.dev/requested-by": user_name(admin)}},
+        "spec": {"namespaces": [{"name": namespace, "requested": {GPU: 8}}]},
+    }
+    custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project_name, raise_gpus)
 
     def pending() -> dict[str, Any] | None:
         status = custom(admin).get_cluster_custom_object(GROUP, VERSION, PLURAL, project_name).get("status") or {}

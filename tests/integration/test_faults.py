@@ -309,6 +309,9 @@ def test_a_failing_history_source_changes_no_quota_and_says_why(
             "--history-source=prometheus",
             f"--prometheus-url={prometheus.url}",
             "--prometheus-timeout=1",
+            # Steady cycles ask only the steps since the last answer: a short step makes every
+            # 5 s resync ask again, so each fault is met within seconds.
+            "--prometheus-step=10s",
             "--resync-interval=5s",
         )
         name = create_project(

@@ -134,8 +134,12 @@ CASES = [
     Case("reason-501-chars", _set("spec.reason", "r" * 501), "rejected", "spec.reason"),
     # --- unknown resource names, bad names
     Case("minimum-gpu", _set("spec.quota.minimum", {"nvidia.com/gpu": "1"}), "rejected", "spec.quota.minimum keys"),
+    # Extended resources are quota keys only as requests.<name>: a quota refuses limits.nvidia.com/gpu.
     Case(
-        "resources-gpu", _set("spec.quota.resources", ["requests.nvidia.com/gpu"]), "rejected", "spec.quota.resources"
+        "resources-gpu-limits",
+        _set("spec.quota.resources", ["limits.nvidia.com/gpu"]),
+        "rejected",
+        "spec.quota.resources",
     ),
     Case("resources-empty", _set("spec.quota.resources", []), "rejected", "spec.quota.resources"),
     Case("team-unicode", _set("spec.owner.team", "équipe-paiements"), "rejected", "spec.owner.team"),
@@ -222,7 +226,12 @@ CASES = [
         "accepted",
     ),
     Case("reason-injection", _set("spec.reason", INJECTIONS[0] + INJECTIONS[4]), "accepted"),
-    Case("pods-beyond-int64", _set("spec.quota.minimum", {"pods": "9223372036854775808"}), "accepted"),
+    Case(
+        "pods-beyond-int64",
+        _set("spec.quota.minimum", {"pods": "9223372036854775808"}),
+        "rejected",
+        "up to 9223372036854775807",
+    ),
     Case(
         "five-hundred-missing-namespaces",
         _set("spec.namespaces", [{"name": f"gone-{i}"} for i in range(500)]),
