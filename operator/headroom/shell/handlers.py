@@ -119,7 +119,6 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         settings.peering.standalone = True
         tasks.append(asyncio.create_task(runtime.prime_with_retry()))
         tasks.append(asyncio.create_task(runtime.derivation_cycle()))
-        tasks.append(asyncio.create_task(runtime.trim_memory()))
         # Quota denials: FailedCreate Events, on a watch of their own (denials_watch.py says why).
         runtime.start_denial_watch(asyncio.get_running_loop())
 

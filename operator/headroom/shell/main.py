@@ -31,7 +31,6 @@ from headroom.core.names import (
 )
 from headroom.core.planning import Settings
 from headroom.core.spec import ProjectSpec, SpecError, parse_duration
-from headroom.shell import memory
 from headroom.shell.alerting import Alerting, DenialAlerting, EventSink, build_sinks
 from headroom.shell.approval_rules import RulesFile
 from headroom.shell.backoff import backoff_delays, jittered
@@ -215,13 +214,6 @@ class Runtime:
                 log.warning("cannot load quotas and namespaces yet (%s); retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
 
-    async def trim_memory(self) -> None:
-        """Hand memory that bursts (start-up, onboarding, derivation cycles) left free back to the
-        system, so that the resident size follows what the operator holds."""
-        while True:
-            await asyncio.sleep(memory.TRIM_SECONDS)
-            memory.trim()
-
     async def derivation_cycle(self) -> None:
         """Re-derive every Project's peaks on an interval: one history query per resource for all."""
         interval = self.config.resync_interval.total_seconds()
@@ -310,7 +302,6 @@ def run(config: OperatorConfig) -> None:
     audit.addHandler(handler)
     audit.propagate = False
     audit.setLevel(logging.INFO)
-    memory.limit_arenas()  # before the client's worker threads exist (see shell/memory.py)
     code = asyncio.run(_main(config))
     if code:
         raise SystemExit(code)
