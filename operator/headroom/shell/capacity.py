@@ -86,8 +86,11 @@ class CapacityReader:
             if attempt + 1 < self.attempts:
                 await asyncio.sleep(next(delays))
         kept = f"; the last answer ({self.read_at:%Y-%m-%d %H:%M}Z) is used" if self.read_at else ""
-        self.error = problem + kept
-        log.warning("cannot read the cluster's allocatable capacity: %s", self.error)
+        error, self.error = self.error, problem + kept
+        # Said once per new problem, not at every resync while it lasts (the metric and, with a
+        # budget, the CapacityHeld condition keep saying it).
+        level = logging.WARNING if error != self.error else logging.DEBUG
+        log.log(level, "cannot read the cluster's allocatable capacity: %s", self.error)
 
     def view(self, quotas: Mapping[str, Mapping[str, Any]], project: str, listed: Iterable[str]) -> CapacityView:
         """The capacity, and the governed total of every quota but those of `project` in the namespaces it
