@@ -23,15 +23,16 @@ AUDIT_ACTIONS: Mapping[str, str] = {
     "ChangePending": "held",
     "ChangeHeld": "held-for-capacity",
     "DecreaseClamped": "clamped",
-    "ChangeExpired": "expired",
-    "ChangeRuleApproved": "rule-approved",
+    "RaiseWithdrawn": "expired",
 }
+# A history entry of a withdrawn raise is "withdrawn:<change id>"; its Event names the change id.
+_WITHDRAWN = "withdrawn:"
 
 
 def _find(history: Sequence[Any], message: str) -> Mapping[str, Any]:
     """The history entry whose id the Event names (the newest first: ids repeat only after a restart)."""
     for entry in reversed(history):
-        if isinstance(entry, Mapping) and entry.get("id") and str(entry["id"]) in message:
+        if isinstance(entry, Mapping) and entry.get("id") and str(entry["id"]).removeprefix(_WITHDRAWN) in message:
             return entry
     return {}
 
@@ -65,6 +66,8 @@ def audit_record(
     if action is None:
         return None
     change = _change(action, message, status)
+    if action == "applied" and change.get("rule"):
+        action = "rule-approved"  # applied without a person: the rule and its figures are the why
     record: dict[str, Any] = {
         "audit": "headroom",
         "time": now.isoformat().replace("+00:00", "Z"),
@@ -78,8 +81,10 @@ def audit_record(
         "loosens": list(change.get("loosens") or []),
         "why": message,
     }
-    if action == "applied" and change.get("appliedAt"):
+    if action in ("applied", "rule-approved", "expired") and change.get("appliedAt"):
         record["appliedAt"] = change["appliedAt"]
+    if change.get("rule"):
+        record["rule"] = change["rule"]
     return record
 
 
