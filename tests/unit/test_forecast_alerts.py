@@ -77,6 +77,18 @@ def test_a_date_that_wobbles_at_the_edge_is_not_told_twice_but_a_new_crossing_is
     assert [(n.state, n.id.endswith("2026-03-04T10:00:00Z")) for n in owed] == [("firing", True)]
 
 
+def test_a_firing_forecast_holds_still_in_status_as_the_clock_moves() -> None:
+    """Its measure (horizon over time left) grows every second; kept as it was when it crossed, the
+    status written at each resync is the same, so nothing is written."""
+    full = MON_10 + timedelta(days=10)
+    state, owed = step(AlertState(), {KEY: full}, MON_10)
+    state = delivered(state, owed, MON_10)
+    kept = state_to_status(state)
+    for minutes in (5, 10, 60, 600):
+        state, owed = step(state, {KEY: full}, MON_10 + timedelta(minutes=minutes))
+        assert owed == [] and state_to_status(state) == kept
+
+
 def test_outside_business_hours_it_waits_for_the_opening() -> None:
     friday_night = datetime(2026, 3, 6, 22, tzinfo=UTC)
     state, owed = step(AlertState(), {KEY: friday_night + timedelta(days=5)}, friday_night)

@@ -121,6 +121,9 @@ class AlertPolicy:
     urgent_when_full: bool = False
     repeat: bool = True  # remind while firing (threshold alerts); a forecast alert is told once per crossing
     id_prefix: str = ""  # keeps the ids of one kind of alert apart from another's ("forecast/...")
+    # Keep each record's latest measure (status shows it). A forecast's measure moves with the clock,
+    # not with use: kept, it would rewrite status at every resync, so it keeps the one it crossed at.
+    follow_measure: bool = True
 
     def __post_init__(self) -> None:
         for threshold in self.thresholds:
@@ -288,11 +291,13 @@ def _advance(
     key = record.key
     value = observation.utilization if observation is not None else None
     firing = _hysteresis(record.firing, value, key.threshold, policy.hysteresis)
+    follow = policy.follow_measure or record.utilization is None
     if firing != record.firing:
         record = replace(record, firing=firing, since=now, repeats=0)
+        follow = True
     record = replace(
         record,
-        utilization=value,
+        utilization=value if follow or value is None else record.utilization,
         used=observation.used if observation is not None else None,
         hard=observation.hard if observation is not None else None,
         sinks=sinks,
@@ -652,6 +657,7 @@ def forecast_policy() -> AlertPolicy:
         hysteresis=FORECAST_HYSTERESIS,
         repeat=False,
         id_prefix=FORECAST_ID_PREFIX,
+        follow_measure=False,
     )
 
 
