@@ -351,6 +351,24 @@ def test_file_daily_peaks_are_the_peak_of_each_utc_day(tmp_path: Path) -> None:
     assert ("ns", "requests.memory") not in result.daily  # no samples: unknown, not an empty history
 
 
+def test_the_oldest_day_of_a_file_lookback_counts_whole_so_it_holds_still_between_resyncs(tmp_path: Path) -> None:
+    """The window starts mid-day on the 3rd; that day's peak (at 02:00, before the start) stays its
+    peak for as long as the day is in the lookback, so the days and the forecast do not drift."""
+    path = csv_file(
+        tmp_path,
+        "2026-03-03T02:00:00Z,ns,pods,9",
+        "2026-03-03T20:00:00Z,ns,pods,4",
+        "2026-03-04T12:00:00Z,ns,pods,5",
+    )
+    seen = [
+        read(path, query(resources={"pods"}, now=NOW + timedelta(minutes=minutes))).daily[("ns", "pods")]
+        for minutes in (0, 5, 300, 600)  # the window's start passes 12:00, 12:05, 17:00 and 22:00 on the 3rd
+    ]
+    assert all(days == {date(2026, 3, 3): D(9), date(2026, 3, 4): D(5)} for days in seen)
+    # The peak over the window is still the window's own: 02:00 on the 3rd is outside it.
+    assert read(path, query(resources={"pods"})).peaks == {("ns", "pods"): D(5)}
+
+
 # --------------------------------------------------------------------------------------------- Prometheus
 
 

@@ -83,12 +83,18 @@ class FileHistory:
         except (OSError, ValueError) as exc:
             return HistoryResult(error=f"cannot read history file {self.path}: {exc}", queries=1)
         start = query.now - query.lookback
+        # Days are whole: the oldest day of the lookback keeps all its samples until it leaves. Cut at
+        # `start`, its peak would drift with every resync, and with it the forecast and the status.
+        first_day = start.astimezone(UTC).date()
         peaks: dict[tuple[str, str], Decimal] = {}
         timed: dict[tuple[str, str], list[tuple[datetime, Decimal]]] = {}
         for at, namespace, resource, value in samples:
-            if start <= at <= query.now and namespace in query.namespaces and resource in query.resources:
-                key = (namespace, resource)
+            if at > query.now or namespace not in query.namespaces or resource not in query.resources:
+                continue
+            key = (namespace, resource)
+            if at >= start:
                 peaks[key] = max(peaks.get(key, value), value)
+            if at.astimezone(UTC).date() >= first_day:
                 timed.setdefault(key, []).append((at, value))
         # The file holds samples, not days: each UTC day's peak among them (day_offsets stay empty).
         return HistoryResult(peaks=peaks, queries=1, daily={key: utc_days(s) for key, s in timed.items()})
