@@ -22,7 +22,7 @@ import pytest
 from headroom.shell.denials_watch import DenialWatch
 from kubernetes.client import ApiException
 
-from hack.localcluster.kube import wait_for
+from hack.localcluster.kube import user_name, wait_for
 from hack.localcluster.operator import OperatorProcess, custom, project_manifest
 from tests.harness.receivers import Alertmanager, WebhookReceiver, alertmanager_binary
 
@@ -178,7 +178,12 @@ def test_a_deployment_refused_by_the_quota_is_one_incident_told_at_once_and_reso
 
     # The change id offered is the one the operator publishes once that request is made.
     spec_ns = [{"name": namespace, "requested": {"requests.cpu": "1200m"}}]
-    custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project, {"spec": {"namespaces": spec_ns}})
+    # Named as its writer, as the shipped admission policy insists (earlier tests may have bound it).
+    asked = {
+        "metadata": {"annotations": {"headroom.dev/requested-by": user_name(admin)}},
+        "spec": {"namespaces": spec_ns},
+    }
+    custom(admin).patch_cluster_custom_object(GROUP, VERSION, PLURAL, project, asked)
     pending = wait_for(
         lambda: (_status(admin, project).get("pendingChange") or {}).get("id"), 60, "the pending change of the request"
     )
