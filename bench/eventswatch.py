@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from headroom.core.names import FAILED_CREATE_SELECTOR
+from headroom.shell.denials_watch import watch_params
 from headroom.shell.handlers import WATCH_SECONDS
 from kubernetes.client import ApiClient, CoreV1Api
 
@@ -70,16 +71,7 @@ class EventsWatchMeter:
         while not self._stop.is_set():
             # As the operator renews it (headroom.shell.denials_watch): from the last version while it
             # is recent, else from now, without initial events (Events carry no bookmarks).
-            params: dict[str, Any] = {
-                "watch": True,
-                "field_selector": FAILED_CREATE_SELECTOR,
-                "allow_watch_bookmarks": True,
-                "timeout_seconds": WATCH_SECONDS,
-            }
-            if from_now:
-                params.update(send_initial_events=False, resource_version_match="NotOlderThan")
-            else:
-                params["resource_version"] = version
+            params = watch_params(None if from_now else version)
             self.requests += 1
             from_now = True
             try:

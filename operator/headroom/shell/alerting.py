@@ -295,6 +295,12 @@ def build_sinks(config: OperatorConfig, client: kubernetes.client.ApiClient) -> 
     return sinks
 
 
+def sinks_for(sinks: Sequence[Sink], spec: ProjectSpec) -> list[Sink]:
+    """The sinks that serve a Project: a webhook only where there is a URL, the operator's or the
+    Project's own Secret; every other sink always (threshold, forecast and denial alerts alike)."""
+    return [s for s in sinks if not (isinstance(s, WebhookSink) and not (s.url or spec.alerts.webhook_secret_ref))]
+
+
 class Alerting:
     """Evaluates a Project's alerts after each reconcile and delivers what is owed."""
 
@@ -317,12 +323,7 @@ class Alerting:
         return self._active_sinks(spec)
 
     def _active_sinks(self, spec: ProjectSpec) -> list[Sink]:
-        active: list[Sink] = []
-        for sink in self.sinks:
-            if isinstance(sink, WebhookSink) and not (sink.url or spec.alerts.webhook_secret_ref):
-                continue
-            active.append(sink)
-        return active
+        return sinks_for(self.sinks, spec)
 
     async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan, now: datetime) -> AlertOutcome:
         hours_problem = None
@@ -633,9 +634,7 @@ class DenialAlerting:
         self._retry: dict[str, Any] = {}
 
     def _active_sinks(self, spec: ProjectSpec) -> list[Sink]:
-        return [
-            s for s in self.sinks if not (isinstance(s, WebhookSink) and not (s.url or spec.alerts.webhook_secret_ref))
-        ]
+        return sinks_for(self.sinks, spec)
 
     async def __call__(self, spec: ProjectSpec, body: Mapping[str, Any], now: datetime) -> AlertOutcome:
         try:

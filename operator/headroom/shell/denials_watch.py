@@ -56,6 +56,22 @@ PAGE = 500
 Handler = Callable[[str | None, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
+def watch_params(version: str | None) -> dict[str, Any]:
+    """The Events watch request: resumed from `version`, or from now (None) without initial events,
+    since Events carry no bookmarks and an old version may be compacted away."""
+    params: dict[str, Any] = {
+        "watch": True,
+        "field_selector": FAILED_CREATE_SELECTOR,
+        "allow_watch_bookmarks": True,
+        "timeout_seconds": WATCH_SECONDS,
+    }
+    if version is None:
+        params.update(send_initial_events=False, resource_version_match="NotOlderThan")
+    else:
+        params["resource_version"] = version
+    return params
+
+
 class DenialWatch:
     def __init__(
         self,
@@ -112,16 +128,7 @@ class DenialWatch:
 
     def _watch(self, from_now: bool) -> bool:
         """One watch request until the server ends it; False when the version was too old (410)."""
-        kwargs: dict[str, Any] = {
-            "watch": True,
-            "field_selector": FAILED_CREATE_SELECTOR,
-            "allow_watch_bookmarks": True,
-            "timeout_seconds": WATCH_SECONDS,
-        }
-        if from_now:
-            kwargs.update(send_initial_events=False, resource_version_match="NotOlderThan")
-        else:
-            kwargs["resource_version"] = self.version
+        kwargs = watch_params(None if from_now else self.version)
         self.count("from-now" if from_now else "resume")
         response = self.events(
             **kwargs, _preload_content=False, _request_timeout=(10, WATCH_SECONDS + READ_GRACE_SECONDS)
