@@ -200,8 +200,12 @@ def test_token_request_authenticates_as_the_service_account_and_rbac_limits_it(
     assert review.status.user_info.username == f"system:serviceaccount:{namespace}:bot"
 
     bot_core = k8s.CoreV1Api(as_bot)
-    names = [cm.metadata.name for cm in bot_core.list_namespaced_config_map(namespace).items]
-    assert "kube-root-ca.crt" in names  # published by the root-ca controller, readable by the Role
+    # Published by the root-ca controller (shortly after the namespace appears), readable by the Role.
+    wait_for(
+        lambda: "kube-root-ca.crt" in [cm.metadata.name for cm in bot_core.list_namespaced_config_map(namespace).items],
+        30,
+        "kube-root-ca.crt, listed as the service account",
+    )
     with pytest.raises(ApiException) as denied:
         bot_core.list_namespaced_secret(namespace)
     assert denied.value.status == 403
