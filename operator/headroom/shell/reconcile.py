@@ -484,11 +484,7 @@ class Reconciler:
                 changed,
                 {k: (old.get(k), new.get(k)) for k in changed},
             )
-        patch: dict[str, Any] = dict(new)
-        for key in old:
-            if key not in new:
-                patch[key] = None  # merge patch: remove what no longer applies (a pending change)
-        await self.writer.patch_status(body["metadata"]["name"], patch)
+        await self.writer.patch_status(body["metadata"]["name"], status_patch(old, new))
         self.metrics.writes.labels("status").inc()
         # Remember what we wrote, so the echo of our own write through the watch is a no-op.
         stored = self.store.projects.get(body["metadata"]["name"])
@@ -497,6 +493,24 @@ class Reconciler:
                 **{k: v for k, v in (stored.get("status") or {}).items() if k in _FOREIGN_STATUS_KEYS},
                 **new,
             }
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns status `old` into `new`: every value of `new`, and
+    null for every key that is gone, at any depth. A merge patch merges maps, so a map sent without
+    a key it had keeps that key: a `summary.soonestFull` that no longer applies stayed on the server,
+    and every later reconcile found the status different and wrote it again."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            patch[key] = status_patch(before, value)
+        else:
+            patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None  # remove what no longer applies (a pending change)
+    return patch
 
 
 def _uses_sign_off(body: Mapping[str, Any], plan: Plan) -> bool:
