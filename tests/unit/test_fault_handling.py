@@ -57,6 +57,21 @@ def test_retry_after_is_read_bounded_and_defaults_to_a_second() -> None:
     assert retry_after(api_error(429, "86400")) == 60
 
 
+class Answer:
+    """A raw HTTP answer as the client library hands it over unparsed."""
+
+    def __init__(self) -> None:
+        self.read_and_released = False
+        self._read = False
+
+    def read(self) -> bytes:
+        self._read = True
+        return b"{}"
+
+    def release_conn(self) -> None:
+        self.read_and_released = self._read
+
+
 def _writer(monkeypatch: pytest.MonkeyPatch) -> tuple[KubeWriter, list[float]]:
     writer = KubeWriter(kubernetes.client.ApiClient(), qps=1000, burst=1000)
     slept: list[float] = []
@@ -70,17 +85,20 @@ def _writer(monkeypatch: pytest.MonkeyPatch) -> tuple[KubeWriter, list[float]]:
 
 def test_a_throttled_write_is_retried_after_retry_after_plus_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
     writer, slept = _writer(monkeypatch)
-    answers: list[Any] = [api_error(429, "2"), api_error(429, "2"), "done"]
+    done = Answer()
+    answers: list[Any] = [api_error(429, "2"), api_error(429, "2"), done]
     seen: list[Any] = []
 
     def call(*args: Any, **kwargs: Any) -> Any:
         seen.append(kwargs.get("_request_timeout"))
+        assert kwargs.get("_preload_content") is False  # the answer is not parsed: nobody reads it
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    assert asyncio.run(writer._call("patch", call)) == "done"
+    asyncio.run(writer._call("patch", call))
+    assert done.read_and_released  # its connection goes back to the pool
     retries = [s for s in slept if s >= 1]  # the rest are the rate limiter's own sub-second waits
     assert len(retries) == 2 and all(s >= 2 for s in retries)
     assert writer.limiter.rate < 1000  # and the pushback slowed every later write down
@@ -473,3 +491,31 @@ def test_a_burst_of_new_projects_costs_one_question_and_each_gets_its_own_answer
     answers = asyncio.run(run())
     assert len(source.queries) == 1 and len(source.queries[0]) == 50  # single flight
     assert all(a.peaks == {(f"ns-{'x' * i}", "pods"): Decimal(3 + i)} for i, a in enumerate(answers))
+
+
+def test_a_derivation_cycle_says_which_namespaces_got_a_different_answer() -> None:
+    source = Source()
+    keys = {("a", "pods"), ("b", "pods")}
+    first = HistoryResult(peaks={("a", "pods"): Decimal(5), ("b", "pods"): Decimal(3)}, queries=1)
+    b_grew = HistoryResult(peaks={("a", "pods"): Decimal(5), ("b", "pods"): Decimal(4)}, queries=1)
+    a_new_day = HistoryResult(
+        peaks={("a", "pods"): Decimal(5), ("b", "pods"): Decimal(4)},
+        daily={("a", "pods"): {date(2026, 3, 9): Decimal(5)}},
+        queries=1,
+    )
+    down = HistoryResult(error="connection refused", queries=1)
+    source.answers = [first, first, b_grew, a_new_day, down, down, a_new_day]
+    cache = HistoryCache(source, max_age=timedelta(0), metrics=Metrics(), batch_window=0)
+
+    async def run() -> list[set[str]]:
+        return [await cache.refresh_all({LOOKBACK: keys}) for _ in range(7)]
+
+    assert asyncio.run(run()) == [
+        {"a", "b"},  # nothing known before
+        set(),  # the same answer: no Project needs re-planning for it
+        {"b"},
+        {"a"},
+        {"a", "b"},  # the source fails: every status says so
+        set(),
+        {"a", "b"},  # and recovers
+    ]

@@ -183,12 +183,20 @@ class TokenBucket:
             raise
 
 
-def _timed(timing: list[float], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def _timed(timing: list[float], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """fn(...) in the worker thread, its duration appended to `timing` (the API server's answer
-    time, without the wait for a free thread), whether it returned or raised."""
+    time, without the wait for a free thread), whether it returned or raised.
+
+    The answer is read and let go unparsed: no write's caller reads it (the watch brings the object
+    back), and turning it into the client library's model objects cost more CPU than the request,
+    plus a transient copy of every object written."""
     started = time.monotonic()
     try:
-        return fn(*args, **kwargs)
+        response = fn(*args, _preload_content=False, **kwargs)
+        try:
+            response.read()  # drained, so that its connection goes back to the pool
+        finally:
+            response.release_conn()
     finally:
         timing.append(time.monotonic() - started)
 
@@ -313,7 +321,7 @@ class KubeWriter:
                 self.core.api_client.rest_client.pool_manager.clear()
         self._last_request = now
 
-    async def _call(self, kind: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _call(self, kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         delays = backoff_delays(base=1.0, cap=10.0)
         for attempt in range(1, THROTTLED_ATTEMPTS + 1):
             await self.limiter.take(WRITE_PRIORITY.get() + (AFTER_ENFORCEMENT if kind in _BOOKKEEPING else 0))
@@ -321,7 +329,7 @@ class KubeWriter:
             self._fresh_connections_after_idle()
             timing: list[float] = []
             try:
-                result: T = await asyncio.to_thread(
+                await asyncio.to_thread(
                     functools.partial(_timed, timing, fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
                 )
             except ApiException as exc:
@@ -344,7 +352,7 @@ class KubeWriter:
             else:
                 if timing:
                     self.limiter.answered(timing[0])
-                return result
+                return
         raise AssertionError("unreachable")
 
     async def apply_quota(self, project: Mapping[str, Any], desired: DesiredQuota) -> None:
