@@ -126,6 +126,8 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
     async def cleanup(**_: Any) -> None:
         for task in tasks:
             task.cancel()
+        if runtime.replanning is not None:
+            runtime.replanning.cancel()
         runtime.stop_denial_watch()
         await runtime.reconciler.shutdown()
         if stop_flag is not None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -105,6 +106,7 @@ class Runtime:
     metrics: Metrics
     primed: asyncio.Event
     denial_watch: DenialWatch | None = None
+    replanning: asyncio.Task[None] | None = None  # the unchanged Projects of the last cycle, being re-planned
 
     async def prime(self) -> None:
         """Load quotas, LimitRanges and namespaces before the first reconcile.
@@ -237,13 +239,48 @@ class Runtime:
                 ]
                 for ns in spec.get("namespaces") or []:
                     wanted.setdefault(lookback, set()).update((ns.get("name"), r) for r in resources)
+            changed: set[str] | None = None  # None: not known which, so every Project at once
             with contextlib.suppress(Exception):
-                await self.reconciler.history.refresh_all(wanted)
+                changed = await self.reconciler.history.refresh_all(wanted)
             if self.reconciler.capacity is not None:
                 # Capacity read here, with history: a held raise is weighed again as every Project is.
                 await self.reconciler.capacity.refresh()
-            for name in list(self.store.projects):
-                self.schedule(name)
+            if self.replanning is not None:
+                self.replanning.cancel()  # the new round covers every Project the last one had left
+            self.replanning = asyncio.create_task(self.replan(changed, interval))
+
+    async def replan(self, changed: set[str] | None, interval: float) -> None:
+        """After a derivation cycle: the Projects whose history answer changed are reconciled at once;
+        every other one too (the cycle is also the safety net for whatever no watch event announces),
+        but spread over half the interval. Thousands of reconciles woken together kept the event loop
+        busy for seconds, and a new Project's first reconcile waited behind all of them."""
+        names = list(self.store.projects)
+        if changed is None:
+            now, later = names, []
+        else:
+            now = [n for n in names if any(ns in changed for ns in _namespace_names(self.store.projects.get(n)))]
+            later = [n for n in names if n not in set(now)]
+        for name in now:
+            self.schedule(name)
+        if not later:
+            return
+        batches = math.ceil(len(later) / REPLAN_BATCH)
+        pause = min(interval / 2 / batches, REPLAN_MAX_PAUSE)
+        for start in range(0, len(later), REPLAN_BATCH):
+            await asyncio.sleep(pause)
+            for name in later[start : start + REPLAN_BATCH]:
+                if name in self.store.projects:
+                    self.schedule(name)
+
+
+# Unchanged Projects re-planned after a derivation cycle: this many at a time, spread over half the
+# interval, but never slower than one batch per this many seconds.
+REPLAN_BATCH = 20
+REPLAN_MAX_PAUSE = 1.0
+
+
+def _namespace_names(body: Mapping[str, Any] | None) -> list[str]:
+    return [str(ns.get("name")) for ns in ((body or {}).get("spec") or {}).get("namespaces") or [] if ns.get("name")]
 
 
 def build_runtime(

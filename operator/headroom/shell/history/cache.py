@@ -57,7 +57,7 @@ class HistoryCache:
         self._day_offsets: dict[str, timedelta] = {}
         self._errors: dict[timedelta, tuple[datetime, str | None, bool]] = {}
         self._open: _Batch | None = None
-        self._sending: set[asyncio.Task[None]] = set()  # batches being sent (kept: a task needs a reference)
+        self._sending: set[asyncio.Task[set[str]]] = set()  # batches being sent (kept: a task needs a reference)
 
     def _fresh(self, keys: set[tuple[str, str]], lookback: timedelta, now: datetime) -> bool:
         return all(
@@ -124,21 +124,25 @@ class HistoryCache:
         _, error, partial = self._errors.get(lookback, (self.clock(), None, False))
         return HistoryResult(peaks=peaks, error=error, partial=partial, daily=daily, day_offsets=offsets)
 
-    async def refresh_all(self, wanted: Mapping[timedelta, set[tuple[str, str]]]) -> None:
-        """Ask now for everything wanted (the derivation cycle), with whatever has joined meanwhile."""
-        await self._send(self._join(wanted))
+    async def refresh_all(self, wanted: Mapping[timedelta, set[tuple[str, str]]]) -> set[str]:
+        """Ask now for everything wanted (the derivation cycle), with whatever has joined meanwhile.
+        Returns the namespaces whose answer changed (a peak, a day, or the source's error)."""
+        return await self._send(self._join(wanted))
 
-    async def _send(self, batch: _Batch) -> None:
+    async def _send(self, batch: _Batch) -> set[str]:
         if batch is self._open:
             self._open = None  # from now on, new keys open the next batch
+        changed: set[str] = set()
         try:
             for lookback, keys in batch.wanted.items():
-                await self._ask(lookback, keys)
+                changed |= await self._ask(lookback, keys)
         finally:
             if not batch.answered.done():
                 batch.answered.set_result(None)
+        return changed
 
-    async def _ask(self, lookback: timedelta, keys: set[tuple[str, str]]) -> None:
+    async def _ask(self, lookback: timedelta, keys: set[tuple[str, str]]) -> set[str]:
+        """Ask the source; the namespaces whose answer differs from the one kept before."""
         now = self.clock()
         query = PeakQuery(frozenset(ns for ns, _ in keys), frozenset(r for _, r in keys), lookback, now)
         started = time.monotonic()
@@ -158,15 +162,27 @@ class HistoryCache:
                 partial=True,
                 queries=result.queries,
             )
+        changed: set[str] = set()
         if result.error is None:
             for key in keys:
-                self._results[(*key, lookback)] = (now, result.peaks.get(key))
+                before = self._results.get((*key, lookback))
+                value = result.peaks.get(key)
+                if before is None or before[1] != value:
+                    changed.add(key[0])
+                self._results[(*key, lookback)] = (now, value)
                 days = result.daily.get(key)
                 if days is None:
-                    self._daily.pop((*key, lookback), None)
+                    if self._daily.pop((*key, lookback), None) is not None:
+                        changed.add(key[0])
                 else:
+                    if self._daily.get((*key, lookback)) != days:
+                        changed.add(key[0])
                     self._daily[(*key, lookback)] = days
             for namespace, offset in result.day_offsets.items():
                 self._day_offsets[namespace] = offset
         # On error the previous answers stay: unknown is never zero.
+        _, error_before, partial_before = self._errors.get(lookback, (now, None, False))
+        if (error_before, partial_before) != (result.error, result.partial):
+            changed |= {ns for ns, _ in keys}  # the condition that tells it changes everywhere
         self._errors[lookback] = (now, result.error, result.partial)
+        return changed
