@@ -35,7 +35,6 @@ from headroom.shell.kube import quota_manifest
 from headroom.shell.metrics import Metrics
 from headroom.shell.reconcile import Reconciler
 from headroom.shell.store import Store
-from prometheus_client import generate_latest
 
 from bench.reconcile_cost import USED, InstantHistory, StoreWriter
 
@@ -132,7 +131,7 @@ async def measure(n: int) -> dict[str, Any]:
         names = list(store.projects)
         for start in range(0, len(names), 200):
             await asyncio.gather(*(reconciler.reconcile(name) for name in names[start : start + 200]))
-    scrape = generate_latest(metrics.registry)
+    scrape = b"".join(metrics.exposition())
     rss, peak = _rss_mib()
     result: dict[str, Any] = {
         "projects": n,

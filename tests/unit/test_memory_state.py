@@ -18,7 +18,6 @@ from headroom.core.names import FIELD_MANAGER, GOVERNED_ANNOTATION
 from headroom.core.planning import observe_quota
 from headroom.shell.metrics import Metrics
 from headroom.shell.store import Store
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 D = Decimal
@@ -39,7 +38,7 @@ def plan(
 
 
 def scraped(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = generate_latest(metrics.registry).decode()
+    text = b"".join(metrics.exposition()).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -163,3 +162,33 @@ def test_the_digest_names_the_same_editors_as_the_whole_managed_fields() -> None
     store.quotas["web"] = copy.deepcopy(kept)
     assert store.quotas["web"]["metadata"]["managedFields"] == kept["metadata"]["managedFields"]
     assert len(str(kept["metadata"]["managedFields"])) < len(str(whole["metadata"]["managedFields"])) / 2
+
+
+def test_metrics_are_served_over_http_whole_for_thousands_of_projects() -> None:
+    import socket
+    import urllib.request
+
+    from headroom.shell.metrics import serve_metrics
+
+    metrics = Metrics()
+    for i in range(1500):  # more series than one chunk of lines
+        metrics.observe_plan(SimpleNamespace(name=f"p{i}"), plan({f"ns{i}": (D(4), D(i % 4))}, pending=i % 2 == 0))
+    metrics.writes.labels("status").inc()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = serve_metrics(port, metrics.exposition)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert len(families["headroom_quota_utilization_percent"].samples) == 1500
+    assert len(families["headroom_pending_changes"].samples) == 1500
+    hard = {s.labels["project"]: s.value for s in families["headroom_quota_hard"].samples}
+    assert hard["p1499"] == 4
+    used = {s.labels["namespace"]: s.value for s in families["headroom_quota_used"].samples}
+    assert used["ns1499"] == 3
+    assert [s.value for s in families["headroom_api_writes"].samples if s.name.endswith("_total")] == [1]

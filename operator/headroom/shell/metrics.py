@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, SupportsFloat
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -23,8 +26,7 @@ class Metrics:
         r = self.registry
         # The per-Project figures: rendered at scrape time from one small tuple per Project (see
         # ProjectFigures), not kept as labelled gauge children (about 14 KiB a Project).
-        self.figures = ProjectFigures()
-        r.register(self.figures)
+        self.figures = ProjectFigures()  # served beside the registry (see exposition)
         self.changes_applied = Counter(
             "headroom_changes_applied_total", "Quota changes applied", ["project"], registry=r
         )
@@ -97,15 +99,21 @@ class Metrics:
         """Remove every series of a deleted Project."""
         self.figures.forget(project)
 
+    def exposition(self) -> Iterator[bytes]:
+        """/metrics: the registry's families, then the per-Project ones, in chunks."""
+        yield generate_latest(self.registry)
+        for text in self.figures.exposition():
+            yield text.encode()
+
     def serve(self, port: int) -> None:
         if port:
-            start_http_server(port, registry=self.registry)
+            serve_metrics(port, self.exposition)
 
 
 _Row = tuple[str, str, float]  # namespace, resource, value
 
 
-class ProjectFigures(Collector):
+class ProjectFigures:
     """headroom_quota_utilization_percent, _hard, _used, headroom_pending_changes and the forecasts
     (headroom_quota_growth_per_day, headroom_quota_forecast_full_timestamp_seconds), made at scrape time.
 
@@ -146,45 +154,77 @@ class ProjectFigures(Collector):
         self._projects.pop(project, None)
         self._forecasts.pop(project, None)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        labels = ["project", "namespace", "resource"]
-        families = (
-            GaugeMetricFamily(
-                "headroom_quota_utilization_percent", "Used as a percentage of the governed hard value", labels=labels
-            ),
-            GaugeMetricFamily("headroom_quota_hard", "Governed hard value (cores, bytes or count)", labels=labels),
-            GaugeMetricFamily("headroom_quota_used", "Current use (cores, bytes or count)", labels=labels),
-        )
-        pending = GaugeMetricFamily(
-            "headroom_pending_changes", "Projects with a change awaiting sign-off", labels=["project"]
-        )
-        for project, (*tables, is_pending) in list(self._projects.items()):
-            for family, table in zip(families, tables, strict=True):
-                for namespace, resource, value in table:
-                    family.add_metric([project, namespace, resource], value)
-            pending.add_metric([project], 1 if is_pending else 0)
-        yield from families
-        yield pending
-        yield from self._collect_forecasts(labels)
+    def exposition(self) -> Iterator[str]:
+        """The series in Prometheus' text format, a family at a time, written straight from the rows.
 
-    def _collect_forecasts(self, labels: list[str]) -> Iterator[GaugeMetricFamily]:
-        growth = GaugeMetricFamily(
-            "headroom_quota_growth_per_day",
-            "Growth a day of the trend of daily peaks (Theil-Sen; cores, bytes or count; negative when shrinking)",
-            labels=labels,
+        Not a Collector: prometheus_client would first build a Sample and a label dict for each of
+        the ~26 series a Project has, and then the whole page as one string. At 3 000 Projects that
+        was about 90 MiB for every scrape, the operator's high-water mark; here a scrape holds one
+        chunk of lines at a time."""
+        projects = list(self._projects.items())
+        forecasts = list(self._forecasts.items())
+        for index, (name, text) in enumerate(_QUOTA_FAMILIES):
+            yield from _family(name, text, ((p, rows[index]) for p, (*rows, _) in projects))
+        yield from _family(
+            _PENDING[0], _PENDING[1], (), [(p, 1.0 if pending else 0.0) for p, (*_, pending) in projects]
         )
-        full = GaugeMetricFamily(
-            "headroom_quota_forecast_full_timestamp_seconds",
-            "When the trend of daily peaks reaches the governed hard value (Unix time); absent when flat, "
-            "shrinking or fewer than 7 days are known",
-            labels=labels,
-        )
-        for project, tables in list(self._forecasts.items()):
-            for family, table in zip((growth, full), tables, strict=True):
-                for namespace, resource, value in table:
-                    family.add_metric([project, namespace, resource], value)
-        yield growth
-        yield full
+        for index, (name, text) in enumerate(_FORECAST_FAMILIES):
+            yield from _family(name, text, ((p, tables[index]) for p, tables in forecasts))
+
+
+_QUOTA_FAMILIES = (
+    ("headroom_quota_utilization_percent", "Used as a percentage of the governed hard value"),
+    ("headroom_quota_hard", "Governed hard value (cores, bytes or count)"),
+    ("headroom_quota_used", "Current use (cores, bytes or count)"),
+)
+_PENDING = ("headroom_pending_changes", "Projects with a change awaiting sign-off")
+_FORECAST_FAMILIES = (
+    (
+        "headroom_quota_growth_per_day",
+        "Growth a day of the trend of daily peaks (Theil-Sen; cores, bytes or count; negative when shrinking)",
+    ),
+    (
+        "headroom_quota_forecast_full_timestamp_seconds",
+        "When the trend of daily peaks reaches the governed hard value (Unix time); absent when flat, "
+        "shrinking or fewer than 7 days are known",
+    ),
+)
+_LINES_PER_CHUNK = 2000
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    """A sample value as Prometheus writes it."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _family(
+    name: str,
+    text: str,
+    tables: Iterable[tuple[str, tuple[_Row, ...]]],
+    per_project: Iterable[tuple[str, float]] = (),
+) -> Iterator[str]:
+    """One gauge family: its HELP and TYPE lines, then its samples, in chunks of lines."""
+    chunk = [f"# HELP {name} {text}\n# TYPE {name} gauge\n"]
+    for project, value in per_project:
+        chunk.append(f'{name}{{project="{_label(project)}"}} {_number(value)}\n')
+    for project, rows in tables:
+        for namespace, resource, value in rows:
+            chunk.append(
+                f'{name}{{project="{_label(project)}",namespace="{_label(namespace)}",'
+                f'resource="{_label(resource)}"}} {_number(value)}\n'
+            )
+            if len(chunk) >= _LINES_PER_CHUNK:
+                yield "".join(chunk)
+                chunk = []
+    yield "".join(chunk)
 
 
 class CapacityFigures(Collector):
@@ -231,3 +271,23 @@ class CapacityFigures(Collector):
         for resource, limit in sorted(self._budget.items()):
             budget.add_metric([resource], float(limit))
         yield from (governed, capacity, ratio, budget)
+
+
+def serve_metrics(port: int, exposition: Callable[[], Iterator[bytes]]) -> ThreadingHTTPServer:
+    """/metrics on `port`, in a daemon thread: the page is written as it is made, never whole."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.end_headers()  # HTTP/1.0: the page ends when the connection closes
+            for chunk in exposition():
+                self.wfile.write(chunk)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a scrape every few seconds is not news
+
+    server = ThreadingHTTPServer(("", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
