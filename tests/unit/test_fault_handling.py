@@ -9,6 +9,7 @@ import threading
 import time
 from datetime import date, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import kubernetes
@@ -519,3 +520,17 @@ def test_a_derivation_cycle_says_which_namespaces_got_a_different_answer() -> No
         set(),
         {"a", "b"},  # and recovers
     ]
+
+
+def test_headroom_registers_event_handlers_only_so_kopf_needs_no_diff_base() -> None:
+    import kopf
+    from headroom.shell.handlers import NoDiffBase, register
+
+    registry = kopf.OperatorRegistry()
+    register(registry, SimpleNamespace(store=None))  # type: ignore[arg-type]  # read only when handling
+    assert len(registry._watching.get_all_handlers()) == 4  # Projects, quotas, LimitRanges, namespaces
+    # No change handler (and no daemon, timer or index): nothing would ever read a diff base.
+    assert not registry._changing.get_all_handlers()
+    assert not registry._spawning.get_all_handlers()
+    assert not registry._indexing.get_all_handlers()
+    assert NoDiffBase().build(body=kopf.Body({"spec": {"a": 1}, "status": {"b": 2}})) == {}
