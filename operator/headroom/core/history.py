@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
@@ -177,12 +177,3 @@ def days_within(
     start = sampler_day(now - lookback, offset).isoformat()
     return {date.fromisoformat(day): v[resource] for day, v in sorted(peaks.items()) if day >= start and resource in v}
 
-
-def utc_days(samples: Iterable[tuple[datetime, Decimal]]) -> dict[date, Decimal]:
-    """The peak of each UTC day among timed samples (a source that holds raw samples, such as a file)."""
-    days: dict[date, Decimal] = {}
-    for at, value in samples:
-        day = at.astimezone(UTC).date()
-        if value > days.get(day, Decimal(-1)):
-            days[day] = value
-    return dict(sorted(days.items()))

@@ -11,11 +11,11 @@ import asyncio
 import csv
 import json
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from headroom.core.history import HistoryResult, PeakQuery, utc_days
+from headroom.core.history import HistoryResult, PeakQuery
 from headroom.core.quantity import QuantityError, parse_quantity
 
 
@@ -59,9 +59,15 @@ def _rows(path: Path) -> Iterator[tuple[str, Mapping[str, str]]]:
 def load_samples(
     path: Path, wanted: Callable[[str, str], bool] = lambda namespace, resource: True
 ) -> list[tuple[datetime, str, str, Decimal]]:
-    """The file's samples, of the namespaces and resources `wanted` only. Rows not wanted are
-    skipped before their time and value are parsed (but a missing column is an error anywhere)."""
-    samples = []
+    """The file's samples, of the namespaces and resources `wanted` only."""
+    return list(iter_samples(path, wanted))
+
+
+def iter_samples(
+    path: Path, wanted: Callable[[str, str], bool] = lambda namespace, resource: True
+) -> Iterator[tuple[datetime, str, str, Decimal]]:
+    """The file's samples one at a time, of the namespaces and resources `wanted` only. Rows not
+    wanted are skipped before their time and value are parsed (a missing column is an error anywhere)."""
     for where, row in _rows(path):
         missing = [c for c in ("time", "namespace", "resource", "value") if row.get(c) is None]
         if missing:
@@ -75,8 +81,7 @@ def load_samples(
             raise HistoryFileError(f"{where}: {exc}") from exc
         if value < 0:
             raise HistoryFileError(f"{where}: value {row['value']!r} is negative")
-        samples.append((_parse_time(row["time"], where), namespace, resource, value))
-    return samples
+        yield _parse_time(row["time"], where), namespace, resource, value
 
 
 class FileHistory:
@@ -86,30 +91,32 @@ class FileHistory:
         self.path = path
 
     def _read(self, query: PeakQuery) -> HistoryResult:
-        try:
-            # Only the samples asked about are kept: a whole file of thousands of namespaces, parsed
-            # for every query, was most of the operator's memory high-water mark with this source.
-            samples = load_samples(
-                self.path, lambda namespace, resource: namespace in query.namespaces and resource in query.resources
-            )
-        except (OSError, ValueError) as exc:
-            return HistoryResult(error=f"cannot read history file {self.path}: {exc}", queries=1)
         start = query.now - query.lookback
         # Days are whole: the oldest day of the lookback keeps all its samples until it leaves. Cut at
         # `start`, its peak would drift with every resync, and with it the forecast and the status.
         first_day = start.astimezone(UTC).date()
         peaks: dict[tuple[str, str], Decimal] = {}
-        timed: dict[tuple[str, str], list[tuple[datetime, Decimal]]] = {}
-        for at, namespace, resource, value in samples:
-            if at > query.now:
-                continue
-            key = (namespace, resource)
-            if at >= start:
-                peaks[key] = max(peaks.get(key, value), value)
-            if at.astimezone(UTC).date() >= first_day:
-                timed.setdefault(key, []).append((at, value))
         # The file holds samples, not days: each UTC day's peak among them (day_offsets stay empty).
-        return HistoryResult(peaks=peaks, queries=1, daily={key: utc_days(s) for key, s in timed.items()})
+        # Folded in as the samples are read: a file of thousands of namespaces is never held whole.
+        daily: dict[tuple[str, str], dict[date, Decimal]] = {}
+        try:
+            for at, namespace, resource, value in iter_samples(
+                self.path, lambda namespace, resource: namespace in query.namespaces and resource in query.resources
+            ):
+                if at > query.now:
+                    continue
+                key = (namespace, resource)
+                if at >= start:
+                    peaks[key] = max(peaks.get(key, value), value)
+                day = at.astimezone(UTC).date()
+                if day >= first_day:
+                    days = daily.setdefault(key, {})
+                    days[day] = max(days.get(day, value), value)
+        except (OSError, ValueError) as exc:
+            return HistoryResult(error=f"cannot read history file {self.path}: {exc}", queries=1)
+        return HistoryResult(
+            peaks=peaks, queries=1, daily={key: dict(sorted(days.items())) for key, days in daily.items()}
+        )
 
     async def peaks(self, query: PeakQuery) -> HistoryResult:
         return await asyncio.to_thread(self._read, query)
