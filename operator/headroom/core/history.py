@@ -176,4 +176,3 @@ def days_within(
     days peak_within takes its maximum of, so the daily peaks and the peak always agree."""
     start = sampler_day(now - lookback, offset).isoformat()
     return {date.fromisoformat(day): v[resource] for day, v in sorted(peaks.items()) if day >= start and resource in v}
-
