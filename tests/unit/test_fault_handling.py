@@ -534,3 +534,29 @@ def test_headroom_registers_event_handlers_only_so_kopf_needs_no_diff_base() -> 
     assert not registry._spawning.get_all_handlers()
     assert not registry._indexing.get_all_handlers()
     assert NoDiffBase().build(body=kopf.Body({"spec": {"a": 1}, "status": {"b": 2}})) == {}
+
+
+def test_a_lone_question_is_sent_at_once_and_a_burst_waits_for_the_window() -> None:
+    class Timed:
+        name = "timed"
+
+        def __init__(self) -> None:
+            self.sent: list[tuple[float, frozenset[str]]] = []
+
+        async def peaks(self, query: PeakQuery) -> HistoryResult:
+            self.sent.append((asyncio.get_running_loop().time(), query.namespaces))
+            return HistoryResult(peaks={(ns, "pods"): Decimal(1) for ns in query.namespaces}, queries=1)
+
+    source = Timed()
+    cache = HistoryCache(source, max_age=timedelta(minutes=5), metrics=Metrics(), batch_window=0.5)
+
+    async def run() -> float:
+        start = asyncio.get_running_loop().time()
+        await cache.get({"lone"}, {"pods"}, LOOKBACK)  # one new Project after a quiet spell
+        await asyncio.gather(*(cache.get({f"burst-{i}"}, {"pods"}, LOOKBACK) for i in range(5)))
+        return start
+
+    start = asyncio.run(run())
+    (first_at, first), (second_at, second) = source.sent
+    assert first == {"lone"} and first_at - start < 0.2
+    assert second == {f"burst-{i}" for i in range(5)} and second_at - first_at >= 0.45  # coalesced

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,12 @@ from headroom.core.history import HistoryResult, HistorySource, PeakQuery
 from headroom.shell.metrics import Metrics
 
 log = logging.getLogger("headroom")
+
+
+# A batch opened after this many batch windows without one waits only FIRST_WINDOW seconds: enough
+# for the questions of one event loop pass to join it, and a single new Project is not held back.
+QUIET_BATCHES = 4
+FIRST_WINDOW = 0.02
 
 
 @dataclass
@@ -30,7 +37,8 @@ class HistoryCache:
     """Peaks from the history source, refreshed once per cycle for every namespace at once.
 
     A Project seen between cycles joins the open batch, sent after a short window, so that a burst of
-    new Projects costs one query per resource, not one per Project (single flight).
+    new Projects costs one query per resource, not one per Project (single flight); the first batch
+    after a quiet spell is sent at once.
 
     A slow source must not hold up reconciles that already have answers (an approved change, a quota
     to restore): when every wanted peak has been answered before, `get` waits at most `stale_wait`
@@ -57,6 +65,7 @@ class HistoryCache:
         self._day_offsets: dict[str, timedelta] = {}
         self._errors: dict[timedelta, tuple[datetime, str | None, bool]] = {}
         self._open: _Batch | None = None
+        self._last_opened = -math.inf  # the event loop's time when the last batch was opened
         self._sending: set[asyncio.Task[set[str]]] = set()  # batches being sent (kept: a task needs a reference)
 
     def _fresh(self, keys: set[tuple[str, str]], lookback: timedelta, now: datetime) -> bool:
@@ -102,7 +111,13 @@ class HistoryCache:
         batch = self._open
         if batch is None:
             batch = self._open = _Batch()
-            asyncio.get_running_loop().call_later(self.batch_window, self._send_later, batch)
+            loop = asyncio.get_running_loop()
+            # The first question after a quiet spell (one new Project) goes almost at once; while
+            # questions keep coming (a burst of new Projects), each batch waits the whole window.
+            quiet = loop.time() - self._last_opened >= QUIET_BATCHES * self.batch_window
+            self._last_opened = loop.time()
+            window = min(self.batch_window, FIRST_WINDOW) if quiet else self.batch_window
+            loop.call_later(window, self._send_later, batch)
         for lookback, keys in wanted.items():
             batch.wanted.setdefault(lookback, set()).update(keys)
         return batch
