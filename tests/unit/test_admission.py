@@ -124,3 +124,46 @@ def test_a_waiter_cancelled_in_the_queue_gives_its_place_to_the_next() -> None:
 
     asyncio.run(run())
     assert order == ["holder", "after"]
+
+
+def test_re_reconciles_wait_for_their_place_before_any_work_so_a_new_project_does_not_wait_behind_them() -> None:
+    store = Store()
+    writer = SlowWriter(store)
+    metrics = Metrics()
+    cache = HistoryCache(InstantHistory(), max_age=timedelta(hours=1), metrics=metrics)
+    reconciler = Reconciler(
+        store=store,
+        writer=writer,  # type: ignore[arg-type]
+        history=cache,
+        settings=Settings(),  # type: ignore[call-arg]
+        metrics=metrics,
+        max_in_flight=2,
+    )
+    for i, name in enumerate([*(f"old-{i:03d}" for i in range(50)), "new"]):
+        store.namespaces.add(name)
+        store.projects[name] = {
+            "apiVersion": "headroom.dev/v1alpha1",
+            "kind": "Project",
+            "metadata": {"name": name, "uid": f"uid-{i}", "generation": 1},
+            "spec": {"owner": {"team": "t"}, "namespaces": [{"name": name}]},
+        }
+    olds = [f"old-{i:03d}" for i in range(50)]
+    asked: list[str] = []
+    get = cache.get
+
+    async def counting_get(namespaces: set[str], *args: Any, **kwargs: Any) -> Any:
+        asked.extend(sorted(namespaces))
+        return await get(namespaces, *args, **kwargs)
+
+    cache.get = counting_get  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await asyncio.gather(*(reconciler.reconcile(name) for name in olds))  # planned once
+        asked.clear()
+        # A derivation cycle wakes every old one; a new Project arrives just after.
+        await asyncio.gather(*(reconciler.reconcile(name) for name in olds), reconciler.reconcile("new"))
+
+    asyncio.run(run())
+    # The new Project asked for its history after at most the two old ones holding a place.
+    assert asked.index("new") <= 2
+    assert sorted(asked) == sorted([*olds, "new"])  # and every old one was reconciled all the same

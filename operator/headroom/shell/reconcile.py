@@ -258,6 +258,18 @@ class Reconciler:
     # --- one reconcile
 
     async def reconcile(self, name: str) -> None:
+        if self._admission is None:
+            self._admission = Admission(self.max_in_flight)
+        if name not in self._planned:
+            await self._reconcile(name, admitted=False)
+            return
+        # A Project planned before waits for its place before it does anything at all: thousands of
+        # them woken together each parsing their spec and asking for history first kept the event
+        # loop busy for seconds, and a new Project's first reconcile waited behind all of that.
+        async with self._admission.slot(1):
+            await self._reconcile(name, admitted=True)
+
+    async def _reconcile(self, name: str, admitted: bool) -> None:
         body = self.store.projects.get(name)
         if body is None:
             self.metrics.forget(name)
@@ -273,13 +285,21 @@ class Reconciler:
             return
         terms = terms_in_force(spec, body, self.settings)
         history = await self.history.get(
-            set(spec.namespace_names), set(terms.resources), terms.lookback, on_refresh=lambda: self.schedule(name)
+            set(spec.namespace_names),
+            set(terms.resources),
+            terms.lookback,
+            on_refresh=lambda: self.schedule(name),
+            # Holding a place, it does not wait for a refresh under way: it goes on with the answers
+            # known, and comes back when the refresh tells something new.
+            stale_wait=0 if admitted else None,
         )
-        if self._admission is None:
-            self._admission = Admission(self.max_in_flight)
+        if admitted:
+            await self._plan_and_write(name, body, spec, history, self.clock())
+            return
+        assert self._admission is not None
         # A Project this process has not planned yet (a new one, above all) goes ahead of the
         # re-reconciles of a derivation cycle: its quota is what a team is waiting for.
-        async with self._admission.slot(0 if name not in self._planned else 1):
+        async with self._admission.slot(0):
             self._planned.add(name)
             # Planned at the moment it is admitted (an event meanwhile has marked it for one more pass).
             await self._plan_and_write(name, body, spec, history, self.clock())

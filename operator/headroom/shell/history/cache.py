@@ -83,6 +83,7 @@ class HistoryCache:
         resources: set[str],
         lookback: timedelta,
         on_refresh: Callable[[], None] | None = None,
+        stale_wait: float | None = None,
     ) -> HistoryResult:
         keys = {(ns, r) for ns in namespaces for r in resources}
         if not getattr(self.source, "remote", True):
@@ -99,7 +100,7 @@ class HistoryCache:
             # holds our keys, so its answer (or its error) is ours.
             await asyncio.shield(answered)
         else:
-            await asyncio.wait({answered}, timeout=self.stale_wait)
+            await asyncio.wait({answered}, timeout=self.stale_wait if stale_wait is None else stale_wait)
             if not answered.done() and on_refresh is not None:
                 # Answer with what is known; come back when the refresh tells something new.
                 seen = self._answer(keys, lookback)
