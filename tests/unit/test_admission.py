@@ -44,20 +44,19 @@ class SlowWriter(StoreWriter):
         await super().apply_quota(project, desired)
 
 
-def test_a_burst_of_projects_holds_at_most_max_in_flight_plans_and_onboards_them_all() -> None:
+def _reconciler(names: list[str], max_in_flight: int) -> tuple[SlowWriter, Reconciler]:
+    """A reconciler over one Project per name (each with its own namespace), writing slowly."""
     store = Store()
     writer = SlowWriter(store)
     metrics = Metrics()
-    cache = HistoryCache(InstantHistory(), max_age=timedelta(hours=1), metrics=metrics)
     reconciler = Reconciler(
         store=store,
         writer=writer,  # type: ignore[arg-type]
-        history=cache,
+        history=HistoryCache(InstantHistory(), max_age=timedelta(hours=1), metrics=metrics),
         settings=Settings(),  # type: ignore[call-arg]
         metrics=metrics,
-        max_in_flight=4,
+        max_in_flight=max_in_flight,
     )
-    names = [f"team-{i:03d}" for i in range(40)]
     for i, name in enumerate(names):
         store.namespaces.add(name)
         store.projects[name] = {
@@ -66,6 +65,12 @@ def test_a_burst_of_projects_holds_at_most_max_in_flight_plans_and_onboards_them
             "metadata": {"name": name, "uid": f"uid-{i}", "generation": 1},
             "spec": {"owner": {"team": "t"}, "namespaces": [{"name": name}]},
         }
+    return writer, reconciler
+
+
+def test_a_burst_of_projects_holds_at_most_max_in_flight_plans_and_onboards_them_all() -> None:
+    names = [f"team-{i:03d}" for i in range(40)]
+    writer, reconciler = _reconciler(names, max_in_flight=4)
 
     async def run() -> None:
         await asyncio.gather(*(reconciler.reconcile(name) for name in names))
@@ -127,27 +132,9 @@ def test_a_waiter_cancelled_in_the_queue_gives_its_place_to_the_next() -> None:
 
 
 def test_re_reconciles_wait_for_their_place_before_any_work_so_a_new_project_does_not_wait_behind_them() -> None:
-    store = Store()
-    writer = SlowWriter(store)
-    metrics = Metrics()
-    cache = HistoryCache(InstantHistory(), max_age=timedelta(hours=1), metrics=metrics)
-    reconciler = Reconciler(
-        store=store,
-        writer=writer,  # type: ignore[arg-type]
-        history=cache,
-        settings=Settings(),  # type: ignore[call-arg]
-        metrics=metrics,
-        max_in_flight=2,
-    )
-    for i, name in enumerate([*(f"old-{i:03d}" for i in range(50)), "new"]):
-        store.namespaces.add(name)
-        store.projects[name] = {
-            "apiVersion": "headroom.dev/v1alpha1",
-            "kind": "Project",
-            "metadata": {"name": name, "uid": f"uid-{i}", "generation": 1},
-            "spec": {"owner": {"team": "t"}, "namespaces": [{"name": name}]},
-        }
     olds = [f"old-{i:03d}" for i in range(50)]
+    _, reconciler = _reconciler([*olds, "new"], max_in_flight=2)
+    cache = reconciler.history
     asked: list[str] = []
     get = cache.get
 
