@@ -258,8 +258,9 @@ class Runtime:
         if changed is None:
             now, later = names, []
         else:
-            now = [n for n in names if any(ns in changed for ns in _namespace_names(self.store.projects.get(n)))]
-            later = [n for n in names if n not in set(now)]
+            touched = {n for n in names if any(ns in changed for ns in _namespace_names(self.store.projects.get(n)))}
+            now = [n for n in names if n in touched]
+            later = [n for n in names if n not in touched]
         for name in now:
             self.schedule(name)
         if not later:

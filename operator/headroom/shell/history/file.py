@@ -56,11 +56,9 @@ def _rows(path: Path) -> Iterator[tuple[str, Mapping[str, str]]]:
                 yield f"{path}:{i}", row
 
 
-def load_samples(
-    path: Path, wanted: Callable[[str, str], bool] = lambda namespace, resource: True
-) -> list[tuple[datetime, str, str, Decimal]]:
-    """The file's samples, of the namespaces and resources `wanted` only."""
-    return list(iter_samples(path, wanted))
+def load_samples(path: Path) -> list[tuple[datetime, str, str, Decimal]]:
+    """Every sample of the file."""
+    return list(iter_samples(path))
 
 
 def iter_samples(
