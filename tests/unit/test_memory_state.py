@@ -192,3 +192,22 @@ def test_metrics_are_served_over_http_whole_for_thousands_of_projects() -> None:
     used = {s.labels["namespace"]: s.value for s in families["headroom_quota_used"].samples}
     assert used["ns1499"] == 3
     assert [s.value for s in families["headroom_api_writes"].samples if s.name.endswith("_total")] == [1]
+
+
+def test_stored_objects_share_their_keys_and_short_values_but_keep_what_they_say() -> None:
+    import json
+
+    from headroom.shell.store import plain
+
+    def parsed(ns: str) -> dict[str, Any]:
+        # Each object parsed on its own, as two watch events bring them: equal strings, distinct copies.
+        text = json.dumps({"metadata": {"namespace": ns, "labels": {"team": "checkout-" + "x" * 80}}, "spec": {}})
+        return dict(json.loads(text))
+
+    first, second = plain(parsed("web")), plain(parsed("web"))
+    assert first == parsed("web")
+    (k1,), (k2,) = [[k for k in o if k == "metadata"] for o in (first, second)]
+    assert k1 is k2
+    assert first["metadata"]["namespace"] is second["metadata"]["namespace"]
+    # Long values (annotations of recorded JSON, say) are rarely shared: they are left as they are.
+    assert first["metadata"]["labels"]["team"] is not second["metadata"]["labels"]["team"]

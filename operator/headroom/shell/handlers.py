@@ -213,12 +213,9 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
             return  # nothing Headroom decides on has changed
         if gone:
             store.namespaces.discard(name)
-        else:
-            store.namespaces.add(name)
-        if label is None:
             store.namespace_labels.pop(name, None)
         else:
-            store.namespace_labels[name] = label  # the platform's confirmation of a claim
+            store.namespace_seen(name, label)  # the label: the platform's confirmation of a claim
         named = (p for p in (label, before) if isinstance(p, str) and p in store.projects)
         for project in {*store.projects_claiming(name), *named}:
             runtime.schedule(project)

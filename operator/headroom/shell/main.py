@@ -121,7 +121,7 @@ class Runtime:
         async for page in list_pages(core.list_resource_quota_for_all_namespaces, label_selector=MANAGED_SELECTOR):
             for item in page:
                 if item["metadata"].get("name") == QUOTA_NAME:
-                    self.store.quotas[item["metadata"]["namespace"]] = item
+                    self.store.quotas[item["metadata"]["namespace"]] = plain(item)
         async for page in list_pages(core.list_limit_range_for_all_namespaces, label_selector=MANAGED_SELECTOR):
             for item in page:
                 if item["metadata"].get("name") == LIMITRANGE_NAME:
@@ -130,10 +130,7 @@ class Runtime:
             for item in page:
                 meta = item["metadata"]
                 if not meta.get("deletionTimestamp"):
-                    self.store.namespaces.add(meta["name"])
-                    label = (meta.get("labels") or {}).get(PROJECT_LABEL)
-                    if label is not None:
-                        self.store.namespace_labels[meta["name"]] = label
+                    self.store.namespace_seen(meta["name"], (meta.get("labels") or {}).get(PROJECT_LABEL))
         if self.reconciler.capacity is not None:
             await self.reconciler.capacity.refresh()  # before the first reconcile weighs a raise
         self.primed.set()

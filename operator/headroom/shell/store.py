@@ -6,6 +6,7 @@ Project never costs a pass over every Project or quota in the cluster: the index
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -103,6 +104,15 @@ class Store:
     # ReplicaSet uid -> its controller (kind, name), or None: looked up once per ReplicaSet refused
     owners: dict[str, tuple[str, str] | None] = field(default_factory=dict)
 
+    def namespace_seen(self, name: str, label: str | None) -> None:
+        """A namespace that exists, with the Project its label names (None: unlabelled)."""
+        name = sys.intern(name)  # one copy, shared with the quotas and Projects that name it
+        self.namespaces.add(name)
+        if label is None:
+            self.namespace_labels.pop(name, None)
+        else:
+            self.namespace_labels[name] = sys.intern(label)
+
     def recent_denials(self, namespaces: set[str], since: datetime) -> list[DeniedPod]:
         """The denials seen in `namespaces` at or after `since`; older ones are forgotten here."""
         found: list[DeniedPod] = []
@@ -189,18 +199,30 @@ def quota_prometheus_days(store: Store) -> Callable[[str], str | None]:
     return of
 
 
+# Strings up to this long are shared between the objects the Store keeps (see plain).
+SHARED_TEXT = 64
+
+
 def plain(body: Mapping[str, Any], keep_managed_fields: bool = True) -> dict[str, Any]:
     """A deep plain-dict copy: Kopf's bodies are live views that change under our feet.
 
     managedFields are copied only where asked (quotas, whose store keeps only their digest, see
     managed_digest): on Projects and LimitRanges they would be most of the memory the store holds.
+
+    Keys and short strings are interned. Each parsed object brings its own copies of "metadata",
+    "requests.cpu", its namespace's name and the like; at thousands of Projects those copies were
+    a quarter of what the Store held (16 MiB of 20 at 1,500 Projects).
     """
 
     def copy(value: Any) -> Any:
         if isinstance(value, Mapping):
-            return {k: copy(v) for k, v in value.items() if keep_managed_fields or k != "managedFields"}
+            return {
+                sys.intern(str(k)): copy(v) for k, v in value.items() if keep_managed_fields or k != "managedFields"
+            }
         if isinstance(value, list):
             return [copy(v) for v in value]
+        if isinstance(value, str) and len(value) <= SHARED_TEXT:
+            return sys.intern(value)
         return value
 
     return dict(copy(body))
