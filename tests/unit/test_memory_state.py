@@ -211,3 +211,52 @@ def test_stored_objects_share_their_keys_and_short_values_but_keep_what_they_say
     assert first["metadata"]["namespace"] is second["metadata"]["namespace"]
     # Long values (annotations of recorded JSON, say) are rarely shared: they are left as they are.
     assert first["metadata"]["labels"]["team"] is not second["metadata"]["labels"]["team"]
+
+
+def test_a_reconcile_woken_from_a_kopf_handler_keeps_nothing_of_the_handlers_context() -> None:
+    """Kopf runs a handler with the event's cause (its whole parsed object) in a context variable,
+    and a task inherits the context it is created in. The reconcile a handler wakes must not keep
+    that cause alive once the handler has returned: at thousands of Projects that is one raw object
+    each, for as long as the operator runs."""
+    import asyncio
+    import contextvars
+    import gc
+    import weakref
+
+    from tests.unit.test_admission import _reconciler
+
+    cause_var: contextvars.ContextVar[object] = contextvars.ContextVar("cause_var")
+
+    class Cause:
+        """Stands for Kopf's cause: what the handler's context holds."""
+
+    async def run() -> tuple[bool, list[str]]:
+        writer, reconciler = _reconciler(["shop"], max_in_flight=4)
+        cause = Cause()
+        held = weakref.ref(cause)
+
+        def handler(cause: Cause) -> None:  # what Kopf does around a handler
+            cause_var.set(cause)
+            reconciler.schedule("shop")
+
+        written = writer.apply_quota
+
+        async def apply_quota(project: Any, desired: Any) -> None:
+            # The reconcile leaves a timer behind, as an alert held until business hours does.
+            reconciler.schedule_at("shop", datetime.now(UTC).replace(year=2100))
+            await written(project, desired)
+
+        writer.apply_quota = apply_quota  # type: ignore[method-assign]
+        contextvars.copy_context().run(handler, cause)
+        del cause
+        for _ in range(200):
+            if writer.projects_written:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the worker has finished its reconcile
+        gc.collect()
+        return held() is None, writer.projects_written
+
+    released, onboarded = asyncio.run(run())
+    assert onboarded == ["shop"]  # the reconcile did run...
+    assert released  # ...and nothing keeps the handler's cause
