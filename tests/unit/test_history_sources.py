@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from headroom.core.history import HistoryResult, PeakQuery, decode, encode, peak_within, record
+from headroom.core.history import DaySeries, HistoryResult, PeakQuery, decode, encode, peak_within, record
 from headroom.core.quantity import GI, MI, round_up
 from headroom.shell.history.file import FileHistory
 from headroom.shell.history.prometheus import DEFAULT_QUERIES, _denoise, peak_query
@@ -453,3 +453,14 @@ def test_prometheus_asks_kube_state_metrics_for_gpus_by_their_label() -> None:
     # No series counts these per namespace: unknown, never zero.
     assert query_for("count/jobs.batch", DEFAULT_QUERIES) is None
     assert query_for("gold.storageclass.storage.k8s.io/requests.storage", DEFAULT_QUERIES) is None
+
+
+def test_kept_daily_peaks_answer_as_the_days_they_were_made_from() -> None:
+    days = {date(2026, 11, 28): Decimal("1.5"), date(2026, 12, 1): Decimal("0"), date(2026, 11, 30): Decimal("2")}
+    kept = DaySeries(days)
+    assert kept == days and days == kept  # equal both ways, so an unchanged answer is seen as unchanged
+    assert list(kept) == sorted(days)  # oldest first, and a day with no peak is not a day of zero
+    assert len(kept) == 3 and date(2026, 11, 29) not in kept and kept.get(date(2026, 11, 29)) is None
+    assert kept[date(2026, 12, 1)] == Decimal("0")  # a peak of zero is a peak
+    assert DaySeries({}) == {} and len(DaySeries({})) == 0
+    assert DaySeries(days) != {**days, date(2026, 12, 2): Decimal("1")}

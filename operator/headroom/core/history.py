@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -55,6 +55,39 @@ class HistoryResult:
 
     def peak(self, namespace: str, resource: str) -> Decimal | None:
         return self.peaks.get((namespace, resource))
+
+
+class DaySeries(Mapping[date, Decimal]):
+    """Daily peaks of one namespace and resource, as kept between history cycles: the values of
+    consecutive days in one tuple, from the first day known. A dict of dates kept a date object and
+    a slot for every day, about three times the size, once per namespace, resource and lookback."""
+
+    __slots__ = ("_first", "_len", "_values")
+
+    def __init__(self, days: Mapping[date, Decimal]) -> None:
+        ordinals = {day.toordinal(): value for day, value in days.items()}
+        self._first = min(ordinals, default=0)
+        values: list[Decimal | None] = [None] * (max(ordinals, default=-1) - self._first + 1)
+        for ordinal, value in ordinals.items():
+            values[ordinal - self._first] = value
+        self._values = tuple(values)
+        self._len = len(ordinals)
+
+    def __getitem__(self, day: date) -> Decimal:
+        index = day.toordinal() - self._first
+        value = self._values[index] if 0 <= index < len(self._values) else None
+        if value is None:
+            raise KeyError(day)
+        return value
+
+    def __iter__(self) -> Iterator[date]:
+        return (date.fromordinal(self._first + i) for i, value in enumerate(self._values) if value is not None)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __repr__(self) -> str:
+        return f"DaySeries({dict(self)!r})"
 
 
 class HistorySource(Protocol):

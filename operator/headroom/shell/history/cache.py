@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from headroom.core.history import HistoryResult, HistorySource, PeakQuery
+from headroom.core.history import DaySeries, HistoryResult, HistorySource, PeakQuery
 from headroom.shell.metrics import Metrics
 
 log = logging.getLogger("headroom")
@@ -193,7 +193,7 @@ class HistoryCache:
                 else:
                     if self._daily.get((*key, lookback)) != days:
                         changed.add(key[0])
-                    self._daily[(*key, lookback)] = days
+                    self._daily[(*key, lookback)] = DaySeries(days)
             for namespace, offset in result.day_offsets.items():
                 self._day_offsets[namespace] = offset
         # On error the previous answers stay: unknown is never zero.
