@@ -560,3 +560,38 @@ def test_a_lone_question_is_sent_at_once_and_a_burst_waits_for_the_window() -> N
     (first_at, first), (second_at, second) = source.sent
     assert first == {"lone"} and first_at - start < 0.2
     assert second == {f"burst-{i}" for i in range(5)} and second_at - first_at >= 0.45  # coalesced
+
+
+def test_a_new_projects_question_during_a_cycle_is_not_held_until_every_namespace_is_answered() -> None:
+    # The cycle's refresh asks about every namespace of the cluster and takes its time; a Project
+    # created meanwhile asks about its own namespace, and gets its answer without waiting for it.
+    class Source:
+        name = "slow for many"
+
+        def __init__(self) -> None:
+            self.release = asyncio.Event()
+            self.asked: list[frozenset[str]] = []
+
+        async def peaks(self, query: PeakQuery) -> HistoryResult:
+            self.asked.append(query.namespaces)
+            if len(query.namespaces) > 1:
+                await self.release.wait()  # the cycle's answer comes only once the new one is in
+            return HistoryResult(
+                peaks={(ns, r): Decimal(3) for ns in query.namespaces for r in query.resources}, queries=1
+            )
+
+    source = Source()
+    cache = HistoryCache(source, max_age=timedelta(minutes=5), metrics=Metrics(), batch_window=0.05)
+
+    async def run() -> HistoryResult:
+        single = asyncio.ensure_future(cache.get({"new"}, {"pods"}, LOOKBACK))  # opens a batch
+        await asyncio.sleep(0)
+        cycle = asyncio.ensure_future(cache.refresh_all({LOOKBACK: {(f"ns{i}", "pods") for i in range(50)}}))
+        answer = await asyncio.wait_for(single, 5)
+        source.release.set()
+        await cycle
+        return answer
+
+    answer = asyncio.run(run())
+    assert answer.peaks == {("new", "pods"): Decimal(3)}
+    assert frozenset({"new"}) in source.asked  # asked on its own, not folded into the cycle's question

@@ -21,6 +21,9 @@ log = logging.getLogger("headroom")
 # for the questions of one event loop pass to join it, and a single new Project is not held back.
 QUIET_BATCHES = 4
 FIRST_WINDOW = 0.02
+# Keys of an answer kept between two turns of the event loop: a cycle's answer covers every namespace
+# and resource of the cluster, tens of thousands of keys, seconds of work in one go otherwise.
+YIELD_EVERY = 500
 
 
 @dataclass
@@ -124,7 +127,7 @@ class HistoryCache:
         return batch
 
     def _send_later(self, batch: _Batch) -> None:
-        if batch is self._open:  # not sent early by refresh_all
+        if batch is self._open:  # not sent early
             task = asyncio.ensure_future(self._send(batch))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
@@ -141,9 +144,15 @@ class HistoryCache:
         return HistoryResult(peaks=peaks, error=error, partial=partial, daily=daily, day_offsets=offsets)
 
     async def refresh_all(self, wanted: Mapping[timedelta, set[tuple[str, str]]]) -> set[str]:
-        """Ask now for everything wanted (the derivation cycle), with whatever has joined meanwhile.
-        Returns the namespaces whose answer changed (a peak, a day, or the source's error)."""
-        return await self._send(self._join(wanted))
+        """Ask now for everything wanted (the derivation cycle). Returns the namespaces whose answer
+        changed (a peak, a day, or the source's error).
+
+        A batch opened meanwhile (a new Project's question) goes on its own, after its window: joined
+        to the cycle's, its Project waited for the answer about every namespace of the cluster."""
+        batch = _Batch()
+        for lookback, keys in wanted.items():
+            batch.wanted[lookback] = set(keys)
+        return await self._send(batch)
 
     async def _send(self, batch: _Batch) -> set[str]:
         if batch is self._open:
@@ -180,7 +189,9 @@ class HistoryCache:
             )
         changed: set[str] = set()
         if result.error is None:
-            for key in keys:
+            for count, key in enumerate(keys, 1):
+                if count % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let a new Project's reconcile in between
                 before = self._results.get((*key, lookback))
                 value = result.peaks.get(key)
                 if before is None or before[1] != value:
