@@ -162,6 +162,12 @@ def render_size(size: dict[str, Any]) -> list[str]:
         f"Headroom revision {size.get('revision', '?')}; "
         f"load average {size.get('loadavg_start')} → {size.get('loadavg_end')}."
     )
+    if size.get("baseline_from"):
+        earlier = size["baseline_from"]
+        lines.append(
+            f"The scripts' columns come from an earlier run ({earlier.get('run')}, the same machine): "
+            "this one measured Headroom only (`--only headroom`)."
+        )
     competent = b.get("competent") or {}
     lines += [
         "",
@@ -312,7 +318,8 @@ def render(results: dict[str, Any]) -> str:
 
 
 def merge(paths: Sequence[Path]) -> dict[str, Any]:
-    """Sizes from several runs in one report; a later file wins for a size both hold."""
+    """Sizes from several runs in one report; a later file wins for a size both hold (but for the
+    scripts' figures, which a run of Headroom alone does not measure)."""
     merged: dict[str, Any] = {}
     by_n: dict[int, dict[str, Any]] = {}
     for path in paths:
@@ -325,6 +332,12 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
         for size in data.get("sizes") or []:
             size.setdefault("revision", data.get("revision"))
             size.setdefault("run", path.name)
+            earlier = by_n.get(int(size["n"]))
+            if earlier is not None and not size.get("baseline") and earlier.get("baseline"):
+                # A run of Headroom alone keeps the scripts' figures of the run before it (the scripts
+                # do not change with Headroom), and says where they come from.
+                size["baseline"] = earlier["baseline"]
+                size["baseline_from"] = earlier.get("baseline_from") or {"run": earlier.get("run")}
             by_n[int(size["n"])] = size
     merged["sizes"] = [by_n[n] for n in sorted(by_n)]
     merged["revision"] = ", ".join(dict.fromkeys(str(s.get("revision")) for s in merged["sizes"]))
