@@ -23,7 +23,6 @@ from headroom.core import prometheus_days as days
 from headroom.core.history import HistoryResult, PeakQuery, day_offset
 from headroom.core.quantity import CONTEXT, resource_kind
 from headroom.shell.backoff import backoff_delays
-from headroom.shell.history.cache import YIELD_EVERY
 
 # Prometheus adds in float64 (1.1 + 1.1 + 1.1 is 3.3000000000000003), and the derivation rounds every
 # excess up to a whole millicore or Mi. Requests and limits are whole millicores and bytes, so the
@@ -300,9 +299,7 @@ class PrometheusHistory:
                 self._state[key] = days.merge(self._state.get(key), window, value)
         peaks: dict[tuple[str, str], Decimal] = {}
         daily: dict[tuple[str, str], dict[date, Decimal]] = {}
-        for count, key in enumerate(keys, 1):
-            if count % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # a cycle's answer is every namespace: let others in between
+        for key in keys:
             state = self._state.get(key)
             if key not in failed and state is not None:
                 state = self._state[key] = days.advance(days.prune(state, end, self._keep[key]), end)
