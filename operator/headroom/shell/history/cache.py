@@ -127,10 +127,9 @@ class HistoryCache:
         return batch
 
     def _send_later(self, batch: _Batch) -> None:
-        if batch is self._open:  # not sent early
-            task = asyncio.ensure_future(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     def _answer(self, keys: set[tuple[str, str]], lookback: timedelta) -> HistoryResult:
         peaks = {
