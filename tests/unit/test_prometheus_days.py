@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal as D
 
 import pytest
 from headroom.core import prometheus_days as days
+from headroom.core.history import DaySeries
 from headroom.core.prometheus_days import Ask, KeyDays, Window
 from headroom.shell.history.prometheus import DEFAULT_QUERIES, _too_big, daily_query, rule_template
 
@@ -252,6 +254,51 @@ def test_kept_peaks_are_exact_to_a_thousandth_and_never_rounded_down() -> None:
     assert list(earlier) == [date(2026, 11, 29), date(2026, 12, 1), date(2026, 12, 3), date(2026, 12, 4)]
     assert dict(earlier.since(date(2026, 12, 2))) == {date(2026, 12, 3): D(1073741824), date(2026, 12, 4): None}
     assert list(kept) == [date(2026, 12, 1), date(2026, 12, 3), date(2026, 12, 4)]  # unchanged
+
+
+def test_peak_days_and_gaps_agree_with_their_definition_on_the_days_kept() -> None:
+    # peak, lookback_days and windows_wanted read the stored array directly (a cycle asks them for
+    # every key of the cluster); what they answer must be what the definitions say, day by day.
+    rng = random.Random(7)
+    for _ in range(400):
+        end = NOON + timedelta(minutes=5 * rng.randrange(0, 288))
+        lookback = timedelta(days=rng.randrange(2, 9))
+        values: dict[date, D | None] = {}
+        for offset in range(12):
+            roll = rng.random()
+            if roll < 0.1:
+                continue  # never answered
+            values[date(2026, 11, 26) + timedelta(days=offset)] = (
+                None if roll < 0.25 else D(rng.randrange(0, 5000)) / 1000
+            )
+        state = KeyDays(values, end if rng.random() < 0.9 else end - timedelta(minutes=5))
+        oldest, newest = days.first_day(end, lookback), days.utc_day(end - timedelta(microseconds=1))
+        wanted = [oldest + timedelta(days=i) for i in range((newest - oldest).days + 1)]
+        stored = dict(state.days)  # the Mapping view: per-day reads
+        known = state.through is not None and state.through >= end and all(d in stored for d in wanted)
+        present = {d: v for d in wanted if (v := stored.get(d)) is not None}
+        assert days.peak(state, end, lookback) == (
+            (True, max(present.values(), default=None)) if known else (False, None)
+        )
+        if known:
+            assert days.lookback_days(state, end, lookback) == present
+            assert dict(days.lookback_days(state, end, lookback)) == present
+        gaps = (
+            [whole(d) for d in wanted if d < days.utc_day(state.through) and d not in stored] if state.through else []
+        )
+        assert [
+            w
+            for w in days.windows_wanted(state, end, lookback)
+            if w.whole_day and w.end <= days.midnight(days.utc_day(state.through))
+        ] == gaps
+
+
+def test_day_series_compare_by_their_days_however_they_were_made() -> None:
+    a = DaySeries({date(2026, 12, 2): D(4), date(2026, 12, 4): D(3)})
+    b = DaySeries.of_span(date(2026, 12, 1).toordinal(), [None, D("4.0"), None, D(3), None])
+    assert a == b and dict(b) == {date(2026, 12, 2): D(4), date(2026, 12, 4): D(3)} and len(b) == 2
+    assert a != DaySeries({date(2026, 12, 2): D(4)}) and a != DaySeries.of_span(1, [])
+    assert DaySeries({}) == DaySeries.of_span(5, [None, None]) == {}
 
 
 @pytest.mark.parametrize(

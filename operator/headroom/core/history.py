@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -72,6 +72,25 @@ class DaySeries(Mapping[date, Decimal]):
             values[ordinal - self._first] = value
         self._values = tuple(values)
         self._len = len(ordinals)
+
+    @classmethod
+    def of_span(cls, first: int, values: Sequence[Decimal | None]) -> DaySeries:
+        """From the values of consecutive days, the first of them at ordinal `first` (None: no peak)."""
+        low = next((i for i, value in enumerate(values) if value is not None), len(values))
+        high = next((i for i in range(len(values) - 1, low - 1, -1) if values[i] is not None), low - 1)
+        series = cls.__new__(cls)
+        series._first = first + low if high >= low else 0
+        series._values = tuple(values[low : high + 1])
+        series._len = sum(1 for value in series._values if value is not None)
+        return series
+
+    def __eq__(self, other: object) -> bool:
+        # Kept and answered series are compared for every key of every cycle: tuples, not dicts.
+        if isinstance(other, DaySeries):
+            return self._first == other._first and self._values == other._values
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __getitem__(self, day: date) -> Decimal:
         index = day.toordinal() - self._first

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
+from headroom.core.history import DaySeries
 from headroom.core.quantity import canonical
 
 DAY = timedelta(days=1)
@@ -91,6 +92,25 @@ class DayPeaks(Mapping[date, Decimal | None]):
 
     def __len__(self) -> int:
         return sum(1 for raw in self._values if raw != _MISSING)
+
+    def __contains__(self, day: object) -> bool:
+        # Mapping's own goes through __getitem__ and builds a Decimal: a derivation cycle asks this
+        # for every day of every key, hundreds of thousands of times.
+        if not isinstance(day, date):
+            return False
+        index = day.toordinal() - self._first
+        return 0 <= index < len(self._values) and self._values[index] != _MISSING
+
+    def span(self, oldest: date, newest: date) -> tuple[int, array[int]] | None:
+        """The stored values of the days oldest..newest (ordinal of the first, values), or None when
+        one of them was never answered: read straight from the array, no Decimal made on the way."""
+        if newest < oldest:
+            return oldest.toordinal(), array("q")
+        low, high = oldest.toordinal() - self._first, newest.toordinal() - self._first
+        if low < 0 or high >= len(self._values):
+            return None
+        values = self._values[low : high + 1]
+        return None if _MISSING in values else (oldest.toordinal(), values)
 
     def replaced(self, day: date, value: Decimal | None) -> DayPeaks:
         copy = DayPeaks()
@@ -164,11 +184,13 @@ def windows_wanted(kept: KeyDays | None, end: datetime, lookback: timedelta) -> 
     oldest = first_day(end, lookback)
     if kept is None or kept.through is None or utc_day(kept.through) < oldest:
         return _split_at_midnights(midnight(oldest), end)
-    missing = [
-        Window(midnight(day), midnight(day) + DAY)
-        for day in _days(oldest, utc_day(kept.through))
-        if day not in kept.days
-    ]
+    through = utc_day(kept.through)
+    complete = kept.days.span(oldest, through - DAY) is not None  # the usual case: no gap to fill
+    missing = (
+        []
+        if complete
+        else [Window(midnight(day), midnight(day) + DAY) for day in _days(oldest, through) if day not in kept.days]
+    )
     # The point at `through` is asked again: Prometheus may have ingested a late scrape for it.
     return missing + _split_at_midnights(kept.through, end)
 
@@ -210,18 +232,21 @@ def peak(kept: KeyDays | None, end: datetime, lookback: timedelta) -> tuple[bool
     of the lookback was answered; the peak is None when no day had a series (unknown, never zero)."""
     if kept is None or kept.through is None or kept.through < end:
         return False, None
-    oldest, newest = first_day(end, lookback), _newest(end)
-    if any(day not in kept.days for day in _days(oldest, newest + DAY)):
+    span = kept.days.span(first_day(end, lookback), _newest(end))
+    if span is None:
         return False, None
-    values = [v for day, v in kept.days.items() if oldest <= day <= newest and v is not None]
-    return True, max(values) if values else None
+    top = max(span[1], default=_NO_SERIES)  # stored values are never negative: the markers are
+    return True, None if top == _NO_SERIES else Decimal(top) / _SCALE
 
 
-def lookback_days(kept: KeyDays, end: datetime, lookback: timedelta) -> dict[date, Decimal]:
+def lookback_days(kept: KeyDays, end: datetime, lookback: timedelta) -> DaySeries:
     """Each day's peak over the lookback ending at `end` (days with no series left out): the days
     `peak` takes its maximum of, so the two always agree."""
-    oldest, newest = first_day(end, lookback), _newest(end)
-    return {day: v for day, v in sorted(kept.days.items()) if oldest <= day <= newest and v is not None}
+    span = kept.days.span(first_day(end, lookback), _newest(end))
+    if span is None:
+        return DaySeries({})
+    first, values = span
+    return DaySeries.of_span(first, [None if raw < 0 else Decimal(raw) / _SCALE for raw in values])
 
 
 def prune(kept: KeyDays, end: datetime, keep: timedelta) -> KeyDays:

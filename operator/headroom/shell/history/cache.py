@@ -203,7 +203,7 @@ class HistoryCache:
                 else:
                     if self._daily.get((*key, lookback)) != days:
                         changed.add(key[0])
-                    self._daily[(*key, lookback)] = DaySeries(days)
+                    self._daily[(*key, lookback)] = days if isinstance(days, DaySeries) else DaySeries(days)
             for namespace, offset in result.day_offsets.items():
                 self._day_offsets[namespace] = offset
         # On error the previous answers stay: unknown is never zero.
