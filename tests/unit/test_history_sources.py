@@ -464,3 +464,9 @@ def test_kept_daily_peaks_answer_as_the_days_they_were_made_from() -> None:
     assert kept[date(2026, 12, 1)] == Decimal("0")  # a peak of zero is a peak
     assert DaySeries({}) == {} and len(DaySeries({})) == 0
     assert DaySeries(days) != {**days, date(2026, 12, 2): Decimal("1")}
+    # Kept compact or not, a series gives back exactly the values put in, finer ones included.
+    fine = {date(2026, 11, 28): Decimal("0.0001"), date(2026, 11, 29): Decimal("134217728")}
+    assert DaySeries(fine) == fine and dict(DaySeries(fine)) == fine and DaySeries(fine) != DaySeries(days)
+    huge = {date(2026, 11, 28): Decimal("1.0000000000000000000000000001")}
+    assert DaySeries(huge)[date(2026, 11, 28)] == huge[date(2026, 11, 28)]
+    assert DaySeries({date(2026, 11, 28): Decimal("0.1")}) == DaySeries({date(2026, 11, 28): Decimal("0.100")})

@@ -295,10 +295,10 @@ def test_peak_days_and_gaps_agree_with_their_definition_on_the_days_kept() -> No
 
 def test_day_series_compare_by_their_days_however_they_were_made() -> None:
     a = DaySeries({date(2026, 12, 2): D(4), date(2026, 12, 4): D(3)})
-    b = DaySeries.of_span(date(2026, 12, 1).toordinal(), [None, D("4.0"), None, D(3), None])
+    b = DaySeries.of_thousandths(date(2026, 12, 1).toordinal(), [-1, 4000, -1, 3000, -1])
     assert a == b and dict(b) == {date(2026, 12, 2): D(4), date(2026, 12, 4): D(3)} and len(b) == 2
-    assert a != DaySeries({date(2026, 12, 2): D(4)}) and a != DaySeries.of_span(1, [])
-    assert DaySeries({}) == DaySeries.of_span(5, [None, None]) == {}
+    assert a != DaySeries({date(2026, 12, 2): D(4)}) and a != DaySeries.of_thousandths(1, [])
+    assert DaySeries({}) == DaySeries.of_thousandths(5, [-1, -1]) == {}
 
 
 @pytest.mark.parametrize(

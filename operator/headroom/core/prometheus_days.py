@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
-from headroom.core.history import DaySeries
+from headroom.core.history import THOUSANDTHS, DaySeries
 from headroom.core.quantity import canonical
 
 DAY = timedelta(days=1)
@@ -46,7 +46,7 @@ def align(moment: datetime, step: timedelta) -> datetime:
 
 _MISSING = -2  # a day not answered
 _NO_SERIES = -1  # a day answered: no series
-_SCALE = 1000  # thousandths: millicores, and bytes and counts to three places
+_SCALE = THOUSANDTHS  # millicores, and bytes and counts to three places
 _LARGEST = 2**63 - 1
 
 
@@ -245,8 +245,7 @@ def lookback_days(kept: KeyDays, end: datetime, lookback: timedelta) -> DaySerie
     span = kept.days.span(first_day(end, lookback), _newest(end))
     if span is None:
         return DaySeries({})
-    first, values = span
-    return DaySeries.of_span(first, [None if raw < 0 else Decimal(raw) / _SCALE for raw in values])
+    return DaySeries.of_thousandths(*span)  # the same thousandths: _SCALE is THOUSANDTHS
 
 
 def prune(kept: KeyDays, end: datetime, keep: timedelta) -> KeyDays:
