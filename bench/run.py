@@ -463,6 +463,11 @@ class Bench:
         result["gap_s"] = gap
         result["latencies_s"] = sorted(round(watcher.first[k][0] - t, 3) for k, t in sent.items() if k in watcher.first)
         result["sent_at"] = {k: round(t, 3) for k, t in sent.items()}
+        # Which Project waited, not only how long the slowest did: the tail is read beside the
+        # operator's own moments (derivation cycles, a restart's writes).
+        result["latency_by_project_s"] = {
+            k: round(watcher.first[k][0] - t, 3) for k, t in sent.items() if k in watcher.first
+        }
         log(f"single Projects: p50 {result['p50_s']}s p99 {result['p99_s']}s max {result['max_s']}s")
         return result
 
