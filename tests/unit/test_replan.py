@@ -12,9 +12,13 @@ from headroom.shell.store import Store
 class Reconciler:
     def __init__(self) -> None:
         self.woken: list[tuple[str, float]] = []
+        self.busy: set[str] = set()  # Projects with a reconcile queued or under way
 
     def schedule(self, name: str) -> None:
         self.woken.append((name, asyncio.get_running_loop().time()))
+
+    def pending(self, name: str) -> bool:
+        return name in self.busy
 
 
 def _runtime(projects: int) -> tuple[Runtime, Reconciler]:
@@ -64,3 +68,17 @@ def test_a_project_deleted_meanwhile_is_not_woken() -> None:
         return {name for name, _ in reconciler.woken}
 
     assert f"p{3 * REPLAN_BATCH - 1}" not in asyncio.run(run())
+
+
+def test_a_project_whose_reconcile_is_under_way_is_not_marked_for_another_unless_its_history_changed() -> None:
+    # After a restart every Project is in its first reconcile when the first cycle answers: marked
+    # again, each was planned a second time, all of them in one burst once the first passes ended.
+    async def run() -> list[str]:
+        runtime, reconciler = _runtime(3 * REPLAN_BATCH)
+        reconciler.busy = {f"p{i}" for i in range(2 * REPLAN_BATCH)}
+        await runtime.replan({"ns3"}, interval=0.2)
+        return [name for name, _ in reconciler.woken]
+
+    woken = asyncio.run(run())
+    assert woken[0] == "p3"  # its history changed: planned again with the new answer
+    assert sorted(woken[1:]) == sorted(f"p{i}" for i in range(2 * REPLAN_BATCH, 3 * REPLAN_BATCH))

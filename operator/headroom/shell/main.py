@@ -267,7 +267,11 @@ class Runtime:
         for start in range(0, len(later), REPLAN_BATCH):
             await asyncio.sleep(pause)
             for name in later[start : start + REPLAN_BATCH]:
-                if name in self.store.projects:
+                # A Project with a reconcile queued or under way plans from the store as it is now,
+                # which is all the safety net asks. Marked again, it was planned twice: after a
+                # restart, thousands of second passes queued behind the first ones and ran in one
+                # burst at the end of them, seconds of CPU that a new Project's reconcile waited out.
+                if name in self.store.projects and not self.reconciler.pending(name):
                     self.schedule(name)
 
 

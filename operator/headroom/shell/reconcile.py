@@ -184,6 +184,11 @@ class Reconciler:
                 self._work(name), name=f"reconcile:{name}", context=contextvars.Context()
             )
 
+    def pending(self, name: str) -> bool:
+        """Whether a reconcile of the Project is queued or under way (it will read the store anew)."""
+        worker = self._workers.get(name)
+        return worker is not None and not worker.done()
+
     def schedule_at(self, name: str, when: datetime) -> None:
         """Wake a Project at a moment (a deferred alert's opening hour, the end of a raise, a retry).
 
