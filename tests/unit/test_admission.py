@@ -154,3 +154,36 @@ def test_re_reconciles_wait_for_their_place_before_any_work_so_a_new_project_doe
     # The new Project asked for its history after at most the two old ones holding a place.
     assert asked.index("new") <= 2
     assert sorted(asked) == sorted([*olds, "new"])  # and every old one was reconciled all the same
+
+
+def test_re_plans_run_a_few_at_a_time_while_new_projects_keep_every_place() -> None:
+    # A cycle's re-plans are CPU: many of them ready at once made every turn of the event loop long,
+    # and a new Project's history question (dozens of turns) waited seconds behind them.
+    olds = [f"old-{i:03d}" for i in range(40)]
+    news = [f"new-{i:03d}" for i in range(40)]
+    _, reconciler = _reconciler([*olds, *news], max_in_flight=16)
+    reconciler.max_replans = 3
+    running: dict[str, int] = {"old": 0, "new": 0}
+    most: dict[str, int] = {"old": 0, "new": 0}
+    plan_and_write = reconciler._plan_and_write
+
+    async def counting(name: str, *args: Any) -> None:
+        kind = name.split("-")[0]
+        running[kind] += 1
+        most[kind] = max(most[kind], running[kind])
+        try:
+            await asyncio.sleep(0.001)
+            await plan_and_write(name, *args)
+        finally:
+            running[kind] -= 1
+
+    reconciler._plan_and_write = counting  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await asyncio.gather(*(reconciler.reconcile(name) for name in olds))  # planned once
+        most.update(old=0, new=0)
+        await asyncio.gather(*(reconciler.reconcile(name) for name in [*olds, *news]))
+
+    asyncio.run(run())
+    assert most["old"] == 3  # re-plans: a few at a time...
+    assert most["new"] > 3  # ...new Projects: as many as the places allow

@@ -166,6 +166,12 @@ class Reconciler:
     # their history in hand and nothing else.
     max_in_flight: int = 64
     _admission: Admission | None = None
+    # Of those, re-plans of Projects planned before (a derivation cycle's, above all): at most this
+    # many at once. Their plans are CPU and rarely write, so a few keep the CPU as busy as many; with
+    # 64 of them ready, each turn of the event loop held about 100 ms of planning, and a new
+    # Project's history question, which takes dozens of turns, waited seconds at 3,000 Projects.
+    max_replans: int = 4
+    _replans: asyncio.Semaphore | None = None
     _planned: set[str] = field(default_factory=set)  # Projects planned at least once by this process
 
     # --- scheduling
@@ -278,7 +284,9 @@ class Reconciler:
         # A Project planned before waits for its place before it does anything at all: thousands of
         # them woken together each parsing their spec and asking for history first kept the event
         # loop busy for seconds, and a new Project's first reconcile waited behind all of that.
-        async with self._admission.slot(1):
+        if self._replans is None:
+            self._replans = asyncio.Semaphore(self.max_replans)
+        async with self._replans, self._admission.slot(1):
             await self._reconcile(name, admitted=True)
 
     async def _reconcile(self, name: str, admitted: bool) -> None:
