@@ -279,8 +279,8 @@ class PrometheusHistory:
         for key in keys:
             self._keep[key] = max(self._keep.get(key, query.lookback), query.lookback)
         wanted: dict[days.Key, list[days.Window]] = {}
-        for count, key in enumerate(keys, 1):
-            if count % YIELD_EVERY == 0:
+        for seen, key in enumerate(keys, 1):
+            if seen % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a cycle covers every key of the cluster: let others in between
             wanted[key] = days.windows_wanted(self._state.get(key), end, query.lookback)
         asks = days.plan_asks(wanted, self.max_days, self.max_namespaces, self.max_pattern)
@@ -307,8 +307,8 @@ class PrometheusHistory:
                 self._state[key] = days.merge(self._state.get(key), window, value)
         peaks: dict[tuple[str, str], Decimal] = {}
         daily: dict[tuple[str, str], Mapping[date, Decimal]] = {}
-        for count, key in enumerate(keys, 1):
-            if count % YIELD_EVERY == 0:
+        for seen, key in enumerate(keys, 1):
+            if seen % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             state = self._state.get(key)
             if key not in failed and state is not None:
