@@ -63,7 +63,7 @@ class HistoryResult:
 THOUSANDTHS = 1000
 _THOUSANDTHS = Decimal(THOUSANDTHS)
 _NONE = -1  # a day without a value, in a series kept in thousandths
-_LARGEST = 2**63 - 1
+LARGEST_THOUSANDTHS = 2**63 - 1  # the most an array of thousandths holds
 
 
 def _thousandths(values: Iterable[Decimal | None]) -> array[int] | None:
@@ -74,7 +74,7 @@ def _thousandths(values: Iterable[Decimal | None]) -> array[int] | None:
             out.append(_NONE)
             continue
         scaled = value * _THOUSANDTHS
-        if not scaled.is_finite() or scaled < 0 or scaled > _LARGEST or scaled != scaled.to_integral_value():
+        if not scaled.is_finite() or scaled < 0 or scaled > LARGEST_THOUSANDTHS or scaled != scaled.to_integral_value():
             return None
         if Decimal(int(scaled)) / _THOUSANDTHS != value:
             return None  # more digits than the context keeps: kept as it is

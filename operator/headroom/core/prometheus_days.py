@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
-from headroom.core.history import THOUSANDTHS, DaySeries
+from headroom.core.history import LARGEST_THOUSANDTHS, THOUSANDTHS, DaySeries
 from headroom.core.quantity import canonical
 
 DAY = timedelta(days=1)
@@ -47,12 +47,11 @@ def align(moment: datetime, step: timedelta) -> datetime:
 _MISSING = -2  # a day not answered
 _NO_SERIES = -1  # a day answered: no series
 _SCALE = THOUSANDTHS  # millicores, and bytes and counts to three places
-_LARGEST = 2**63 - 1
 
 
 def _stored(value: Decimal) -> int:
     # Rounded up, never down: a kept peak is never lower than the one Prometheus answered.
-    return min(_LARGEST, int((value * _SCALE).to_integral_value(rounding=ROUND_CEILING)))
+    return min(LARGEST_THOUSANDTHS, int((value * _SCALE).to_integral_value(rounding=ROUND_CEILING)))
 
 
 class DayPeaks(Mapping[date, Decimal | None]):

@@ -21,8 +21,9 @@ log = logging.getLogger("headroom")
 # for the questions of one event loop pass to join it, and a single new Project is not held back.
 QUIET_BATCHES = 4
 FIRST_WINDOW = 0.02
-# Keys of an answer kept between two turns of the event loop: a cycle's answer covers every namespace
-# and resource of the cluster, tens of thousands of keys, seconds of work in one go otherwise.
+# Keys handled between two turns of the event loop, here and in the prometheus source's passes: a
+# cycle covers every namespace and resource of the cluster, tens of thousands of keys, seconds of
+# work in one go otherwise.
 YIELD_EVERY = 500
 
 

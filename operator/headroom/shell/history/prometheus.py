@@ -23,6 +23,7 @@ from headroom.core import prometheus_days as days
 from headroom.core.history import HistoryResult, PeakQuery, day_offset
 from headroom.core.quantity import CONTEXT, resource_kind
 from headroom.shell.backoff import backoff_delays
+from headroom.shell.history.cache import YIELD_EVERY
 
 # Prometheus adds in float64 (1.1 + 1.1 + 1.1 is 3.3000000000000003), and the derivation rounds every
 # excess up to a whole millicore or Mi. Requests and limits are whole millicores and bytes, so the
@@ -139,10 +140,6 @@ def step_of(step: str) -> timedelta:
         raise ValueError(f"--prometheus-step {step!r} must divide a day (e.g. 30s, 1m, 5m)")
     return timedelta(seconds=total)
 
-
-# Keys handled between two turns of the event loop. A cycle's pass over every key of the cluster
-# (21,000 at 3,000 Projects) took seconds in one go, and a new Project's reconcile waited for it.
-YIELD_EVERY = 500
 
 StatsHook = Callable[[str, str, Mapping[str, Any]], None]
 
