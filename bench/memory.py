@@ -10,7 +10,8 @@ Project are the difference between two sizes divided by the difference in Projec
 
 `python -m bench.memory --kopf N` measures instead what Kopf itself keeps per watched object for
 as long as the object exists (its ResourceMemory: memo, error throttler, indexing and daemon
-records), by filling its inventory with N objects as its watch streams would.
+records), by filling its inventory with N objects as its watch streams would: with Kopf's default
+memories and with Headroom's (handlers.NoMemories, which keep nothing).
 
 What this does not hold: Kopf's own per-object state and the watch streams' buffers, the client
 library's connection pools, and the start-up LIST's transient copy; the RSS of a real operator is
@@ -146,10 +147,11 @@ async def measure(n: int) -> dict[str, Any]:
 
 
 async def measure_kopf(n: int) -> dict[str, Any]:
-    """Bytes Kopf keeps per watched object between events (tracemalloc, live)."""
+    """Bytes Kopf keeps per watched object between events (tracemalloc, live): with its default
+    memories, and with the ones Headroom runs it with (handlers.NoMemories)."""
+    from headroom.shell.handlers import NoMemories
     from kopf._core.reactor.inventory import ResourceMemories
 
-    memories = ResourceMemories()
     bodies = [
         {
             "apiVersion": "v1",
@@ -158,13 +160,16 @@ async def measure_kopf(n: int) -> dict[str, Any]:
         }
         for i in range(n)
     ]
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for body in bodies:
-        await memories.recall(body)  # type: ignore[arg-type]
-    kept = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    return {"objects": n, "kopf_bytes_per_object": round(kept / n)}
+    result: dict[str, Any] = {"objects": n}
+    for label, memories in (("kopf_default", ResourceMemories()), ("headroom", NoMemories())):
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for body in bodies:
+            await memories.recall(body)  # type: ignore[arg-type]
+        kept = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        result[f"{label}_bytes_per_object"] = round(kept / n)
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:

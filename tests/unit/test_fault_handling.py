@@ -536,6 +536,34 @@ def test_headroom_registers_event_handlers_only_so_kopf_needs_no_diff_base() -> 
     assert NoDiffBase().build(body=kopf.Body({"spec": {"a": 1}, "status": {"b": 2}})) == {}
 
 
+def test_kopf_keeps_nothing_per_watched_object_between_events() -> None:
+    import tracemalloc
+
+    from headroom.shell.handlers import NoMemories
+    from kopf._core.reactor.inventory import ResourceMemories
+
+    bodies = [
+        {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"namespace": f"team-{i:04d}", "uid": f"u-{i}"}}
+        for i in range(500)
+    ]
+
+    def kept_per_object(memories: ResourceMemories) -> float:
+        async def see_all() -> None:
+            for body in bodies:
+                memory = await memories.recall(body, noticed_by_listing=True)  # type: ignore[arg-type]
+                assert memory.noticed_by_listing  # what this event's handling reads is there
+
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        asyncio.run(see_all())
+        kept = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        return kept / len(bodies)
+
+    assert kept_per_object(ResourceMemories()) > 500  # Kopf's default: a memory per object, for good
+    assert kept_per_object(NoMemories()) < 50
+
+
 def test_a_lone_question_is_sent_at_once_and_a_burst_waits_for_the_window() -> None:
     class Timed:
         name = "timed"

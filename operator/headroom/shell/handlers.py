@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import kopf
+from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
 from headroom.core.names import (
     GROUP,
@@ -100,6 +101,24 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
+
+
+class NoMemories(ResourceMemories):
+    """Kopf's per-object memory, kept for no object. Kopf remembers every watched object until it is
+    deleted (its memo, error throttler, indexing and daemon records: about 850 bytes each, and
+    Headroom watches four objects per Project); all of it serves handlers Headroom does not have:
+    daemons, timers, indexes, resume handlers (a test holds it to event handlers only). Each event
+    gets a fresh memory instead, used and dropped."""
+
+    async def recall(
+        self,
+        raw_body: kopf.RawBody,
+        *,
+        memobase: Any = None,
+        noticed_by_listing: bool = False,
+        ephemeral: bool = False,
+    ) -> ResourceMemory:
+        return await super().recall(raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing, ephemeral=True)
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: asyncio.Event | None = None) -> None:

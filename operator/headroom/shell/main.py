@@ -39,7 +39,7 @@ from headroom.shell.capacity import CapacityReader
 from headroom.shell.config import OperatorConfig
 from headroom.shell.denials_watch import DenialWatch
 from headroom.shell.expiry import RaiseNotices
-from headroom.shell.handlers import register
+from headroom.shell.handlers import NoMemories, register
 from headroom.shell.history import history_source
 from headroom.shell.history.cache import HistoryCache
 from headroom.shell.kube import KubeWriter, api_client, list_pages
@@ -391,7 +391,9 @@ async def _main(config: OperatorConfig) -> int:
     runtime = build_runtime(config, client, metrics)
     stop = asyncio.Event()
     register(registry, runtime, stop)
-    operator = asyncio.create_task(kopf.operator(registry=registry, clusterwide=True, standalone=True, stop_flag=stop))
+    operator = asyncio.create_task(
+        kopf.operator(registry=registry, clusterwide=True, standalone=True, stop_flag=stop, memories=NoMemories())
+    )
     waiting: set[asyncio.Task[Any]] = {operator}
     holder = asyncio.create_task(elector.hold()) if elector else None
     if holder is not None:
