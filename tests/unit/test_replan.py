@@ -13,12 +13,17 @@ class Reconciler:
     def __init__(self) -> None:
         self.woken: list[tuple[str, float]] = []
         self.busy: set[str] = set()  # Projects with a reconcile queued or under way
+        self.planned_at: dict[str, float] = {}  # when a Project's last plan began (the loop's clock)
 
     def schedule(self, name: str) -> None:
         self.woken.append((name, asyncio.get_running_loop().time()))
 
     def pending(self, name: str) -> bool:
         return name in self.busy
+
+    def planned_within(self, name: str, seconds: float) -> bool:
+        at = self.planned_at.get(name)
+        return at is not None and asyncio.get_running_loop().time() - at < seconds
 
 
 def _runtime(projects: int) -> tuple[Runtime, Reconciler]:
@@ -82,3 +87,23 @@ def test_a_project_whose_reconcile_is_under_way_is_not_marked_for_another_unless
     woken = asyncio.run(run())
     assert woken[0] == "p3"  # its history changed: planned again with the new answer
     assert sorted(woken[1:]) == sorted(f"p{i}" for i in range(2 * REPLAN_BATCH, 3 * REPLAN_BATCH))
+
+
+def test_a_project_planned_in_the_last_half_interval_is_left_alone_unless_its_history_changed() -> None:
+    # After a restart at thousands of Projects, the cycles that come while the first plans are made
+    # would otherwise plan each of them again at once; the safety net still covers every Project
+    # whose last plan is older than half an interval, so each is planned at least once a cycle.
+    async def run() -> list[str]:
+        runtime, reconciler = _runtime(3 * REPLAN_BATCH)
+        now = asyncio.get_running_loop().time()
+        for i in range(2 * REPLAN_BATCH):
+            reconciler.planned_at[f"p{i}"] = now - (0.05 if i % 2 else 5.0)  # odd ones: a moment ago
+        await runtime.replan({"ns1"}, interval=2.0)
+        return [name for name, _ in reconciler.woken]
+
+    woken = asyncio.run(run())
+    assert woken[0] == "p1"  # planned a moment ago, but its history changed
+    rest = set(woken[1:])
+    assert not any(f"p{i}" in rest for i in range(3, 2 * REPLAN_BATCH, 2))  # planned a moment ago
+    assert {f"p{i}" for i in range(0, 2 * REPLAN_BATCH, 2)} <= rest  # planned long ago
+    assert {f"p{i}" for i in range(2 * REPLAN_BATCH, 3 * REPLAN_BATCH)} <= rest  # never planned

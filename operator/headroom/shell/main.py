@@ -268,10 +268,17 @@ class Runtime:
             await asyncio.sleep(pause)
             for name in later[start : start + REPLAN_BATCH]:
                 # A Project with a reconcile queued or under way plans from the store as it is now,
-                # which is all the safety net asks. Marked again, it was planned twice: after a
-                # restart, thousands of second passes queued behind the first ones and ran in one
-                # burst at the end of them, seconds of CPU that a new Project's reconcile waited out.
-                if name in self.store.projects and not self.reconciler.pending(name):
+                # which is all the safety net asks; so did one planned in the last half interval (its
+                # history answer has not changed since, or it would be among `now`). Marked again,
+                # it was planned twice: after a restart, thousands of second passes queued behind
+                # the first ones and ran in one burst at the end of them, seconds of CPU that a new
+                # Project's reconcile waited out. Half an interval: a Project planned only by this
+                # safety net is still planned once every cycle.
+                if (
+                    name in self.store.projects
+                    and not self.reconciler.pending(name)
+                    and not self.reconciler.planned_within(name, interval / 2)
+                ):
                     self.schedule(name)
 
 

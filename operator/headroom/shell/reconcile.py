@@ -172,7 +172,8 @@ class Reconciler:
     # Project's history question, which takes dozens of turns, waited seconds at 3,000 Projects.
     max_replans: int = 4
     _replans: asyncio.Semaphore | None = None
-    _planned: set[str] = field(default_factory=set)  # Projects planned at least once by this process
+    # Projects planned by this process -> when their last plan began (the event loop's clock)
+    _planned: dict[str, float] = field(default_factory=dict)
 
     # --- scheduling
 
@@ -189,6 +190,11 @@ class Reconciler:
             self._workers[name] = asyncio.create_task(
                 self._work(name), name=f"reconcile:{name}", context=contextvars.Context()
             )
+
+    def planned_within(self, name: str, seconds: float) -> bool:
+        """Whether a plan of the Project began in the last `seconds`."""
+        at = self._planned.get(name)
+        return at is not None and asyncio.get_running_loop().time() - at < seconds
 
     def pending(self, name: str) -> bool:
         """Whether a reconcile of the Project is queued or under way (it will read the store anew)."""
@@ -295,7 +301,7 @@ class Reconciler:
             self.metrics.forget(name)
             self._order.pop(name, None)
             self._counting.discard(name)
-            self._planned.discard(name)
+            self._planned.pop(name, None)
             return  # deleted: garbage collection removes the quotas it owned
         now = self.clock()
         try:
@@ -320,7 +326,6 @@ class Reconciler:
         # A Project this process has not planned yet (a new one, above all) goes ahead of the
         # re-reconciles of a derivation cycle: its quota is what a team is waiting for.
         async with self._admission.slot(0):
-            self._planned.add(name)
             # Planned at the moment it is admitted (an event meanwhile has marked it for one more pass).
             await self._plan_and_write(name, body, spec, history, self.clock())
 
@@ -328,6 +333,7 @@ class Reconciler:
         self, name: str, body: Mapping[str, Any], spec: ProjectSpec, history: HistoryResult, now: datetime
     ) -> None:
         """Plan the Project and write what differs: one of at most max_in_flight at once."""
+        self._planned[name] = asyncio.get_running_loop().time()
         observed = self._observe(spec, body, history, now)
         settings = self.settings
         if self.rules is not None:  # the platform's rules for routine approvals, as the file says now
