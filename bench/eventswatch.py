@@ -10,6 +10,7 @@ same, so this is its cost on the wire, measured without touching the operator.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,11 @@ from headroom.core.names import FAILED_CREATE_SELECTOR
 from headroom.shell.denials_watch import watch_params
 from headroom.shell.handlers import WATCH_SECONDS
 from kubernetes.client import ApiClient, CoreV1Api
+
+
+def _client_library_kwargs(query: dict[str, Any]) -> dict[str, Any]:
+    """The operator's query parameters (fieldSelector=...) as the client library's keywords (field_selector=...)."""
+    return {"watch": True, **{re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): v for k, v in query.items()}}
 
 
 class EventsWatchMeter:
@@ -71,7 +77,7 @@ class EventsWatchMeter:
         while not self._stop.is_set():
             # As the operator renews it (headroom.shell.denials_watch): from the last version while it
             # is recent, else from now, without initial events (Events carry no bookmarks).
-            params = watch_params(None if from_now else version)
+            params = _client_library_kwargs(watch_params(None if from_now else version))
             self.requests += 1
             from_now = True
             try:

@@ -17,8 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kopf
 import kubernetes
 import pytest
+from headroom.shell.apiclient import ApiClient
 from headroom.shell.denials_watch import DenialWatch
 from kubernetes.client import ApiException
 
@@ -242,8 +244,16 @@ def test_the_events_watch_renewed_from_now_carries_new_failed_creates_only(
         if obj.get("metadata", {}).get("namespace") == namespace:
             seen.append((kind, obj["metadata"]["name"]))
 
-    watch = DenialWatch(admin, handle, loop)
-    threading.Thread(target=watch._watch, kwargs={"from_now": True}, daemon=True).start()
+    config = admin.configuration
+    info = kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        token=(config.api_key or {}).get("authorization", "").removeprefix("Bearer ") or None,
+    )
+    watch = DenialWatch(ApiClient(lambda: info), handle)
+    watching = asyncio.run_coroutine_threadsafe(watch._watch(from_now=True), loop)
     posted: list[str] = []
 
     def arrived() -> bool:
@@ -254,7 +264,8 @@ def test_the_events_watch_renewed_from_now_carries_new_failed_creates_only(
         return any(name in posted for _, name in seen)
 
     wait_for(arrived, 60, "a FailedCreate Event written after the watch began, on the watch")
-    watch.stop()
+    watching.cancel()
+    asyncio.run_coroutine_threadsafe(watch.client.close(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     names = {name for _, name in seen}
     assert names <= set(posted), f"only new FailedCreate Events, got {sorted(names)}"

@@ -216,7 +216,8 @@ spec:
 def test_the_operator_and_the_cli_find_credentials_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An explicit KUBECONFIG wins over the Pod's ServiceAccount, for both (the operator used to try in-cluster
     credentials first, the CLI a kubeconfig first)."""
-    from headroom.shell.kube import api_client
+    from headroom.shell.apiclient import connection_info
+    from headroom.shell.cli import api_client
 
     config = tmp_path / "kubeconfig"
     config.write_text("""
@@ -231,9 +232,13 @@ current-context: x
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     monkeypatch.setenv("KUBECONFIG", str(config))
     assert api_client().configuration.host == "https://kubeconfig.example:6443"
+    assert connection_info().server == "https://kubeconfig.example:6443"
     monkeypatch.delenv("KUBECONFIG")
-    with pytest.raises(Exception, match=r"token|service"):  # in a Pod without its token: in-cluster, not ~/.kube
+    # In a Pod without its token: in-cluster, not ~/.kube.
+    with pytest.raises(Exception, match=r"token|service"):
         api_client()
+    with pytest.raises(Exception, match=r"token|service"):
+        connection_info()
 
 
 # ------------------------------------------------------------------------------ output for people

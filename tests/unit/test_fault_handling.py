@@ -5,6 +5,7 @@ tests/integration/test_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 from datetime import date, timedelta
@@ -12,11 +13,12 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-import kubernetes
+import aiohttp
+import kopf
 import pytest
-import urllib3
 from headroom.core.history import HistoryResult, PeakQuery
 from headroom.shell import failpoints
+from headroom.shell.apiclient import ApiClient, ApiException
 from headroom.shell.handlers import JitteredBackoffs, _unchanged
 from headroom.shell.history.cache import HistoryCache
 from headroom.shell.kube import (
@@ -29,23 +31,25 @@ from headroom.shell.leader import LeaderElector
 from headroom.shell.metrics import Metrics
 from headroom.shell.reconcile import Reconciler
 from headroom.shell.store import Store
-from kubernetes.client import ApiException
-from urllib3._collections import HTTPHeaderDict
 
 
 def api_error(status: int, retry: str | None = None) -> ApiException:
-    exc = ApiException(status=status, reason="test")
-    exc.headers = HTTPHeaderDict({"Retry-After": retry} if retry else {})
-    return exc
+    return ApiException(status, "test", headers={"Retry-After": retry} if retry else {})
+
+
+def unconnected() -> ApiClient:
+    """A client that is never asked anything: nothing listens on port 1."""
+    return ApiClient(lambda: kopf.ConnectionInfo(server="https://127.0.0.1:1"))
 
 
 # ------------------------------------------------------------------------------------- kube_io
 
 
 def test_unreachable_is_a_failure_to_reach_not_a_refusal() -> None:
-    refused = urllib3.exceptions.MaxRetryError(None, "/", urllib3.exceptions.NewConnectionError(None, "refused"))
+    refused = aiohttp.ClientConnectorError(SimpleNamespace(ssl=None, host="h", port=1), ConnectionRefusedError())  # type: ignore[arg-type]
     assert is_unreachable(refused) and is_retryable(refused)
-    assert is_unreachable(urllib3.exceptions.ReadTimeoutError(None, "/", "timed out"))
+    assert is_unreachable(aiohttp.ServerDisconnectedError()) and is_retryable(aiohttp.ServerDisconnectedError())
+    assert is_unreachable(aiohttp.ServerTimeoutError("timed out")) and is_unreachable(TimeoutError())
     assert is_unreachable(ConnectionResetError()) and is_unreachable(api_error(503))
     assert not is_unreachable(api_error(429)) and is_retryable(api_error(429))
     assert not is_unreachable(api_error(409)) and not is_unreachable(api_error(422))
@@ -58,23 +62,8 @@ def test_retry_after_is_read_bounded_and_defaults_to_a_second() -> None:
     assert retry_after(api_error(429, "86400")) == 60
 
 
-class Answer:
-    """A raw HTTP answer as the client library hands it over unparsed."""
-
-    def __init__(self) -> None:
-        self.read_and_released = False
-        self._read = False
-
-    def read(self) -> bytes:
-        self._read = True
-        return b"{}"
-
-    def release_conn(self) -> None:
-        self.read_and_released = self._read
-
-
 def _writer(monkeypatch: pytest.MonkeyPatch) -> tuple[KubeWriter, list[float]]:
-    writer = KubeWriter(kubernetes.client.ApiClient(), qps=1000, burst=1000)
+    writer = KubeWriter(unconnected(), qps=1000, burst=1000)
     slept: list[float] = []
 
     async def no_sleep(seconds: float) -> None:
@@ -86,31 +75,25 @@ def _writer(monkeypatch: pytest.MonkeyPatch) -> tuple[KubeWriter, list[float]]:
 
 def test_a_throttled_write_is_retried_after_retry_after_plus_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
     writer, slept = _writer(monkeypatch)
-    done = Answer()
-    answers: list[Any] = [api_error(429, "2"), api_error(429, "2"), done]
-    seen: list[Any] = []
+    answers: list[Any] = [api_error(429, "2"), api_error(429, "2"), None]
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        seen.append(kwargs.get("_request_timeout"))
-        assert kwargs.get("_preload_content") is False  # the answer is not parsed: nobody reads it
+    async def call() -> None:
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        return answer
 
     asyncio.run(writer._call("patch", call))
-    assert done.read_and_released  # its connection goes back to the pool
+    assert answers == []
     retries = [s for s in slept if s >= 1]  # the rest are the rate limiter's own sub-second waits
     assert len(retries) == 2 and all(s >= 2 for s in retries)
     assert writer.limiter.rate < 1000  # and the pushback slowed every later write down
-    assert all(timeout is not None for timeout in seen)  # every request has a timeout
     assert writer.writes.counts["patch"] == 3
 
 
 def test_a_refused_write_is_not_retried_here(monkeypatch: pytest.MonkeyPatch) -> None:
     writer, slept = _writer(monkeypatch)
 
-    def call(*args: Any, **kwargs: Any) -> Any:
+    async def call() -> None:
         raise api_error(422)
 
     with pytest.raises(ApiException):
@@ -121,7 +104,7 @@ def test_a_refused_write_is_not_retried_here(monkeypatch: pytest.MonkeyPatch) ->
 def test_a_write_that_stays_throttled_fails_the_reconcile_in_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
     writer, slept = _writer(monkeypatch)
 
-    def call(*args: Any, **kwargs: Any) -> Any:
+    async def call() -> None:
         raise api_error(429)
 
     with pytest.raises(ApiException):
@@ -322,7 +305,7 @@ def test_a_failing_source_answers_the_waiters_with_its_error() -> None:
 
 
 def _reconciler() -> Reconciler:
-    writer = KubeWriter(kubernetes.client.ApiClient())
+    writer = KubeWriter(unconnected())
     cache = HistoryCache(Source(), max_age=timedelta(minutes=5), metrics=Metrics())
     from headroom.core.planning import Settings
 
@@ -363,36 +346,30 @@ class Coordination:
     """A Lease API that answers like the API server, optimistic concurrency included."""
 
     def __init__(self) -> None:
-        self.lease: kubernetes.client.V1Lease | None = None
+        self.lease: dict[str, Any] | None = None
         self.version = 0
         self.conflict_next = False
         self.timeouts: list[Any] = []
 
-    def _copy(self) -> kubernetes.client.V1Lease:
+    def _copy(self) -> dict[str, Any]:
         assert self.lease is not None
-        client = kubernetes.client.ApiClient()
-        data = client.sanitize_for_serialization(self.lease)
-        return client._ApiClient__deserialize(data, "V1Lease")  # type: ignore[attr-defined]
+        return copy.deepcopy(self.lease)
 
-    def read_namespaced_lease(self, name: str, namespace: str, **kwargs: Any) -> kubernetes.client.V1Lease:
-        self.timeouts.append(kwargs.get("_request_timeout"))
-        if self.lease is None:
-            raise ApiException(status=404)
-        return self._copy()
-
-    def create_namespaced_lease(self, namespace: str, body: Any, **kwargs: Any) -> kubernetes.client.V1Lease:
-        self.version += 1
-        body.metadata.resource_version = str(self.version)
-        self.lease = body
-        return self._copy()
-
-    def replace_namespaced_lease(self, name: str, namespace: str, body: Any, **kwargs: Any) -> Any:
-        self.timeouts.append(kwargs.get("_request_timeout"))
-        if self.conflict_next or body.metadata.resource_version != str(self.version):
+    async def request(self, method: str, path: str, *, body: Any = None, **kwargs: Any) -> Any:
+        assert path.startswith("/apis/coordination.k8s.io/v1/namespaces/ns/leases")
+        if method == "GET":
+            if self.lease is None:
+                raise ApiException(404, "Not Found")
+            return self._copy()
+        body = copy.deepcopy(body)
+        if method == "POST":
+            if self.lease is not None:
+                raise ApiException(409, "AlreadyExists")
+        elif self.conflict_next or body["metadata"].get("resourceVersion") != str(self.version):
             self.conflict_next = False
-            raise ApiException(status=409, reason="Conflict")
+            raise ApiException(409, "Conflict")
         self.version += 1
-        body.metadata.resource_version = str(self.version)
+        body["metadata"]["resourceVersion"] = str(self.version)
         self.lease = body
         return self._copy()
 
@@ -400,39 +377,49 @@ class Coordination:
 def test_a_conflict_while_renewing_is_not_a_lost_lease() -> None:
     api = Coordination()
     elector = LeaderElector(api, "ns", "headroom", "me")  # type: ignore[arg-type]
-    assert elector.try_acquire_or_renew()
+    assert asyncio.run(elector.try_acquire_or_renew())
     api.conflict_next = True
     with pytest.raises(ApiException) as raised:
-        elector.try_acquire_or_renew()  # the holder reads again and retries, it does not step down
+        asyncio.run(elector.try_acquire_or_renew())  # the holder reads again and retries, it does not step down
     assert raised.value.status == 409
-    assert elector.try_acquire_or_renew()
-    assert all(timeout is not None for timeout in api.timeouts)
+    assert asyncio.run(elector.try_acquire_or_renew())
 
 
 def test_a_conflict_while_acquiring_means_another_candidate_won() -> None:
     api = Coordination()
     holder = LeaderElector(api, "ns", "headroom", "first")  # type: ignore[arg-type]
-    assert holder.try_acquire_or_renew()
+    assert asyncio.run(holder.try_acquire_or_renew())
     clock = [0.0]
     other = LeaderElector(api, "ns", "headroom", "second", clock=lambda: clock[0])  # type: ignore[arg-type]
-    assert not other.try_acquire_or_renew()  # held, not expired
+    assert not asyncio.run(other.try_acquire_or_renew())  # held, not expired
     clock[0] = 31.0
     api.conflict_next = True
-    assert not other.try_acquire_or_renew()  # expired, but the race is lost: no exception
+    assert not asyncio.run(other.try_acquire_or_renew())  # expired, but the race is lost: no exception
+
+
+def test_a_lease_is_released_on_shutdown_and_taken_over_at_once() -> None:
+    api = Coordination()
+    holder = LeaderElector(api, "ns", "headroom", "first")  # type: ignore[arg-type]
+    assert asyncio.run(holder.try_acquire_or_renew())
+    asyncio.run(holder.release())
+    assert api.lease is not None and api.lease["spec"]["holderIdentity"] is None
+    other = LeaderElector(api, "ns", "headroom", "second")  # type: ignore[arg-type]
+    assert asyncio.run(other.try_acquire_or_renew())
+    assert api.lease["spec"]["holderIdentity"] == "second" and api.lease["spec"]["leaseTransitions"] == 1
 
 
 def test_hold_retries_a_conflict_and_keeps_the_lease() -> None:
     api = Coordination()
     elector = LeaderElector(
-        api,
+        api,  # type: ignore[arg-type]
         "ns",
         "headroom",
         "me",
         renew_seconds=0.05,
-        retry_seconds=0.05,  # type: ignore[arg-type]
+        retry_seconds=0.05,
         lease_seconds=2,
     )
-    assert elector.try_acquire_or_renew()
+    assert asyncio.run(elector.try_acquire_or_renew())
     api.conflict_next = True
 
     async def run() -> bool:
@@ -443,7 +430,7 @@ def test_hold_retries_a_conflict_and_keeps_the_lease() -> None:
         return lost
 
     assert asyncio.run(run()) is False
-    assert api.lease is not None and api.lease.spec.holder_identity == "me"
+    assert api.lease is not None and api.lease["spec"]["holderIdentity"] == "me"
 
 
 # ------------------------------------------------------------------------------------- failpoints

@@ -108,3 +108,20 @@ def test_core_functions_fit_in_a_head(path: Path) -> None:
             if lines > 60 or params > 8:
                 too_big.append(f"{node.name}: {lines} lines, {params} parameters")
     assert not too_big, f"{path.name}: " + "; ".join(too_big)
+
+
+# The terminal commands may use the kubernetes client library; the operator (`headroom run`) never
+# does: it would cost it about 34 MiB (headroom.shell.apiclient says why, tests/unit/test_operator_imports.py
+# checks the running process).
+TERMINAL_COMMANDS = {"shell/cli.py", "shell/capacity_cli.py"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(PACKAGE.rglob("*.py")) if str(p.relative_to(PACKAGE)) not in TERMINAL_COMMANDS],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_only_the_terminal_commands_use_a_kubernetes_client_library(path: Path) -> None:
+    libraries = ("kubernetes", "kubernetes_asyncio", "pykube", "urllib3")
+    used = [name for name in _imports(path) if name.split(".")[0] in libraries]
+    assert not used, f"{path.relative_to(PACKAGE)} imports {used}"

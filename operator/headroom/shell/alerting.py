@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
 import aiohttp
-import kubernetes
 
 from headroom.core.alert_policy import (
     AlertPolicy,
@@ -68,6 +67,7 @@ from headroom.core.names import (
 from headroom.core.planning import Event, Plan
 from headroom.core.quantity import format_percent, format_quantity, format_together
 from headroom.core.spec import ProjectSpec
+from headroom.shell.apiclient import ApiClient, ApiException
 from headroom.shell.backoff import backoff_delays
 from headroom.shell.config import OperatorConfig
 from headroom.shell.kube import KubeWriter
@@ -155,7 +155,7 @@ class WebhookSecretMissing(DeliveryError):
 @dataclass
 class WebhookSink:
     url: str | None
-    secret_reader: Callable[[str, str], str | None] | None = None
+    secret_reader: Callable[[str, str], Awaitable[str | None]] | None = None
     namespace: str = "headroom-system"
     timeout: float = 10.0
     name: str = "webhook"
@@ -164,10 +164,8 @@ class WebhookSink:
         ref = spec.alerts.webhook_secret_ref
         if ref is None or self.secret_reader is None:
             return self.url
-        import asyncio
-
         try:
-            url = await asyncio.to_thread(self.secret_reader, ref.name, ref.key)
+            url = await self.secret_reader(ref.name, ref.key)
         except DeliveryError as exc:
             raise WebhookSecretMissing(str(exc)) from exc
         if not url:
@@ -276,17 +274,15 @@ class EventSink:
         await self.writer.post_event(body, Event(kind, reason, delivery.text()))
 
 
-def build_sinks(config: OperatorConfig, client: kubernetes.client.ApiClient) -> list[Sink]:
-    core = kubernetes.client.CoreV1Api(client)
-
-    def read_secret(name: str, key: str) -> str | None:
+def build_sinks(config: OperatorConfig, client: ApiClient) -> list[Sink]:
+    async def read_secret(name: str, key: str) -> str | None:
         try:
-            secret = core.read_namespaced_secret(name, config.namespace)
-        except kubernetes.client.ApiException as exc:
+            secret = await client.request("GET", f"/api/v1/namespaces/{config.namespace}/secrets/{name}")
+        except ApiException as exc:
             if exc.status == 404:
                 return None
             raise DeliveryError(f"cannot read Secret {name} in {config.namespace}: HTTP {exc.status}") from exc
-        value = (secret.data or {}).get(key)
+        value = (secret.get("data") or {}).get(key)
         return base64.b64decode(value).decode().strip() if value else None
 
     sinks: list[Sink] = [WebhookSink(config.webhook_url, read_secret, config.namespace)]

@@ -479,8 +479,6 @@ def _client(args: argparse.Namespace) -> Any:
     groups = list(getattr(args, "as_group", None) or [])
     if groups and not user:
         raise CliError("--as-group needs --as: the API server impersonates groups only together with a user")
-    from headroom.shell.kube import api_client  # imported when needed: offline commands stay quick
-
     try:
         client = api_client(kubeconfig, context)
     except (kubernetes.config.ConfigException, OSError) as exc:
@@ -491,10 +489,31 @@ def _client(args: argparse.Namespace) -> Any:
             EXIT_USAGE,
         ) from exc
     if user:
-        client.set_default_header("Impersonate-User", user)  # type: ignore[no-untyped-call]
+        client.set_default_header("Impersonate-User", user)
     if groups:
         _impersonate_groups(client, groups)
     return client
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """Credentials the way kubectl and the operator find them (headroom.shell.apiclient).
+
+    An explicit kubeconfig or context first, then $KUBECONFIG, then the Pod's ServiceAccount when
+    running in a cluster, then ~/.kube/config (controller-runtime's order). A missing or broken
+    kubeconfig that was asked for is an error, never silently replaced by another identity.
+    """
+    import kubernetes  # imported when needed: offline commands stay quick
+
+    config = kubernetes.client.Configuration()
+    # The client library reads $KUBECONFIG once, at import: read it now.
+    path = kubeconfig or os.environ.get("KUBECONFIG") or None
+    if not (path or context) and "KUBERNETES_SERVICE_HOST" in os.environ:
+        kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
+    else:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=path, context=context, client_configuration=config
+        )
+    return kubernetes.client.ApiClient(config)
 
 
 def _impersonate_groups(client: Any, groups: Sequence[str]) -> None:
@@ -978,8 +997,10 @@ def _for_people(row: Mapping[str, str]) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import kubernetes
+    # Never the kubernetes client library here (headroom/cli.py keeps it out of the operator).
+    import kopf
 
+    from headroom.shell.apiclient import UnsupportedCredentials
     from headroom.shell.main import run
 
     try:
@@ -988,7 +1009,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"invalid configuration: {exc}") from exc
     try:
         run(config)
-    except kubernetes.config.ConfigException as exc:
+    except UnsupportedCredentials as exc:
+        raise CliError(f"cannot log in to the cluster: {exc}") from exc
+    except kopf.LoginError as exc:
         raise CliError(
             f"cannot find the cluster ({_one_line(str(exc))}): run in a Pod with a ServiceAccount, or set KUBECONFIG"
         ) from exc

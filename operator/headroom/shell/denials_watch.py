@@ -21,25 +21,20 @@ This watch instead:
 * a server that refuses sendInitialEvents (the WatchList feature off) gets the resume-or-list
   behaviour only.
 
-The stream is read in a thread of its own (the Kubernetes client is synchronous); events are handed
-to the event loop, where Runtime.denial_seen keeps the ones that matter. The thread is a daemon: it
-never holds up the operator's exit.
+The stream is read by a task of its own; each event is handed, in order, to Runtime.denial_seen,
+which keeps the ones that matter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import kubernetes
-from kubernetes.client import ApiException
-
 from headroom.core.names import FAILED_CREATE_SELECTOR
+from headroom.shell.apiclient import ApiClient, ApiException
 from headroom.shell.backoff import backoff_delays
 from headroom.shell.handlers import WATCH_SECONDS
 
@@ -52,117 +47,90 @@ FRESH_SECONDS = 150.0
 # connection that died silently is noticed this long after the request's own end at the latest.
 READ_GRACE_SECONDS = 30
 PAGE = 500
+EVENTS = "/api/v1/events"
 
 Handler = Callable[[str | None, dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 def watch_params(version: str | None) -> dict[str, Any]:
-    """The Events watch request: resumed from `version`, or from now (None) without initial events,
-    since Events carry no bookmarks and an old version may be compacted away."""
+    """The Events watch request's query: resumed from `version`, or from now (None) without initial
+    events, since Events carry no bookmarks and an old version may be compacted away."""
     params: dict[str, Any] = {
-        "watch": True,
-        "field_selector": FAILED_CREATE_SELECTOR,
-        "allow_watch_bookmarks": True,
-        "timeout_seconds": WATCH_SECONDS,
+        "fieldSelector": FAILED_CREATE_SELECTOR,
+        "allowWatchBookmarks": True,
+        "timeoutSeconds": WATCH_SECONDS,
     }
     if version is None:
-        params.update(send_initial_events=False, resource_version_match="NotOlderThan")
+        params.update(sendInitialEvents=False, resourceVersionMatch="NotOlderThan")
     else:
-        params["resource_version"] = version
+        params["resourceVersion"] = version
     return params
 
 
 class DenialWatch:
-    def __init__(
-        self,
-        client: kubernetes.client.ApiClient,
-        handle: Handler,
-        loop: asyncio.AbstractEventLoop,
-        count: Callable[[str], None] = lambda _: None,
-    ) -> None:
-        # Untyped on purpose: with _preload_content=False it returns the raw response, not the model.
-        self.events: Any = kubernetes.client.CoreV1Api(client).list_event_for_all_namespaces
-        self.handle, self.loop, self.count = handle, loop, count
+    def __init__(self, client: ApiClient, handle: Handler, count: Callable[[str], None] = lambda _: None) -> None:
+        self.client = client
+        self.handle, self.count = handle, count
         self.version: str | None = None
         self.version_at = 0.0
         self.from_now_supported = True
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="denial-watch", daemon=True)
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> DenialWatch:
-        self._thread.start()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="denial-watch")
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-
-    # --- the thread
-
-    def _hand(self, kind: str | None, obj: dict[str, Any]) -> None:
-        future: Any = asyncio.run_coroutine_threadsafe(self.handle(kind, obj), self.loop)
-        # In order, and never faster than the loop takes them: one Event at a time.
-        future.result()
+        if self._task is not None:
+            self._task.cancel()
 
     def _remember(self, version: str | None) -> None:
         if version:
             self.version, self.version_at = version, time.monotonic()
 
-    def _list(self) -> None:
+    async def _list(self) -> None:
         token: str | None = None
         while True:
             self.count("list")
-            kwargs: dict[str, Any] = {"field_selector": FAILED_CREATE_SELECTOR, "limit": PAGE}
-            if token:
-                kwargs["_continue"] = token
-            response = self.events(**kwargs, _preload_content=False, _request_timeout=(10, 60))
-            try:
-                page = json.loads(response.data)
-            finally:
-                response.release_conn()
+            page = await self.client.request(
+                "GET",
+                EVENTS,
+                params={"fieldSelector": FAILED_CREATE_SELECTOR, "limit": PAGE, "continue": token},
+                timeout=(10, 60),
+            )
             for item in page.get("items") or []:
-                self._hand(None, item)
+                await self.handle(None, item)  # in order, and never faster than they are taken
             token = (page.get("metadata") or {}).get("continue") or None
             if not token:
                 self._remember((page.get("metadata") or {}).get("resourceVersion"))
                 return
 
-    def _watch(self, from_now: bool) -> bool:
+    async def _watch(self, from_now: bool) -> bool:
         """One watch request until the server ends it; False when the version was too old (410)."""
-        kwargs = watch_params(None if from_now else self.version)
+        params = watch_params(None if from_now else self.version)
         self.count("from-now" if from_now else "resume")
-        response = self.events(
-            **kwargs, _preload_content=False, _request_timeout=(10, WATCH_SECONDS + READ_GRACE_SECONDS)
-        )
-        try:
-            for line in response:
-                if self._stop.is_set():
-                    return True
-                if not line.strip():
-                    continue
-                item = json.loads(line)
-                kind, obj = item.get("type"), item.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        return False
-                    raise ApiException(status=obj.get("code"), reason=str(obj.get("message")))
-                self._remember((obj.get("metadata") or {}).get("resourceVersion"))
-                if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    self._hand(kind, obj)
-        finally:
-            response.release_conn()
+        async for item in self.client.watch(EVENTS, params, timeout=(10, WATCH_SECONDS + READ_GRACE_SECONDS)):
+            kind, obj = item.get("type"), item.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    return False
+                raise ApiException(int(obj.get("code") or 0), str(obj.get("message")))
+            self._remember((obj.get("metadata") or {}).get("resourceVersion"))
+            if kind in ("ADDED", "MODIFIED", "DELETED"):
+                await self.handle(kind, obj)
         return True
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
         delays = backoff_delays(base=1.0, cap=60.0)
         clean = False  # the last request ended as the server meant it to
-        while not self._stop.is_set():
+        while True:
             try:
                 fresh = self.version is not None and time.monotonic() - self.version_at < FRESH_SECONDS
                 if not fresh and not (clean and self.from_now_supported):
-                    self._list()
+                    await self._list()
                     fresh = True
                 try:
-                    clean = self._watch(from_now=not fresh)
+                    clean = await self._watch(from_now=not fresh)
                 except ApiException as exc:
                     if fresh or exc.status not in (400, 403, 422):
                         raise
@@ -173,8 +141,10 @@ class DenialWatch:
                 if not clean:
                     self.version = None  # 410 Gone: list again
                 delays = backoff_delays(base=1.0, cap=60.0)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
                 clean = False
                 delay = next(delays)
                 log.warning("watch of FailedCreate Events failed (%s); again in %.1fs", exc, delay)
-                self._stop.wait(delay)
+                await asyncio.sleep(delay)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 
 
 def _parse(text: str) -> dict[str, str]:
@@ -44,17 +43,6 @@ def _pause_seconds(name: str) -> float | None:
 def _die(name: str) -> None:
     print(f"headroom: failpoint {name} reached; exiting as if killed", file=sys.stderr, flush=True)
     os._exit(137)
-
-
-def failpoint(name: str) -> None:
-    """For blocking code (worker threads): kill, or pause the calling thread."""
-    if name not in _ARMED:
-        return
-    if _ARMED[name] == "kill":
-        _die(name)
-    seconds = _pause_seconds(name)
-    if seconds:
-        time.sleep(seconds)
 
 
 async def async_failpoint(name: str) -> None:

@@ -25,6 +25,7 @@ from headroom.core.names import (
     QUOTA_NAME,
     VERSION,
 )
+from headroom.shell.apiclient import connection_info
 from headroom.shell.backoff import backoff_delays
 from headroom.shell.kube import LIST_PAGE
 from headroom.shell.store import plain
@@ -126,8 +127,8 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
     tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> Any:
-        return kopf.login_via_client(**kwargs)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info()  # the same identity as Headroom's own requests
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -161,7 +162,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime, stop_flag: async
         tasks.append(asyncio.create_task(runtime.prime_with_retry()))
         tasks.append(asyncio.create_task(runtime.derivation_cycle()))
         # Quota denials: FailedCreate Events, on a watch of their own (denials_watch.py says why).
-        runtime.start_denial_watch(asyncio.get_running_loop())
+        runtime.start_denial_watch()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:

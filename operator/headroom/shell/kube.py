@@ -18,10 +18,8 @@ import contextvars
 import functools
 import heapq
 import itertools
-import json
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -29,9 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import kubernetes
-import urllib3
-from kubernetes.client import ApiClient, ApiException
+import aiohttp
 
 from headroom.core.names import (
     API_VERSION,
@@ -48,6 +44,7 @@ from headroom.core.names import (
     VERSION,
 )
 from headroom.core.planning import DesiredLimitRange, DesiredQuota, Event
+from headroom.shell.apiclient import ApiClient, ApiException
 from headroom.shell.backoff import backoff_delays
 
 log = logging.getLogger("headroom")
@@ -59,18 +56,12 @@ RETRYABLE_STATUSES = frozenset({0, 409, 429, 500, 502, 503, 504})
 # The API server did not answer at all (or said it is not serving yet): worth retrying as soon as it
 # shows signs of life again, rather than after a long backoff.
 UNREACHABLE_STATUSES = frozenset({0, 502, 503, 504})
-# (connect, read) seconds for one request. Writes take milliseconds; the read timeout leaves room for
-# an API server that queues requests under load (API Priority and Fairness) before answering.
-REQUEST_TIMEOUT = (10.0, 20.0)
 # A write answered slower than this means the API server is queueing us (APF) or is busy: slow down.
 SLOW_WRITE_SECONDS = 1.0
 # Additive increase: a quick answer raises the rate by this much divided by the rate, so that at full
 # speed the rate climbs by this many writes per second every second.
 RATE_INCREASE = 2.0
 THROTTLED_ATTEMPTS = 6  # tries of one write that keeps getting 429, before the reconcile fails
-# A kept-alive connection idle for longer may have died without a word (a NAT entry, a proxy); the
-# first write after a quiet spell opens a new one rather than wait out REQUEST_TIMEOUT on a dead one.
-IDLE_CONNECTION_SECONDS = 30.0
 
 T = TypeVar("T")
 
@@ -183,44 +174,23 @@ class TokenBucket:
             raise
 
 
-def _timed(timing: list[float], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """fn(...) in the worker thread, its duration appended to `timing` (the API server's answer
-    time, without the wait for a free thread), whether it returned or raised.
-
-    The answer is read and let go unparsed: no write's caller reads it (the watch brings the object
-    back), and turning it into the client library's model objects cost more CPU than the request,
-    plus a transient copy of every object written."""
-    started = time.monotonic()
-    try:
-        response = fn(*args, _preload_content=False, **kwargs)
-        try:
-            response.read()  # drained, so that its connection goes back to the pool
-        finally:
-            response.release_conn()
-    finally:
-        timing.append(time.monotonic() - started)
-
-
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, ApiException):
-        return exc.status in RETRYABLE_STATUSES or exc.status is None
-    return isinstance(
-        exc, OSError | TimeoutError | kubernetes.client.exceptions.OpenApiException
-    ) or exc.__class__.__module__.startswith("urllib3")
+        return exc.status in RETRYABLE_STATUSES
+    return isinstance(exc, OSError | TimeoutError | aiohttp.ClientError)
 
 
 def is_unreachable(exc: BaseException) -> bool:
     """A failure to reach the API server (refused, reset, timed out, not serving), not a refusal."""
     if isinstance(exc, ApiException):
-        return exc.status is None or exc.status in UNREACHABLE_STATUSES
-    return isinstance(exc, OSError | TimeoutError) or exc.__class__.__module__.startswith("urllib3")
+        return exc.status in UNREACHABLE_STATUSES
+    return isinstance(exc, OSError | TimeoutError | aiohttp.ClientError)
 
 
 def retry_after(exc: ApiException) -> float:
     """The server's Retry-After in seconds (1 if absent or unreadable), at most a minute."""
-    headers = exc.headers or {}
     try:
-        return min(60.0, max(0.0, float(headers.get("Retry-After") or 1)))
+        return min(60.0, max(0.0, float(exc.headers.get("Retry-After") or 1)))
     except (TypeError, ValueError):
         return 1.0
 
@@ -285,58 +255,39 @@ class WriteCounter:
         self.counts[kind] = self.counts.get(kind, 0) + 1
 
 
-def api_client(kubeconfig: str | None = None, context: str | None = None) -> ApiClient:
-    """Credentials the way Kubernetes controllers and kubectl find them, for the operator and the CLI alike.
+def _quotas(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/resourcequotas"
 
-    An explicit kubeconfig or context first, then $KUBECONFIG, then the Pod's ServiceAccount when
-    running in a cluster, then ~/.kube/config (controller-runtime's order). A missing or broken
-    kubeconfig that was asked for is an error, never silently replaced by another identity.
-    """
-    config = kubernetes.client.Configuration()
-    # The client library reads $KUBECONFIG once, at import: read it now.
-    path = kubeconfig or os.environ.get("KUBECONFIG") or None
-    if not (path or context) and "KUBERNETES_SERVICE_HOST" in os.environ:
-        kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
-    else:
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=path, context=context, client_configuration=config
-        )
-    return ApiClient(config)
+
+def _limitranges(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/limitranges"
+
+
+def _timestamp(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class KubeWriter:
     def __init__(self, client: ApiClient, qps: float = 20.0, burst: int = 40, component: str = COMPONENT) -> None:
-        self.core = kubernetes.client.CoreV1Api(client)
-        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.client = client
         self.limiter = TokenBucket(qps, burst)
         self.component = component
         self.instance = uuid.uuid4().hex[:8]
         self.writes = WriteCounter()
-        self._last_request = time.monotonic()
 
-    def _fresh_connections_after_idle(self) -> None:
-        now = time.monotonic()
-        if now - self._last_request > IDLE_CONNECTION_SECONDS:
-            with contextlib.suppress(AttributeError):
-                self.core.api_client.rest_client.pool_manager.clear()
-        self._last_request = now
-
-    async def _call(self, kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    async def _call(self, kind: str, request: Callable[[], Awaitable[object]]) -> None:
         delays = backoff_delays(base=1.0, cap=10.0)
         for attempt in range(1, THROTTLED_ATTEMPTS + 1):
             await self.limiter.take(WRITE_PRIORITY.get() + (AFTER_ENFORCEMENT if kind in _BOOKKEEPING else 0))
             self.writes.add(kind)
-            self._fresh_connections_after_idle()
-            timing: list[float] = []
+            started = time.monotonic()
             try:
-                await asyncio.to_thread(
-                    functools.partial(_timed, timing, fn, *args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-                )
+                await request()
             except ApiException as exc:
                 if exc.status == 429:
                     self.limiter.throttled()
-                elif timing:
-                    self.limiter.answered(timing[0])
+                else:
+                    self.limiter.answered(time.monotonic() - started)
                 if exc.status != 429 or attempt == THROTTLED_ATTEMPTS:
                     raise
                 # Throttled: wait at least what the server asks, plus jitter so that the writes
@@ -350,42 +301,37 @@ class KubeWriter:
                 )
                 await asyncio.sleep(delay)
             else:
-                if timing:
-                    self.limiter.answered(timing[0])
+                self.limiter.answered(time.monotonic() - started)
                 return
         raise AssertionError("unreachable")
 
-    async def apply_quota(self, project: Mapping[str, Any], desired: DesiredQuota) -> None:
-        await self._call(
-            "apply-resourcequota",
-            self.core.patch_namespaced_resource_quota,
-            QUOTA_NAME,
-            desired.namespace,
-            quota_manifest(project, desired),
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type=_APPLY,
+    async def _apply(self, path: str, manifest: Mapping[str, Any]) -> None:
+        # The answer is read and let go unparsed: no write's caller reads it (the watch brings the
+        # object back), and parsing it would only make a transient copy of every object written.
+        await self.client.request(
+            "PATCH",
+            path,
+            params={"fieldManager": FIELD_MANAGER, "force": True},
+            body=manifest,
+            content_type=_APPLY,
+            parse=False,
         )
+
+    async def apply_quota(self, project: Mapping[str, Any], desired: DesiredQuota) -> None:
+        path = f"{_quotas(desired.namespace)}/{QUOTA_NAME}"
+        await self._call("apply-resourcequota", lambda: self._apply(path, quota_manifest(project, desired)))
 
     async def apply_limitrange(self, project: Mapping[str, Any], desired: DesiredLimitRange) -> None:
-        await self._call(
-            "apply-limitrange",
-            self.core.patch_namespaced_limit_range,
-            LIMITRANGE_NAME,
-            desired.namespace,
-            limitrange_manifest(project, desired),
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type=_APPLY,
-        )
+        path = f"{_limitranges(desired.namespace)}/{LIMITRANGE_NAME}"
+        await self._call("apply-limitrange", lambda: self._apply(path, limitrange_manifest(project, desired)))
 
     async def delete_owned(self, namespace: str) -> None:
-        for kind, fn, name in (
-            ("delete-resourcequota", self.core.delete_namespaced_resource_quota, QUOTA_NAME),
-            ("delete-limitrange", self.core.delete_namespaced_limit_range, LIMITRANGE_NAME),
+        for kind, path in (
+            ("delete-resourcequota", f"{_quotas(namespace)}/{QUOTA_NAME}"),
+            ("delete-limitrange", f"{_limitranges(namespace)}/{LIMITRANGE_NAME}"),
         ):
             try:
-                await self._call(kind, fn, name, namespace)
+                await self._call(kind, functools.partial(self.client.request, "DELETE", path, parse=False))
             except ApiException as exc:
                 if exc.status != 404:
                     raise
@@ -393,38 +339,41 @@ class KubeWriter:
     async def patch_status(self, name: str, patch: Mapping[str, Any]) -> None:
         await self._call(
             "patch-project-status",
-            self.custom.patch_cluster_custom_object_status,
-            GROUP,
-            VERSION,
-            PLURAL,
-            name,
-            {"status": dict(patch)},
-            _content_type=_MERGE,
+            lambda: self.client.request(
+                "PATCH",
+                f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}/status",
+                body={"status": dict(patch)},
+                content_type=_MERGE,
+                parse=False,
+            ),
         )
 
     async def post_event(self, project: Mapping[str, Any], event: Event) -> None:
         """Events are best effort: losing one must never fail a reconcile."""
         meta = project["metadata"]
-        now = datetime.now(UTC)
-        body = kubernetes.client.CoreV1Event(
-            metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace="default"),
-            involved_object=kubernetes.client.V1ObjectReference(
-                api_version=API_VERSION, kind=KIND, name=meta["name"], uid=meta.get("uid")
-            ),
-            reason=event.reason,
-            message=event.message[:1024],
-            type=event.type,
-            source=kubernetes.client.V1EventSource(component=self.component),
-            reporting_component=self.component,
-            reporting_instance=self.instance,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            action=event.reason,
-        )
-        # urllib3's errors (timeouts, refused connections) are not OSErrors.
-        with contextlib.suppress(ApiException, OSError, urllib3.exceptions.HTTPError):
-            await self._call("create-event", self.core.create_namespaced_event, "default", body)
+        now = _timestamp(datetime.now(UTC))
+        reference = {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta.get("uid")}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": "default"},
+            "involvedObject": {k: v for k, v in reference.items() if v is not None},
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "type": event.type,
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "action": event.reason,
+        }
+        with contextlib.suppress(ApiException, OSError, TimeoutError, aiohttp.ClientError):
+            await self._call(
+                "create-event",
+                lambda: self.client.request("POST", "/api/v1/namespaces/default/events", body=body, parse=False),
+            )
 
 
 async def retrying(action: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
@@ -448,18 +397,13 @@ async def retrying(action: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
 LIST_PAGE = 100
 
 
-async def list_pages(fn: Any, limit: int = LIST_PAGE, **kwargs: Any) -> AsyncIterator[list[dict[str, Any]]]:
+async def list_pages(
+    client: ApiClient, path: str, limit: int = LIST_PAGE, **params: Any
+) -> AsyncIterator[list[dict[str, Any]]]:
     """A LIST, page by page (limit/continue), each page's items as plain dicts."""
     token: str | None = None
     while True:
-        extra = {"_continue": token} if token else {}
-        response = await asyncio.to_thread(
-            fn, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, limit=limit, **extra, **kwargs
-        )
-        try:
-            body = json.loads(response.data)
-        finally:
-            response.release_conn()
+        body = await client.request("GET", path, params={**params, "limit": limit, "continue": token})
         yield list(body.get("items") or [])
         token = (body.get("metadata") or {}).get("continue") or None
         del body

@@ -16,6 +16,7 @@ holder from stepping down in time.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -23,19 +24,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import kubernetes
-from kubernetes.client import ApiException
-
+from headroom.shell.apiclient import ApiClient, ApiException
 from headroom.shell.backoff import jittered
-from headroom.shell.failpoints import failpoint
-from headroom.shell.kube import REQUEST_TIMEOUT
+from headroom.shell.failpoints import async_failpoint
 
 log = logging.getLogger("headroom.shell.leader")
 
 
+def _micro_time(at: datetime) -> str:
+    """A Lease's times are MicroTime: RFC 3339 with microseconds."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 @dataclass
 class LeaderElector:
-    coordination: kubernetes.client.CoordinationV1Api
+    client: ApiClient
     namespace: str
     name: str
     identity: str
@@ -53,53 +56,62 @@ class LeaderElector:
     def _now(self) -> datetime:
         return datetime.now(UTC)
 
-    def _spec(self, acquire_time: datetime | None, transitions: int) -> kubernetes.client.V1LeaseSpec:
-        now = self._now()
-        return kubernetes.client.V1LeaseSpec(
-            holder_identity=self.identity,
-            lease_duration_seconds=self.lease_seconds,
-            acquire_time=acquire_time or now,
-            renew_time=now,
-            lease_transitions=transitions,
-        )
+    @property
+    def _leases(self) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
 
-    def try_acquire_or_renew(self) -> bool:
-        """One attempt (blocking I/O). True when this replica holds the lease afterwards."""
+    def _spec(self, acquire_time: str | None, transitions: int) -> dict[str, Any]:
+        now = _micro_time(self._now())
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": self.lease_seconds,
+            "acquireTime": acquire_time or now,
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        }
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One attempt. True when this replica holds the lease afterwards."""
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
+            lease = await self.client.request("GET", f"{self._leases}/{self.name}")
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            body = kubernetes.client.V1Lease(
-                metadata=kubernetes.client.V1ObjectMeta(name=self.name), spec=self._spec(None, 0)
-            )
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name},
+                "spec": self._spec(None, 0),
+            }
             try:
-                created = self.coordination.create_namespaced_lease(
-                    self.namespace, body, _request_timeout=REQUEST_TIMEOUT
-                )
+                created = await self.client.request("POST", self._leases, body=body)
             except ApiException as create_exc:
                 if create_exc.status == 409:
                     return False
                 raise
             self._remember(created)
             return True
-        spec = lease.spec or kubernetes.client.V1LeaseSpec()
-        record = (spec.holder_identity, spec.renew_time, spec.acquire_time, spec.lease_transitions)
+        spec = lease.get("spec") or {}
+        record = (
+            spec.get("holderIdentity"),
+            spec.get("renewTime"),
+            spec.get("acquireTime"),
+            spec.get("leaseTransitions"),
+        )
         if record != self._observed:
             self._observed, self._observed_at = record, self.clock()
-        holder = spec.holder_identity
-        expired = self.clock() - self._observed_at >= (spec.lease_duration_seconds or self.lease_seconds)
+        holder = spec.get("holderIdentity")
+        expired = self.clock() - self._observed_at >= (spec.get("leaseDurationSeconds") or self.lease_seconds)
         if holder and holder != self.identity and not expired:
             return False
         mine = holder == self.identity
         if mine:
-            failpoint("lease-renew-before-write")
-        lease.spec = self._spec(spec.acquire_time if mine else None, (spec.lease_transitions or 0) + (0 if mine else 1))
+            await async_failpoint("lease-renew-before-write")
+        transitions = (spec.get("leaseTransitions") or 0) + (0 if mine else 1)
+        lease["spec"] = self._spec(spec.get("acquireTime") if mine else None, transitions)
         try:
             # replace carries metadata.resourceVersion: a concurrent winner makes this a 409.
-            updated = self.coordination.replace_namespaced_lease(
-                self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT
-            )
+            updated = await self.client.request("PUT", f"{self._leases}/{self.name}", body=lease)
         except ApiException as exc:
             if exc.status == 409 and not mine:
                 return False  # another candidate won the race
@@ -111,24 +123,28 @@ class LeaderElector:
         self._remember(updated)
         return True
 
-    def _remember(self, lease: kubernetes.client.V1Lease) -> None:
-        spec = lease.spec or kubernetes.client.V1LeaseSpec()
-        self._observed = (spec.holder_identity, spec.renew_time, spec.acquire_time, spec.lease_transitions)
+    def _remember(self, lease: dict[str, Any]) -> None:
+        spec = lease.get("spec") or {}
+        self._observed = (
+            spec.get("holderIdentity"),
+            spec.get("renewTime"),
+            spec.get("acquireTime"),
+            spec.get("leaseTransitions"),
+        )
         self._observed_at = self.clock()
-        self._resource_version = lease.metadata.resource_version if lease.metadata else None
+        self._resource_version = (lease.get("metadata") or {}).get("resourceVersion")
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """On a clean shutdown, hand over at once instead of after a lease duration."""
         try:
-            lease = self.coordination.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
-            if lease.spec and lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = None
-                lease.spec.lease_duration_seconds = 1
-                self.coordination.replace_namespaced_lease(
-                    self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT
-                )
+            lease = await self.client.request("GET", f"{self._leases}/{self.name}")
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity") == self.identity:
+                lease = copy.deepcopy(lease)
+                lease["spec"] = {**spec, "holderIdentity": None, "leaseDurationSeconds": 1}
+                await self.client.request("PUT", f"{self._leases}/{self.name}", body=lease)
                 log.info("released lease %s/%s", self.namespace, self.name)
-        except Exception as exc:  # ApiException, OSError, urllib3's errors: a release is best effort
+        except Exception as exc:  # ApiException, OSError, aiohttp's errors: a release is best effort
             log.warning("could not release the lease: %s", exc)
 
     def _excluded(self, exc: ApiException) -> str | None:
@@ -152,7 +168,7 @@ class LeaderElector:
         log.info("waiting for lease %s/%s as %s", self.namespace, self.name, self.identity)
         while True:
             try:
-                if await asyncio.to_thread(self.try_acquire_or_renew):
+                if await self.try_acquire_or_renew():
                     if self.problem is not None:
                         log.info("lease %s/%s is accessible again", self.namespace, self.name)
                     self.problem = None
@@ -165,7 +181,7 @@ class LeaderElector:
                 elif problem != self.problem:
                     log.error("%s", problem)  # once, not every retry; /healthz keeps saying it
                 self.problem = problem
-            except Exception as exc:  # OSError, urllib3's errors: the API server is away, try again later
+            except Exception as exc:  # OSError, aiohttp's errors: the API server is away, try again later
                 log.warning("lease check failed: %s", exc or type(exc).__name__)
             await asyncio.sleep(jittered(self.retry_seconds, 0.2))
 
@@ -180,7 +196,7 @@ class LeaderElector:
             left = deadline - (self.clock() - last_renewed)
             try:
                 # Bounded: a renewal stuck on a silent connection must not outlive the deadline.
-                if await asyncio.wait_for(asyncio.to_thread(self.try_acquire_or_renew), max(1.0, left)):
+                if await asyncio.wait_for(self.try_acquire_or_renew(), max(1.0, left)):
                     last_renewed = self.clock()
                     continue
                 log.error("lease %s/%s was taken over by another replica", self.namespace, self.name)
@@ -191,7 +207,7 @@ class LeaderElector:
                 else:
                     log.warning("lease renewal failed: %s", exc)
                 pause = min(self.retry_seconds, self.renew_seconds) / 2  # retry soon, within the deadline
-            except Exception as exc:  # OSError, urllib3's errors, the timeout above
+            except Exception as exc:  # OSError, aiohttp's errors, the timeout above
                 log.warning("lease renewal failed: %s", exc or type(exc).__name__)
                 pause = min(self.retry_seconds, self.renew_seconds) / 2
             if self.clock() - last_renewed > deadline:

@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import kopf
-import kubernetes
 from aiohttp import web
 
 from headroom.core.denials import DeniedPod, IncidentKey, observe_event, owner_of
@@ -33,6 +32,7 @@ from headroom.core.names import (
 from headroom.core.planning import Settings
 from headroom.core.spec import ProjectSpec, SpecError, parse_duration
 from headroom.shell.alerting import Alerting, DenialAlerting, EventSink, build_sinks
+from headroom.shell.apiclient import ApiClient
 from headroom.shell.approval_rules import RulesFile
 from headroom.shell.backoff import backoff_delays, jittered
 from headroom.shell.capacity import CapacityReader
@@ -42,7 +42,7 @@ from headroom.shell.expiry import RaiseNotices
 from headroom.shell.handlers import NoMemories, register
 from headroom.shell.history import history_source
 from headroom.shell.history.cache import HistoryCache
-from headroom.shell.kube import KubeWriter, api_client, list_pages
+from headroom.shell.kube import KubeWriter, list_pages
 from headroom.shell.leader import LeaderElector
 from headroom.shell.metrics import Metrics
 from headroom.shell.reconcile import Reconciler
@@ -115,18 +115,18 @@ class Runtime:
         governed quota would be mistaken for a missing one. Three LIST calls at start-up, then
         watches only.
         """
-        core = self.reconciler.writer.core
+        client = self.reconciler.writer.client
         # Page by page: at thousands of namespaces the whole lists at once, on top of the same lists
         # Kopf's watches are reading at start-up, were the operator's high-water mark.
-        async for page in list_pages(core.list_resource_quota_for_all_namespaces, label_selector=MANAGED_SELECTOR):
+        async for page in list_pages(client, "/api/v1/resourcequotas", labelSelector=MANAGED_SELECTOR):
             for item in page:
                 if item["metadata"].get("name") == QUOTA_NAME:
                     self.store.quotas[item["metadata"]["namespace"]] = plain(item)
-        async for page in list_pages(core.list_limit_range_for_all_namespaces, label_selector=MANAGED_SELECTOR):
+        async for page in list_pages(client, "/api/v1/limitranges", labelSelector=MANAGED_SELECTOR):
             for item in page:
                 if item["metadata"].get("name") == LIMITRANGE_NAME:
                     self.store.limitranges[item["metadata"]["namespace"]] = plain(item, keep_managed_fields=False)
-        async for page in list_pages(core.list_namespace):
+        async for page in list_pages(client, "/api/v1/namespaces"):
             for item in page:
                 meta = item["metadata"]
                 if not meta.get("deletionTimestamp"):
@@ -141,11 +141,12 @@ class Runtime:
         if self.primed.is_set():
             self.reconciler.schedule(name)
 
-    def start_denial_watch(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start_denial_watch(self) -> None:
         if self.denial_watch is None:
-            client = self.reconciler.writer.core.api_client
             self.denial_watch = DenialWatch(
-                client, self.denial_seen, loop, lambda how: self.metrics.denial_watch_requests.labels(how).inc()
+                self.reconciler.writer.client,
+                self.denial_seen,
+                lambda how: self.metrics.denial_watch_requests.labels(how).inc(),
             ).start()
 
     def stop_denial_watch(self) -> None:
@@ -184,10 +185,11 @@ class Runtime:
         their Deployment, and a rollout's new ReplicaSet belongs to the same incident as the old."""
         uid = str((event.get("involvedObject") or {}).get("uid") or f"{key.namespace}/{key.name}")
         if uid not in self.store.owners:
-            apps = kubernetes.client.AppsV1Api(self.reconciler.writer.core.api_client)
             try:
-                rs = await asyncio.to_thread(apps.read_namespaced_replica_set, key.name, key.namespace)
-                owner = owner_of(apps.api_client.sanitize_for_serialization(rs))
+                rs = await self.reconciler.writer.client.request(
+                    "GET", f"/apis/apps/v1/namespaces/{key.namespace}/replicasets/{key.name}"
+                )
+                owner = owner_of(rs)
             except Exception as exc:  # forbidden, gone, unreachable: name the ReplicaSet instead
                 log.debug("owner of ReplicaSet %s/%s unknown: %s", key.namespace, key.name, exc)
                 owner = None
@@ -292,9 +294,7 @@ def _namespace_names(body: Mapping[str, Any] | None) -> list[str]:
     return [str(ns.get("name")) for ns in ((body or {}).get("spec") or {}).get("namespaces") or [] if ns.get("name")]
 
 
-def build_runtime(
-    config: OperatorConfig, client: kubernetes.client.ApiClient, metrics: Metrics | None = None
-) -> Runtime:
+def build_runtime(config: OperatorConfig, client: ApiClient, metrics: Metrics | None = None) -> Runtime:
     metrics = metrics or Metrics()
     store = Store()
     writer = KubeWriter(client, qps=config.api_qps, burst=config.api_burst)
@@ -377,14 +377,12 @@ async def _serve_health(
 
 
 async def _main(config: OperatorConfig) -> int:
-    client = api_client()
+    client = ApiClient()
     role = {"role": "starting"}
     elector: LeaderElector | None = None
     if config.leader_elect:
         identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        elector = LeaderElector(
-            kubernetes.client.CoordinationV1Api(client), config.namespace, config.lease_name, identity
-        )
+        elector = LeaderElector(client, config.namespace, config.lease_name, identity)
     health = await _serve_health(config.health_port, role, lambda: elector.problem if elector else None)
     metrics = Metrics()
     metrics.serve(config.metrics_port)
@@ -416,7 +414,8 @@ async def _main(config: OperatorConfig) -> int:
         if holder is not None:
             holder.cancel()
         if elector is not None and not lost:
-            await asyncio.to_thread(elector.release)
+            await elector.release()
         if health is not None:
             await health.cleanup()
+        await client.close()
     return 1 if lost else 0
