@@ -8,7 +8,7 @@ import asyncio
 import copy
 import threading
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
@@ -507,6 +507,36 @@ def test_a_derivation_cycle_says_which_namespaces_got_a_different_answer() -> No
         set(),
         {"a", "b"},  # and recovers
     ]
+
+
+def test_a_cycle_whose_answer_did_not_change_keeps_the_answers_it_had_and_stays_fresh() -> None:
+    # New copies of thousands of equal answers every cycle, made among the source's parsing
+    # garbage, fragment the heap; the cache keeps the ones it has, and only their time moves on.
+    source = Source()
+    keys = {("a", "pods")}
+    days = {date(2026, 3, 9): Decimal(5)}
+    source.answers = [
+        HistoryResult(peaks={("a", "pods"): Decimal("5.0")}, daily={("a", "pods"): dict(days)}, queries=1),
+        HistoryResult(peaks={("a", "pods"): Decimal("5.00")}, daily={("a", "pods"): dict(days)}, queries=1),
+    ]
+    clock = [datetime(2026, 3, 10, tzinfo=UTC)]
+    cache = HistoryCache(
+        source, max_age=timedelta(minutes=5), metrics=Metrics(), batch_window=0, clock=lambda: clock[0]
+    )
+
+    async def run() -> tuple[HistoryResult, set[str], HistoryResult]:
+        await cache.refresh_all({LOOKBACK: keys})
+        first = await cache.get({"a"}, {"pods"}, LOOKBACK)
+        clock[0] += timedelta(minutes=4)
+        changed = await cache.refresh_all({LOOKBACK: keys})
+        clock[0] += timedelta(minutes=4)  # 8 minutes after the first answer, 4 after the second
+        return first, changed, await cache.get({"a"}, {"pods"}, LOOKBACK)
+
+    first, changed, second = asyncio.run(run())
+    assert changed == set()
+    assert source.calls == 2  # the second answer counts as fresh: no third question
+    assert second.peaks[("a", "pods")] is first.peaks[("a", "pods")]
+    assert second.daily[("a", "pods")] is first.daily[("a", "pods")]
 
 
 def test_headroom_registers_event_handlers_only_so_kopf_needs_no_diff_base() -> None:

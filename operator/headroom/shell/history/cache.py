@@ -63,7 +63,11 @@ class HistoryCache:
         self.source, self.max_age, self.metrics, self.clock = source, max_age, metrics, clock
         self.batch_window = batch_window
         self.stale_wait = stale_wait
-        self._results: dict[tuple[str, str, timedelta], tuple[datetime, Decimal | None]] = {}
+        # The last answer for each (namespace, resource, lookback), and when it was asked. Apart, so
+        # that a cycle whose answer did not change allocates nothing that lives on (new copies of
+        # every answer, made among the source's transient parsing, fragment the heap).
+        self._values: dict[tuple[str, str, timedelta], Decimal | None] = {}
+        self._asked: dict[tuple[str, str, timedelta], datetime] = {}
         # Daily peaks, kept and replaced exactly as the peaks are: a failed answer never shrinks them.
         self._daily: dict[tuple[str, str, timedelta], Mapping[date, Decimal]] = {}
         self._day_offsets: dict[str, timedelta] = {}
@@ -74,12 +78,11 @@ class HistoryCache:
 
     def _fresh(self, keys: set[tuple[str, str]], lookback: timedelta, now: datetime) -> bool:
         return all(
-            (ns, r, lookback) in self._results and now - self._results[(ns, r, lookback)][0] < self.max_age
-            for ns, r in keys
+            (asked := self._asked.get((ns, r, lookback))) is not None and now - asked < self.max_age for ns, r in keys
         )
 
     def _known(self, keys: set[tuple[str, str]], lookback: timedelta) -> bool:
-        return all((ns, r, lookback) in self._results for ns, r in keys)
+        return all((ns, r, lookback) in self._values for ns, r in keys)
 
     async def get(
         self,
@@ -133,11 +136,7 @@ class HistoryCache:
         task.add_done_callback(self._sending.discard)
 
     def _answer(self, keys: set[tuple[str, str]], lookback: timedelta) -> HistoryResult:
-        peaks = {
-            (ns, r): value
-            for ns, r in keys
-            if (value := self._results.get((ns, r, lookback), (None, None))[1]) is not None
-        }
+        peaks = {(ns, r): value for ns, r in keys if (value := self._values.get((ns, r, lookback))) is not None}
         daily = {(ns, r): days for ns, r in keys if (days := self._daily.get((ns, r, lookback))) is not None}
         offsets = {ns: self._day_offsets[ns] for ns, _ in keys if ns in self._day_offsets}
         _, error, partial = self._errors.get(lookback, (self.clock(), None, False))
@@ -192,19 +191,19 @@ class HistoryCache:
             for count, key in enumerate(keys, 1):
                 if count % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # let a new Project's reconcile in between
-                before = self._results.get((*key, lookback))
+                kept = (*key, lookback)
                 value = result.peaks.get(key)
-                if before is None or before[1] != value:
+                if kept not in self._values or self._values[kept] != value:
                     changed.add(key[0])
-                self._results[(*key, lookback)] = (now, value)
+                    self._values[kept] = value
+                self._asked[kept] = now
                 days = result.daily.get(key)
                 if days is None:
-                    if self._daily.pop((*key, lookback), None) is not None:
+                    if self._daily.pop(kept, None) is not None:
                         changed.add(key[0])
-                else:
-                    if self._daily.get((*key, lookback)) != days:
-                        changed.add(key[0])
-                    self._daily[(*key, lookback)] = days if isinstance(days, DaySeries) else DaySeries(days)
+                elif self._daily.get(kept) != days:
+                    changed.add(key[0])
+                    self._daily[kept] = days if isinstance(days, DaySeries) else DaySeries(days)
             for namespace, offset in result.day_offsets.items():
                 self._day_offsets[namespace] = offset
         # On error the previous answers stay: unknown is never zero.
