@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 import pytest
 from aiohttp import web
-from headroom.shell.apiclient import ApiClient, ApiException, UnsupportedCredentials, connection_info
+from headroom.shell.apiclient import CONNECTIONS, ApiClient, ApiException, UnsupportedCredentials, connection_info
 from headroom.shell.kube import is_retryable, is_unreachable, retry_after
 
 from hack.localcluster.pki import create_pki
@@ -243,3 +243,34 @@ def test_an_error_is_named_by_its_status_as_the_log_and_the_metrics_have_always_
     for status, name in statuses.items():
         exc = ApiException.answered(status, "reason")
         assert type(exc).__name__ == name and isinstance(exc, ApiException) and exc.status == status
+
+
+def test_a_burst_of_requests_shares_a_few_connections() -> None:
+    # One TLS connection per write in flight, with its buffers, was 18 MiB that stayed with the
+    # process after 100 Projects were onboarded at once.
+    peers: set[Any] = set()
+    in_flight = [0, 0]  # now, most
+
+    async def handler(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight[1], in_flight[0])
+        await asyncio.sleep(0.05)
+        in_flight[0] -= 1
+        return web.json_response({})
+
+    port, stop = _serve(handler)
+    client = ApiClient(lambda: kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}"))
+
+    async def burst() -> None:
+        try:
+            await asyncio.gather(*(client.request("PATCH", f"/x/{i}", body={}) for i in range(60)))
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(burst())  # every request answered
+    finally:
+        stop()
+    assert in_flight[1] == CONNECTIONS
+    assert len(peers) <= CONNECTIONS

@@ -32,6 +32,11 @@ REQUEST_TIMEOUT = (10.0, 20.0)
 # closed, and the first request after a quiet spell opens a new one rather than wait out
 # REQUEST_TIMEOUT on a dead one.
 IDLE_CONNECTION_SECONDS = 30.0
+# Requests in flight at once, on as many connections. Writes are paced by the rate limiter and take
+# milliseconds, so a few connections carry them all; without a bound, a burst of reconciles opened
+# one TLS connection per write in flight (69 while 100 Projects were onboarded), each with its
+# buffers, and the freed memory stayed with the process (18 MiB at 100 Projects).
+CONNECTIONS = 8
 # Where a Pod's ServiceAccount token is mounted: Kopf's in-cluster login reads it from there.
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 # A ServiceAccount token is rotated on disk by the kubelet (bound tokens live an hour): read it again
@@ -220,6 +225,7 @@ class ApiClient:
                 connector=aiohttp.TCPConnector(
                     ssl=self.info.as_ssl_context() if self.server.startswith("https:") else False,
                     keepalive_timeout=IDLE_CONNECTION_SECONDS,
+                    limit=CONNECTIONS,
                 ),
                 proxy=self.info.proxy_url,
                 trust_env=self.info.trust_env,

@@ -106,6 +106,9 @@ class Runtime:
     metrics: Metrics
     primed: asyncio.Event
     denial_watch: DenialWatch | None = None
+    # The FailedCreate watch's own connection (None: the writer's), so that a watch held open for
+    # minutes never takes one of the few connections the writes share (apiclient.CONNECTIONS).
+    watch_client: ApiClient | None = None
     replanning: asyncio.Task[None] | None = None  # the unchanged Projects of the last cycle, being re-planned
 
     async def prime(self) -> None:
@@ -144,7 +147,7 @@ class Runtime:
     def start_denial_watch(self) -> None:
         if self.denial_watch is None:
             self.denial_watch = DenialWatch(
-                self.reconciler.writer.client,
+                self.watch_client or self.reconciler.writer.client,
                 self.denial_seen,
                 lambda how: self.metrics.denial_watch_requests.labels(how).inc(),
             ).start()
@@ -382,7 +385,8 @@ async def _main(config: OperatorConfig) -> int:
     elector: LeaderElector | None = None
     if config.leader_elect:
         identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        elector = LeaderElector(client, config.namespace, config.lease_name, identity)
+        # A client of its own: a renewal never waits behind writes for one of their connections.
+        elector = LeaderElector(ApiClient(), config.namespace, config.lease_name, identity)
     health = await _serve_health(config.health_port, role, lambda: elector.problem if elector else None)
     metrics = Metrics()
     metrics.serve(config.metrics_port)
@@ -394,6 +398,7 @@ async def _main(config: OperatorConfig) -> int:
 
     registry = kopf.OperatorRegistry()
     runtime = build_runtime(config, client, metrics)
+    runtime.watch_client = ApiClient()
     stop = asyncio.Event()
     register(registry, runtime, stop)
     operator = asyncio.create_task(
@@ -418,4 +423,7 @@ async def _main(config: OperatorConfig) -> int:
         if health is not None:
             await health.cleanup()
         await client.close()
+        await runtime.watch_client.close()
+        if elector is not None:
+            await elector.client.close()
     return 1 if lost else 0
