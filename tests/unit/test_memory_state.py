@@ -260,3 +260,110 @@ def test_a_reconcile_woken_from_a_kopf_handler_keeps_nothing_of_the_handlers_con
     released, onboarded = asyncio.run(run())
     assert onboarded == ["shop"]  # the reconcile did run...
     assert released  # ...and nothing keeps the handler's cause
+
+
+def _status(i: int) -> dict[str, Any]:
+    """A Project's status shaped as Headroom writes it for one governed namespace."""
+    resources = ["requests.cpu", "requests.memory", "limits.cpu", "limits.memory", "pods"]
+    figures = {r: f"{i % 97 + 1}{'Gi' if 'memory' in r else 'm' if 'cpu' in r else ''}" for r in resources}
+    conditions = [
+        {
+            "type": kind,
+            "status": "False",
+            "reason": "AsExpected",
+            "message": f"{kind} of project-{i:05d} checked; nothing to report at this time",
+            "lastTransitionTime": "2026-12-06T03:50:12Z",
+            "observedGeneration": 1,
+        }
+        for kind in ("HistoryAvailable", "ChangePending", "QuotaNearLimit", "QuotaDenied", "AlertsDelivered")
+    ]
+    return {
+        "observedGeneration": 1,
+        "phase": "Governed",
+        "approved": {"namespaces": [f"ns-{i:05d}"], "terms": {"lookback": "30d", "minimum": dict(figures)}},
+        "conditions": conditions,
+        "namespaces": [
+            {
+                "name": f"ns-{i:05d}",
+                "state": "Governed",
+                "hard": dict(figures),
+                "used": dict(figures),
+                "recommended": dict(figures),
+                "reasons": {r: "peak+20%" for r in resources},
+            }
+        ],
+        "forecastAlerts": {r: {"state": "ok", "since": "2026-12-06T03:50:12Z"} for r in resources},
+        "summary": {"governedNamespaces": 1},
+    }
+
+
+def test_a_projects_status_is_kept_packed_and_reads_as_it_was_written() -> None:
+    import json
+    import tracemalloc
+
+    from headroom.shell.store import PackedStatus, plain, unpacked
+
+    def project(i: int) -> dict[str, Any]:
+        body = {
+            "metadata": {"name": f"project-{i:05d}", "uid": f"u{i}", "generation": 2},
+            "spec": {"namespaces": [{"name": f"ns-{i:05d}"}]},
+            "status": _status(i),
+        }
+        return plain(json.loads(json.dumps(body)), keep_managed_fields=False)  # as a watch event brings it
+
+    store = Store()
+    store.projects["project-00007"] = project(7)
+    kept = store.projects["project-00007"]
+    assert isinstance(kept["status"], PackedStatus)
+    assert kept["status"] == _status(7)
+    assert kept["status"].get("approved") == _status(7)["approved"]
+    assert unpacked(kept)["status"] == _status(7)
+    assert type(unpacked(kept)["status"]) is dict  # a reconcile reads a plain dict, decoded once
+    # What reads another Project's status through the Store still finds it there.
+    assert store.confirmed_claim("project-00007", "ns-00007")  # its status's approved namespaces
+    assert not store.confirmed_claim("project-00007", "ns-00008")
+
+    # Packed, 300 statuses take well under a third of what the parsed ones took.
+    bodies = [project(i) for i in range(300)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    parsed = [plain(b["status"]) for b in bodies]
+    as_parsed = tracemalloc.get_traced_memory()[0] - before
+    del parsed
+    before = tracemalloc.get_traced_memory()[0]
+    packed = [PackedStatus(b["status"]) for b in bodies]
+    as_packed = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert packed[299] == _status(299)
+    assert as_packed * 3 < as_parsed, (as_packed, as_parsed)
+
+
+def test_a_reconcile_remembers_its_status_packed_and_writes_it_once() -> None:
+    import asyncio
+
+    from headroom.shell.store import PackedStatus
+
+    from tests.unit.test_admission import _reconciler
+
+    async def run() -> list[int]:
+        writer, reconciler = _reconciler(["shop"], max_in_flight=4)
+        written: list[Any] = []
+        original = writer.patch_status
+
+        async def patch_status(name: str, patch: Any) -> None:
+            written.append(patch)
+            await original(name, patch)
+
+        writer.patch_status = patch_status  # type: ignore[method-assign]
+        counts = []
+        for _ in range(4):  # onboarding, governing, then nothing new
+            await reconciler.reconcile("shop")
+            counts.append(len(written))
+        stored = reconciler.store.projects["shop"]["status"]
+        assert isinstance(stored, PackedStatus)
+        assert stored.get("phase") == written[-1].get("phase") and stored.get("conditions")
+        return counts
+
+    counts = asyncio.run(run())
+    assert counts[-1] >= 1
+    assert counts[-1] == counts[-2]  # the steady pass reads the packed status and finds nothing to write

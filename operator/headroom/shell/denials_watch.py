@@ -37,6 +37,7 @@ from headroom.core.names import FAILED_CREATE_SELECTOR
 from headroom.shell.apiclient import ApiClient, ApiException
 from headroom.shell.backoff import backoff_delays
 from headroom.shell.handlers import WATCH_SECONDS
+from headroom.shell.kube import list_pages
 
 log = logging.getLogger("headroom.denials")
 
@@ -89,21 +90,14 @@ class DenialWatch:
             self.version, self.version_at = version, time.monotonic()
 
     async def _list(self) -> None:
-        token: str | None = None
-        while True:
+        version: str | None = None
+        pages = list_pages(self.client, EVENTS, PAGE, timeout=(10, 60), fieldSelector=FAILED_CREATE_SELECTOR)
+        async for page in pages:
             self.count("list")
-            page = await self.client.request(
-                "GET",
-                EVENTS,
-                params={"fieldSelector": FAILED_CREATE_SELECTOR, "limit": PAGE, "continue": token},
-                timeout=(10, 60),
-            )
-            for item in page.get("items") or []:
+            for item in page.items:
                 await self.handle(None, item)  # in order, and never faster than they are taken
-            token = (page.get("metadata") or {}).get("continue") or None
-            if not token:
-                self._remember((page.get("metadata") or {}).get("resourceVersion"))
-                return
+            version = page.resource_version
+        self._remember(version)  # the last page's: the watch resumes after everything listed
 
     async def _watch(self, from_now: bool) -> bool:
         """One watch request until the server ends it; False when the version was too old (410)."""

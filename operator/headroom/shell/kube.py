@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
 
@@ -44,7 +44,7 @@ from headroom.core.names import (
     VERSION,
 )
 from headroom.core.planning import DesiredLimitRange, DesiredQuota, Event
-from headroom.shell.apiclient import ApiClient, ApiException
+from headroom.shell.apiclient import REQUEST_TIMEOUT, ApiClient, ApiException
 from headroom.shell.backoff import backoff_delays
 
 log = logging.getLogger("headroom")
@@ -397,15 +397,28 @@ async def retrying(action: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
 LIST_PAGE = 100
 
 
+class ListPage(NamedTuple):
+    """One page of a paged LIST: its items as plain dicts, and the list's resourceVersion (a watch
+    resumes from the last page's)."""
+
+    items: list[dict[str, Any]]
+    resource_version: str | None
+
+
 async def list_pages(
-    client: ApiClient, path: str, limit: int = LIST_PAGE, **params: Any
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """A LIST, page by page (limit/continue), each page's items as plain dicts."""
+    client: ApiClient,
+    path: str,
+    limit: int = LIST_PAGE,
+    timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    **params: Any,
+) -> AsyncIterator[ListPage]:
+    """A LIST, page by page (limit/continue)."""
     token: str | None = None
     while True:
-        body = await client.request("GET", path, params={**params, "limit": limit, "continue": token})
-        yield list(body.get("items") or [])
-        token = (body.get("metadata") or {}).get("continue") or None
+        body = await client.request("GET", path, params={**params, "limit": limit, "continue": token}, timeout=timeout)
+        meta = body.get("metadata") or {}
+        yield ListPage(list(body.get("items") or []), meta.get("resourceVersion"))
+        token = meta.get("continue") or None
         del body
         if not token:
             return

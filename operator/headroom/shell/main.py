@@ -122,15 +122,15 @@ class Runtime:
         # Page by page: at thousands of namespaces the whole lists at once, on top of the same lists
         # Kopf's watches are reading at start-up, were the operator's high-water mark.
         async for page in list_pages(client, "/api/v1/resourcequotas", labelSelector=MANAGED_SELECTOR):
-            for item in page:
+            for item in page.items:
                 if item["metadata"].get("name") == QUOTA_NAME:
                     self.store.quotas[item["metadata"]["namespace"]] = plain(item)
         async for page in list_pages(client, "/api/v1/limitranges", labelSelector=MANAGED_SELECTOR):
-            for item in page:
+            for item in page.items:
                 if item["metadata"].get("name") == LIMITRANGE_NAME:
                     self.store.limitranges[item["metadata"]["namespace"]] = plain(item, keep_managed_fields=False)
         async for page in list_pages(client, "/api/v1/namespaces"):
-            for item in page:
+            for item in page.items:
                 meta = item["metadata"]
                 if not meta.get("deletionTimestamp"):
                     self.store.namespace_seen(meta["name"], (meta.get("labels") or {}).get(PROJECT_LABEL))
