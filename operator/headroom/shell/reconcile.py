@@ -61,7 +61,7 @@ from headroom.shell.kube import (
     is_unreachable,
 )
 from headroom.shell.metrics import Metrics
-from headroom.shell.store import Store
+from headroom.shell.store import PackedStatus, Store, unpacked
 
 log = logging.getLogger("headroom")
 # The audit trail: one JSON object per line, nothing around it (main.run gives it its own handler).
@@ -296,13 +296,14 @@ class Reconciler:
             await self._reconcile(name, admitted=True)
 
     async def _reconcile(self, name: str, admitted: bool) -> None:
-        body = self.store.projects.get(name)
-        if body is None:
+        stored = self.store.projects.get(name)
+        if stored is None:
             self.metrics.forget(name)
             self._order.pop(name, None)
             self._counting.discard(name)
             self._planned.pop(name, None)
             return  # deleted: garbage collection removes the quotas it owned
+        body = unpacked(stored)
         now = self.clock()
         try:
             spec = parse_project(body)
@@ -535,10 +536,8 @@ class Reconciler:
         # Remember what we wrote, so the echo of our own write through the watch is a no-op.
         stored = self.store.projects.get(body["metadata"]["name"])
         if stored is not None and stored.get("metadata", {}).get("uid") == body["metadata"].get("uid"):
-            stored["status"] = {
-                **{k: v for k, v in (stored.get("status") or {}).items() if k in _FOREIGN_STATUS_KEYS},
-                **new,
-            }
+            kept = {k: v for k, v in (stored.get("status") or {}).items() if k in _FOREIGN_STATUS_KEYS}
+            stored["status"] = PackedStatus({**kept, **new})
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,10 @@ Project never costs a pass over every Project or quota in the cluster: the index
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, ItemsView, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -73,6 +75,61 @@ class IndexedDict(dict[str, dict[str, Any]]):
         self._index.clear()
 
 
+class PackedStatus(Mapping[str, Any]):
+    """A Project's status as the Store keeps it: compressed JSON, decoded when read.
+
+    The status is Headroom's own output (conditions, forecasts, per-namespace figures). Parsed, it
+    was most of what the Store held per Project: about 15 KB of a hundred objects, for 4 KB of JSON
+    that compresses to about 1 KB (its keys and resource names repeat). Packing costs about 50 µs
+    per status seen, decoding about 30 µs. A reconcile decodes it once (`unpacked`); the other
+    readers (another Project's approved namespaces, the alert sinks) read a key now and then.
+    """
+
+    __slots__ = ("_packed",)
+
+    def __init__(self, status: Mapping[str, Any]) -> None:
+        self._packed = zlib.compress(json.dumps(status, separators=(",", ":")).encode(), 1)
+
+    def decoded(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(zlib.decompress(self._packed))
+        return value
+
+    def __getitem__(self, key: str) -> Any:
+        return self.decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.decoded())
+
+    def __len__(self) -> int:
+        return len(self.decoded())
+
+    # One decoding per call, not one per key as Mapping's own would.
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.decoded().get(key, default)
+
+    def items(self) -> ItemsView[str, Any]:
+        return self.decoded().items()
+
+    def __repr__(self) -> str:
+        return f"PackedStatus({self.decoded()!r})"
+
+
+def packed(body: dict[str, Any]) -> dict[str, Any]:
+    """The Project with its status packed (in place: it is the Store's own copy)."""
+    status = body.get("status")
+    if isinstance(status, Mapping) and not isinstance(status, PackedStatus):
+        body["status"] = PackedStatus(status)
+    return body
+
+
+def unpacked(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored Project as a reconcile reads it: a shallow copy with its status decoded."""
+    status = body.get("status")
+    if isinstance(status, PackedStatus):
+        return {**body, "status": status.decoded()}
+    return dict(body)
+
+
 def _claimed_namespaces(body: Mapping[str, Any]) -> set[str]:
     return {
         str(ns.get("name"))
@@ -90,8 +147,8 @@ def _labelled_project(obj: Mapping[str, Any]) -> set[str]:
 class Store:
     """What the watch streams have shown: the operator's whole view of the cluster."""
 
-    # name -> Project, indexed by the namespaces it claims
-    projects: IndexedDict = field(default_factory=lambda: IndexedDict(_claimed_namespaces))
+    # name -> Project, indexed by the namespaces it claims; its status packed (PackedStatus)
+    projects: IndexedDict = field(default_factory=lambda: IndexedDict(_claimed_namespaces, packed))
     # namespace -> Headroom's quota, indexed by the Project its label names; of its managedFields only
     # the digest that drift detection reads (whatever put it here: a watch event, or the start-up list)
     quotas: IndexedDict = field(default_factory=lambda: IndexedDict(_labelled_project, with_managed_digest))
