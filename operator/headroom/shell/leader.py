@@ -48,7 +48,6 @@ class LeaderElector:
     clock: Callable[[], float] = time.monotonic
     _observed: tuple[Any, ...] | None = field(default=None, init=False)
     _observed_at: float = field(default=0.0, init=False)
-    _resource_version: str | None = field(default=None, init=False)
     # Why this replica cannot take part in the election at all (its Lease is forbidden to it, or its
     # namespace does not exist), or None. Waiting would never end: the liveness probe reports it.
     problem: str | None = field(default=None, init=False)
@@ -132,7 +131,6 @@ class LeaderElector:
             spec.get("leaseTransitions"),
         )
         self._observed_at = self.clock()
-        self._resource_version = (lease.get("metadata") or {}).get("resourceVersion")
 
     async def release(self) -> None:
         """On a clean shutdown, hand over at once instead of after a lease duration."""
