@@ -61,7 +61,7 @@ from headroom.shell.kube import (
     is_unreachable,
 )
 from headroom.shell.metrics import Metrics
-from headroom.shell.store import PackedStatus, Store, unpacked
+from headroom.shell.store import PackedStatus, Store, planned_generation, unpacked
 
 log = logging.getLogger("headroom")
 # The audit trail: one JSON object per line, nothing around it (main.run gives it its own handler).
@@ -96,6 +96,26 @@ class AlertHook(Protocol):
     async def __call__(
         self, spec: ProjectSpec, body: Mapping[str, Any], plan: Plan, now: datetime
     ) -> AlertOutcomeLike: ...
+
+
+# Admission ranks, lower first.
+# A team is waiting: a spec no plan has answered yet (a new Project, an edited one), or a namespace
+# whose counting quota waits to become the governed one.
+OWED = 0
+# Planned before, by another process (the Projects woken at a start): their quotas are in place.
+RESUMED = 1
+# Planned by this process (a derivation cycle, a resync, a status echo).
+REPLAN = 2
+# Added to the write priority (the order Projects were first seen) of every Project not owed a
+# plan: a new Project's writes go ahead of a start's backlog at the write limiter, and its status
+# ahead of theirs (still behind every quota: kube.AFTER_ENFORCEMENT is larger).
+ROUTINE_WRITES = 1e9
+
+
+def owed_a_plan(body: Mapping[str, Any]) -> bool:
+    """Whether the Project's spec, as it stands, was never answered by a plan."""
+    generation = (body.get("metadata") or {}).get("generation")
+    return generation is None or planned_generation(body) != generation
 
 
 class Admission:
@@ -242,7 +262,6 @@ class Reconciler:
             await asyncio.sleep(jittered(0.5, 1.0))  # not every Project at once
 
     async def _work(self, name: str) -> None:
-        WRITE_PRIORITY.set(self._order.get(name, math.inf))  # this task's own context
         delays = backoff_delays(base=1.0, cap=120.0)
         while name in self._dirty:
             self._dirty.discard(name)
@@ -284,16 +303,23 @@ class Reconciler:
     async def reconcile(self, name: str) -> None:
         if self._admission is None:
             self._admission = Admission(self.max_in_flight)
-        if name not in self._planned:
+        stored = self.store.projects.get(name)
+        owed = stored is not None and self._owed(name, stored)
+        # In this task's own context (a reconcile runs in its worker's task).
+        WRITE_PRIORITY.set(self._order.get(name, math.inf) + (0 if owed else ROUTINE_WRITES))
+        if owed or name not in self._planned:
             await self._reconcile(name, admitted=False)
             return
-        # A Project planned before waits for its place before it does anything at all: thousands of
-        # them woken together each parsing their spec and asking for history first kept the event
-        # loop busy for seconds, and a new Project's first reconcile waited behind all of that.
+        # A Project planned before, and owed nothing, waits for its place before it does anything at
+        # all: thousands of them woken together each parsing their spec and asking for history first
+        # kept the event loop busy for seconds, and a new Project's first reconcile waited behind it.
         if self._replans is None:
             self._replans = asyncio.Semaphore(self.max_replans)
-        async with self._replans, self._admission.slot(1):
+        async with self._replans, self._admission.slot(REPLAN):
             await self._reconcile(name, admitted=True)
+
+    def _owed(self, name: str, stored: Mapping[str, Any]) -> bool:
+        return name in self._counting or owed_a_plan(stored)
 
     async def _reconcile(self, name: str, admitted: bool) -> None:
         stored = self.store.projects.get(name)
@@ -327,9 +353,10 @@ class Reconciler:
             await self._plan_and_write(name, unpacked(stored), spec, history, self.clock())
             return
         assert self._admission is not None
-        # A Project this process has not planned yet (a new one, above all) goes ahead of the
-        # re-reconciles of a derivation cycle: its quota is what a team is waiting for.
-        async with self._admission.slot(0):
+        # A new Project goes ahead of a start's backlog, and both ahead of the re-reconciles of a
+        # derivation cycle: its quota is what a team is waiting for. At a start every Project is
+        # one this process has not planned; ranked alike, a new one waited behind thousands.
+        async with self._admission.slot(OWED if self._owed(name, stored) else RESUMED):
             # Planned at the moment it is admitted (an event meanwhile has marked it for one more pass).
             await self._plan_and_write(name, unpacked(stored), spec, history, self.clock())
 

@@ -85,10 +85,13 @@ class PackedStatus(Mapping[str, Any]):
     readers (another Project's approved namespaces, the alert sinks) read a key now and then.
     """
 
-    __slots__ = ("_packed",)
+    __slots__ = ("_packed", "observed_generation")
 
     def __init__(self, status: Mapping[str, Any]) -> None:
         self._packed = zlib.compress(json.dumps(status, separators=(",", ":")).encode(), 1)
+        # Kept apart, undecoded: admission reads it for every Project woken at a start.
+        generation = status.get("observedGeneration")
+        self.observed_generation: int | None = generation if isinstance(generation, int) else None
 
     def decoded(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(zlib.decompress(self._packed))
@@ -128,6 +131,16 @@ def unpacked(body: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(status, PackedStatus):
         return {**body, "status": status.decoded()}
     return dict(body)
+
+
+def planned_generation(body: Mapping[str, Any]) -> int | None:
+    """The generation of the Project's spec that a plan last answered (`status.observedGeneration`),
+    without decoding a packed status."""
+    status = body.get("status")
+    if isinstance(status, PackedStatus):
+        return status.observed_generation
+    generation = status.get("observedGeneration") if isinstance(status, Mapping) else None
+    return generation if isinstance(generation, int) else None
 
 
 def _claimed_namespaces(body: Mapping[str, Any]) -> set[str]:
