@@ -470,3 +470,61 @@ def test_kept_daily_peaks_answer_as_the_days_they_were_made_from() -> None:
     huge = {date(2026, 11, 28): Decimal("1.0000000000000000000000000001")}
     assert DaySeries(huge)[date(2026, 11, 28)] == huge[date(2026, 11, 28)]
     assert DaySeries({date(2026, 11, 28): Decimal("0.1")}) == DaySeries({date(2026, 11, 28): Decimal("0.100")})
+
+
+class CountingFileHistory(FileHistory):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reads = 0
+
+    def _read(self, queries: list[PeakQuery]) -> list[HistoryResult]:
+        self.reads += 1
+        return super()._read(queries)
+
+
+def test_questions_asked_while_the_file_is_read_share_the_next_read_and_each_gets_its_own_answer(
+    tmp_path: Path,
+) -> None:
+    # A burst of new Projects asks about one namespace each: reading the whole file for each of
+    # them at once starved the operator at 10,000 namespaces.
+    rows = [f"{(NOW - timedelta(days=d)).isoformat()},ns-{i},requests.cpu,{i + d}" for i in range(30) for d in (1, 9)]
+    path = csv_file(tmp_path, *rows)
+    source = CountingFileHistory(path)
+    questions = [query({f"ns-{i}"}, {"requests.cpu"}, lookback=timedelta(days=7 if i % 2 else 30)) for i in range(30)]
+
+    async def ask_all() -> list[HistoryResult]:
+        return await asyncio.gather(*(source.peaks(q) for q in questions))
+
+    answers = asyncio.run(ask_all())
+    assert source.reads <= 2
+    for i, answer in enumerate(answers):
+        # its own namespace only, over its own lookback: 30 days see the sample of 9 days ago
+        assert answer.peaks == {(f"ns-{i}", "requests.cpu"): D(i + 1 if i % 2 else i + 9)}
+        assert answer == asyncio.run(FileHistory(path).peaks(questions[i]))  # as if asked alone
+
+
+def test_an_asker_that_goes_away_does_not_take_the_others_answers_with_it(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, f"{NOW.isoformat()},a,requests.cpu,1", f"{NOW.isoformat()},b,requests.cpu,2")
+    source = FileHistory(path)
+
+    async def run() -> HistoryResult:
+        gone = asyncio.create_task(source.peaks(query({"a"}, {"requests.cpu"})))
+        stays = asyncio.create_task(source.peaks(query({"b"}, {"requests.cpu"})))
+        await asyncio.sleep(0)
+        gone.cancel()
+        return await stays
+
+    assert asyncio.run(run()).peaks == {("b", "requests.cpu"): D(2)}
+
+
+def test_a_bad_row_fails_only_the_questions_that_want_it_even_when_read_together(tmp_path: Path) -> None:
+    path = csv_file(tmp_path, "2026-03-09T09:00:00Z,a,requests.cpu,1", "2026-03-09T09:00:00Z,b,requests.cpu,lots")
+    source = FileHistory(path)
+
+    async def ask() -> list[HistoryResult]:
+        return await asyncio.gather(*(source.peaks(query({ns}, {"requests.cpu"})) for ns in ("a", "b")))
+
+    good, bad = asyncio.run(ask())
+    assert good.error is None and good.peaks == {("a", "requests.cpu"): D(1)}
+    assert bad.error is not None and "lots" in bad.error and f"{path}:3" in bad.error
+    assert bad.peaks == {}
