@@ -81,12 +81,12 @@ def quota_hard(sums: dict[str, Decimal], headroom_percent: int = 20) -> dict[str
     return hard
 
 
-def manifest(namespace: str, hard: dict[str, str]) -> dict[str, Any]:
+def manifest(namespace: str, hard: dict[str, str], name: str = QUOTA_NAME) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",
         "metadata": {
-            "name": QUOTA_NAME,
+            "name": name,
             "namespace": namespace,
             "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
         },
@@ -123,7 +123,11 @@ def tick(core: kubernetes.client.CoreV1Api, selector: str, headroom_percent: int
 
 
 def tick_all_pods(
-    core: kubernetes.client.CoreV1Api, selector: str, headroom_percent: int, applied: dict[str, dict[str, str]]
+    core: kubernetes.client.CoreV1Api,
+    selector: str,
+    headroom_percent: int,
+    applied: dict[str, dict[str, str]],
+    quota_name: str = QUOTA_NAME,
 ) -> dict[str, Any]:
     """The competent run: two LISTs, then a write only where the quota changes."""
     started = time.time()
@@ -140,9 +144,9 @@ def tick_all_pods(
             continue
         try:
             core.patch_namespaced_resource_quota(
-                QUOTA_NAME,
+                quota_name,
                 name,
-                manifest(name, hard),
+                manifest(name, hard, quota_name),
                 field_manager=FIELD_MANAGER,
                 force=True,
                 _content_type="application/apply-patch+yaml",
@@ -172,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--selector", default="bench.headroom.dev/quota=baseline", help="label selector of the namespaces to manage"
     )
     parser.add_argument("--headroom-percent", type=int, default=20)
+    parser.add_argument("--quota-name", default=QUOTA_NAME, help="the ResourceQuota it applies (each script its own)")
     parser.add_argument("--once", action="store_true", help="one run, then exit (a real CronJob)")
     parser.add_argument(
         "--all-pods", action="store_true", help="the competent job: one LIST of all pods per run, writes on change"
@@ -190,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         number += 1
         try:
             if args.all_pods:
-                report = tick_all_pods(core, args.selector, args.headroom_percent, applied)
+                report = tick_all_pods(core, args.selector, args.headroom_percent, applied, args.quota_name)
             else:
                 report = tick(core, args.selector, args.headroom_percent)
         except Exception as exc:

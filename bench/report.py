@@ -163,24 +163,25 @@ def render_size(size: dict[str, Any]) -> list[str]:
         f"load average {size.get('loadavg_start')} → {size.get('loadavg_end')}."
     )
     if size.get("baseline_from"):
-        earlier = size["baseline_from"]
+        other = size["baseline_from"]
         lines.append(
-            f"The scripts' columns come from an earlier run ({earlier.get('run')}, the same machine): "
-            "this one measured Headroom only (`--only headroom`)."
+            f"The scripts' columns come from another run ({other.get('run')}, the same machine): "
+            "each run measured only Headroom or only the scripts (`--only`)."
         )
     competent = b.get("competent") or {}
     lines += [
         "",
-        "| | Headroom | naive script | Headroom ÷ naive | competent cron job (steady) |",
+        "| | Headroom | naive script | Headroom ÷ naive | competent cron job |",
         "|---|---:|---:|---:|---:|",
     ]
     ratios = size.get("ratios") or {}
     for label, hp, bp, unit in ROWS:
-        steady_path = bp.startswith("steady.") and bp
+        # The competent job's onboarding and steady state are timed and counted as the naive one's.
+        shared = bp.startswith(("steady.", "convergence.p", "convergence.all_s", "convergence.requests")) and bp
         lines.append(
             f"| {label} | {_fmt(_get(h, hp), unit)} | {_fmt(_get(b, bp) if bp else None, unit)} | "
             f"{_ratio_text(ratios.get(label.strip()))} | "
-            f"{_fmt(_get(competent, steady_path) if steady_path else None, unit)} |"
+            f"{_fmt(_get(competent, shared) if shared else None, unit)} |"
         )
     restart = _get(h, "restart.requests") or {}
     lines.append(f"| restart over governed quotas: writes | {_fmt(restart.get('writes'))} | n/a | |")
@@ -279,9 +280,9 @@ def render(results: dict[str, Any]) -> str:
     if good:
         lines += [
             "| N | RSS MiB: steady / restart peak | one new Project p99 (s): steady / in a cycle | bulk p50 / p99 (s): "
-            "Headroom | naive | writes per new Project | steady requests/project/hour: Headroom | naive | "
+            "Headroom | naive | competent | writes per new Project | steady requests/project/hour: Headroom | naive | "
             "competent | steady KiB served/project/hour: Headroom | naive | competent | sampler writes/project/day |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for s in good:
             h, b = s.get("headroom") or {}, s.get("baseline") or {}
@@ -296,6 +297,7 @@ def render(results: dict[str, Any]) -> str:
                 f"| {_fmt(_get(h, 'single_project.p99_s'))} / {_fmt(_get(h, 'history.single_project.p99_s'))} "
                 f"| {_fmt(_get(h, 'convergence.p50_s'))} / {_fmt(_get(h, 'convergence.p99_s'))} "
                 f"| {_fmt(_get(b, 'convergence.p50_s'))} / {_fmt(_get(b, 'convergence.p99_s'))} "
+                f"| {_fmt(_get(c, 'convergence.p50_s'))} / {_fmt(_get(c, 'convergence.p99_s'))} "
                 f"| {_fmt(_get(h, 'convergence.requests.writes_per_project'))} "
                 f"| {_fmt(_get(h, 'steady.requests.per_project_per_hour'))} "
                 f"| {_fmt(_get(b, 'steady.requests.per_project_per_hour'))} "
@@ -318,8 +320,9 @@ def render(results: dict[str, Any]) -> str:
 
 
 def merge(paths: Sequence[Path]) -> dict[str, Any]:
-    """Sizes from several runs in one report; a later file wins for a size both hold (but for the
-    scripts' figures, which a run of Headroom alone does not measure)."""
+    """Sizes from several runs in one report; a later file wins for a size both hold, for what it
+    measured: a run of Headroom alone keeps the scripts' figures of the run before it, a run of the
+    scripts alone keeps Headroom's."""
     merged: dict[str, Any] = {}
     by_n: dict[int, dict[str, Any]] = {}
     for path in paths:
@@ -333,6 +336,11 @@ def merge(paths: Sequence[Path]) -> dict[str, Any]:
             size.setdefault("revision", data.get("revision"))
             size.setdefault("run", path.name)
             earlier = by_n.get(int(size["n"]))
+            if earlier is not None and not size.get("headroom") and earlier.get("headroom") and size.get("baseline"):
+                # A run of the scripts alone replaces the scripts' figures and keeps Headroom's.
+                size = {**earlier, "baseline": size["baseline"], "baseline_from": {"run": size.get("run")}}
+                by_n[int(size["n"])] = size
+                continue
             if earlier is not None and not size.get("baseline") and earlier.get("baseline"):
                 # A run of Headroom alone keeps the scripts' figures of the run before it (the scripts
                 # do not change with Headroom), and says where they come from.

@@ -204,8 +204,9 @@ def create_projects(api: ApiClient, count: int, workers: int) -> dict[str, float
     return sent
 
 
-def label_for_baseline(api: ApiClient, count: int, workers: int) -> dict[str, float]:
-    """The baseline's onboarding: label the namespace; returns when each label was sent."""
+def label_for_baseline(api: ApiClient, count: int, workers: int, value: str = "baseline") -> dict[str, float]:
+    """The baseline's onboarding: label the namespace (`value`: which script it opts in to);
+    returns when each label was sent."""
     core = k8s.CoreV1Api(api)
     sent: dict[str, float] = {}
 
@@ -213,9 +214,7 @@ def label_for_baseline(api: ApiClient, count: int, workers: int) -> dict[str, fl
         name = name_of(index)
         sent[name] = time.time()
         retrying(
-            lambda: core.patch_namespace(
-                name, {"metadata": {"labels": {BASELINE_LABEL: "baseline"}}}, _request_timeout=60
-            ),
+            lambda: core.patch_namespace(name, {"metadata": {"labels": {BASELINE_LABEL: value}}}, _request_timeout=60),
             f"label {name}",
         )
 
