@@ -20,6 +20,8 @@ from typing import Any
 
 import kubernetes
 import pytest
+from headroom.core.derivation import derive_namespace
+from headroom.core.forecast import forecast
 from headroom.core.history import day_offset, sampler_day
 from headroom.core.quantity import parse_quantity
 from kubernetes.client import ApiException
@@ -246,6 +248,78 @@ def test_a_forecast_full_within_the_horizon_alerts_every_sink_once(
         again = manager.alerts(active=True, alertname="HeadroomQuotaForecast", project=project_name)
         assert len(again) == 1 and again[0]["updatedAt"] == updated
         assert len(events(admin, project_name, "QuotaForecastFull")) == 1
+
+
+def history_entering_the_horizon(
+    path: Path, namespace: str, due: datetime, horizon: timedelta
+) -> tuple[Decimal, datetime]:
+    """14 UTC days before today of memory growing 64Mi a day, from a first day chosen so that the trend
+    reaches the governed quota `horizon` after `due`, to within seconds. Returns the quota Headroom
+    governs (the peak plus 20 %) and the forecast date."""
+    first = datetime.now(UTC).date() - timedelta(days=14)
+    step = 64 * 2**20
+
+    def trial(base: int) -> tuple[dict[date, Decimal], Decimal, datetime | None]:
+        daily = {first + timedelta(days=i): D(base + step * i) for i in range(14)}
+        peak = max(daily.values())
+        hard = derive_namespace(["requests.memory"], {"requests.memory": peak}, {}, 20, {})["requests.memory"]
+        trend = forecast(daily, hard.recommended, datetime.now(UTC))
+        return daily, hard.recommended, trend.full_at if trend else None
+
+    target = due + horizon
+    # Between two steps of the governed value's rounding, one more byte on every day moves the date
+    # about 1.3 ms earlier; a wide enough scan finds a first day that lands on the target.
+    estimate = int(
+        5 * ((target - datetime.combine(first + timedelta(days=1), time(0), UTC)) / timedelta(days=1) - 15.6) * step
+    )
+    for base in range(estimate - 2**23, estimate + 2**23, 4096):
+        daily, hard, full_at = trial(base)
+        if full_at is not None and target <= full_at <= target + timedelta(seconds=10):
+            lines = ["time,namespace,resource,value"]
+            lines += [
+                f"{day.isoformat()}T12:00:00Z,{namespace},requests.memory,{value}" for day, value in daily.items()
+            ]
+            path.write_text("\n".join(lines) + "\n")
+            return hard, full_at
+    raise AssertionError(f"no history found whose forecast date is {target}")
+
+
+def test_a_forecast_date_that_enters_the_horizon_alerts_with_nothing_else_changing(
+    admin: k8s.ApiClient,
+    namespace: str,
+    project_name: str,
+    tmp_path: Path,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    """The history never changes and no pod moves: only the clock brings the forecast date within the
+    horizon (3 days, here). The owners are told then, not at the next restart or whenever something
+    else happens."""
+    due = datetime.now(UTC) + timedelta(seconds=75)
+    hard, full_at = history_entering_the_horizon(tmp_path / "entering.csv", namespace, due, timedelta(days=3))
+    with WebhookReceiver() as webhook:
+        start_operator(
+            "--history-source=file", f"--history-file={tmp_path / 'entering.csv'}", f"--webhook-url={webhook.url}"
+        )
+        body = project_manifest(project_name, [namespace], quota={"resources": ["requests.memory"]})
+        body["spec"]["owner"].update({"contacts": ["#web"], "businessHours": "Mon-Sun 00:00-24:00 UTC"})  # type: ignore[index]
+        body["spec"]["alerts"] = {"forecastDays": 3}  # type: ignore[index]
+        custom(admin).create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+        assert governed_hard(admin, namespace, "requests.memory") == hard
+        found = forecast_of(admin, project_name, namespace, "requests.memory")
+        assert found["fullAt"] == full_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Planned, with the date still beyond the horizon (the measure is rounded up to a hundredth of a
+        # percent: up to 26 seconds of 3 days early, never later).
+        assert datetime.now(UTC) < due - timedelta(seconds=30), "the Project took too long to be governed"
+        assert webhook.requests({"project": project_name, "kind": "forecast"}) == []
+        assert not [r for r in forecast_records(admin, project_name) if r.get("state") == "firing"]
+        wait = (due - datetime.now(UTC)).total_seconds() + 30
+        payload = wait_for(
+            lambda: webhook.payloads({"project": project_name, "kind": "forecast", "state": "firing"}),
+            wait,
+            "the forecast alert once its date came within the horizon",
+        )[0]
+        assert payload["namespace"] == namespace and payload["resource"] == "requests.memory"
+        assert datetime.fromisoformat(payload["since"]) >= due - timedelta(seconds=30)
 
 
 def forecast_records(admin: k8s.ApiClient, name: str) -> list[dict[str, Any]]:

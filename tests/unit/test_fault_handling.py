@@ -509,6 +509,36 @@ def test_a_derivation_cycle_says_which_namespaces_got_a_different_answer() -> No
     ]
 
 
+def test_the_end_of_a_day_with_a_peak_replans_its_namespace_though_the_answer_is_the_same() -> None:
+    # A forecast counts ended days only: when the day in progress ends, the trend gains a day with no
+    # new answer from the source (the file source's days never change). The cycle after the day's
+    # end names the namespace, once; a namespace without a peak that day, or an offset day not yet
+    # over, is not named.
+    source = Source()
+    keys = {("utc", "pods"), ("late", "pods"), ("quiet", "pods")}
+    today = date(2026, 3, 10)
+    days = {date(2026, 3, 9): Decimal(4), today: Decimal(5)}
+    source.answers = [
+        HistoryResult(
+            peaks={key: Decimal(5) for key in keys},
+            daily={("utc", "pods"): days, ("late", "pods"): days, ("quiet", "pods"): {date(2026, 3, 9): Decimal(4)}},
+            day_offsets={"late": timedelta(hours=6)},
+            queries=1,
+        )
+    ]
+    clock = [datetime(2026, 3, 10, 23, 50, tzinfo=UTC)]
+    cache = HistoryCache(source, max_age=timedelta(0), metrics=Metrics(), batch_window=0, clock=lambda: clock[0])
+
+    async def run() -> list[set[str]]:
+        changed = [await cache.refresh_all({LOOKBACK: keys})]
+        for minutes in (5, 10, 5, 6 * 60):  # 23:55, 00:05 (UTC day over), 00:10, 06:10 (late's day over)
+            clock[0] += timedelta(minutes=minutes)
+            changed.append(await cache.refresh_all({LOOKBACK: keys}))
+        return changed
+
+    assert asyncio.run(run()) == [{"utc", "late", "quiet"}, set(), {"utc"}, set(), {"late"}]
+
+
 def test_a_cycle_whose_answer_did_not_change_keeps_the_answers_it_had_and_stays_fresh() -> None:
     # New copies of thousands of equal answers every cycle, made among the source's parsing
     # garbage, fragment the heap; the cache keeps the ones it has, and only their time moves on.

@@ -69,6 +69,7 @@ __all__ = [
     "describe_firing",
     "evaluate",
     "firing_alerts",
+    "forecast_due_at",
     "forecast_inputs",
     "forecast_policy",
     "mark_delivered",
@@ -678,6 +679,17 @@ def forecast_inputs(
             measure = (horizon * 100 / left).quantize(Decimal("0.01")) if left > 0 else _FORECAST_PAST
         measures[key] = min(measure, _FORECAST_PAST)
     return measures
+
+
+def forecast_due_at(full_at: Mapping[tuple[str, str], datetime], horizon_days: int, now: datetime) -> datetime | None:
+    """The next moment a forecast date comes within the horizon with nothing changed but the clock:
+    `forecast_inputs` then gives it FORECAST_THRESHOLD exactly. None when no date is still beyond it.
+
+    Without a wake-up at that moment, nothing would evaluate the alert until some other change planned
+    the Project again (with an unchanged history, possibly not before a restart), and the owners were
+    told late, or only by a restart."""
+    horizon = timedelta(days=horizon_days)
+    return min((due for moment in full_at.values() if (due := _utc(moment, "fullAt") - horizon) > now), default=None)
 
 
 def describe_firing(record: AlertRecord, hysteresis: Decimal | None = None) -> str:

@@ -92,6 +92,15 @@ def day_end(day: date, offset: timedelta = timedelta(0)) -> datetime:
     return datetime.combine(day + timedelta(days=1), time(0), UTC) + offset
 
 
+def day_ended_between(
+    daily: Mapping[date, Decimal], before: datetime, now: datetime, offset: timedelta = timedelta(0)
+) -> bool:
+    """Whether the day in progress at `before` has ended by `now` and has a peak in `daily`: the trend
+    `forecast` gives then counts one more day, though `daily` itself did not change."""
+    day = (before.astimezone(UTC) - offset).date()
+    return day < (now.astimezone(UTC) - offset).date() and day in daily
+
+
 def forecast(
     daily: Mapping[date, Decimal], hard: Decimal | None, now: datetime, offset: timedelta = timedelta(0)
 ) -> Forecast | None:

@@ -27,6 +27,7 @@ from headroom.core.alert_policy import (
     Usage,
     alert_conditions,
     evaluate,
+    forecast_due_at,
     forecast_inputs,
     forecast_policy,
     mark_delivered,
@@ -422,7 +423,8 @@ class Alerting:
             self.wake_at(spec.name, now + timedelta(seconds=next(delays)))
         else:
             self._retry.pop(spec.name, None)
-            wakes = [w for w in (next_wakeup(state), next_wakeup(forecast_state)) if w is not None]
+            due = forecast_due_at(_full_at(plan), spec.alerts.forecast_days, now)
+            wakes = [w for w in (next_wakeup(state), next_wakeup(forecast_state), due) if w is not None]
             wake = min(wakes, default=None)
             if wake is not None:
                 self.wake_at(spec.name, wake)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from headroom.core.forecast import day_ended_between
 from headroom.core.history import DaySeries, HistoryResult, HistorySource, PeakQuery
 from headroom.shell.metrics import Metrics
 
@@ -196,14 +197,21 @@ class HistoryCache:
                 if kept not in self._values or self._values[kept] != value:
                     changed.add(key[0])
                     self._values[kept] = value
+                before = self._asked.get(kept)
                 self._asked[kept] = now
                 days = result.daily.get(key)
                 if days is None:
                     if self._daily.pop(kept, None) is not None:
                         changed.add(key[0])
-                elif self._daily.get(kept) != days:
+                    continue
+                if self._daily.get(kept) != days:
                     changed.add(key[0])
                     self._daily[kept] = days if isinstance(days, DaySeries) else DaySeries(days)
+                offset = result.day_offsets.get(key[0]) or self._day_offsets.get(key[0]) or timedelta(0)
+                if before is not None and day_ended_between(days, before, now, offset):
+                    # The same answer, but a day of it ended: forecasts count ended days only, so the
+                    # trend changes with the clock (the file source's days never change by themselves).
+                    changed.add(key[0])
             for namespace, offset in result.day_offsets.items():
                 self._day_offsets[namespace] = offset
         # On error the previous answers stay: unknown is never zero.
