@@ -1,11 +1,16 @@
 """What the API server itself spends, from its own /metrics: bytes it served and its CPU time.
 
 Request counts treat a LIST of 3 000 pods like a GET of one object; `apiserver_response_sizes` (the
-bytes of every response body, by verb and resource; watch streams are not in it) and
-`process_cpu_seconds_total` (the kube-apiserver process, which in the local cluster runs apart from
-etcd and the controllers) say what the requests cost. Both are server-wide: a phase's delta also
-holds the controllers' and the benchmark's own small requests, which are the same for every
-contender, so the phases compare.
+bytes of every response body, by verb and resource) and `process_cpu_seconds_total` (the
+kube-apiserver process, which in the local cluster runs apart from etcd and the controllers) say
+what the requests cost. Both are server-wide: a phase's delta also holds the controllers' and the
+benchmark's own small requests, which are the same for every contender, so the phases compare.
+
+A watch stream is recorded once, when it ends, with every byte it carried since it was opened: a
+phase's WATCH bytes are those of the streams (anyone's: the controllers', the benchmark's, the
+contender's) that happened to end in it, opened perhaps long before, during an onboarding of
+thousands. They are kept apart from the answered requests (`answered_bytes`), which belong to the
+phase.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 import kubernetes
 
+WATCH = "WATCH "
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -67,13 +73,36 @@ def between(start: Snapshot | None, end: Snapshot | None, seconds: float, projec
         if value - start.bytes_by_request.get(key, 0.0) > 0
     }
     total = sum(by_request.values())
+    watch = sum(v for k, v in by_request.items() if k.startswith(WATCH))
     cpu = end.cpu_seconds - start.cpu_seconds
     hours = seconds / 3600
     return {
         "seconds": round(seconds, 1),
         "bytes_served": total,
+        "answered_bytes": total - watch,
+        "watch_bytes": watch,
         "bytes_by_request": dict(sorted(by_request.items(), key=lambda kv: -kv[1])[:12]),
         "bytes_per_project_per_hour": round(total / projects / hours, 1) if projects else None,
+        "answered_bytes_per_project_per_hour": round((total - watch) / projects / hours, 1) if projects else None,
+        "watch_bytes_per_project_per_hour": round(watch / projects / hours, 1) if projects else None,
         "cpu_s": round(cpu, 2),
         "cpu_s_per_hour": round(cpu / hours, 1),
     }
+
+
+def split_watches(served: dict[str, Any], projects: int) -> None:
+    """For a result recorded before WATCH bytes were kept apart: the split, from the largest requests
+    it kept (twelve). A WATCH beyond them stays among the answered bytes, which are then an upper
+    bound (`answered_bytes_upper_bound`)."""
+    if "answered_bytes" in served or not served.get("seconds") or not projects:
+        return
+    watch = sum(v for k, v in (served.get("bytes_by_request") or {}).items() if k.startswith(WATCH))
+    total = served.get("bytes_served") or 0
+    hours = served["seconds"] / 3600
+    served.update(
+        answered_bytes=total - watch,
+        watch_bytes=watch,
+        answered_bytes_per_project_per_hour=round((total - watch) / projects / hours, 1),
+        watch_bytes_per_project_per_hour=round(watch / projects / hours, 1),
+        answered_bytes_upper_bound=len(served.get("bytes_by_request") or {}) >= 12,
+    )
