@@ -90,8 +90,7 @@ class PackedStatus(Mapping[str, Any]):
     def __init__(self, status: Mapping[str, Any]) -> None:
         self._packed = zlib.compress(json.dumps(status, separators=(",", ":")).encode(), 1)
         # Kept apart, undecoded: admission reads it for every Project woken at a start.
-        generation = status.get("observedGeneration")
-        self.observed_generation: int | None = generation if isinstance(generation, int) else None
+        self.observed_generation = _observed_generation(status)
 
     def decoded(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(zlib.decompress(self._packed))
@@ -139,7 +138,11 @@ def planned_generation(body: Mapping[str, Any]) -> int | None:
     status = body.get("status")
     if isinstance(status, PackedStatus):
         return status.observed_generation
-    generation = status.get("observedGeneration") if isinstance(status, Mapping) else None
+    return _observed_generation(status) if isinstance(status, Mapping) else None
+
+
+def _observed_generation(status: Mapping[str, Any]) -> int | None:
+    generation = status.get("observedGeneration")
     return generation if isinstance(generation, int) else None
 
 
