@@ -94,6 +94,18 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("one new Project among N steady: p99", "single_project.p99_s", "", "s"),
     ("one new Project during derivation cycles: p99", "history.single_project.p99_s", "", "s"),
     ("sampler (default source): writes per project per day", "sampler.steady.writes_per_project_per_day", "", ""),
+    (
+        "sampler (default source): steady requests per project per hour",
+        "sampler.steady.requests.per_project_per_hour",
+        "",
+        "",
+    ),
+    (
+        "sampler (default source): steady bytes answered per project per hour (API server, watch streams apart)",
+        "sampler.steady.apiserver.answered_bytes_per_project_per_hour",
+        "",
+        "B",
+    ),
     ("sampler: writes on its first start over governed quotas", "sampler.first_start.requests.writes", "", ""),
     ("leader election (2 replicas): requests per hour", "sampler.leader_election.requests_per_hour", "", ""),
     ("CPU during convergence", "convergence.process.cpu_s", "convergence.process.cpu_s", "s"),
