@@ -61,13 +61,13 @@ def test_the_crossing_into_the_horizon_is_told_once_and_not_repeated() -> None:
 
 def test_the_clock_alone_brings_a_date_into_the_horizon_and_the_wake_up_is_that_moment() -> None:
     """Nothing but time changes: the moment to evaluate again is when the nearest date still beyond the
-    horizon enters it, and an evaluation then (not minutes earlier) tells it."""
+    horizon enters it, and an evaluation then (not a second earlier) tells it."""
     dates = {KEY: MON_10 + timedelta(days=20, hours=3), ("web", "pods"): MON_10 + timedelta(days=17)}
     state, owed = step(AlertState(), dates, MON_10)
     assert owed == []
     due = forecast_due_at(dates, 14, MON_10)
     assert due == MON_10 + timedelta(days=3)  # web's date, 17 days away, is the first to come within 14
-    assert step(state, dates, due - timedelta(minutes=10))[1] == []  # (to a hundredth, rounded up)
+    assert step(state, dates, due - timedelta(seconds=1))[1] == []
     state, owed = step(state, dates, due)
     assert [(n.key.namespace, n.state) for n in owed] == [("web", "firing")]
     # Once inside, a date asks for no wake-up of its own; the other one is next, and then none is left.

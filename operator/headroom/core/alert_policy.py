@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, localcontext
+from decimal import ROUND_FLOOR, Decimal, localcontext
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from headroom.core.business_hours import BusinessHours, add_business_days, next_opening
@@ -675,15 +675,20 @@ def forecast_inputs(
     for key, moment in full_at.items():
         left = Decimal(int((_utc(moment, "fullAt") - _utc(now, "now")).total_seconds()))
         with localcontext(CONTEXT):
-            # To a hundredth: enough to compare with 100 and 95, short enough to keep in status.
-            measure = (horizon * 100 / left).quantize(Decimal("0.01")) if left > 0 else _FORECAST_PAST
+            # To a hundredth: enough to compare with 100 and 95, short enough to keep in status. Down,
+            # so that it reaches 100 when the date comes within the horizon, not before (rounded up,
+            # it did up to 2 minutes of 14 days early), at the moment `forecast_due_at` wakes for.
+            measure = (
+                (horizon * 100 / left).quantize(Decimal("0.01"), rounding=ROUND_FLOOR) if left > 0 else _FORECAST_PAST
+            )
         measures[key] = min(measure, _FORECAST_PAST)
     return measures
 
 
 def forecast_due_at(full_at: Mapping[tuple[str, str], datetime], horizon_days: int, now: datetime) -> datetime | None:
     """The next moment a forecast date comes within the horizon with nothing changed but the clock:
-    `forecast_inputs` then gives it FORECAST_THRESHOLD exactly. None when no date is still beyond it.
+    `forecast_inputs` gives it FORECAST_THRESHOLD from then on, not a second before. None when no
+    date is still beyond it.
 
     Without a wake-up at that moment, nothing would evaluate the alert until some other change planned
     the Project again (with an unchanged history, possibly not before a restart), and the owners were
