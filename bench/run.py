@@ -639,22 +639,58 @@ class Bench:
     def baseline(
         self, n: int, cluster: Cluster, admin: kubernetes.client.ApiClient, audit: AuditLog, workdir: Path
     ) -> dict[str, Any]:
-        args = self.args
-        names = {workload.name_of(i) for i in range(n)}
+        """The naive script: one LIST of the pods of each namespace per run, a write per quota."""
         kubeconfig = cluster.service_account_kubeconfig(
             BASELINE_NAMESPACE, "baseline", workdir / "baseline.kubeconfig", expiration_seconds=TOKEN_SECONDS
         )
-        watcher = quota_watcher(admin, "app.kubernetes.io/managed-by=baseline-cron", lambda _: True).start()
-        log_path = workdir / "baseline.log"
-        out: dict[str, Any] = {"interval_s": args.baseline_interval}
+        out = self.script(n, admin, audit, workdir / "baseline.log", kubeconfig, "baseline", None, [])
+        out["reads_per_cycle"] = n + 1  # one LIST of namespaces, one LIST of pods per namespace
+        out["competent"] = guarded("competent baseline", lambda: self.competent(n, audit, workdir, kubeconfig, admin))
+        return out
+
+    def competent(
+        self, n: int, audit: AuditLog, workdir: Path, kubeconfig: Path, admin: kubernetes.client.ApiClient
+    ) -> dict[str, Any]:
+        """The competent cron job over the same namespaces: one LIST of all pods per run, into a quota
+        of its own."""
+        log_path = workdir / "baseline-competent.log"
+        flags = ["--all-pods", f"--quota-name={COMPETENT_QUOTA}"]
+        out = self.script(n, admin, audit, log_path, kubeconfig, "competent", COMPETENT_QUOTA, flags)
+        out["reads_per_cycle"] = 2
+        return out
+
+    def script(
+        self,
+        n: int,
+        admin: kubernetes.client.ApiClient,
+        audit: AuditLog,
+        log_path: Path,
+        kubeconfig: Path,
+        label: str,
+        quota: str | None,
+        flags: list[str],
+    ) -> dict[str, Any]:
+        """One of the scripts (`bench.baseline`), as the audit log knows it ("baseline"): its namespaces
+        opt in to it (label value `label`) half an interval after one of its runs, the wait a namespace
+        created at a random moment sees on average (right after a run would be the worst case, right
+        before the best); timed until each namespace has its quota (`quota`, or any it manages); then
+        its steady state."""
+        args = self.args
+        names = {workload.name_of(i) for i in range(n)}
+        watcher = quota_watcher(
+            admin,
+            "app.kubernetes.io/managed-by=baseline-cron",
+            lambda obj: quota is None or obj.get("metadata", {}).get("name") == quota,
+        ).start()
         with open(log_path, "ab") as handle:
             proc = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
                     "bench.baseline",
+                    *flags,
                     f"--interval={args.baseline_interval}",
-                    f"--selector={workload.BASELINE_LABEL}=baseline",
+                    f"--selector={workload.BASELINE_LABEL}={label}",
                 ],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
@@ -663,23 +699,21 @@ class Bench:
                 env={**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(REPO)},
                 preexec_fn=_die_with_parent,
             )
+        out: dict[str, Any] = {"interval_s": args.baseline_interval}
         try:
             t_start = time.time()
-            deadline = time.monotonic() + 60
-            while not (
-                first_run := [r for r in audit.select("baseline", t_start, time.time() + 1) if r.verb == "list"]
-            ):
+            deadline = time.monotonic() + 120
+            while '"tick": 1,' not in log_path.read_text():  # its first run, over no namespace yet
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the baseline did not start:\n{log_path.read_text()[-2000:]}")
+                    raise RuntimeError(f"the {label} script did not start:\n{log_path.read_text()[-2000:]}")
                 time.sleep(0.25)
-            # Onboard half an interval after a run: the wait a namespace created at a random moment
-            # sees on average (right after a run would be the worst case, right before the best).
-            time.sleep(max(0.0, first_run[0].at + args.baseline_interval / 2 - time.time()))
+            first_run = json.loads(next(line for line in log_path.read_text().splitlines() if '"tick": 1,' in line))
+            time.sleep(max(0.0, float(first_run["start"]) + args.baseline_interval / 2 - time.time()))
             t_label = time.time()
             out["startup"] = tally(audit.select("baseline", t_start, t_label), n)
-            log(f"N={n}: baseline running (every {args.baseline_interval:.0f}s); labelling {n} namespaces for it")
+            log(f"N={n}: {label} script running (every {args.baseline_interval:.0f}s); labelling {n} namespaces")
             before = sample(proc.pid)
-            sent = workload.label_for_baseline(admin, n, args.workers)
+            sent = workload.label_for_baseline(admin, n, args.workers, value=label)
             converged = watcher.wait_for(names, 3 * args.baseline_interval + 0.2 * n + 120, log)
             t_conv = max((watcher.first[ns][0] for ns in names if ns in watcher.first), default=time.time())
             t_conv = max(t_conv, max(sent.values()))
@@ -691,7 +725,7 @@ class Bench:
             convergence["process"] = {"start": _d(before), "end": _d(after), "cpu_s": cpu_between(before, after)}
             out["convergence"] = convergence
             log(
-                f"N={n}: baseline converged: p50 {convergence['p50_s']}s p99 {convergence['p99_s']}s; "
+                f"N={n}: {label} script converged: p50 {convergence['p50_s']}s p99 {convergence['p99_s']}s; "
                 f"steady state for {args.steady:.0f}s"
             )
             out["steady"] = self.steady("baseline", proc.pid, audit, n, admin=admin)
@@ -711,85 +745,7 @@ class Bench:
         out["ticks"] = len(ticks)
         out["tick_seconds"] = [t.get("seconds") for t in ticks]
         out["tick_errors"] = sum(int(t.get("errors", 0)) for t in ticks)
-        out["reads_per_cycle"] = n + 1  # one LIST of namespaces, one LIST of pods per namespace
         out["watch_errors"] = watcher.errors[:10]
-        out["competent"] = guarded("competent baseline", lambda: self.competent(n, audit, workdir, kubeconfig, admin))
-        return out
-
-    def competent(
-        self, n: int, audit: AuditLog, workdir: Path, kubeconfig: Path, admin: kubernetes.client.ApiClient
-    ) -> dict[str, Any]:
-        """The competent cron job over the same namespaces: one LIST of all pods per run. Onboarded
-        as the naive script was (the namespaces opt in to it half an interval after one of its runs),
-        into a quota of its own, timed until each namespace has it; then its steady state."""
-        args = self.args
-        names = {workload.name_of(i) for i in range(n)}
-        watcher = quota_watcher(
-            admin,
-            "app.kubernetes.io/managed-by=baseline-cron",
-            lambda obj: obj.get("metadata", {}).get("name") == COMPETENT_QUOTA,
-        ).start()
-        log_path = workdir / "baseline-competent.log"
-        with open(log_path, "ab") as handle:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.baseline",
-                    "--all-pods",
-                    f"--interval={args.baseline_interval}",
-                    f"--selector={workload.BASELINE_LABEL}=competent",
-                    f"--quota-name={COMPETENT_QUOTA}",
-                ],
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO,
-                env={**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": str(REPO)},
-                preexec_fn=_die_with_parent,
-            )
-        out: dict[str, Any] = {"interval_s": args.baseline_interval}
-        try:
-            deadline = time.monotonic() + 120
-            while '"tick": 1,' not in log_path.read_text():  # its first run, over no namespace yet
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the competent baseline did not start:\n{log_path.read_text()[-2000:]}")
-                time.sleep(0.25)
-            first_run = json.loads(next(line for line in log_path.read_text().splitlines() if '"tick": 1,' in line))
-            time.sleep(max(0.0, float(first_run["start"]) + args.baseline_interval / 2 - time.time()))
-            t_label = time.time()
-            log(f"N={n}: competent baseline running (every {args.baseline_interval:.0f}s); labelling {n} namespaces")
-            sent = workload.label_for_baseline(admin, n, args.workers, value="competent")
-            converged = watcher.wait_for(names, 3 * args.baseline_interval + 0.2 * n + 120, log)
-            t_conv = max((watcher.first[ns][0] for ns in names if ns in watcher.first), default=time.time())
-            t_conv = max(t_conv, max(sent.values()))
-            audit.sync()
-            convergence = latency_summary(sent, watcher.first)
-            convergence["all_converged"] = converged
-            convergence["requests"] = tally(audit.select("baseline", t_label, t_conv), n, t_conv - t_label)
-            out["convergence"] = convergence
-            log(
-                f"N={n}: competent baseline converged: p50 {convergence['p50_s']}s p99 {convergence['p99_s']}s; "
-                f"steady state for {args.steady:.0f}s"
-            )
-            out["steady"] = self.steady("baseline", proc.pid, audit, n, admin=admin)
-        finally:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(20)
-            if proc.poll() is None:
-                proc.kill()
-            watcher.stop()
-        ticks = []
-        for line in log_path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if "tick" in record:
-                    ticks.append(record)
-        out["ticks"] = len(ticks)
-        out["tick_seconds"] = [t.get("seconds") for t in ticks]
-        out["tick_errors"] = sum(int(t.get("errors", 0)) for t in ticks)
-        out["reads_per_cycle"] = 2
         return out
 
 
