@@ -10,7 +10,13 @@ import pytest
 from headroom.core import prometheus_days as days
 from headroom.core.history import DaySeries
 from headroom.core.prometheus_days import Ask, KeyDays, Window
-from headroom.shell.history.prometheus import DEFAULT_QUERIES, _too_big, daily_query, rule_template
+from headroom.shell.history.prometheus import (
+    DEFAULT_QUERIES,
+    _too_big,
+    daily_query,
+    evaluation_timeout,
+    rule_template,
+)
 
 NOON = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 MONTH = timedelta(days=30)
@@ -313,3 +319,11 @@ def test_day_series_compare_by_their_days_however_they_were_made() -> None:
 )
 def test_only_a_question_too_big_for_prometheus_is_asked_again_in_halves(body: dict[str, str], too_big: bool) -> None:
     assert _too_big(body) is too_big
+
+
+@pytest.mark.parametrize("client", [1.0, 5.0, 30.0, 120.0])
+def test_prometheus_gives_up_on_a_question_before_headroom_does(client: float) -> None:
+    # Prometheus then answers "timeout" (a question too big: asked again in halves) instead of the
+    # client giving up and retrying the same question whole. Prometheus reads the value as seconds.
+    given = float(evaluation_timeout(client))
+    assert 0.8 * client <= given < client
