@@ -79,12 +79,9 @@ def between(start: Snapshot | None, end: Snapshot | None, seconds: float, projec
     return {
         "seconds": round(seconds, 1),
         "bytes_served": total,
-        "answered_bytes": total - watch,
-        "watch_bytes": watch,
         "bytes_by_request": dict(sorted(by_request.items(), key=lambda kv: -kv[1])[:12]),
         "bytes_per_project_per_hour": round(total / projects / hours, 1) if projects else None,
-        "answered_bytes_per_project_per_hour": round((total - watch) / projects / hours, 1) if projects else None,
-        "watch_bytes_per_project_per_hour": round(watch / projects / hours, 1) if projects else None,
+        **_apart(total, watch, projects, hours),
         "cpu_s": round(cpu, 2),
         "cpu_s_per_hour": round(cpu / hours, 1),
     }
@@ -97,12 +94,17 @@ def split_watches(served: dict[str, Any], projects: int) -> None:
     if "answered_bytes" in served or not served.get("seconds") or not projects:
         return
     watch = sum(v for k, v in (served.get("bytes_by_request") or {}).items() if k.startswith(WATCH))
-    total = served.get("bytes_served") or 0
-    hours = served["seconds"] / 3600
     served.update(
-        answered_bytes=total - watch,
-        watch_bytes=watch,
-        answered_bytes_per_project_per_hour=round((total - watch) / projects / hours, 1),
-        watch_bytes_per_project_per_hour=round(watch / projects / hours, 1),
+        _apart(served.get("bytes_served") or 0, watch, projects, served["seconds"] / 3600),
         answered_bytes_upper_bound=len(served.get("bytes_by_request") or {}) >= 12,
     )
+
+
+def _apart(total: float, watch: float, projects: int, hours: float) -> dict[str, Any]:
+    """Answered bytes and watch-stream bytes, in all and per Project per hour."""
+    return {
+        "answered_bytes": total - watch,
+        "watch_bytes": watch,
+        "answered_bytes_per_project_per_hour": round((total - watch) / projects / hours, 1) if projects else None,
+        "watch_bytes_per_project_per_hour": round(watch / projects / hours, 1) if projects else None,
+    }

@@ -97,8 +97,13 @@ def day_ended_between(
 ) -> bool:
     """Whether the day in progress at `before` has ended by `now` and has a peak in `daily`: the trend
     `forecast` gives then counts one more day, though `daily` itself did not change."""
-    day = (before.astimezone(UTC) - offset).date()
-    return day < (now.astimezone(UTC) - offset).date() and day in daily
+    day = _day_at(before, offset)
+    return day < _day_at(now, offset) and day in daily
+
+
+def _day_at(moment: datetime, offset: timedelta) -> date:
+    """The day in progress at `moment`, for a namespace whose days begin at 00:00 UTC + `offset`."""
+    return (moment.astimezone(UTC) - offset).date()
 
 
 def forecast(
@@ -112,7 +117,7 @@ def forecast(
     """
     # Day d has ended when day_end(d) <= now, that is when d is before the date of now - offset
     # (one comparison a day rather than one moment a day: this runs at every reconcile).
-    today = (now.astimezone(UTC) - offset).date()
+    today = _day_at(now, offset)
     ended = sorted((day, value) for day, value in daily.items() if day < today)
     if len(ended) < 2:
         return None
